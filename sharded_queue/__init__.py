@@ -1,0 +1,44 @@
+"""sharded_queue: an asyncio job queue sharded into FIFO threads and priority orders,
+performed in batches, on Redis, Redis Cluster or an embedded fakeredis.
+
+The public names are listed in ``__all__``; every other module is private.
+"""
+
+from .core import ThreadRef, Tube
+from .errors import (
+    DecodeError,
+    QueueError,
+    RouteError,
+    RouteTypeError,
+    SerializationError,
+    SettingsError,
+    StorageError,
+    StorageTimeout,
+)
+from .handler import Handler, RequestRoute, Route
+from .queue import DeadLetterRecord, Queue
+from .settings import Settings, settings
+from .storage import Storage
+from .worker import Worker
+
+__all__ = [
+    "DeadLetterRecord",
+    "DecodeError",
+    "Handler",
+    "Queue",
+    "QueueError",
+    "RequestRoute",
+    "Route",
+    "RouteError",
+    "RouteTypeError",
+    "SerializationError",
+    "Settings",
+    "SettingsError",
+    "Storage",
+    "StorageError",
+    "StorageTimeout",
+    "ThreadRef",
+    "Tube",
+    "Worker",
+    "settings",
+]

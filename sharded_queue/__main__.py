@@ -1,0 +1,5 @@
+"""``python -m sharded_queue``: see `sharded_queue.cli`."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,388 @@
+"""The pure core: every decision of the queue, with no I/O and no clock.
+
+The asyncio worker (`sharded_queue.worker`) and the simpy twin (`simulator`)
+both run `worker_program`, a generator that *yields effects* (`Poll`,
+`Acquire`, `Wait`, `Begin`, `Cycle`, `Perform`, `End`) and receives their
+results. The shells only carry effects out: Redis and real handlers in one,
+simulated time and service models in the other. So the choice of thread,
+batch sizing, empty-limit/pause, release, retries with backoff and poison
+bisection exist once, here.
+
+Routing helpers (`group_by_tube`, `order_rank`, `order_key`) are shared the
+same way by `Queue.register` and the simulator's workload.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import random
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias
+
+from .errors import RouteError, RouteTypeError
+from .handler import RequestRoute
+from .settings import Settings
+
+# --- routing -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadRef:
+    """One (handler, thread): the unit of exclusivity, leased by one loop at a time."""
+
+    handler: str
+    thread: str
+
+
+@dataclass(frozen=True, slots=True)
+class Tube:
+    """One (handler, thread, order): a FIFO list of messages."""
+
+    handler: str
+    thread: str
+    order: str
+
+    @property
+    def thread_ref(self) -> ThreadRef:
+        """The thread this tube belongs to."""
+        return ThreadRef(self.handler, self.thread)
+
+
+def check_routes(requests: Sequence[Any], routes: Any, where: str) -> list[RequestRoute]:
+    """Validate what ``route()`` returned: exactly one `RequestRoute` per request.
+
+    Raises:
+        RouteError: not a list/tuple, or not one item per request.
+        RouteTypeError: an item is not a `RequestRoute`.
+    """
+    if not isinstance(routes, list | tuple):
+        raise RouteTypeError(f"{where} must return a list of RequestRoute, got {type(routes).__name__}")
+    if len(routes) != len(requests):
+        raise RouteError(f"{where} returned {len(routes)} routes for {len(requests)} requests")
+    for position, item in enumerate(routes):
+        if not isinstance(item, RequestRoute):
+            raise RouteTypeError(f"{where} item {position} is {type(item).__name__}, not RequestRoute")
+    return list(routes)
+
+
+def group_by_tube(handler: str, routes: Iterable[RequestRoute]) -> dict[Tube, list[Any]]:
+    """Requests grouped by tube, each group in the order given (FIFO)."""
+    tubes: dict[Tube, list[Any]] = {}
+    for item in routes:
+        tube = Tube(handler, item.route.thread, item.route.order)
+        group = tubes.get(tube)
+        if group is None:
+            tubes[tube] = [item.request]
+        else:
+            group.append(item.request)
+    return tubes
+
+
+def order_rank(order: str, declared: Sequence[str] | None) -> float:
+    """Score of ``order`` in a thread's order index (lower is served first).
+
+    Declared orders rank by position. Otherwise numeric orders rank by value and
+    the rest rank last (``inf``), where Redis breaks ties by comparing members
+    bytewise; `order_key` is the same total order for Python's ``sorted``.
+
+    Raises:
+        ValueError: ``order`` is not one of the ``declared`` orders.
+    """
+    if declared is not None:
+        try:
+            return float(declared.index(order))
+        except ValueError:
+            raise ValueError(f"order {order!r} is not one of the declared orders {list(declared)!r}") from None
+    try:
+        value = float(order)
+    except ValueError:
+        return math.inf
+    return math.inf if math.isnan(value) else value
+
+
+def order_key(order: str, declared: Sequence[str] | None) -> tuple[float, bytes]:
+    """Sort key giving the same precedence as the storage's order index."""
+    return order_rank(order, declared), order.encode()
+
+
+# --- the worker program ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A decoded message of a batch; ``index`` is its position in the batch."""
+
+    index: int
+    request: Any
+    enqueued_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """What a `Cycle` fetched: the head of the most urgent non-empty tube.
+
+    ``size`` counts every fetched payload; ``bad`` lists those that did not
+    decode, with the error, and are not in ``messages``.
+    """
+
+    order: str
+    size: int
+    messages: Sequence[Message]
+    bad: Sequence[tuple[int, BaseException]] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message of a batch that must go to the dead letters instead of being acked."""
+
+    index: int
+    error: BaseException
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """Trim ``count`` messages from the head of the bound thread's ``order`` tube,
+    moving ``dead`` ones to the dead letters in the same step."""
+
+    order: str
+    count: int
+    dead: tuple[DeadLetter, ...] = ()
+
+
+class Lost(enum.Enum):
+    """Result of a `Cycle` whose lease was no longer ours (fencing)."""
+
+    LEASE = "lease"
+
+
+LOST = Lost.LEASE
+
+
+@dataclass(frozen=True, slots=True)
+class Poll:
+    """Ask the coordinator for threads that have messages and no lease.
+    Result: ``Sequence[ThreadRef]``, most deserving first."""
+
+
+@dataclass(frozen=True, slots=True)
+class Acquire:
+    """Try to take ``thread``'s lease. Result: ``bool``."""
+
+    thread: ThreadRef
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """Pause ``seconds``; a ``wakeable`` wait ends early when messages arrive."""
+
+    seconds: float
+    wakeable: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Begin:
+    """The thread is bound: call the handler's ``start()``."""
+
+    thread: ThreadRef
+
+
+@dataclass(frozen=True, slots=True)
+class Cycle:
+    """One round trip: apply ``ack`` (if any), then fetch up to ``limit`` messages
+    (none when 0), both only if the lease is still ours.
+    Result: `Batch`, ``None`` (thread empty) or `LOST`."""
+
+    thread: ThreadRef
+    ack: Ack | None
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class Perform:
+    """Call ``perform(*requests)``. Result: the exception it raised, or ``None``."""
+
+    thread: ThreadRef
+    messages: Sequence[Message]
+
+
+@dataclass(frozen=True, slots=True)
+class End:
+    """Release the thread: ``stop()`` then delete the lease (if still ours)."""
+
+    thread: ThreadRef
+
+
+Effect: TypeAlias = Poll | Acquire | Wait | Begin | Cycle | Perform | End
+Program: TypeAlias = Generator[Effect, Any, int]
+
+
+@dataclass(slots=True)
+class Control:
+    """Shared, mutable switch a shell flips to stop loops gracefully."""
+
+    stopping: bool = False
+
+
+@dataclass(frozen=True)
+class LoopPolicy:
+    """The numbers a worker loop decides with, from `Settings` and handler overrides."""
+
+    batch_size: int = 128
+    empty_limit: int = 16
+    empty_pause: float = 0.1
+    coordinator_delay: float = 1.0
+    retry_attempts: int = 3
+    retry_backoff: float = 0.1
+    retry_backoff_max: float = 5.0
+    batch_sizes: Mapping[str, int] = field(default_factory=dict)
+    attempts: Mapping[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        batch_sizes: Mapping[str, int] | None = None,
+        attempts: Mapping[str, int] | None = None,
+    ) -> LoopPolicy:
+        """The policy of ``settings``, with per-handler batch sizes and attempts."""
+        return cls(
+            batch_size=settings.worker_batch_size,
+            empty_limit=settings.worker_empty_limit,
+            empty_pause=settings.worker_empty_pause,
+            coordinator_delay=settings.coordinator_delay,
+            retry_attempts=settings.retry_attempts,
+            retry_backoff=settings.retry_backoff,
+            retry_backoff_max=settings.retry_backoff_max,
+            batch_sizes=dict(batch_sizes or {}),
+            attempts=dict(attempts or {}),
+        )
+
+    def batch_limit(self, handler: str, remaining: int | None) -> int:
+        """How many messages to fetch next: the batch size, capped by what is left."""
+        size = self.batch_sizes.get(handler, self.batch_size)
+        return size if remaining is None else min(size, remaining)
+
+    def attempts_for(self, handler: str) -> int:
+        """How many times a failing batch (or isolated request) is performed."""
+        return self.attempts.get(handler, self.retry_attempts)
+
+    def backoff(self, attempt: int, rng: random.Random) -> float:
+        """Pause after failed attempt ``attempt`` (1-based): exponential, half jittered."""
+        delay: float = min(self.retry_backoff_max, self.retry_backoff * 2.0 ** (attempt - 1))
+        return delay * (0.5 + 0.5 * rng.random())
+
+
+def order_candidates(candidates: Sequence[ThreadRef], rng: random.Random) -> list[ThreadRef]:
+    """Order in which a loop tries the coordinator's candidates.
+
+    Shuffled so that loops polling at the same moment try different threads
+    instead of all racing for the first one.
+    """
+    ordered = list(candidates)
+    rng.shuffle(ordered)
+    return ordered
+
+
+def worker_program(
+    policy: LoopPolicy,
+    limit: int | None = None,
+    rng: random.Random | None = None,
+    control: Control | None = None,
+) -> Program:
+    """One worker loop: bind a thread, drain it in batches, release it, repeat.
+
+    Returns (as the generator's value) how many messages were taken off tubes:
+    performed, or dead-lettered. Ends after ``limit`` of them, or when
+    ``control.stopping`` is set, or never.
+    """
+    rng = rng or random.Random()
+    control = control or Control()
+    done = 0
+    while (limit is None or done < limit) and not control.stopping:
+        thread = yield from _bind(policy, rng, control)
+        if thread is None:
+            break
+        yield Begin(thread)
+        done += yield from _drain(thread, policy, None if limit is None else limit - done, rng, control)
+        yield End(thread)
+    return done
+
+
+def _bind(policy: LoopPolicy, rng: random.Random, control: Control) -> Generator[Effect, Any, ThreadRef | None]:
+    while not control.stopping:
+        candidates: Sequence[ThreadRef] = yield Poll()
+        for thread in order_candidates(candidates, rng):
+            if (yield Acquire(thread)):
+                return thread
+        yield Wait(policy.coordinator_delay)
+    return None
+
+
+def _drain(
+    thread: ThreadRef, policy: LoopPolicy, remaining: int | None, rng: random.Random, control: Control
+) -> Generator[Effect, Any, int]:
+    done = 0
+    empty = 0
+    ack: Ack | None = None
+    while True:
+        left = None if remaining is None else remaining - done
+        want = 0 if control.stopping else policy.batch_limit(thread.handler, left)
+        if want == 0 and ack is None:
+            return done
+        batch: Batch | Lost | None = yield Cycle(thread, ack, want)
+        ack = None
+        if batch is LOST or want == 0:
+            return done
+        if batch is None:
+            empty += 1
+            if empty >= policy.empty_limit:
+                return done
+            yield Wait(policy.empty_pause)
+            continue
+        assert isinstance(batch, Batch)
+        empty = 0
+        dead = [DeadLetter(index, error, 0) for index, error in batch.bad]
+        if batch.messages:
+            dead += yield from _perform(thread, batch.messages, policy, rng, whole=True)
+        ack = Ack(batch.order, batch.size, tuple(sorted(dead, key=lambda d: d.index)))
+        done += batch.size
+
+
+def _perform(
+    thread: ThreadRef, messages: Sequence[Message], policy: LoopPolicy, rng: random.Random, whole: bool
+) -> Generator[Effect, Any, list[DeadLetter]]:
+    """Perform with retries; bisect a batch that keeps failing to isolate its poison.
+
+    The whole batch and single requests get ``attempts`` performs; the halves in
+    between get one each, so one poison request in a batch of B costs at most
+    ``2 * attempts + 2 * ceil(log2(B)) - 1`` performs, and a request that
+    succeeds is performed at most ``attempts + ceil(log2(B))`` times.
+    """
+    attempts = policy.attempts_for(thread.handler) if whole or len(messages) == 1 else 1
+    error: BaseException | None = None
+    for attempt in range(1, attempts + 1):
+        error = yield Perform(thread, messages)
+        if error is None:
+            return []
+        if attempt < attempts:
+            yield Wait(policy.backoff(attempt, rng), wakeable=False)
+    assert error is not None
+    if len(messages) == 1:
+        return [DeadLetter(messages[0].index, error, attempts)]
+    middle = len(messages) // 2
+    dead = yield from _perform(thread, messages[:middle], policy, rng, whole=False)
+    dead += yield from _perform(thread, messages[middle:], policy, rng, whole=False)
+    return dead
+
+
+def run_program(program: Program, handle: Callable[[Effect], Any]) -> int:
+    """Drive ``program`` synchronously, answering each effect with ``handle``."""
+    result: Any = None
+    try:
+        while True:
+            result = handle(program.send(result))
+    except StopIteration as stop:
+        return int(stop.value)

@@ -1,0 +1,50 @@
+"""The library's exceptions.
+
+Every error the queue raises on purpose derives from `QueueError`::
+
+    QueueError
+    ├── SettingsError        a setting or QUEUE_* variable has a bad value (also ValueError)
+    ├── RouteError           route() returned something that is not one route per request
+    │                        (also ValueError; a wrong item type is also a TypeError)
+    ├── SerializationError   a request cannot be encoded for storage (also TypeError)
+    ├── DecodeError          a stored payload cannot be decoded (dead-lettered, never raised to users)
+    └── StorageError         Redis could not be reached or answered with an error
+        └── StorageTimeout   no answer within the timeout
+
+redis-py's own exceptions are translated into `StorageError` in one place,
+`sharded_queue.storage`, and chained (`raise ... from exc`).
+"""
+
+from __future__ import annotations
+
+
+class QueueError(Exception):
+    """Base class of every error raised by sharded_queue."""
+
+
+class SettingsError(QueueError, ValueError):
+    """A setting (attribute or ``QUEUE_*`` environment variable) has a bad value."""
+
+
+class RouteError(QueueError, ValueError):
+    """``Handler.route`` did not return exactly one `RequestRoute` per request."""
+
+
+class RouteTypeError(RouteError, TypeError):
+    """``Handler.route`` returned an item that is not a `RequestRoute`."""
+
+
+class SerializationError(QueueError, TypeError):
+    """A request cannot be encoded with the handler's request type."""
+
+
+class DecodeError(QueueError):
+    """A payload found in storage cannot be decoded into the handler's request type."""
+
+
+class StorageError(QueueError):
+    """The storage (Redis) failed: unreachable, connection lost, or an error reply."""
+
+
+class StorageTimeout(StorageError):
+    """The storage did not answer in time."""

@@ -1,0 +1,39 @@
+-- Ack the previous batch and fetch the next one, in one round trip, fenced by the lease.
+-- KEYS: lease, orders (zset of non-empty orders, by precedence), dead (dead-letter list),
+--       acked (token:seq of the last applied ack, so a retried call never trims twice)
+-- ARGV: tube key prefix, token, lease ttl (ms), ack order, ack count, ack seq, fetch limit,
+--       dead records...
+-- Returns nil when the lease is not ours (nothing is touched), {} when the thread
+-- is empty or nothing was asked, else {order, {payloads...}} from the most urgent tube.
+if redis.call('GET', KEYS[1]) ~= ARGV[2] then
+  return false
+end
+local count = tonumber(ARGV[5])
+local stamp = ARGV[2] .. ':' .. ARGV[6]
+if count > 0 and redis.call('GET', KEYS[4]) ~= stamp then
+  local tube = ARGV[1] .. ARGV[4]
+  redis.call('LTRIM', tube, count, -1)
+  if redis.call('EXISTS', tube) == 0 then
+    redis.call('ZREM', KEYS[2], ARGV[4])
+  end
+  for i = 8, #ARGV do
+    redis.call('RPUSH', KEYS[3], ARGV[i])
+  end
+  redis.call('SET', KEYS[4], stamp, 'PX', ARGV[3])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+local limit = tonumber(ARGV[7])
+if limit == 0 then
+  return {}
+end
+while true do
+  local head = redis.call('ZRANGE', KEYS[2], 0, 0)
+  if #head == 0 then
+    return {}
+  end
+  local items = redis.call('LRANGE', ARGV[1] .. head[1], 0, limit - 1)
+  if #items > 0 then
+    return {head[1], items}
+  end
+  redis.call('ZREM', KEYS[2], head[1])
+end

@@ -1,0 +1,100 @@
+"""JSON envelopes for requests, typed by the handler's ``perform`` annotation.
+
+An envelope is the JSON array ``[enqueued_at, request]``. Requests are encoded
+and decoded with msgspec: dataclasses, ``NamedTuple``, msgspec ``Struct`` and
+plain JSON values natively, pydantic models through ``model_dump`` /
+``model_validate``. No pickle: a payload can only ever become the handler's
+declared type, never an arbitrary object.
+"""
+
+from __future__ import annotations
+
+import typing
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+
+from .errors import DecodeError, SerializationError
+
+
+def _is_pydantic(kind: Any) -> bool:
+    return isinstance(kind, type) and hasattr(kind, "model_validate") and hasattr(kind, "model_dump")
+
+
+def _encode_hook(value: Any) -> Any:
+    if _is_pydantic(type(value)):
+        return value.model_dump(mode="json")
+    raise TypeError(f"objects of type {type(value).__name__} cannot be serialized")
+
+
+class Codec:
+    """Encodes requests of one type into envelopes and back.
+
+    Args:
+        request_type: The type annotated on ``perform``'s ``*requests``;
+            `typing.Any` accepts any JSON value.
+    """
+
+    def __init__(self, request_type: Any = Any) -> None:
+        self.request_type = request_type
+        self._pydantic = _is_pydantic(request_type)
+        self._encoder = msgspec.json.Encoder(enc_hook=_encode_hook)
+        inner = Any if self._pydantic else request_type
+        try:
+            self._decoder = msgspec.json.Decoder(tuple[float, inner])  # type: ignore[valid-type]
+        except TypeError as exc:
+            raise SerializationError(f"request type {request_type!r} is not supported: {exc}") from exc
+        user_class = (
+            isinstance(request_type, type)
+            and request_type is not Any
+            and typing.get_origin(request_type) is None
+            and request_type.__module__ != "builtins"
+        )
+        # user classes are checked with isinstance; other annotations (int, list[int], ...) by a decode
+        self._instance_of = request_type if user_class else None
+        self._validate = request_type is not Any and not user_class
+
+    def encode(self, requests: Sequence[Any], enqueued_at: float) -> list[bytes]:
+        """Envelopes for ``requests``, all or nothing.
+
+        Raises:
+            SerializationError: a request is not of the handler's type or not encodable.
+        """
+        encode = self._encoder.encode
+        kind = self._instance_of
+        payloads = []
+        for request in requests:
+            if kind is not None and not isinstance(request, kind):
+                raise SerializationError(f"request {request!r} is a {type(request).__name__}, expected {kind.__name__}")
+            try:
+                payload = encode((enqueued_at, request))
+            except (TypeError, ValueError, OverflowError) as exc:
+                raise SerializationError(f"request {request!r} cannot be serialized: {exc}") from exc
+            if self._validate:
+                try:
+                    self.decode(payload)
+                except DecodeError as exc:
+                    raise SerializationError(f"request {request!r} is not a {request_type_name(self)}") from exc
+            payloads.append(payload)
+        return payloads
+
+    def decode(self, payload: bytes) -> tuple[float, Any]:
+        """``(enqueued_at, request)`` from an envelope.
+
+        Raises:
+            DecodeError: the payload is not a valid envelope of this type.
+        """
+        try:
+            enqueued_at, request = self._decoder.decode(payload)
+            if self._pydantic:
+                request = self.request_type.model_validate(request)
+        except Exception as exc:  # msgspec, pydantic and JSON errors alike
+            raise DecodeError(f"cannot decode payload {payload[:200]!r}: {exc}") from exc
+        return enqueued_at, request
+
+
+def request_type_name(codec: Codec) -> str:
+    """A readable name of a codec's request type."""
+    kind = codec.request_type
+    return kind.__name__ if isinstance(kind, type) and typing.get_origin(kind) is None else repr(kind)

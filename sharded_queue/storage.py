@@ -1,0 +1,352 @@
+"""Redis storage: every key, every Lua script and every round trip of the queue.
+
+One implementation speaks the Redis protocol through redis-py's asyncio client:
+embedded fakeredis (no URL), a Redis/Valkey server (``redis://``, ``rediss://``)
+or a Redis Cluster (``redis+cluster://``, ``rediss+cluster://``). The client is
+held, not subclassed; the queue uses only the methods of `Storage`.
+
+Keys (``P`` is ``settings.key_prefix``; ``{H/T}`` is the hash tag of thread T of
+handler H, so a thread's keys share one cluster slot and its scripts stay
+single-slot)::
+
+    P:{H/T}:o:<order>   list    a tube: envelopes, FIFO (RPUSH at the tail, trimmed at the head)
+    P:{H/T}:orders      zset    non-empty orders of the thread, scored by precedence
+    P:{H/T}:lease       string  the lease token of the loop bound to the thread (PX ttl)
+    P:{H/T}:acked       string  token:seq of the last ack applied (PX ttl), so retries never re-trim
+    P:{H/T}:dead        list    dead letters of the thread (JSON records)
+    P:{H}:threads       zset    index of non-empty threads, scored by when they become
+                                visible to the coordinator (now, or lease expiry while leased)
+    P:{H}:dead          set     threads of H that have dead letters
+    P:wake              channel a message per registration, to wake idle loops
+
+Invariants: an order is in ``orders`` iff its tube is non-empty (scripts keep
+it so); a non-empty thread is always in the index, because registration adds it
+*after* appending, and removal from the index is remove-then-recheck-then-re-add.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import redis.asyncio as aioredis
+import redis.exceptions as redis_errors
+from redis.asyncio.cluster import RedisCluster
+
+from .core import ThreadRef, Tube
+from .errors import StorageError, StorageTimeout
+from .settings import Settings, redact_url
+
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+
+
+@dataclass(frozen=True, slots=True)
+class TubeWrite:
+    """Payloads to append to one tube, with the order's precedence score."""
+
+    tube: Tube
+    rank: float
+    payloads: Sequence[bytes]
+
+
+class Keys:
+    """Every Redis key name of the queue, under one prefix."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.wake = f"{prefix}:wake"
+
+    def thread(self, ref: ThreadRef) -> str:
+        """Common hash-tagged stem of a thread's keys."""
+        return f"{self.prefix}:{{{ref.handler}/{ref.thread}}}"
+
+    def tube_prefix(self, ref: ThreadRef) -> str:
+        """Tube key of order O is this plus O."""
+        return f"{self.thread(ref)}:o:"
+
+    def tube(self, tube: Tube) -> str:
+        """The list holding a tube's envelopes."""
+        return f"{self.tube_prefix(tube.thread_ref)}{tube.order}"
+
+    def orders(self, ref: ThreadRef) -> str:
+        """Zset of a thread's non-empty orders."""
+        return f"{self.thread(ref)}:orders"
+
+    def lease(self, ref: ThreadRef) -> str:
+        """A thread's lease."""
+        return f"{self.thread(ref)}:lease"
+
+    def acked(self, ref: ThreadRef) -> str:
+        """Stamp of the last ack applied under a lease (makes acks idempotent)."""
+        return f"{self.thread(ref)}:acked"
+
+    def dead(self, ref: ThreadRef) -> str:
+        """A thread's dead letters."""
+        return f"{self.thread(ref)}:dead"
+
+    def index(self, handler: str) -> str:
+        """Zset of a handler's non-empty threads."""
+        return f"{self.prefix}:{{{handler}}}:threads"
+
+    def dead_index(self, handler: str) -> str:
+        """Set of a handler's threads that hold dead letters."""
+        return f"{self.prefix}:{{{handler}}}:dead"
+
+
+@contextlib.contextmanager
+def translate_errors() -> Iterator[None]:
+    """Turn redis-py's exceptions into the library's own, chained."""
+    try:
+        yield
+    except redis_errors.TimeoutError as exc:
+        raise StorageTimeout(f"storage did not answer in time: {exc}") from exc
+    except (redis_errors.RedisError, OSError) as exc:
+        raise StorageError(f"storage failed: {type(exc).__name__}: {exc}") from exc
+
+
+def _script(name: str) -> str:
+    return resources.files(__package__).joinpath("lua", f"{name}.lua").read_text()
+
+
+_EMBEDDED_SERVER: Any = None
+
+
+def connect(url: str | None, settings: Settings) -> Any:
+    """A redis-py asyncio client for ``url``; ``None`` is the process-wide embedded fakeredis."""
+    if url is None:
+        import fakeredis
+
+        global _EMBEDDED_SERVER
+        if _EMBEDDED_SERVER is None:
+            _EMBEDDED_SERVER = fakeredis.FakeServer()
+        return fakeredis.FakeAsyncRedis(server=_EMBEDDED_SERVER)
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ValueError(f"storage URL {redact_url(url)!r} has no scheme (redis://, rediss://, redis+cluster://)")
+    timeout = settings.storage_timeout
+    if scheme in CLUSTER_SCHEMES:
+        return RedisCluster.from_url(
+            f"{CLUSTER_SCHEMES[scheme]}://{rest}", socket_timeout=timeout, socket_connect_timeout=timeout
+        )
+    if scheme not in ("redis", "rediss", "unix"):
+        raise ValueError(f"storage URL {redact_url(url)!r}: unknown scheme {scheme!r}")
+    return aioredis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+
+
+class Storage:
+    """The queue's view of Redis: a narrow set of operations over a held client.
+
+    Args:
+        client: A ``redis.asyncio.Redis``, ``RedisCluster`` or fakeredis client
+            (bytes replies, i.e. without ``decode_responses``).
+        prefix: Key prefix; two prefixes never see each other.
+    """
+
+    def __init__(self, client: Any, prefix: str = "sq") -> None:
+        self.client = client
+        self.keys = Keys(prefix)
+        self.cluster = isinstance(client, RedisCluster)
+        self._cycle = client.register_script(_script("cycle"))
+        self._acquire = client.register_script(_script("acquire"))
+        self._renew = client.register_script(_script("renew"))
+        self._release = client.register_script(_script("release"))
+
+    @classmethod
+    def from_settings(cls, settings: Settings, url: str | None = None) -> Storage:
+        """Storage at ``url`` (default ``settings.storage_url``, else embedded)."""
+        return cls(connect(url or settings.storage_url, settings), settings.key_prefix)
+
+    async def close(self) -> None:
+        """Close the client's connections."""
+        with contextlib.suppress(Exception):
+            await self.client.aclose()
+
+    # --- registration -------------------------------------------------------
+
+    async def push(self, writes: Sequence[TubeWrite], now: float) -> None:
+        """Append payloads to tubes, then index their threads, then wake idle loops.
+
+        On one server this is a single MULTI/EXEC round trip: all or nothing.
+        On a cluster the tube writes complete before the index is touched, which
+        is what keeps a message from being stranded outside the index.
+        """
+        keys = self.keys
+        threads: dict[ThreadRef, None] = {}
+        with translate_errors():
+            pipe = self.client.pipeline(transaction=not self.cluster)
+            for write in writes:
+                ref = write.tube.thread_ref
+                pipe.rpush(keys.tube(write.tube), *write.payloads)
+                pipe.zadd(keys.orders(ref), {write.tube.order: write.rank})
+                threads[ref] = None
+            if self.cluster:
+                await pipe.execute()
+                pipe = self.client.pipeline(transaction=False)
+            for ref in threads:
+                pipe.zadd(keys.index(ref.handler), {ref.thread: now}, nx=True)
+            for handler in {ref.handler for ref in threads}:
+                pipe.publish(keys.wake, handler)
+            await pipe.execute()
+
+    # --- coordinator --------------------------------------------------------
+
+    async def candidates(self, handlers: Sequence[str], now: float, count: int) -> list[ThreadRef]:
+        """Up to ``count`` visible threads per handler, longest-visible first."""
+        with translate_errors():
+            pipe = self.client.pipeline(transaction=False)
+            for handler in handlers:
+                pipe.zrangebyscore(self.keys.index(handler), "-inf", now, start=0, num=count, withscores=True)
+            replies = await pipe.execute()
+        found = [
+            (score, ThreadRef(handler, member.decode()))
+            for handler, reply in zip(handlers, replies, strict=True)
+            for member, score in reply
+        ]
+        found.sort(key=lambda item: item[0])
+        return [ref for _, ref in found]
+
+    async def acquire(self, ref: ThreadRef, token: str, ttl: float, now: float) -> bool:
+        """Take ``ref``'s lease; hide it in the index while held. False if empty or taken."""
+        keys = self.keys
+        with translate_errors():
+            taken = await self._acquire(keys=[keys.lease(ref), keys.orders(ref)], args=[token, _ms(ttl)])
+            if taken == 1:
+                await self.client.zadd(keys.index(ref.handler), {ref.thread: now + ttl}, xx=True)
+            elif taken == 0:
+                await self._unindex(ref, now)
+        return bool(taken == 1)
+
+    async def _unindex(self, ref: ThreadRef, now: float) -> None:
+        """Remove an empty thread from the index, safely against a racing register."""
+        index = self.keys.index(ref.handler)
+        await self.client.zrem(index, ref.thread)
+        if await self.client.zcard(self.keys.orders(ref)):
+            await self.client.zadd(index, {ref.thread: now}, nx=True)
+
+    # --- bound thread -------------------------------------------------------
+
+    async def cycle(
+        self,
+        ref: ThreadRef,
+        token: str,
+        ttl: float,
+        ack_order: str,
+        ack_count: int,
+        ack_seq: int,
+        dead: Sequence[bytes],
+        limit: int,
+    ) -> tuple[str, list[bytes]] | bool | None:
+        """Ack the previous batch and fetch the next, fenced by the lease.
+
+        Safe to retry with the same ``ack_seq`` after a lost reply: an ack is
+        applied once per (token, seq).
+
+        Returns:
+            ``(order, payloads)``; ``None`` when the thread is empty (or nothing
+            was asked); ``False`` when the lease is not ours and nothing changed.
+        """
+        keys = self.keys
+        with translate_errors():
+            if dead:
+                await self.client.sadd(keys.dead_index(ref.handler), ref.thread)
+            reply = await self._cycle(
+                keys=[keys.lease(ref), keys.orders(ref), keys.dead(ref), keys.acked(ref)],
+                args=[keys.tube_prefix(ref), token, _ms(ttl), ack_order, ack_count, ack_seq, limit, *dead],
+            )
+        if reply is None:
+            return False
+        if not reply:
+            return None
+        order, payloads = reply
+        return order.decode(), payloads
+
+    async def renew(self, ref: ThreadRef, token: str, ttl: float, now: float) -> bool:
+        """Extend our lease and keep the thread hidden from the coordinator meanwhile."""
+        with translate_errors():
+            renewed = await self._renew(keys=[self.keys.lease(ref)], args=[token, _ms(ttl)])
+            if renewed:
+                await self.client.zadd(self.keys.index(ref.handler), {ref.thread: now + ttl}, xx=True)
+        return bool(renewed)
+
+    async def release(self, ref: ThreadRef, token: str, now: float) -> None:
+        """Drop our lease (never another's) and make the thread visible or unindex it."""
+        keys = self.keys
+        with translate_errors():
+            left = await self._release(keys=[keys.lease(ref), keys.orders(ref)], args=[token])
+            if left:
+                await self.client.zadd(keys.index(ref.handler), {ref.thread: now})
+            else:
+                await self._unindex(ref, now)
+
+    # --- wake-ups -----------------------------------------------------------
+
+    async def listen_wake(self, on_wake: Callable[[], None], ready: Callable[[], None]) -> None:
+        """Call ``on_wake`` for every registration anywhere, until cancelled."""
+        pubsub = self.client.pubsub()
+        try:
+            with translate_errors():
+                await pubsub.subscribe(self.keys.wake)
+            ready()
+            while True:
+                with translate_errors():
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                if message is not None:
+                    on_wake()
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+
+    # --- inspection ---------------------------------------------------------
+
+    async def thread_orders(self, ref: ThreadRef) -> list[str]:
+        """Non-empty orders of a thread, most urgent first."""
+        with translate_errors():
+            return [order.decode() for order in await self.client.zrange(self.keys.orders(ref), 0, -1)]
+
+    async def tube_payloads(self, tube: Tube) -> list[bytes]:
+        """Every payload waiting in a tube, head first."""
+        with translate_errors():
+            return list(await self.client.lrange(self.keys.tube(tube), 0, -1))
+
+    async def indexed_threads(self, handler: str) -> list[str]:
+        """Threads of ``handler`` in the coordinator's index."""
+        with translate_errors():
+            return [member.decode() for member in await self.client.zrange(self.keys.index(handler), 0, -1)]
+
+    async def pending(self, handler: str) -> int:
+        """Messages waiting in all tubes of ``handler`` (walks its index: not for hot paths)."""
+        total = 0
+        for thread in await self.indexed_threads(handler):
+            ref = ThreadRef(handler, thread)
+            for order in await self.thread_orders(ref):
+                with translate_errors():
+                    total += await self.client.llen(self.keys.tube(Tube(handler, thread, order)))
+        return total
+
+    async def lease_token(self, ref: ThreadRef) -> str | None:
+        """The token of the loop holding ``ref``, if any."""
+        with translate_errors():
+            token = await self.client.get(self.keys.lease(ref))
+        return None if token is None else token.decode()
+
+    async def dead_records(self, ref: ThreadRef) -> list[bytes]:
+        """Raw dead-letter records of one thread, oldest first."""
+        with translate_errors():
+            return list(await self.client.lrange(self.keys.dead(ref), 0, -1))
+
+    async def take_dead(self, ref: ThreadRef, count: int) -> None:
+        """Drop the ``count`` oldest dead letters of a thread (after they were requeued or purged)."""
+        with translate_errors():
+            await self.client.ltrim(self.keys.dead(ref), count, -1)
+
+    async def dead_threads(self, handler: str) -> list[str]:
+        """Threads of ``handler`` that have held dead letters."""
+        with translate_errors():
+            return sorted(member.decode() for member in await self.client.smembers(self.keys.dead_index(handler)))
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))

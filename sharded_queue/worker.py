@@ -1,0 +1,366 @@
+"""`Worker`: the asyncio shell that runs `core.worker_program` against Redis.
+
+Each `Worker.loop` drives one program: every effect it yields is carried out
+here (a storage call, a handler call or a wait) and the result is sent back.
+The decisions themselves (which thread, how big a batch, when to release,
+retry, bisect) live in `sharded_queue.core`, shared with the simulator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import random
+import secrets
+import socket
+import time
+import traceback
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+from .core import (
+    LOST,
+    Ack,
+    Acquire,
+    Batch,
+    Begin,
+    Control,
+    Cycle,
+    Effect,
+    End,
+    LoopPolicy,
+    Lost,
+    Message,
+    Perform,
+    Poll,
+    Program,
+    ThreadRef,
+    Wait,
+    worker_program,
+)
+from .errors import DecodeError, StorageError
+from .handler import Handler
+from .queue import DeadLetterRecord, HandlerSpec, Queue
+from .settings import Settings
+from .trace import TraceRecorder
+
+logger = logging.getLogger("sharded_queue")
+
+T = TypeVar("T")
+CANDIDATES_PER_HANDLER = 16
+_loop_ids = itertools.count(1)
+
+
+class Waker:
+    """Lets waiting loops be woken early; a wake between arming and waiting is not lost."""
+
+    def __init__(self) -> None:
+        self._future: asyncio.Future[None] | None = None
+
+    def arm(self) -> asyncio.Future[None]:
+        """The future the next `wake` resolves; take it *before* looking for work."""
+        if self._future is None or self._future.done():
+            self._future = asyncio.get_running_loop().create_future()
+        return self._future
+
+    def wake(self) -> None:
+        """Wake every loop waiting on an armed future."""
+        if self._future is not None and not self._future.done():
+            self._future.set_result(None)
+
+    @staticmethod
+    async def wait(armed: asyncio.Future[None] | None, seconds: float) -> None:
+        """Sleep ``seconds`` or until ``armed`` resolves."""
+        if armed is None:
+            await asyncio.sleep(seconds)
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(armed), seconds)
+
+
+class Worker:
+    """Performs registered requests, thread by thread, batch by batch.
+
+    Args:
+        queue: The queue whose storage to work on.
+        handlers: Handler classes to run; default: those ``queue`` has registered.
+            Tubes of other handlers are never touched (their names are never
+            imported or resolved).
+        settings: Settings to use instead of the queue's.
+        trace: Record one row per performed message (see `Worker.trace`).
+    """
+
+    def __init__(
+        self,
+        queue: Queue,
+        handlers: Sequence[type[Handler]] | None = None,
+        *,
+        settings: Settings | None = None,
+        trace: bool = False,
+    ) -> None:
+        self.queue = queue
+        self.settings = settings or queue.settings
+        chosen = list(handlers) if handlers is not None else queue.handlers
+        if not chosen:
+            raise ValueError("Worker has no handlers: register requests through this queue or pass handlers=[...]")
+        self.specs: dict[str, HandlerSpec] = {}
+        for handler in chosen:
+            spec = queue.spec(handler)
+            self.specs[spec.name] = spec
+        self.control = Control()
+        self.recorder = TraceRecorder() if trace else None
+        self._waker = Waker()
+        self._listeners = 0
+        self._listener: asyncio.Task[None] | None = None
+        self._loops: set[asyncio.Task[Any]] = set()
+        self.identity = f"{socket.gethostname()}:{os.getpid()}"
+
+    def policy(self) -> LoopPolicy:
+        """The loop policy from current settings and the handlers' overrides."""
+        return LoopPolicy.from_settings(
+            self.settings,
+            batch_sizes={n: s.handler.batch_size for n, s in self.specs.items() if s.handler.batch_size},
+            attempts={n: s.handler.retry_attempts for n, s in self.specs.items() if s.handler.retry_attempts},
+        )
+
+    async def loop(self, limit: int | None = None) -> int:
+        """Perform messages until ``limit`` were taken off the queue, or forever.
+
+        Several loops of one worker run concurrently, each bound to its own
+        thread. Returns how many messages this loop took (performed or
+        dead-lettered). Cancelling the loop leaves its unacked batch at the
+        head of its tube for the next holder.
+        """
+        if limit is not None and limit < 0:
+            raise ValueError(f"limit must be >= 0 or None, got {limit}")
+        program = worker_program(self.policy(), limit, random.Random(), self.control)
+        async with self._listening():
+            return await _Loop(self, next(_loop_ids)).run(program)
+
+    def stop(self) -> None:
+        """Ask every loop to finish its batch, ack it, release its thread and return."""
+        self.control.stopping = True
+        self._waker.wake()
+
+    def trace(self) -> Any:
+        """The recorded trace as a pandas DataFrame (schema in `sharded_queue.trace`)."""
+        if self.recorder is None:
+            raise RuntimeError("this worker does not record: create it with Worker(queue, trace=True)")
+        return self.recorder.frame()
+
+    @contextlib.asynccontextmanager
+    async def _listening(self) -> AsyncIterator[None]:
+        """Keep one wake-up subscription open while any loop of this worker runs."""
+        self._listeners += 1
+        if self._listener is None:
+            ready = asyncio.Event()
+            self._listener = asyncio.create_task(self._listen(ready))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ready.wait(), self.settings.storage_timeout)
+        try:
+            yield
+        finally:
+            self._listeners -= 1
+            if self._listeners == 0 and self._listener is not None:
+                listener, self._listener = self._listener, None
+                listener.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await listener
+
+    async def _listen(self, ready: asyncio.Event) -> None:
+        storage = self.queue.storage
+        while True:
+            try:
+                await storage.listen_wake(self._waker.wake, ready.set)
+            except StorageError as exc:
+                logger.warning("wake-up subscription failed, retrying: %s", exc)
+                ready.set()  # loops still work without it, on coordinator_delay
+                await asyncio.sleep(1.0)
+
+
+class _Loop:
+    """One running loop: carries out the effects of one worker program."""
+
+    def __init__(self, worker: Worker, number: int) -> None:
+        self.worker = worker
+        self.storage = worker.queue.storage
+        self.settings = worker.settings
+        self.name = f"{worker.identity}:{number}"
+        self.rng = random.Random()
+        self.armed: asyncio.Future[None] | None = None
+        self.bound: ThreadRef | None = None
+        self.token = ""
+        self.instance: Handler | None = None
+        self.heartbeat: asyncio.Task[None] | None = None
+        self.raw: list[bytes] = []
+        self.batch_order = ""
+        self.seq = 0
+
+    async def run(self, program: Program) -> int:
+        result: Any = None
+        try:
+            while True:
+                try:
+                    effect = program.send(result)
+                except StopIteration as stop:
+                    return int(stop.value)
+                result = await self.execute(effect)
+        finally:
+            if self.bound is not None:  # cancelled or failed while bound: unacked batch stays
+                await asyncio.shield(self._end())
+            program.close()
+
+    async def execute(self, effect: Effect) -> Any:
+        match effect:
+            case Cycle():
+                return await self._cycle(effect)
+            case Perform():
+                return await self._perform(effect)
+            case Poll():
+                self.armed = self.worker._waker.arm()
+                return await self._retrying(
+                    lambda: self.storage.candidates(list(self.worker.specs), time.time(), CANDIDATES_PER_HANDLER)
+                )
+            case Acquire(thread):
+                token = secrets.token_hex(16)
+                ttl = self.settings.lease_ttl
+                if await self._retrying(lambda: self.storage.acquire(thread, token, ttl, time.time())):
+                    self.token = token
+                    return True
+                return False
+            case Wait(seconds, wakeable):
+                await Waker.wait(self.armed if wakeable else None, seconds)
+                return None
+            case Begin(thread):
+                await self._begin(thread)
+                return None
+            case End():
+                await self._end()
+                return None
+        raise TypeError(f"unknown effect {effect!r}")  # pragma: no cover
+
+    async def _begin(self, thread: ThreadRef) -> None:
+        self.bound = thread
+        self.seq = 0
+        self.heartbeat = asyncio.create_task(self._heartbeat(thread, self.token))
+        self.instance = self.worker.specs[thread.handler].handler()
+        await self.instance.start()
+
+    async def _end(self) -> None:
+        thread, self.bound = self.bound, None
+        if thread is None:
+            return
+        if self.heartbeat is not None:
+            self.heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.heartbeat
+        try:
+            if self.instance is not None:
+                await self.instance.stop()
+        except Exception:
+            logger.exception("%s stop() failed on thread %s", thread.handler, thread.thread)
+        finally:
+            self.instance = None
+            try:
+                await self.storage.release(thread, self.token, time.time())
+            except StorageError as exc:  # the lease expires by itself
+                logger.warning("could not release thread %s/%s: %s", thread.handler, thread.thread, exc)
+
+    async def _heartbeat(self, thread: ThreadRef, token: str) -> None:
+        ttl = self.settings.lease_ttl
+        while True:
+            await asyncio.sleep(ttl / 3)
+            try:
+                if not await self.storage.renew(thread, token, ttl, time.time()):
+                    logger.warning("lease of %s/%s lost; its batch will not be acked", thread.handler, thread.thread)
+                    return
+            except StorageError as exc:
+                logger.warning("lease renewal of %s/%s failed: %s", thread.handler, thread.thread, exc)
+
+    async def _cycle(self, effect: Cycle) -> Batch | Lost | None:
+        thread, ack = effect.thread, effect.ack
+        dead = self._dead_records(thread, ack) if ack is not None and ack.dead else []
+        if ack is not None:
+            self.seq += 1
+        seq = self.seq
+        self.armed = self.worker._waker.arm()
+        reply = await self._retrying(
+            lambda: self.storage.cycle(
+                thread,
+                self.token,
+                self.settings.lease_ttl,
+                ack.order if ack else "",
+                ack.count if ack else 0,
+                seq,
+                dead,
+                effect.limit,
+            )
+        )
+        if reply is False:
+            logger.warning("lease of %s/%s lost: batch not acked, thread left", thread.handler, thread.thread)
+            return LOST
+        if reply is None:
+            return None
+        assert isinstance(reply, tuple)
+        order, self.raw = reply
+        self.batch_order = order
+        return self._decode(thread, order, self.raw)
+
+    def _decode(self, thread: ThreadRef, order: str, payloads: list[bytes]) -> Batch:
+        decode = self.worker.specs[thread.handler].codec.decode
+        messages: list[Message] = []
+        bad: list[tuple[int, BaseException]] = []
+        for index, payload in enumerate(payloads):
+            try:
+                enqueued_at, request = decode(payload)
+            except DecodeError as exc:
+                logger.error("undecodable payload in %s/%s dead-lettered: %s", thread.handler, thread.thread, exc)
+                bad.append((index, exc))
+            else:
+                messages.append(Message(index, request, enqueued_at))
+        return Batch(order, len(payloads), messages, bad)
+
+    async def _perform(self, effect: Perform) -> BaseException | None:
+        assert self.instance is not None
+        recorder = self.worker.recorder
+        started = time.time()
+        try:
+            await self.instance.perform(*[message.request for message in effect.messages])
+        except Exception as exc:
+            logger.warning("%s.perform failed on thread %s: %r", effect.thread.handler, effect.thread.thread, exc)
+            return exc
+        if recorder is not None:
+            recorder.record(effect.thread, self.batch_order, self.name, effect.messages, started, time.time())
+        return None
+
+    def _dead_records(self, thread: ThreadRef, ack: Ack) -> list[bytes]:
+        now = time.time()
+        return [
+            DeadLetterRecord(
+                handler=thread.handler,
+                thread=thread.thread,
+                order=ack.order,
+                payload=self.raw[dead.index],
+                error_type=type(dead.error).__qualname__,
+                error=str(dead.error),
+                traceback="".join(traceback.format_exception(dead.error)),
+                attempts=dead.attempts,
+                failed_at=now,
+            ).encode()
+            for dead in ack.dead
+        ]
+
+    async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
+        """Run a storage call until it succeeds, backing off while Redis is down."""
+        policy = self.worker.policy()
+        for attempt in itertools.count(1):
+            try:
+                return await call()
+            except StorageError as exc:
+                delay = policy.backoff(min(attempt, 30), self.rng)
+                logger.warning("storage call failed (attempt %d), retrying in %.2fs: %s", attempt, delay, exc)
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover

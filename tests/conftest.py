@@ -1,0 +1,142 @@
+"""Storage fixtures: every contract test runs on embedded fakeredis and on a real
+``redis-server`` that this suite starts on a free loopback port (never 6379)."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import fakeredis
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from sharded_queue import Queue, Settings, Storage
+
+CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+_prefixes = itertools.count()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RedisServer:
+    """A redis-server process owned by the tests."""
+
+    def __init__(self, directory: Path, *extra: str) -> None:
+        self.port = free_port()
+        self.directory = directory
+        self.extra = extra
+        self.process: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        assert binary is not None
+        self.process = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+                "--logfile",
+                str(self.directory / "redis.log"),
+                *self.extra,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        client = redis.Redis(port=self.port)
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    raise RuntimeError(f"redis-server on port {self.port} did not start") from None
+                time.sleep(0.02)
+        client.close()
+
+    def stop(self, kill: bool = False) -> None:
+        if self.process is not None and self.process.poll() is None:
+            (self.process.kill if kill else self.process.terminate)()
+            self.process.wait(10)
+        self.process = None
+
+
+def need_redis_server() -> None:
+    if shutil.which("redis-server") is None:
+        if CI:
+            pytest.fail("redis-server is not installed (required under CI=true)")
+        pytest.skip("redis-server is not installed")
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    need_redis_server()
+    with tempfile.TemporaryDirectory(prefix="sq-redis-") as directory:
+        server = RedisServer(Path(directory))
+        yield server
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server: RedisServer) -> str:
+    return redis_server.url
+
+
+@pytest.fixture
+def settings() -> Settings:
+    """Settings for fast tests: short waits, short leases."""
+    return Settings(
+        coordinator_delay=0.05,
+        worker_empty_pause=0.01,
+        worker_empty_limit=3,
+        lease_ttl=2.0,
+        retry_backoff=0.01,
+        retry_backoff_max=0.05,
+    )
+
+
+@pytest.fixture(params=["fakeredis", "redis"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+async def storage(backend: str, request: pytest.FixtureRequest) -> AsyncIterator[Storage]:
+    prefix = f"t{next(_prefixes)}"
+    if backend == "fakeredis":
+        client = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
+    else:
+        client = aioredis.Redis.from_url(request.getfixturevalue("redis_url"))
+    store = Storage(client, prefix)
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+async def queue(storage: Storage, settings: Settings) -> AsyncIterator[Queue]:
+    yield Queue(storage, settings=settings)

@@ -15,6 +15,7 @@ import logging
 import os
 import random
 import secrets
+import signal
 import socket
 import time
 import traceback
@@ -139,6 +140,40 @@ class Worker:
         program = worker_program(self.policy(), limit, random.Random(), self.control)
         async with self._listening():
             return await _Loop(self, next(_loop_ids)).run(program)
+
+    async def serve(self, loops: int = 1, limit: int | None = None) -> int:
+        """Run ``loops`` loops until they reach ``limit`` each, or a signal, or `stop`.
+
+        On the first SIGTERM or SIGINT every loop finishes and acks the batch in
+        hand, calls ``stop()``, releases its thread and returns; on a second one
+        the loops are cancelled at once (their unacked batches are performed
+        again by the next holder). Returns how many messages the loops took.
+        """
+        event_loop = asyncio.get_running_loop()
+        tasks = [asyncio.create_task(self.loop(limit)) for _ in range(loops)]
+        signals = 0
+
+        def on_signal() -> None:
+            nonlocal signals
+            signals += 1
+            logger.warning("signal received: %s", "stopping gracefully" if signals == 1 else "cancelling loops")
+            if signals == 1:
+                self.stop()
+            else:
+                for task in tasks:
+                    task.cancel()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            event_loop.add_signal_handler(sig, on_signal)
+        try:
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                event_loop.remove_signal_handler(sig)
+        failures = [r for r in results if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError)]
+        if failures:
+            raise failures[0]
+        return sum(r for r in results if isinstance(r, int))
 
     def stop(self) -> None:
         """Ask every loop to finish its batch, ack it, release its thread and return."""

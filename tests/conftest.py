@@ -68,7 +68,7 @@ class RedisServer:
             stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
-        client = redis.Redis(port=self.port)
+        client = redis.Redis(port=self.port, socket_timeout=5, socket_connect_timeout=5)
         while True:
             try:
                 client.ping()

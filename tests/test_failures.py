@@ -1,0 +1,123 @@
+"""Retries, poison isolation, dead letters and graceful stop, on fakeredis and real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import ClassVar
+
+from sharded_queue import Handler, Queue, Settings, ThreadRef, Worker
+from sharded_queue.testing import drain
+
+
+class Poison(Exception):
+    pass
+
+
+class PoisonHandler(Handler):
+    """Fails every batch that contains a poison number; counts every perform."""
+
+    poison: ClassVar[set[int]] = set()
+    flaky: ClassVar[dict[int, int]] = {}  # number -> failures left before it succeeds
+    performs: ClassVar[list[tuple[int, ...]]] = []
+    performed: ClassVar[list[int]] = []
+    batch_size = 16
+
+    async def perform(self, *requests: int) -> None:
+        self.performs.append(requests)
+        for number in requests:
+            if number in self.poison:
+                raise Poison(f"poison {number}")
+            if self.flaky.get(number, 0) > 0:
+                self.flaky[number] -= 1
+                raise ConnectionError(f"transient failure on {number}")
+        self.performed.extend(requests)
+
+
+def reset(poison: set[int] = frozenset(), flaky: dict[int, int] | None = None) -> None:  # type: ignore[assignment]
+    PoisonHandler.poison = set(poison)
+    PoisonHandler.flaky = dict(flaky or {})
+    PoisonHandler.performs = []
+    PoisonHandler.performed = []
+
+
+def first_performs(performed: list[int]) -> list[int]:
+    seen: dict[int, None] = {}
+    for number in performed:
+        seen.setdefault(number)
+    return list(seen)
+
+
+async def test_poison_request_is_isolated_and_thread_goes_on(queue: Queue, settings: Settings) -> None:
+    reset(poison={5})
+    await queue.register(PoisonHandler, *range(16))  # one batch of 16
+    await queue.register(PoisonHandler, *range(16, 20))
+    await drain(Worker(queue))
+    assert first_performs(PoisonHandler.performed) == [n for n in range(20) if n != 5]  # FIFO, nothing skipped
+    (letter,) = await queue.dead_letters(PoisonHandler)
+    assert letter.payload.endswith(b",5]")
+    assert (letter.error_type, letter.error, letter.attempts) == ("Poison", "poison 5", settings.retry_attempts)
+    assert "raise Poison" in letter.traceback
+    attempts = settings.retry_attempts
+    bound = 2 * attempts + 2 * math.ceil(math.log2(16)) - 1  # documented in core._perform
+    batch_performs = [p for p in PoisonHandler.performs if set(p) & set(range(16))]
+    assert len(batch_performs) <= bound
+    for number in range(16):
+        if number != 5:
+            assert PoisonHandler.performed.count(number) == 1
+            assert sum(number in p for p in PoisonHandler.performs) <= attempts + math.ceil(math.log2(16))
+
+
+async def test_transient_failure_is_retried_without_dead_letters(queue: Queue) -> None:
+    reset(flaky={2: 2})
+    await queue.register(PoisonHandler, 1, 2, 3)
+    await drain(Worker(queue))
+    assert PoisonHandler.performed == [1, 2, 3]
+    assert len(PoisonHandler.performs) == 3  # two failures, then success
+    assert await queue.dead_letter_count(PoisonHandler) == 0
+
+
+class StrictHandler(PoisonHandler):
+    retry_attempts = 1
+
+
+async def test_per_handler_attempts_and_requeue(queue: Queue) -> None:
+    reset(poison={7})
+    await queue.register(StrictHandler, 7, 8)
+    await drain(Worker(queue))
+    (letter,) = await queue.dead_letters(StrictHandler)
+    assert letter.attempts == 1
+    assert PoisonHandler.performed == [8]
+    PoisonHandler.poison = set()  # the bug is fixed: requeue and perform it
+    assert await queue.requeue_dead_letters(StrictHandler) == 1
+    assert await queue.dead_letter_count(StrictHandler) == 0
+    await drain(Worker(queue))
+    assert PoisonHandler.performed == [8, 7]
+
+
+class LongHandler(Handler):
+    started: ClassVar[asyncio.Event]
+    log: ClassVar[list[str]] = []
+
+    async def perform(self, *requests: int) -> None:
+        self.log.append(f"perform {list(requests)}")
+        self.started.set()
+        await asyncio.sleep(0.2)
+        self.log.append("performed")
+
+    async def stop(self) -> None:
+        self.log.append("stop")
+
+
+async def test_stop_during_perform_acks_batch_once_and_releases(queue: Queue) -> None:
+    LongHandler.started = asyncio.Event()
+    LongHandler.log = []
+    await queue.register(LongHandler, 1, 2)
+    worker = Worker(queue)
+    loop = asyncio.create_task(worker.loop())
+    await asyncio.wait_for(LongHandler.started.wait(), 10)
+    worker.stop()
+    assert await asyncio.wait_for(loop, 10) == 2
+    assert LongHandler.log == ["perform [1, 2]", "performed", "stop"]
+    assert await queue.pending(LongHandler) == 0
+    assert await queue.storage.lease_token(ThreadRef(queue.spec(LongHandler).name, "0")) is None

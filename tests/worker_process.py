@@ -1,0 +1,70 @@
+"""A worker process for the crash tests: ``python tests/worker_process.py URL LOG LOOPS``.
+
+Settings come from ``QUEUE_*`` variables. Every perform appends one line to LOG
+with ``os.write`` (it survives kill -9 of this process) *before* returning, so a
+batch that was acked is always in the log:
+
+    <clock> <time> <pid> <event> <thread> <seq,seq,...>
+
+``clock`` is a Redis counter, a global order of performs across processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+import time
+
+import redis.asyncio as aioredis
+
+from sharded_queue import Handler, Queue, RequestRoute, Route, Worker
+
+LOG_FD = -1
+CLOCK: aioredis.Redis | None = None
+PERFORM_SECONDS = float(os.environ.get("TEST_PERFORM_SECONDS", "0.002"))
+
+
+def log(event: str, thread: str = "-", seqs: str = "-", clock: int = 0) -> None:
+    os.write(LOG_FD, f"{clock} {time.time():.6f} {os.getpid()} {event} {thread} {seqs}\n".encode())
+
+
+class ChaosHandler(Handler):
+    """Requests are ``[thread, seq]``; each perform is stamped with the global clock."""
+
+    name = "chaos"
+
+    @classmethod
+    async def route(cls, *requests: list[int]) -> list[RequestRoute]:
+        return [RequestRoute(r, Route(thread=r[0])) for r in requests]
+
+    async def perform(self, *requests: list[int]) -> None:
+        assert CLOCK is not None
+        thread = str(requests[0][0])
+        seqs = ",".join(str(r[1]) for r in requests)
+        log("start", thread, seqs)
+        await asyncio.sleep(PERFORM_SECONDS)
+        clock = await CLOCK.incr("test:clock")
+        log("perform", thread, seqs, clock)
+
+    async def stop(self) -> None:
+        log("stop")
+
+
+async def main(url: str, loops: int) -> None:
+    global CLOCK
+    CLOCK = aioredis.Redis.from_url(url)
+    queue = Queue(url)
+    log("ready")
+    taken = await Worker(queue, handlers=[ChaosHandler]).serve(loops)
+    log("exit", seqs=str(taken))
+    await queue.close()
+    await CLOCK.aclose()
+
+
+if __name__ == "__main__":
+    url, path, loops = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    LOG_FD = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format=f"{os.getpid()} %(message)s")
+    asyncio.run(main(url, loops))

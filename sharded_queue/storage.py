@@ -187,9 +187,14 @@ class Storage:
                 pipe = self.client.pipeline(transaction=False)
             for ref in threads:
                 pipe.zadd(keys.index(ref.handler), {ref.thread: now}, nx=True)
-            for handler in {ref.handler for ref in threads}:
-                pipe.publish(keys.wake, handler)
+            handlers = {ref.handler for ref in threads}
+            if not self.cluster:  # a cluster pipeline refuses PUBLISH
+                for handler in handlers:
+                    pipe.publish(keys.wake, handler)
             await pipe.execute()
+            if self.cluster:
+                for handler in handlers:
+                    await self.client.publish(keys.wake, handler)
 
     # --- coordinator --------------------------------------------------------
 
@@ -285,6 +290,9 @@ class Storage:
 
     async def listen_wake(self, on_wake: Callable[[], None], ready: Callable[[], None]) -> None:
         """Call ``on_wake`` for every registration anywhere, until cancelled."""
+        if self.cluster:
+            with translate_errors():
+                await self.client.initialize()  # a cluster pub/sub needs the slot map first
         pubsub = self.client.pubsub()
         try:
             with translate_errors():

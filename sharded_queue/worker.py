@@ -210,8 +210,8 @@ class Worker:
         while True:
             try:
                 await storage.listen_wake(self._waker.wake, ready.set)
-            except StorageError as exc:
-                logger.warning("wake-up subscription failed, retrying: %s", exc)
+            except Exception as exc:  # never let wake-ups die: loops would fall back to polling
+                logger.warning("wake-up subscription failed, retrying: %r", exc)
                 ready.set()  # loops still work without it, on coordinator_delay
                 await asyncio.sleep(1.0)
 

@@ -1,10 +1,12 @@
-"""Storage fixtures: every contract test runs on embedded fakeredis and on a real
-``redis-server`` that this suite starts on a free loopback port (never 6379)."""
+"""Storage fixtures: every contract test runs on embedded fakeredis, on a real
+``redis-server`` and on a three-node Redis Cluster, all started by this suite on
+free loopback ports (never the server on 6379)."""
 
 from __future__ import annotations
 
 import itertools
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -30,11 +32,24 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def free_cluster_port() -> int:
+    """A free port P below 55536 whose cluster bus port P + 10000 is free too."""
+    for port in random.Random().sample(range(20000, 45000), 200):
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 10000))
+                return port
+        except OSError:
+            continue
+    raise RuntimeError("no free port pair for a cluster node")
+
+
 class RedisServer:
     """A redis-server process owned by the tests."""
 
-    def __init__(self, directory: Path, *extra: str) -> None:
-        self.port = free_port()
+    def __init__(self, directory: Path, *extra: str, port: int | None = None) -> None:
+        self.port = port or free_port()
         self.directory = directory
         self.extra = extra
         self.process: subprocess.Popen[bytes] | None = None
@@ -107,6 +122,55 @@ def redis_url(redis_server: RedisServer) -> str:
     return redis_server.url
 
 
+class RedisClusterNodes:
+    """Three cluster-enabled redis-server processes joined into one cluster (no replicas)."""
+
+    def __init__(self, directory: Path, count: int = 3) -> None:
+        self.nodes = []
+        for index in range(count):
+            node_dir = directory / f"node{index}"
+            node_dir.mkdir()
+            self.nodes.append(
+                RedisServer(
+                    node_dir,
+                    *("--cluster-enabled", "yes", "--cluster-config-file", str(node_dir / "nodes.conf")),
+                    port=free_cluster_port(),
+                )
+            )
+        addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+        subprocess.run(
+            ["redis-cli", "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        deadline = time.monotonic() + 30
+        for node in self.nodes:
+            client = redis.Redis(port=node.port, socket_timeout=5)
+            while client.execute_command("CLUSTER INFO").get("cluster_state") != "ok":
+                if time.monotonic() > deadline:
+                    raise RuntimeError("redis cluster did not become ready")
+                time.sleep(0.05)
+            client.close()
+
+    @property
+    def url(self) -> str:
+        return f"redis+cluster://127.0.0.1:{self.nodes[0].port}"
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterNodes]:
+    need_redis_server()
+    with tempfile.TemporaryDirectory(prefix="sq-cluster-") as directory:
+        cluster = RedisClusterNodes(Path(directory))
+        yield cluster
+        cluster.stop()
+
+
 @pytest.fixture
 def settings() -> Settings:
     """Settings for fast tests: short waits, short leases."""
@@ -120,7 +184,7 @@ def settings() -> Settings:
     )
 
 
-@pytest.fixture(params=["fakeredis", "redis"])
+@pytest.fixture(params=["fakeredis", "redis", "cluster"])
 def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
@@ -129,10 +193,11 @@ def backend(request: pytest.FixtureRequest) -> str:
 async def storage(backend: str, request: pytest.FixtureRequest) -> AsyncIterator[Storage]:
     prefix = f"t{next(_prefixes)}"
     if backend == "fakeredis":
-        client = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
+        store = Storage(fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer()), prefix)
+    elif backend == "redis":
+        store = Storage(aioredis.Redis.from_url(request.getfixturevalue("redis_url")), prefix)
     else:
-        client = aioredis.Redis.from_url(request.getfixturevalue("redis_url"))
-    store = Storage(client, prefix)
+        store = Storage.from_settings(Settings(key_prefix=prefix), request.getfixturevalue("redis_cluster").url)
     yield store
     await store.close()
 

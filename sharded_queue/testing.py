@@ -1,24 +1,30 @@
 """Helpers for tests and notebooks: fresh queues, run-until-drained, waiting.
 
-Used by the project's own tests and meant for users' tests too::
+Used by the project's own tests and notebooks, and meant for users' tests too::
 
     queue = fresh_queue()
     await queue.register(MyHandler, *requests)
     await drain(Worker(queue), loops=4)
+
+    trace = await trace_run(MyHandler, requests, loops=4)   # one row per performed message
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
+from .handler import Handler
 from .queue import Queue
 from .settings import Settings
 from .settings import settings as default_settings
 from .storage import Storage
 from .worker import Worker
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def fresh_queue(settings: Settings | None = None, prefix: str = "sq") -> Queue:
@@ -58,8 +64,15 @@ async def is_drained(worker: Worker) -> bool:
     return True
 
 
-async def drain(worker: Worker, loops: int = 1, timeout: float = 60.0) -> int:
+async def drain(worker: Worker, loops: int = 1, timeout: float = 60.0, feed: Awaitable[None] | None = None) -> int:
     """Run ``loops`` loops of ``worker`` until its handlers' tubes are empty, then stop them.
+
+    Args:
+        worker: The worker to run.
+        loops: Concurrent loops.
+        timeout: Seconds before giving up.
+        feed: Registrations to run alongside the loops (e.g. open-loop arrivals);
+            the queue counts as drained only once it has finished.
 
     Returns:
         How many messages the loops took off the queue.
@@ -68,8 +81,11 @@ async def drain(worker: Worker, loops: int = 1, timeout: float = 60.0) -> int:
         TimeoutError: not drained within ``timeout`` seconds (the loops are cancelled).
     """
     tasks = [asyncio.create_task(worker.loop()) for _ in range(loops)]
+    if feed is not None:
+        tasks.append(asyncio.create_task(_as_count(feed)))
+    fed = tasks[-1] if feed is not None else None
     try:
-        await wait_until(lambda: _drained_or_failed(worker, tasks), timeout=timeout)
+        await wait_until(lambda: _drained_or_failed(worker, tasks, fed), timeout=timeout)
         worker.stop()
         results: list[Any] = await asyncio.gather(*tasks)
         return sum(results)
@@ -80,8 +96,71 @@ async def drain(worker: Worker, loops: int = 1, timeout: float = 60.0) -> int:
         worker.control.stopping = False
 
 
-async def _drained_or_failed(worker: Worker, tasks: list[asyncio.Task[int]]) -> bool:
+async def _as_count(feed: Awaitable[None]) -> int:
+    await feed
+    return 0
+
+
+async def _drained_or_failed(worker: Worker, tasks: list[asyncio.Task[int]], fed: asyncio.Task[int] | None) -> bool:
     for task in tasks:
         if task.done():
             task.result()  # re-raise a loop's crash instead of waiting for the timeout
-    return await is_drained(worker)
+    return (fed is None or fed.done()) and await is_drained(worker)
+
+
+async def trace_run(
+    handler: type[Handler],
+    requests: Sequence[Any],
+    *,
+    at: Sequence[float] | None = None,
+    loops: int = 1,
+    queue: Queue | None = None,
+    settings: Settings | None = None,
+    chunk: int = 1000,
+    timeout: float = 120.0,
+) -> pd.DataFrame:
+    """Run a workload through real workers and return its trace, in one call.
+
+    Args:
+        handler: The handler to register and perform.
+        requests: The requests, in registration order.
+        at: Arrival offsets in seconds from the start (non-decreasing), one per
+            request, for an open-loop workload; without it the requests are
+            registered first as a backlog (in calls of ``chunk``) and drained.
+        loops: Concurrent worker loops.
+        queue: Where to run; default a `fresh_queue` (embedded, isolated).
+        settings: Settings of the fresh queue and the worker.
+        chunk: Requests per `Queue.register` call for a backlog.
+        timeout: Seconds before giving up.
+
+    Returns:
+        The trace DataFrame (schema in `sharded_queue.trace`).
+    """
+    queue = queue or fresh_queue(settings)
+    worker = Worker(queue, handlers=[handler], settings=settings, trace=True)
+    if at is None:
+        for start in range(0, len(requests), chunk):
+            await queue.register(handler, *requests[start : start + chunk])
+        await drain(worker, loops=loops, timeout=timeout)
+    else:
+        if len(at) != len(requests):
+            raise ValueError(f"{len(at)} arrival times for {len(requests)} requests")
+        await drain(worker, loops=loops, timeout=timeout, feed=_arrivals(queue, handler, requests, at))
+    trace: pd.DataFrame = worker.trace()
+    return trace
+
+
+async def _arrivals(queue: Queue, handler: type[Handler], requests: Sequence[Any], at: Sequence[float]) -> None:
+    """Register each request at its offset; requests due together go in one call."""
+    start = time.monotonic()
+    index = 0
+    while index < len(requests):
+        delay = at[index] - (time.monotonic() - start)
+        if delay > 0:
+            await asyncio.sleep(delay)
+        now = time.monotonic() - start
+        end = index
+        while end < len(requests) and at[end] <= now:
+            end += 1
+        await queue.register(handler, *requests[index : max(end, index + 1)])
+        index = max(end, index + 1)

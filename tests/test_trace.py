@@ -1,0 +1,55 @@
+"""Tracing real runs: the shared schema, one row per performed message."""
+
+from __future__ import annotations
+
+import pytest
+
+from sharded_queue import Handler, Queue, RequestRoute, Route, Settings, Worker
+from sharded_queue.testing import trace_run
+from sharded_queue.trace import COLUMNS
+
+
+class Traced(Handler):
+    orders = ("hi", "lo")
+    batch_size = 4
+
+    @classmethod
+    async def route(cls, *requests: list[int]) -> list[RequestRoute]:
+        return [RequestRoute(r, Route(thread=r[0], order="hi" if r[1] else "lo")) for r in requests]
+
+    async def perform(self, *requests: list[int]) -> None:
+        pass
+
+
+async def test_backlog_trace_has_schema_and_one_row_per_message(queue: Queue, settings: Settings) -> None:
+    requests = [[i % 2, int(i % 3 == 0), i] for i in range(30)]
+    trace = await trace_run(Traced, requests, loops=2, queue=queue, settings=settings)
+    assert tuple(trace.columns) == COLUMNS
+    assert len(trace) == 30
+    assert sorted(trace.groupby(["thread", "order"]).size().items()) == [
+        (("0", "hi"), 5), (("0", "lo"), 10), (("1", "hi"), 5), (("1", "lo"), 10)
+    ]  # fmt: skip
+    assert (trace["started_at"] >= trace["enqueued_at"]).all()
+    assert (trace["finished_at"] >= trace["started_at"]).all()
+    per_batch = trace.groupby("batch").agg(
+        n=("thread", "size"), threads=("thread", "nunique"), starts=("started_at", "nunique")
+    )
+    assert (per_batch["n"] <= 4).all() and (per_batch["threads"] == 1).all() and (per_batch["starts"] == 1).all()
+    assert trace["handler"].unique().tolist() == [queue.spec(Traced).name]
+
+
+async def test_open_loop_trace_registers_at_arrival_times(settings: Settings) -> None:
+    requests = [[0, 0, i] for i in range(10)]
+    trace = await trace_run(Traced, requests, at=[i * 0.01 for i in range(10)], settings=settings)
+    assert len(trace) == 10
+    assert trace.sort_values("enqueued_at")["enqueued_at"].is_monotonic_increasing
+    with pytest.raises(ValueError, match="3 arrival times for 10 requests"):
+        await trace_run(Traced, requests, at=[0, 1, 2], settings=settings)
+
+
+async def test_trace_is_opt_in(queue: Queue) -> None:
+    await queue.register(Traced, [0, 1, 1])
+    worker = Worker(queue)
+    assert worker.recorder is None
+    with pytest.raises(RuntimeError, match="trace=True"):
+        worker.trace()

@@ -282,7 +282,14 @@ class _Loop:
         self.seq = 0
         self.heartbeat = asyncio.create_task(self._heartbeat(thread, self.token))
         self.instance = self.worker.specs[thread.handler].handler()
-        await self.instance.start()
+        try:
+            await self.instance.start()
+        except Exception:
+            # Give the thread back untouched; the next Cycle sees no lease (LOST) and the program re-binds.
+            logger.exception("%s start() failed on thread %s; thread released", thread.handler, thread.thread)
+            self.instance = None
+            await self._end()
+            await asyncio.sleep(self.worker.policy().backoff(1, self.rng))
 
     async def _end(self) -> None:
         thread, self.bound = self.bound, None
@@ -317,6 +324,8 @@ class _Loop:
 
     async def _cycle(self, effect: Cycle) -> Batch | Lost | None:
         thread, ack = effect.thread, effect.ack
+        if self.bound != thread:  # released after a failed start()
+            return LOST
         dead = self._dead_records(thread, ack) if ack is not None and ack.dead else []
         if ack is not None:
             self.seq += 1

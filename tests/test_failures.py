@@ -121,3 +121,24 @@ async def test_stop_during_perform_acks_batch_once_and_releases(queue: Queue) ->
     assert LongHandler.log == ["perform [1, 2]", "performed", "stop"]
     assert await queue.pending(LongHandler) == 0
     assert await queue.storage.lease_token(ThreadRef(queue.spec(LongHandler).name, "0")) is None
+
+
+class BadStart(Handler):
+    starts: ClassVar[int] = 0
+    performed: ClassVar[list[int]] = []
+
+    async def start(self) -> None:
+        BadStart.starts += 1
+        if BadStart.starts == 1:
+            raise RuntimeError("cannot connect to the mail server yet")
+
+    async def perform(self, *requests: int) -> None:
+        self.performed.extend(requests)
+
+
+async def test_failing_start_releases_thread_and_retries(queue: Queue) -> None:
+    BadStart.starts, BadStart.performed = 0, []
+    await queue.register(BadStart, 1, 2)
+    await drain(Worker(queue))
+    assert BadStart.performed == [1, 2]
+    assert BadStart.starts == 2

@@ -325,14 +325,18 @@ class Storage:
             return [member.decode() for member in await self.client.zrange(self.keys.index(handler), 0, -1)]
 
     async def pending(self, handler: str) -> int:
-        """Messages waiting in all tubes of ``handler`` (walks its index: not for hot paths)."""
-        total = 0
-        for thread in await self.indexed_threads(handler):
-            ref = ThreadRef(handler, thread)
-            for order in await self.thread_orders(ref):
-                with translate_errors():
-                    total += await self.client.llen(self.keys.tube(Tube(handler, thread, order)))
-        return total
+        """Messages waiting in all tubes of ``handler`` (three round trips; not for hot paths)."""
+        refs = [ThreadRef(handler, thread) for thread in await self.indexed_threads(handler)]
+        with translate_errors():
+            pipe = self.client.pipeline(transaction=False)
+            for ref in refs:
+                pipe.zrange(self.keys.orders(ref), 0, -1)
+            orders = await pipe.execute()
+            pipe = self.client.pipeline(transaction=False)
+            for ref, names in zip(refs, orders, strict=True):
+                for order in names:
+                    pipe.llen(self.keys.tube(Tube(handler, ref.thread, order.decode())))
+            return sum(await pipe.execute())
 
     async def lease_token(self, ref: ThreadRef) -> str | None:
         """The token of the loop holding ``ref``, if any."""

@@ -17,7 +17,7 @@ single-slot)::
     P:{H}:threads       zset    index of non-empty threads, scored by when they become
                                 visible to the coordinator (now, or lease expiry while leased)
     P:{H}:dead          set     threads of H that have dead letters
-    P:wake              channel a message per registration, to wake idle loops
+    P:wake              channel a message per registration naming its threads, to wake loops
 
 Invariants: an order is in ``orders`` iff its tube is non-empty (scripts keep
 it so); a non-empty thread is always in the index, because registration adds it
@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
+import msgspec
 import redis.asyncio as aioredis
 import redis.exceptions as redis_errors
 from redis.asyncio.cluster import RedisCluster
@@ -187,14 +188,12 @@ class Storage:
                 pipe = self.client.pipeline(transaction=False)
             for ref in threads:
                 pipe.zadd(keys.index(ref.handler), {ref.thread: now}, nx=True)
-            handlers = {ref.handler for ref in threads}
+            wake = msgspec.json.encode([[ref.handler, ref.thread] for ref in threads])
             if not self.cluster:  # a cluster pipeline refuses PUBLISH
-                for handler in handlers:
-                    pipe.publish(keys.wake, handler)
+                pipe.publish(keys.wake, wake)
             await pipe.execute()
             if self.cluster:
-                for handler in handlers:
-                    await self.client.publish(keys.wake, handler)
+                await self.client.publish(keys.wake, wake)
 
     # --- coordinator --------------------------------------------------------
 
@@ -288,8 +287,8 @@ class Storage:
 
     # --- wake-ups -----------------------------------------------------------
 
-    async def listen_wake(self, on_wake: Callable[[], None], ready: Callable[[], None]) -> None:
-        """Call ``on_wake`` for every registration anywhere, until cancelled."""
+    async def listen_wake(self, on_wake: Callable[[list[ThreadRef]], None], ready: Callable[[], None]) -> None:
+        """Call ``on_wake`` with the threads of every registration anywhere, until cancelled."""
         if self.cluster:
             with translate_errors():
                 await self.client.initialize()  # a cluster pub/sub needs the slot map first
@@ -302,7 +301,7 @@ class Storage:
                 with translate_errors():
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                 if message is not None:
-                    on_wake()
+                    on_wake(wake_threads(message["data"]))
         finally:
             with contextlib.suppress(Exception):
                 await pubsub.aclose()
@@ -358,6 +357,14 @@ class Storage:
         """Threads of ``handler`` that have held dead letters."""
         with translate_errors():
             return sorted(member.decode() for member in await self.client.smembers(self.keys.dead_index(handler)))
+
+
+def wake_threads(data: bytes) -> list[ThreadRef]:
+    """Threads named in a wake-up message; an unreadable message names none."""
+    try:
+        return [ThreadRef(str(handler), str(thread)) for handler, thread in msgspec.json.decode(data)]
+    except (msgspec.DecodeError, TypeError, ValueError):
+        return []
 
 
 def _ms(seconds: float) -> int:

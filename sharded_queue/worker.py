@@ -56,30 +56,28 @@ _loop_ids = itertools.count(1)
 
 
 class Waker:
-    """Lets waiting loops be woken early; a wake between arming and waiting is not lost."""
+    """One loop's wake-up: a wake between arming and waiting is not lost."""
 
     def __init__(self) -> None:
         self._future: asyncio.Future[None] | None = None
 
-    def arm(self) -> asyncio.Future[None]:
-        """The future the next `wake` resolves; take it *before* looking for work."""
+    def arm(self) -> None:
+        """Take a fresh wake-up *before* looking for work, so none that follows is missed."""
         if self._future is None or self._future.done():
             self._future = asyncio.get_running_loop().create_future()
-        return self._future
 
     def wake(self) -> None:
-        """Wake every loop waiting on an armed future."""
+        """End the current (or next) wakeable wait early."""
         if self._future is not None and not self._future.done():
             self._future.set_result(None)
 
-    @staticmethod
-    async def wait(armed: asyncio.Future[None] | None, seconds: float) -> None:
-        """Sleep ``seconds`` or until ``armed`` resolves."""
-        if armed is None:
+    async def wait(self, seconds: float, wakeable: bool = True) -> None:
+        """Sleep ``seconds``, or less if woken (when ``wakeable``)."""
+        if not wakeable or self._future is None:
             await asyncio.sleep(seconds)
             return
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(armed), seconds)
+            await asyncio.wait_for(asyncio.shield(self._future), seconds)
 
 
 class Worker:
@@ -113,9 +111,11 @@ class Worker:
             self.specs[spec.name] = spec
         self.control = Control()
         self.recorder = TraceRecorder() if trace else None
-        self._waker = Waker()
+        self._bound: dict[ThreadRef, Waker] = {}  # loops holding a thread, by thread
+        self._idle: dict[Waker, None] = {}  # loops looking for a thread, oldest first
         self._listeners = 0
         self._listener: asyncio.Task[None] | None = None
+        self._subscribed = asyncio.Event()
         self._loops: set[asyncio.Task[Any]] = set()
         self.identity = f"{socket.gethostname()}:{os.getpid()}"
 
@@ -178,7 +178,22 @@ class Worker:
     def stop(self) -> None:
         """Ask every loop to finish its batch, ack it, release its thread and return."""
         self.control.stopping = True
-        self._waker.wake()
+        for waker in [*self._bound.values(), *self._idle]:
+            waker.wake()
+
+    def _on_wake(self, threads: list[ThreadRef]) -> None:
+        """A registration landed: wake the loop holding each thread, else one idle loop.
+
+        Waking one idle loop per thread (not all of them) keeps a burst of
+        registrations from turning every idle loop into a coordinator poll.
+        """
+        idle = iter(list(self._idle))
+        for thread in threads:
+            waker = self._bound.get(thread)
+            if waker is None:
+                waker = next(idle, None)
+            if waker is not None:
+                waker.wake()
 
     def trace(self) -> Any:
         """The recorded trace as a pandas DataFrame (schema in `sharded_queue.trace`)."""
@@ -191,10 +206,10 @@ class Worker:
         """Keep one wake-up subscription open while any loop of this worker runs."""
         self._listeners += 1
         if self._listener is None:
-            ready = asyncio.Event()
-            self._listener = asyncio.create_task(self._listen(ready))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(ready.wait(), self.settings.storage_timeout)
+            self._subscribed = asyncio.Event()
+            self._listener = asyncio.create_task(self._listen(self._subscribed))
+        with contextlib.suppress(TimeoutError):  # without wake-ups loops still poll every coordinator_delay
+            await asyncio.wait_for(self._subscribed.wait(), self.settings.storage_timeout)
         try:
             yield
         finally:
@@ -209,7 +224,7 @@ class Worker:
         storage = self.queue.storage
         while True:
             try:
-                await storage.listen_wake(self._waker.wake, ready.set)
+                await storage.listen_wake(self._on_wake, ready.set)
             except Exception as exc:  # never let wake-ups die: loops would fall back to polling
                 logger.warning("wake-up subscription failed, retrying: %r", exc)
                 ready.set()  # loops still work without it, on coordinator_delay
@@ -225,7 +240,7 @@ class _Loop:
         self.settings = worker.settings
         self.name = f"{worker.identity}:{number}"
         self.rng = random.Random()
-        self.armed: asyncio.Future[None] | None = None
+        self.waker = Waker()
         self.bound: ThreadRef | None = None
         self.token = ""
         self.instance: Handler | None = None
@@ -244,6 +259,7 @@ class _Loop:
                     return int(stop.value)
                 result = await self.execute(effect)
         finally:
+            self.worker._idle.pop(self.waker, None)
             if self.bound is not None:  # cancelled or failed while bound: unacked batch stays
                 await asyncio.shield(self._end())
             program.close()
@@ -255,7 +271,8 @@ class _Loop:
             case Perform():
                 return await self._perform(effect)
             case Poll():
-                self.armed = self.worker._waker.arm()
+                self.waker.arm()
+                self.worker._idle[self.waker] = None
                 return await self._retrying(
                     lambda: self.storage.candidates(list(self.worker.specs), time.time(), CANDIDATES_PER_HANDLER)
                 )
@@ -264,10 +281,11 @@ class _Loop:
                 ttl = self.settings.lease_ttl
                 if await self._retrying(lambda: self.storage.acquire(thread, token, ttl, time.time())):
                     self.token = token
+                    self.worker._idle.pop(self.waker, None)
                     return True
                 return False
             case Wait(seconds, wakeable):
-                await Waker.wait(self.armed if wakeable else None, seconds)
+                await self.waker.wait(seconds, wakeable)
                 return None
             case Begin(thread):
                 await self._begin(thread)
@@ -279,6 +297,7 @@ class _Loop:
 
     async def _begin(self, thread: ThreadRef) -> None:
         self.bound = thread
+        self.worker._bound[thread] = self.waker
         self.seq = 0
         self.heartbeat = asyncio.create_task(self._heartbeat(thread, self.token))
         self.instance = self.worker.specs[thread.handler].handler()
@@ -295,6 +314,7 @@ class _Loop:
         thread, self.bound = self.bound, None
         if thread is None:
             return
+        self.worker._bound.pop(thread, None)
         if self.heartbeat is not None:
             self.heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -330,7 +350,7 @@ class _Loop:
         if ack is not None:
             self.seq += 1
         seq = self.seq
-        self.armed = self.worker._waker.arm()
+        self.waker.arm()
         reply = await self._retrying(
             lambda: self.storage.cycle(
                 thread,

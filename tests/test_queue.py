@@ -6,12 +6,13 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
 import pytest
 
-from sharded_queue import Handler, Queue, RequestRoute, Route, Settings, ThreadRef, Worker
+from sharded_queue import Handler, Queue, RequestRoute, Route, Settings, Storage, ThreadRef, Worker
 from sharded_queue.testing import drain, wait_until
 
 
@@ -297,3 +298,27 @@ async def test_registration_wakes_idle_loop(queue: Queue, settings: Settings) ->
     await wait_until(lambda: CountingHandler.performed == [1], timeout=10)
     await queue.register(CountingHandler, 5)  # same thread, loop now on its 60 s empty pause
     assert await asyncio.wait_for(loop, 10) == 2
+
+
+class PollCounting(Storage):
+    """The real storage, counting coordinator polls."""
+
+    polls = 0
+
+    async def candidates(self, handlers: Sequence[str], now: float, count: int) -> list[ThreadRef]:
+        self.polls += 1
+        return await super().candidates(handlers, now, count)
+
+
+async def test_registration_wakes_one_idle_loop_not_all(storage: Storage, settings: Settings) -> None:
+    CountingHandler.performed = []
+    counting = PollCounting(storage.client, storage.keys.prefix)
+    queue = Queue(counting, settings=settings.copy(coordinator_delay=60))
+    worker = Worker(queue, handlers=[CountingHandler])
+    loops = [asyncio.create_task(worker.loop(1)) for _ in range(4)]
+    await wait_until(lambda: counting.polls == 4, timeout=10)  # all idle on a 60 s delay
+    await queue.register(CountingHandler, 1)
+    await wait_until(lambda: CountingHandler.performed == [1], timeout=10)
+    assert counting.polls == 5
+    worker.stop()
+    await asyncio.wait_for(asyncio.gather(*loops), 10)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 from .errors import RouteError, RouteTypeError
-from .handler import RequestRoute
+from .handler import RequestRoute, Route
 from .settings import Settings
 
 # --- routing -----------------------------------------------------------------
@@ -64,20 +64,23 @@ def check_routes(requests: Sequence[Any], routes: Any, where: str) -> list[Reque
     for position, item in enumerate(routes):
         if not isinstance(item, RequestRoute):
             raise RouteTypeError(f"{where} item {position} is {type(item).__name__}, not RequestRoute")
+        if not isinstance(item.route, Route):
+            raise RouteTypeError(f"{where} item {position} has route {item.route!r}, not a Route")
     return list(routes)
 
 
 def group_by_tube(handler: str, routes: Iterable[RequestRoute]) -> dict[Tube, list[Any]]:
     """Requests grouped by tube, each group in the order given (FIFO)."""
-    tubes: dict[Tube, list[Any]] = {}
+    groups: dict[tuple[str, str], list[Any]] = {}
     for item in routes:
-        tube = Tube(handler, item.route.thread, item.route.order)
-        group = tubes.get(tube)
+        route = item.route
+        key = (route.thread, route.order)
+        group = groups.get(key)
         if group is None:
-            tubes[tube] = [item.request]
+            groups[key] = [item.request]
         else:
             group.append(item.request)
-    return tubes
+    return {Tube(handler, thread, order): group for (thread, order), group in groups.items()}
 
 
 def order_rank(order: str, declared: Sequence[str] | None) -> float:
@@ -294,6 +297,11 @@ def worker_program(
 ) -> Program:
     """One worker loop: bind a thread, drain it in batches, release it, repeat.
 
+    A loop releases its thread after ``empty_limit`` empty polls, or at the
+    first empty poll that finds another thread waiting for a loop: an idle
+    system keeps its bindings (and handler contexts), a busy one never lets a
+    loop sit on an empty thread while messages wait elsewhere.
+
     Returns (as the generator's value) how many messages were taken off tubes:
     performed, or dead-lettered. Ends after ``limit`` of them, or when
     ``control.stopping`` is set, or never.
@@ -339,6 +347,8 @@ def _drain(
         if batch is None:
             empty += 1
             if empty >= policy.empty_limit:
+                return done
+            if (yield Poll()):  # other threads wait for a loop: don't sit on an empty one
                 return done
             yield Wait(policy.empty_pause)
             continue

@@ -10,15 +10,21 @@ from __future__ import annotations
 import inspect
 import typing
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 from .settings import settings
 
 
-@dataclass(frozen=True, slots=True, init=False)
-class Route:
+class _RouteFields(NamedTuple):
+    thread: str
+    order: str
+
+
+class Route(_RouteFields):
     """Where a request goes: a thread (strict FIFO, one worker at a time) and an order.
+
+    An immutable (thread, order) pair; made once per registered request, so it
+    is a tuple for speed.
 
     Args:
         thread: Thread name; ints are normalised with ``str()``. Defaults to
@@ -27,12 +33,21 @@ class Route:
             Defaults to ``settings.default_order`` at call time.
     """
 
-    thread: str
-    order: str
+    __slots__ = ()
 
-    def __init__(self, thread: str | int | None = None, order: str | int | None = None) -> None:
-        object.__setattr__(self, "thread", _name("thread", settings.default_thread if thread is None else thread))
-        object.__setattr__(self, "order", _name("order", settings.default_order if order is None else order))
+    def __new__(cls, thread: str | int | None = None, order: str | int | None = None) -> Route:
+        if thread is None:
+            thread = settings.default_thread
+        elif type(thread) is not str or not thread or "{" in thread or "}" in thread:
+            thread = _name("thread", thread)
+        if order is None:
+            order = settings.default_order
+        elif type(order) is not str or not order or "{" in order or "}" in order:
+            order = _name("order", order)
+        return tuple.__new__(cls, (thread, order))
+
+    def __repr__(self) -> str:
+        return f"Route(thread={self.thread!r}, order={self.order!r})"
 
 
 def _name(what: str, value: object) -> str:
@@ -44,8 +59,7 @@ def _name(what: str, value: object) -> str:
     return text
 
 
-@dataclass(frozen=True, slots=True)
-class RequestRoute:
+class RequestRoute(NamedTuple):
     """A request together with its `Route`; ``route()`` returns one per request."""
 
     request: Any

@@ -185,10 +185,8 @@ class Queue:
                 tubes: dict[Tube, list[bytes]] = {}
                 for record in records:
                     tubes.setdefault(Tube(spec.name, thread, record.order), []).append(record.payload)
-                writes = [
-                    TubeWrite(tube, order_rank(tube.order, spec.orders), payloads) for tube, payloads in tubes.items()
-                ]
-                await self.storage.push(writes, time.time())
+                for tube, payloads in tubes.items():
+                    await self.storage.append_raw(tube, order_rank(tube.order, spec.orders), payloads, time.time())
             await self.storage.take_dead(ref, len(records))
             total += len(records)
         return total

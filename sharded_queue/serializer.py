@@ -1,6 +1,7 @@
 """JSON envelopes for requests, typed by the handler's ``perform`` annotation.
 
-An envelope is the JSON array ``[enqueued_at, request]``. Requests are encoded
+An envelope is the compact JSON array ``[enqueued_at, request]``; `Codec.encode`
+returns a batch of them joined by newlines, the form ``push.lua`` splits. Requests are encoded
 and decoded with msgspec: dataclasses, ``NamedTuple``, msgspec ``Struct`` and
 plain JSON values natively, pydantic models through ``model_dump`` /
 ``model_validate``. No pickle: a payload can only ever become the handler's
@@ -55,29 +56,33 @@ class Codec:
         self._instance_of = request_type if user_class else None
         self._validate = request_type is not Any and not user_class
 
-    def encode(self, requests: Sequence[Any], enqueued_at: float) -> list[bytes]:
-        """Envelopes for ``requests``, all or nothing.
+    def encode(self, requests: Sequence[Any], enqueued_at: float) -> bytes:
+        """Envelopes for ``requests``, joined by newlines (compact JSON has none), all or nothing.
 
         Raises:
             SerializationError: a request is not of the handler's type or not encodable.
         """
-        encode = self._encoder.encode
         kind = self._instance_of
-        payloads = []
-        for request in requests:
-            if kind is not None and not isinstance(request, kind):
-                raise SerializationError(f"request {request!r} is a {type(request).__name__}, expected {kind.__name__}")
-            try:
-                payload = encode((enqueued_at, request))
-            except (TypeError, ValueError, OverflowError) as exc:
-                raise SerializationError(f"request {request!r} cannot be serialized: {exc}") from exc
-            if self._validate:
+        if kind is not None and not all(isinstance(request, kind) for request in requests):
+            wrong = next(request for request in requests if not isinstance(request, kind))
+            raise SerializationError(f"request {wrong!r} is a {type(wrong).__name__}, expected {kind.__name__}")
+        try:
+            lines = self._encoder.encode_lines([(enqueued_at, request) for request in requests])
+        except (TypeError, ValueError, OverflowError):
+            for request in requests:  # find the culprit for a clear message
+                try:
+                    self._encoder.encode(request)
+                except (TypeError, ValueError, OverflowError) as exc:
+                    raise SerializationError(f"request {request!r} cannot be serialized: {exc}") from exc
+            raise
+        envelopes = lines[:-1]
+        if self._validate:
+            for request, payload in zip(requests, envelopes.split(b"\n"), strict=True):
                 try:
                     self.decode(payload)
                 except DecodeError as exc:
                     raise SerializationError(f"request {request!r} is not a {request_type_name(self)}") from exc
-            payloads.append(payload)
-        return payloads
+        return envelopes
 
     def decode(self, payload: bytes) -> tuple[float, Any]:
         """``(enqueued_at, request)`` from an envelope.

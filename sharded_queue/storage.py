@@ -12,6 +12,7 @@ single-slot)::
     P:{H/T}:o:<order>   list    a tube: envelopes, FIFO (RPUSH at the tail, trimmed at the head)
     P:{H/T}:orders      zset    non-empty orders of the thread, scored by precedence
     P:{H/T}:lease       string  the lease token of the loop bound to the thread (PX ttl)
+    P:{H/T}:o:<order>:reg:<stamp>  string  marks one registration's append (PX 60 s): retries append once
     P:{H/T}:acked       string  token:seq of the last ack applied (PX ttl), so retries never re-trim
     P:{H/T}:dead        list    dead letters of the thread (JSON records)
     P:{H}:threads       zset    index of non-empty threads, scored by when they become
@@ -27,6 +28,7 @@ it so); a non-empty thread is always in the index, because registration adds it
 from __future__ import annotations
 
 import contextlib
+import secrets
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -41,16 +43,17 @@ from .core import ThreadRef, Tube
 from .errors import StorageError, StorageTimeout
 from .settings import Settings, redact_url
 
+STAMP_TTL_MS = 60_000  # how long a retried registration is recognised
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 
 
 @dataclass(frozen=True, slots=True)
 class TubeWrite:
-    """Payloads to append to one tube, with the order's precedence score."""
+    """Envelopes to append to one tube (newline-joined, see `Codec.encode`), with the order's rank."""
 
     tube: Tube
     rank: float
-    payloads: Sequence[bytes]
+    envelopes: bytes
 
 
 class Keys:
@@ -79,6 +82,10 @@ class Keys:
     def lease(self, ref: ThreadRef) -> str:
         """A thread's lease."""
         return f"{self.thread(ref)}:lease"
+
+    def stamp(self, tube: Tube, stamp: str) -> str:
+        """Marker of one registration's append to a tube (makes a retried append a no-op)."""
+        return f"{self.tube(tube)}:reg:{stamp}"
 
     def acked(self, ref: ThreadRef) -> str:
         """Stamp of the last ack applied under a lease (makes acks idempotent)."""
@@ -150,6 +157,7 @@ class Storage:
         self.client = client
         self.keys = Keys(prefix)
         self.cluster = isinstance(client, RedisCluster)
+        self._push = client.register_script(_script("push"))
         self._cycle = client.register_script(_script("cycle"))
         self._acquire = client.register_script(_script("acquire"))
         self._renew = client.register_script(_script("renew"))
@@ -170,30 +178,39 @@ class Storage:
     async def push(self, writes: Sequence[TubeWrite], now: float) -> None:
         """Append payloads to tubes, then index their threads, then wake idle loops.
 
-        On one server this is a single MULTI/EXEC round trip: all or nothing.
+        Each tube's envelopes travel as one argument of ``push.lua`` (joined
+        by newlines, which compact JSON never contains). On one server this is
+        a single MULTI/EXEC round trip: all or nothing.
         On a cluster the tube writes complete before the index is touched, which
         is what keeps a message from being stranded outside the index.
         """
         keys = self.keys
-        threads: dict[ThreadRef, None] = {}
+        threads = list(dict.fromkeys(write.tube.thread_ref for write in writes))
+        wake = msgspec.json.encode([[ref.handler, ref.thread] for ref in threads])
+        stamp = secrets.token_hex(8)
         with translate_errors():
-            pipe = self.client.pipeline(transaction=not self.cluster)
-            for write in writes:
-                ref = write.tube.thread_ref
-                pipe.rpush(keys.tube(write.tube), *write.payloads)
-                pipe.zadd(keys.orders(ref), {write.tube.order: write.rank})
-                threads[ref] = None
-            if self.cluster:
-                await pipe.execute()
+            if self.cluster:  # one call per slot, all appended before anything is indexed
+                for write in writes:
+                    await self._push(**self._push_call(write, stamp))
                 pipe = self.client.pipeline(transaction=False)
+            else:
+                pipe = self.client.pipeline(transaction=True)
+                for write in writes:
+                    await self._push(**self._push_call(write, stamp), client=pipe)  # queued, not sent
             for ref in threads:
                 pipe.zadd(keys.index(ref.handler), {ref.thread: now}, nx=True)
-            wake = msgspec.json.encode([[ref.handler, ref.thread] for ref in threads])
             if not self.cluster:  # a cluster pipeline refuses PUBLISH
                 pipe.publish(keys.wake, wake)
             await pipe.execute()
             if self.cluster:
                 await self.client.publish(keys.wake, wake)
+
+    def _push_call(self, write: TubeWrite, stamp: str) -> dict[str, Any]:
+        tube = write.tube
+        return {
+            "keys": [self.keys.tube(tube), self.keys.orders(tube.thread_ref), self.keys.stamp(tube, stamp)],
+            "args": [tube.order, write.rank, write.envelopes, STAMP_TTL_MS],
+        }
 
     # --- coordinator --------------------------------------------------------
 
@@ -347,6 +364,16 @@ class Storage:
         """Raw dead-letter records of one thread, oldest first."""
         with translate_errors():
             return list(await self.client.lrange(self.keys.dead(ref), 0, -1))
+
+    async def append_raw(self, tube: Tube, rank: float, payloads: Sequence[bytes], now: float) -> None:
+        """Append payloads byte for byte (any bytes, newlines included) and index the thread."""
+        ref = tube.thread_ref
+        with translate_errors():
+            pipe = self.client.pipeline(transaction=not self.cluster)
+            pipe.rpush(self.keys.tube(tube), *payloads)
+            pipe.zadd(self.keys.orders(ref), {tube.order: rank})
+            await pipe.execute()
+            await self.client.zadd(self.keys.index(ref.handler), {ref.thread: now}, nx=True)
 
     async def take_dead(self, ref: ThreadRef, count: int) -> None:
         """Drop the ``count`` oldest dead letters of a thread (after they were requeued or purged)."""

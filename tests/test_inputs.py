@@ -58,6 +58,14 @@ class WrongItem(Handler):
     async def perform(self, *requests: Point) -> None: ...
 
 
+class BadRoute(Handler):
+    @classmethod
+    async def route(cls, *requests: Point) -> list[RequestRoute]:
+        return [RequestRoute(r, "0") for r in requests]  # type: ignore[arg-type]
+
+    async def perform(self, *requests: Point) -> None: ...
+
+
 class NotAList(Handler):
     @classmethod
     async def route(cls, *requests: Point) -> list[RequestRoute]:
@@ -96,6 +104,7 @@ class Untyped(Handler):
         (WrongCount, RouteError, "returned 1 routes for 2 requests"),
         (WrongItem, TypeError, "item 0 is Route, not RequestRoute"),
         (NotAList, TypeError, "must return a list of RequestRoute"),
+        (BadRoute, TypeError, "has route '0', not a Route"),
         (Declared, ValueError, "'middle' is not one of the declared orders"),
     ],
 )
@@ -105,6 +114,14 @@ async def test_bad_route_writes_nothing(
     with pytest.raises(error, match=match):
         await queue.register(handler, Point(1, "high"), Point(2, "middle"))
     assert await stored_keys(queue) == []
+
+
+async def test_requests_with_newlines_survive_the_batched_push(queue: Queue) -> None:
+    Untyped.performed = []
+    requests = ["a\nb", {"k": "\n\r\n"}, "\\n", "", [1, "x\ny"]]
+    await queue.register(Untyped, *requests)
+    await drain(Worker(queue))
+    assert Untyped.performed == requests
 
 
 async def test_unserializable_request_writes_nothing(queue: Queue) -> None:
@@ -231,6 +248,7 @@ class Record(msgspec.Struct):
     ("kind", "value"),
     [
         (Point, Point(1, "a")),
+        (Point, Point(2, "line\nbreak \u2028 and \\n")),
         (Pair, Pair(2, "b")),
         (Model, Model(name="m", when=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))),
         (Record, Record(3, ["x", "y"])),
@@ -242,7 +260,8 @@ class Record(msgspec.Struct):
 )
 def test_codec_round_trips_supported_types(kind: Any, value: Any) -> None:
     codec = Codec(kind)
-    (payload,) = codec.encode([value], 123.5)
+    payload = codec.encode([value], 123.5)
+    assert b"\n" not in payload
     assert codec.decode(payload) == (123.5, value)
 
 

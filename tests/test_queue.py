@@ -12,7 +12,8 @@ from typing import ClassVar
 
 import pytest
 
-from sharded_queue import Handler, Queue, RequestRoute, Route, Settings, Storage, ThreadRef, Worker
+from sharded_queue import Handler, Queue, RequestRoute, Route, Settings, Storage, ThreadRef, Tube, Worker
+from sharded_queue.storage import TubeWrite
 from sharded_queue.testing import drain, wait_until
 
 
@@ -322,3 +323,13 @@ async def test_registration_wakes_one_idle_loop_not_all(storage: Storage, settin
     assert counting.polls == 5
     worker.stop()
     await asyncio.wait_for(asyncio.gather(*loops), 10)
+
+
+async def test_retried_registration_appends_once(queue: Queue) -> None:
+    """A client retry of an append whose reply was lost (same stamp) appends nothing twice."""
+    spec = queue.spec(CountingHandler)
+    write = TubeWrite(Tube(spec.name, "0", "0"), 0.0, spec.codec.encode([4, 8], 0.0))
+    call = queue.storage._push_call(write, "one-registration")
+    assert await queue.storage._push(**call) == 2
+    assert await queue.storage._push(**call) == 0
+    assert await queue.storage.tube_payloads(write.tube) == write.envelopes.split(b"\n")

@@ -19,7 +19,7 @@ import math
 import random
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias
+from typing import Any, NamedTuple, TypeAlias
 
 from .errors import RouteError, RouteTypeError
 from .handler import RequestRoute, Route
@@ -113,11 +113,10 @@ def order_key(order: str, declared: Sequence[str] | None) -> tuple[float, bytes]
 # --- the worker program ------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
-    """A decoded message of a batch; ``index`` is its position in the batch."""
+class Message(NamedTuple):
+    """A decoded message of a batch; ``position`` is its place in the fetched batch."""
 
-    index: int
+    position: int
     request: Any
     enqueued_at: float
 
@@ -381,7 +380,7 @@ def _perform(
             yield Wait(policy.backoff(attempt, rng), wakeable=False)
     assert error is not None
     if len(messages) == 1:
-        return [DeadLetter(messages[0].index, error, attempts)]
+        return [DeadLetter(messages[0].position, error, attempts)]
     middle = len(messages) // 2
     dead = yield from _perform(thread, messages[:middle], policy, rng, whole=False)
     dead += yield from _perform(thread, messages[middle:], policy, rng, whole=False)

@@ -38,10 +38,14 @@ class Route(_RouteFields):
     def __new__(cls, thread: str | int | None = None, order: str | int | None = None) -> Route:
         if thread is None:
             thread = settings.default_thread
+        elif type(thread) is int:
+            thread = str(thread)
         elif type(thread) is not str or not thread or "{" in thread or "}" in thread:
             thread = _name("thread", thread)
         if order is None:
             order = settings.default_order
+        elif type(order) is int:
+            order = str(order)
         elif type(order) is not str or not order or "{" in order or "}" in order:
             order = _name("order", order)
         return tuple.__new__(cls, (thread, order))

@@ -16,6 +16,7 @@ from typing import Any
 
 import msgspec
 
+from .core import Message
 from .errors import DecodeError, SerializationError
 
 
@@ -83,6 +84,32 @@ class Codec:
                 except DecodeError as exc:
                     raise SerializationError(f"request {request!r} is not a {request_type_name(self)}") from exc
         return envelopes
+
+    def decode_batch(self, payloads: Sequence[bytes]) -> tuple[list[Message], list[tuple[int, BaseException]]]:
+        """Decode a fetched batch: its messages, and the positions and errors of bad payloads."""
+        if self._pydantic:
+            results: list[tuple[float, Any] | DecodeError] = []
+            for payload in payloads:
+                try:
+                    results.append(self.decode(payload))
+                except DecodeError as exc:
+                    results.append(exc)
+        else:
+            decode = self._decoder.decode
+            results = []
+            for payload in payloads:
+                try:
+                    results.append(decode(payload))
+                except Exception as exc:
+                    results.append(DecodeError(f"cannot decode payload {payload[:200]!r}: {exc}"))
+        messages: list[Message] = []
+        bad: list[tuple[int, BaseException]] = []
+        for index, result in enumerate(results):
+            if isinstance(result, DecodeError):
+                bad.append((index, result))
+            else:
+                messages.append(Message(index, result[1], result[0]))
+        return messages, bad
 
     def decode(self, payload: bytes) -> tuple[float, Any]:
         """``(enqueued_at, request)`` from an envelope.

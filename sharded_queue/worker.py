@@ -34,7 +34,6 @@ from .core import (
     End,
     LoopPolicy,
     Lost,
-    Message,
     Perform,
     Poll,
     Program,
@@ -42,7 +41,7 @@ from .core import (
     Wait,
     worker_program,
 )
-from .errors import DecodeError, StorageError
+from .errors import StorageError
 from .handler import Handler
 from .queue import DeadLetterRecord, HandlerSpec, Queue
 from .settings import Settings
@@ -374,17 +373,9 @@ class _Loop:
         return self._decode(thread, order, self.raw)
 
     def _decode(self, thread: ThreadRef, order: str, payloads: list[bytes]) -> Batch:
-        decode = self.worker.specs[thread.handler].codec.decode
-        messages: list[Message] = []
-        bad: list[tuple[int, BaseException]] = []
-        for index, payload in enumerate(payloads):
-            try:
-                enqueued_at, request = decode(payload)
-            except DecodeError as exc:
-                logger.error("undecodable payload in %s/%s dead-lettered: %s", thread.handler, thread.thread, exc)
-                bad.append((index, exc))
-            else:
-                messages.append(Message(index, request, enqueued_at))
+        messages, bad = self.worker.specs[thread.handler].codec.decode_batch(payloads)
+        for _, error in bad:
+            logger.error("undecodable payload in %s/%s dead-lettered: %s", thread.handler, thread.thread, error)
         return Batch(order, len(payloads), messages, bad)
 
     async def _perform(self, effect: Perform) -> BaseException | None:

@@ -87,28 +87,17 @@ class Codec:
 
     def decode_batch(self, payloads: Sequence[bytes]) -> tuple[list[Message], list[tuple[int, BaseException]]]:
         """Decode a fetched batch: its messages, and the positions and errors of bad payloads."""
-        if self._pydantic:
-            results: list[tuple[float, Any] | DecodeError] = []
-            for payload in payloads:
-                try:
-                    results.append(self.decode(payload))
-                except DecodeError as exc:
-                    results.append(exc)
-        else:
-            decode = self._decoder.decode
-            results = []
-            for payload in payloads:
-                try:
-                    results.append(decode(payload))
-                except Exception as exc:
-                    results.append(DecodeError(f"cannot decode payload {payload[:200]!r}: {exc}"))
+        decode = self.decode if self._pydantic else self._decoder.decode
         messages: list[Message] = []
         bad: list[tuple[int, BaseException]] = []
-        for index, result in enumerate(results):
-            if isinstance(result, DecodeError):
-                bad.append((index, result))
-            else:
-                messages.append(Message(index, result[1], result[0]))
+        for position, payload in enumerate(payloads):
+            try:
+                enqueued_at, request = decode(payload)
+            except Exception as exc:  # msgspec, pydantic and JSON errors alike
+                error = exc if isinstance(exc, DecodeError) else DecodeError(f"cannot decode {payload[:200]!r}: {exc}")
+                bad.append((position, error))
+                continue
+            messages.append(Message(position, request, enqueued_at))
         return messages, bad
 
     def decode(self, payload: bytes) -> tuple[float, Any]:

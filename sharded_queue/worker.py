@@ -410,12 +410,11 @@ class _Loop:
 
     async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
         """Run a storage call until it succeeds, backing off while Redis is down."""
-        policy = self.worker.policy()
         for attempt in itertools.count(1):
             try:
                 return await call()
             except StorageError as exc:
-                delay = policy.backoff(min(attempt, 30), self.rng)
+                delay = self.worker.policy().backoff(min(attempt, 30), self.rng)
                 logger.warning("storage call failed (attempt %d), retrying in %.2fs: %s", attempt, delay, exc)
                 await asyncio.sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover

@@ -36,22 +36,23 @@ class Route(_RouteFields):
     __slots__ = ()
 
     def __new__(cls, thread: str | int | None = None, order: str | int | None = None) -> Route:
-        if thread is None:
-            thread = settings.default_thread
-        elif type(thread) is int:
-            thread = str(thread)
-        elif type(thread) is not str or not thread or "{" in thread or "}" in thread:
-            thread = _name("thread", thread)
-        if order is None:
-            order = settings.default_order
-        elif type(order) is int:
-            order = str(order)
-        elif type(order) is not str or not order or "{" in order or "}" in order:
-            order = _name("order", order)
-        return tuple.__new__(cls, (thread, order))
+        return tuple.__new__(
+            cls, (_part("thread", thread, settings.default_thread), _part("order", order, settings.default_order))
+        )
 
     def __repr__(self) -> str:
         return f"Route(thread={self.thread!r}, order={self.order!r})"
+
+
+def _part(what: str, value: object, default: str) -> str:
+    """A route part: the default for None, ``str()`` of an int, a checked str (fast path first)."""
+    if value is None:
+        return default
+    if type(value) is int:
+        return str(value)
+    if type(value) is str and value and "{" not in value and "}" not in value:
+        return value
+    return _name(what, value)
 
 
 def _name(what: str, value: object) -> str:

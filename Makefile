@@ -26,7 +26,7 @@ demo: $(STAMP_RUN)
 test: $(STAMP_DEV)
 	$(BIN)/ruff check $(SOURCES)
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider --nbval-lax tests notebooks
 
 lint: $(STAMP_DEV)
 	$(BIN)/ruff check $(SOURCES)

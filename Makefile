@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-SOURCES := $(wildcard sharded_queue simulator tests benchmarks)
+SOURCES := $(wildcard sharded_queue simulator tests benchmarks notebooks)
 STAMP_RUN := $(VENV)/.installed-run
 STAMP_DEV := $(VENV)/.installed-dev
 

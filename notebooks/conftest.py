@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CI, RedisServer
+from sharded_queue.testing import RedisServer
+from tests.conftest import CI
 
 _server: RedisServer | None = None
 _directory: tempfile.TemporaryDirectory[str] | None = None

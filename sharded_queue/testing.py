@@ -12,9 +12,16 @@ Used by the project's own tests and notebooks, and meant for users' tests too::
 from __future__ import annotations
 
 import asyncio
+import random
+import shutil
+import socket
+import subprocess
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import redis
 
 from .handler import Handler
 from .queue import Queue
@@ -33,6 +40,87 @@ def fresh_queue(settings: Settings | None = None, prefix: str = "sq") -> Queue:
 
     client = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
     return Queue(Storage(client, prefix), settings=settings or default_settings)
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def free_cluster_port() -> int:
+    """A free port P below 55536 whose cluster bus port P + 10000 is free too."""
+    for port in random.Random().sample(range(20000, 45000), 200):
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 10000))
+                return port
+        except OSError:
+            continue
+    raise RuntimeError("no free port pair for a cluster node")
+
+
+class RedisServer:
+    """A throwaway ``redis-server`` on a free loopback port, for tests and benchmarks.
+
+    Started on creation (``--save ""``, no AOF unless ``extra`` says so, files
+    in ``directory``); `stop` ends it, `start` starts it again on the same port
+    and directory (a restart). Never touches a server it did not start.
+    """
+
+    def __init__(self, directory: Path, *extra: str, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.directory = directory
+        self.extra = extra
+        self.process: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        assert binary is not None
+        self.process = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+                "--logfile",
+                str(self.directory / "redis.log"),
+                *self.extra,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        client = redis.Redis(port=self.port, socket_timeout=5, socket_connect_timeout=5)
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    raise RuntimeError(f"redis-server on port {self.port} did not start") from None
+                time.sleep(0.02)
+        client.close()
+
+    def stop(self, kill: bool = False) -> None:
+        if self.process is not None and self.process.poll() is None:
+            (self.process.kill if kill else self.process.terminate)()
+            self.process.wait(10)
+        self.process = None
 
 
 async def wait_until(

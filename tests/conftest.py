@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import itertools
 import os
-import random
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -21,84 +19,10 @@ import redis
 import redis.asyncio as aioredis
 
 from sharded_queue import Queue, Settings, Storage
+from sharded_queue.testing import RedisServer, free_cluster_port
 
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 _prefixes = itertools.count()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def free_cluster_port() -> int:
-    """A free port P below 55536 whose cluster bus port P + 10000 is free too."""
-    for port in random.Random().sample(range(20000, 45000), 200):
-        try:
-            with socket.socket() as a, socket.socket() as b:
-                a.bind(("127.0.0.1", port))
-                b.bind(("127.0.0.1", port + 10000))
-                return port
-        except OSError:
-            continue
-    raise RuntimeError("no free port pair for a cluster node")
-
-
-class RedisServer:
-    """A redis-server process owned by the tests."""
-
-    def __init__(self, directory: Path, *extra: str, port: int | None = None) -> None:
-        self.port = port or free_port()
-        self.directory = directory
-        self.extra = extra
-        self.process: subprocess.Popen[bytes] | None = None
-        self.start()
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server")
-        assert binary is not None
-        self.process = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.directory),
-                "--logfile",
-                str(self.directory / "redis.log"),
-                *self.extra,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        client = redis.Redis(port=self.port, socket_timeout=5, socket_connect_timeout=5)
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline or self.process.poll() is not None:
-                    raise RuntimeError(f"redis-server on port {self.port} did not start") from None
-                time.sleep(0.02)
-        client.close()
-
-    def stop(self, kill: bool = False) -> None:
-        if self.process is not None and self.process.poll() is None:
-            (self.process.kill if kill else self.process.terminate)()
-            self.process.wait(10)
-        self.process = None
 
 
 def need_redis_server() -> None:

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from sharded_queue import Queue, Settings, ThreadRef, Worker
-from sharded_queue.testing import wait_until
-from tests.conftest import RedisServer, need_redis_server
+from sharded_queue.testing import RedisServer, wait_until
+from tests.conftest import need_redis_server
 from tests.worker_process import ChaosHandler
 
 SCRIPT = Path(__file__).with_name("worker_process.py")

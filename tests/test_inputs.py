@@ -221,7 +221,7 @@ def test_storage_url_errors_hide_credentials() -> None:
 
 
 async def test_unreachable_redis_fails_fast_with_storage_error(settings: Settings) -> None:
-    from tests.conftest import free_port
+    from sharded_queue.testing import free_port
 
     queue = Queue(f"redis://127.0.0.1:{free_port()}/0", settings=settings.copy(storage_timeout=2))
     with pytest.raises(StorageError):

@@ -239,6 +239,7 @@ class LoopPolicy:
     retry_attempts: int = 3
     retry_backoff: float = 0.1
     retry_backoff_max: float = 5.0
+    hold_limit: int = 16
     batch_sizes: Mapping[str, int] = field(default_factory=dict)
     attempts: Mapping[str, int] = field(default_factory=dict)
 
@@ -258,6 +259,7 @@ class LoopPolicy:
             retry_attempts=settings.retry_attempts,
             retry_backoff=settings.retry_backoff,
             retry_backoff_max=settings.retry_backoff_max,
+            hold_limit=settings.worker_hold_limit,
             batch_sizes=dict(batch_sizes or {}),
             attempts=dict(attempts or {}),
         )
@@ -299,7 +301,10 @@ def worker_program(
     A loop releases its thread after ``empty_limit`` empty polls, or at the
     first empty poll that finds another thread waiting for a loop: an idle
     system keeps its bindings (and handler contexts), a busy one never lets a
-    loop sit on an empty thread while messages wait elsewhere.
+    loop sit on an empty thread while messages wait elsewhere. Under sustained
+    load a thread is never empty, so every ``hold_limit`` batches the loop asks
+    the coordinator and lets go when another thread waits: with more threads
+    than loops, every thread is served (0 disables this).
 
     Returns (as the generator's value) how many messages were taken off tubes:
     performed, or dead-lettered. Ends after ``limit`` of them, or when
@@ -308,20 +313,29 @@ def worker_program(
     rng = rng or random.Random()
     control = control or Control()
     done = 0
+    left: ThreadRef | None = None
     while (limit is None or done < limit) and not control.stopping:
-        thread = yield from _bind(policy, rng, control)
+        thread = yield from _bind(policy, rng, control, left)
         if thread is None:
             break
         yield Begin(thread)
         done += yield from _drain(thread, policy, None if limit is None else limit - done, rng, control)
         yield End(thread)
+        left = thread
     return done
 
 
-def _bind(policy: LoopPolicy, rng: random.Random, control: Control) -> Generator[Effect, Any, ThreadRef | None]:
+def _bind(
+    policy: LoopPolicy, rng: random.Random, control: Control, left: ThreadRef | None
+) -> Generator[Effect, Any, ThreadRef | None]:
+    """Take a thread; the one just left goes last, so letting go of it serves another."""
     while not control.stopping:
         candidates: Sequence[ThreadRef] = yield Poll()
-        for thread in order_candidates(candidates, rng):
+        ordered = order_candidates(candidates, rng)
+        if left in ordered:
+            ordered.remove(left)
+            ordered.append(left)
+        for thread in ordered:
             if (yield Acquire(thread)):
                 return thread
         yield Wait(policy.coordinator_delay)
@@ -333,10 +347,12 @@ def _drain(
 ) -> Generator[Effect, Any, int]:
     done = 0
     empty = 0
+    held = 0
+    leaving = False
     ack: Ack | None = None
     while True:
         left = None if remaining is None else remaining - done
-        want = 0 if control.stopping else policy.batch_limit(thread.handler, left)
+        want = 0 if control.stopping or leaving else policy.batch_limit(thread.handler, left)
         if want == 0 and ack is None:
             return done
         batch: Batch | Lost | None = yield Cycle(thread, ack, want)
@@ -356,8 +372,12 @@ def _drain(
         dead = [DeadLetter(index, error, 0) for index, error in batch.bad]
         if batch.messages:
             dead += yield from _perform(thread, batch.messages, policy, rng, whole=True)
-        ack = Ack(batch.order, batch.size, tuple(sorted(dead, key=lambda d: d.index)))
+        ack = Ack(batch.order, batch.size, tuple(sorted(dead, key=lambda d: d.index)) if dead else ())
         done += batch.size
+        held += 1
+        if policy.hold_limit and held >= policy.hold_limit:
+            held = 0
+            leaving = bool((yield Poll()))  # other threads wait for a loop: ack, then let go
 
 
 def _perform(

@@ -66,6 +66,7 @@ _RULES: dict[str, _Rule] = {
     "worker_batch_size": _Rule(int, 1),
     "worker_empty_limit": _Rule(int, 1),
     "worker_empty_pause": _Rule(float, 0),
+    "worker_hold_limit": _Rule(int, 0),
     "storage_url": _Rule(str, optional=True),
     "key_prefix": _Rule(str),
     "lease_ttl": _Rule(float, 0, exclusive=True),
@@ -89,6 +90,8 @@ class Settings:
             (a handler's own ``batch_size`` wins).
         worker_empty_limit: Empty polls of a bound thread before the loop releases it.
         worker_empty_pause: Seconds between two empty polls of a bound thread.
+        worker_hold_limit: Batches a loop performs on one thread before it lets
+            the thread go if another thread waits for a loop (0: never).
         storage_url: ``redis://``, ``rediss://`` or ``redis+cluster://`` URL; unset
             means the embedded in-process fakeredis.
         key_prefix: Prefix of every Redis key; two prefixes never see each other.
@@ -108,6 +111,7 @@ class Settings:
     worker_batch_size: int = 128
     worker_empty_limit: int = 16
     worker_empty_pause: float = 0.1
+    worker_hold_limit: int = 16
     storage_url: str | None = None
     key_prefix: str = "sq"
     lease_ttl: float = 10.0

@@ -111,7 +111,7 @@ class Worker:
         self.control = Control()
         self.recorder = TraceRecorder() if trace else None
         self._bound: dict[ThreadRef, Waker] = {}  # loops holding a thread, by thread
-        self._idle: dict[Waker, None] = {}  # loops looking for a thread, oldest first
+        self._idle: dict[Waker, None] = {}  # loops polling or waiting for work (not performing)
         self._listeners = 0
         self._listener: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
@@ -264,6 +264,8 @@ class _Loop:
             program.close()
 
     async def execute(self, effect: Effect) -> Any:
+        if not isinstance(effect, Poll | Wait | Acquire):  # busy: wake-ups must go to another loop
+            self.worker._idle.pop(self.waker, None)
         match effect:
             case Cycle():
                 return await self._cycle(effect)

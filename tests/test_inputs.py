@@ -169,6 +169,7 @@ async def test_undecodable_payload_is_dead_lettered_and_thread_goes_on(queue: Qu
 @pytest.mark.parametrize(
     ("env", "message"),
     [
+        ({"QUEUE_WORKER_HOLD_LIMIT": "-1"}, "QUEUE_WORKER_HOLD_LIMIT=.-1.: must be >= 0"),
         ({"QUEUE_WORKER_BATCH_SIZE": "abc"}, "QUEUE_WORKER_BATCH_SIZE='abc': expected an integer"),
         ({"QUEUE_WORKER_BATCH_SIZE": "0"}, "QUEUE_WORKER_BATCH_SIZE='0': must be >= 1"),
         ({"QUEUE_WORKER_BATCH_SIZE": "-1"}, "QUEUE_WORKER_BATCH_SIZE='-1': must be >= 1"),

@@ -333,3 +333,29 @@ async def test_retried_registration_appends_once(queue: Queue) -> None:
     assert await queue.storage._push(**call) == 2
     assert await queue.storage._push(**call) == 0
     assert await queue.storage.tube_payloads(write.tube) == write.envelopes.split(b"\n")
+
+
+class Hogged(Handler):
+    performed: ClassVar[list[str]] = []
+    batch_size = 1
+
+    @classmethod
+    async def route(cls, *requests: str) -> list[RequestRoute]:
+        return [RequestRoute(r, Route(thread=r[0])) for r in requests]
+
+    async def perform(self, *requests: str) -> None:
+        await asyncio.sleep(0.005)
+        self.performed.extend(requests)
+
+
+async def test_busy_thread_lets_a_waiting_thread_in(queue: Queue, settings: Settings) -> None:
+    """One loop on a thread that never empties; another thread waits: the loop lets go after hold_limit batches."""
+    Hogged.performed = []
+    worker = Worker(queue, handlers=[Hogged], settings=settings.copy(worker_hold_limit=3))
+    loop = asyncio.create_task(worker.loop(21))
+    await queue.register(Hogged, *[f"a{i:02}" for i in range(20)])
+    await wait_until(lambda: bool(Hogged.performed), timeout=10)  # bound to thread "a"
+    await queue.register(Hogged, "b")
+    assert await asyncio.wait_for(loop, 20) == 21
+    assert Hogged.performed.index("b") < 10  # without a hold limit it would wait for all of "a"
+    assert [p for p in Hogged.performed if p != "b"] == [f"a{i:02}" for i in range(20)]

@@ -170,6 +170,8 @@ async def drain(worker: Worker, loops: int = 1, timeout: float = 60.0, feed: Awa
     """
     tasks = [asyncio.create_task(worker.loop()) for _ in range(loops)]
     if feed is not None:
+        # start feeding once every loop is up and looking for work, as in a running system
+        await wait_until(lambda: len(worker._idle) >= loops or any(t.done() for t in tasks), timeout=timeout)
         tasks.append(asyncio.create_task(_as_count(feed)))
     fed = tasks[-1] if feed is not None else None
     try:
@@ -214,7 +216,8 @@ async def trace_run(
         requests: The requests, in registration order.
         at: Arrival offsets in seconds from the start (non-decreasing), one per
             request, for an open-loop workload; without it the requests are
-            registered first as a backlog (in calls of ``chunk``) and drained.
+            registered at once as a backlog (in calls of ``chunk``). Either way
+            the loops are started first, as in a running system.
         loops: Concurrent worker loops.
         queue: Where to run; default a `fresh_queue` (embedded, isolated).
         settings: Settings of the fresh queue and the worker.
@@ -227,15 +230,20 @@ async def trace_run(
     queue = queue or fresh_queue(settings)
     worker = Worker(queue, handlers=[handler], settings=settings, trace=True)
     if at is None:
-        for start in range(0, len(requests), chunk):
-            await queue.register(handler, *requests[start : start + chunk])
-        await drain(worker, loops=loops, timeout=timeout)
+        feed = _backlog(queue, handler, requests, chunk)
+    elif len(at) != len(requests):
+        raise ValueError(f"{len(at)} arrival times for {len(requests)} requests")
     else:
-        if len(at) != len(requests):
-            raise ValueError(f"{len(at)} arrival times for {len(requests)} requests")
-        await drain(worker, loops=loops, timeout=timeout, feed=_arrivals(queue, handler, requests, at))
+        feed = _arrivals(queue, handler, requests, at)
+    await drain(worker, loops=loops, timeout=timeout, feed=feed)
     trace: pd.DataFrame = worker.trace()
     return trace
+
+
+async def _backlog(queue: Queue, handler: type[Handler], requests: Sequence[Any], chunk: int) -> None:
+    """Register everything at once, in calls of ``chunk``."""
+    for start in range(0, len(requests), chunk):
+        await queue.register(handler, *requests[start : start + chunk])
 
 
 async def _arrivals(queue: Queue, handler: type[Handler], requests: Sequence[Any], at: Sequence[float]) -> None:

@@ -1,0 +1,81 @@
+"""simulator: the simpy twin of sharded_queue's worker, for capacity planning and teaching.
+
+A `Scenario` takes the real `Handler` classes (their ``route()``, ``orders``,
+``batch_size``) and the real `sharded_queue.Settings`, plus a workload, a
+service-time model and a storage round-trip time. `simulate` runs the very
+same `sharded_queue.core.worker_program` as the asyncio worker, in simulated
+time, and returns a `Result` with a trace in the shared schema::
+
+    from simulator import Poisson, Scenario, Service, Workload, Zipf, Keyed, simulate
+
+    result = simulate(Scenario(
+        Workload(NotifyHandler, Poisson(rate=500), Service(per_batch=0.01, per_message=0.001),
+                 Keyed(Zipf(10_000, 1.1), make=NotifyRequest)),
+        workers=4, duration=60, seed=1))
+    result.summary()
+"""
+
+from .analysis import backlog, compare, summary
+from .calibrate import Calibration, calibrate
+from .engine import SimulatedFailure, simulate
+from .plots import plot_backlog, plot_latency, plot_sweep
+from .result import Result
+from .scenario import Scenario, Workload
+from .sweep import sweep
+from .theory import bulk_service_wait, erlang_c, erlang_c_wait
+from .workload import (
+    Backlog,
+    Deterministic,
+    Empirical,
+    Exponential,
+    Fixed,
+    Generated,
+    Keyed,
+    KeySequence,
+    LogNormal,
+    OnOff,
+    Poisson,
+    Replay,
+    RoundRobin,
+    ScenarioError,
+    Service,
+    Uniform,
+    Zipf,
+)
+
+__all__ = [
+    "Backlog",
+    "Calibration",
+    "Deterministic",
+    "Empirical",
+    "Exponential",
+    "Fixed",
+    "Generated",
+    "KeySequence",
+    "Keyed",
+    "LogNormal",
+    "OnOff",
+    "Poisson",
+    "Replay",
+    "Result",
+    "RoundRobin",
+    "Scenario",
+    "ScenarioError",
+    "Service",
+    "SimulatedFailure",
+    "Uniform",
+    "Workload",
+    "Zipf",
+    "backlog",
+    "bulk_service_wait",
+    "calibrate",
+    "compare",
+    "erlang_c",
+    "erlang_c_wait",
+    "plot_backlog",
+    "plot_latency",
+    "plot_sweep",
+    "simulate",
+    "summary",
+    "sweep",
+]

@@ -1,0 +1,200 @@
+"""Summaries and comparisons of *any* trace: a real worker's or the simulator's.
+
+A trace is the DataFrame of `sharded_queue.trace` (one row per performed
+message: ``handler, thread, order, worker, batch, enqueued_at, started_at,
+finished_at``). For each group (by default per handler, thread and order):
+
+* ``count``, ``throughput`` (messages per second over the window), ``batches``
+  and ``batch_mean`` (mean messages per ``perform``);
+* ``wait`` = ``started_at - enqueued_at`` and ``sojourn`` = ``finished_at -
+  enqueued_at``: mean, percentiles and max;
+* ``utilisation``: the share of all workers' time spent performing the group's
+  batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from sharded_queue.trace import COLUMNS
+
+GROUP = ("handler", "thread", "order")
+"""The default grouping: one row per tube."""
+
+PERCENTILES = (50, 90, 99)
+"""Percentiles reported for wait and sojourn."""
+
+METRICS = ("throughput", "batch_mean", "wait_mean", "wait_p50", "wait_p90", "wait_p99", "sojourn_mean", "sojourn_p99")
+"""What `compare` compares by default."""
+
+
+def check_trace(trace: pd.DataFrame) -> None:
+    """Raise ValueError unless ``trace`` has the shared trace columns."""
+    if not isinstance(trace, pd.DataFrame):
+        raise TypeError(f"a trace is a pandas DataFrame, got {type(trace).__name__}")
+    missing = [name for name in COLUMNS if name not in trace.columns]
+    if missing:
+        raise ValueError(f"not a trace: missing column(s) {missing}; expected {list(COLUMNS)}")
+
+
+def _by(by: str | Iterable[str]) -> list[str]:
+    names = [by] if isinstance(by, str) else list(by)
+    unknown = [name for name in names if name not in ("handler", "thread", "order", "worker")]
+    if unknown:
+        raise ValueError(f"cannot group by {unknown}: use handler, thread, order or worker")
+    return names
+
+
+def summary(
+    trace: pd.DataFrame,
+    by: str | Iterable[str] = GROUP,
+    *,
+    start: float | None = None,
+    end: float | None = None,
+    workers: int | None = None,
+    percentiles: Sequence[float] = PERCENTILES,
+) -> pd.DataFrame:
+    """Per-group count, throughput, batch size, wait and sojourn percentiles, utilisation.
+
+    Args:
+        trace: A trace DataFrame (real or simulated).
+        by: Columns to group by; ``()`` for one overall row.
+        start: Only messages enqueued at or after ``start`` count (a warm-up
+            cut); default: the first enqueue time.
+        end: End of the window; default: the last finish time.
+        workers: Worker loops, for utilisation; default: distinct ``worker`` values.
+        percentiles: Percentiles (0..100) of wait and sojourn to report.
+
+    Returns:
+        One row per group, sorted by the group columns.
+    """
+    check_trace(trace)
+    names = _by(by)
+    frame = trace if start is None else trace[trace["enqueued_at"] >= start]
+    if frame.empty:
+        return pd.DataFrame(columns=[*names, *_metric_columns(percentiles)])
+    begin = float(frame["enqueued_at"].min()) if start is None else float(start)
+    finish = float(frame["finished_at"].max()) if end is None else float(end)
+    window = max(finish - begin, 1e-12)
+    loops = int(trace["worker"].nunique()) if workers is None else workers
+    work = frame.assign(
+        wait=frame["started_at"] - frame["enqueued_at"],
+        sojourn=frame["finished_at"] - frame["enqueued_at"],
+    )
+    keys = names or [np.zeros(len(work), dtype=np.int64)]
+    grouped = work.groupby(keys, sort=True, observed=True)
+    out = pd.DataFrame({"count": grouped.size()})
+    batches = work.drop_duplicates(["worker", "batch"]).assign(busy=lambda f: f["finished_at"] - f["started_at"])
+    batch_keys = names or [np.zeros(len(batches), dtype=np.int64)]
+    batch_groups = batches.groupby(batch_keys, sort=True, observed=True)
+    out["batches"] = batch_groups.size()
+    out["busy"] = batch_groups["busy"].sum()
+    for name in ("wait", "sojourn"):
+        out[f"{name}_mean"] = grouped[name].mean()
+        for p in percentiles:
+            out[f"{name}_p{_label(p)}"] = grouped[name].quantile(p / 100)
+        out[f"{name}_max"] = grouped[name].max()
+    out = _finish(out, window, loops)
+    out = out.reset_index(drop=not names)
+    if not names:
+        out = out.drop(columns=[c for c in out.columns if c not in _metric_columns(percentiles)])
+    return out[[*names, *_metric_columns(percentiles)]]
+
+
+def _label(p: float) -> str:
+    return f"{p:g}".replace(".", "_")
+
+
+def _metric_columns(percentiles: Sequence[float]) -> list[str]:
+    columns = ["count", "throughput", "batches", "batch_mean"]
+    for name in ("wait", "sojourn"):
+        columns += [f"{name}_mean", *(f"{name}_p{_label(p)}" for p in percentiles), f"{name}_max"]
+    return [*columns, "utilisation"]
+
+
+def _finish(out: pd.DataFrame, window: float, workers: int) -> pd.DataFrame:
+    """Derived columns from count, batches and busy."""
+    out["throughput"] = out["count"] / window
+    out["batch_mean"] = out["count"] / out["batches"].where(out["batches"] > 0)
+    out["utilisation"] = out["busy"] / (max(workers, 1) * window)
+    return out
+
+
+def compare(
+    sim: pd.DataFrame,
+    real: pd.DataFrame,
+    by: str | Iterable[str] = GROUP,
+    metrics: Sequence[str] = METRICS,
+    **options: Any,
+) -> pd.DataFrame:
+    """Relative errors of a simulation against a real run, per group and metric.
+
+    Args:
+        sim: Simulated trace, or its `summary`.
+        real: Real trace, or its `summary`.
+        by: Grouping (as in `summary`); groups present in only one side are dropped.
+        metrics: Summary columns to compare.
+        **options: Passed to `summary` for traces (``start``, ``workers``...).
+
+    Returns:
+        Long format: the group columns, ``metric``, ``sim``, ``real`` and
+        ``rel_error`` = ``(sim - real) / real``.
+    """
+    names = _by(by)
+    left = summary(sim, names, **options) if "enqueued_at" in sim.columns else sim
+    right = summary(real, names, **options) if "enqueued_at" in real.columns else real
+    missing = [m for m in metrics if m not in left.columns or m not in right.columns]
+    if missing:
+        raise ValueError(f"cannot compare {missing}: not in both summaries")
+    if names:
+        merged = left[[*names, *metrics]].merge(right[[*names, *metrics]], on=names, suffixes=("_sim", "_real"))
+    else:
+        merged = pd.concat(
+            [
+                left[list(metrics)].add_suffix("_sim").reset_index(drop=True),
+                right[list(metrics)].add_suffix("_real").reset_index(drop=True),
+            ],
+            axis=1,
+        )
+    rows = []
+    for metric in metrics:
+        part = merged[names].copy() if names else pd.DataFrame(index=merged.index)
+        part["metric"] = metric
+        part["sim"] = merged[f"{metric}_sim"].astype(float)
+        part["real"] = merged[f"{metric}_real"].astype(float)
+        rows.append(part)
+    out = pd.concat(rows, ignore_index=True)
+    out["rel_error"] = (out["sim"] - out["real"]) / out["real"].where(out["real"] != 0)
+    return out
+
+
+def backlog(trace: pd.DataFrame, by: str | Iterable[str] = ("handler", "thread"), points: int = 200) -> pd.DataFrame:
+    """Messages enqueued but not yet performed, over time, per group, from a trace.
+
+    Only performed messages are in a trace, so a run that ended with messages
+    still queued under-counts its last backlog (the simulator's own
+    `Result.backlog` counts them).
+
+    Returns:
+        Long format: ``time``, the group columns and ``backlog``.
+    """
+    check_trace(trace)
+    names = _by(by)
+    if trace.empty:
+        return pd.DataFrame(columns=["time", *names, "backlog"])
+    times = np.linspace(float(trace["enqueued_at"].min()), float(trace["finished_at"].max()), points)
+    parts = []
+    groups = trace.groupby(names, sort=True, observed=True) if names else [((), trace)]
+    for key, group in groups:
+        enqueued = np.sort(group["enqueued_at"].to_numpy())
+        finished = np.sort(group["finished_at"].to_numpy())
+        level = np.searchsorted(enqueued, times, "right") - np.searchsorted(finished, times, "right")
+        part = pd.DataFrame({"time": times, "backlog": level})
+        for name, value in zip(names, key if isinstance(key, tuple) else (key,), strict=True):
+            part[name] = value
+        parts.append(part)
+    return pd.concat(parts, ignore_index=True)[["time", *names, "backlog"]]

@@ -1,0 +1,198 @@
+"""A scenario: the same inputs the real queue takes, plus a workload and models.
+
+The handler classes, their ``route()``, ``orders``, ``batch_size`` and
+``retry_attempts``, and the `sharded_queue.Settings` are the real ones: a
+notebook can take a production handler and simulate it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sharded_queue import Handler, Settings
+from sharded_queue.core import LoopPolicy
+from sharded_queue.handler import declared_orders, handler_name
+
+from .workload import (
+    Arrivals,
+    Generated,
+    Keyed,
+    Replay,
+    Requests,
+    ScenarioError,
+    Service,
+    _count,
+    _positive,
+)
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One handler's share of a scenario.
+
+    Args:
+        handler: The real `Handler` subclass; its ``route()`` places every request.
+        arrivals: When requests are registered (`Poisson`, `Deterministic`,
+            `OnOff`, `Replay`, `Backlog`).
+        service: How long ``perform`` takes for a batch (`Service`).
+        requests: What the requests are (`Keyed` with a key distribution such as
+            `Zipf`, or `Generated`); default: every request is the key 0.
+    """
+
+    handler: type[Handler]
+    arrivals: Arrivals
+    service: Service
+    requests: Requests = field(default_factory=Keyed)
+
+    def __post_init__(self) -> None:
+        try:
+            name = handler_name(self.handler)
+            declared_orders(self.handler)
+        except (TypeError, ValueError) as exc:
+            raise ScenarioError(f"Workload handler: {exc}") from exc
+        if not hasattr(self.arrivals, "chunks"):
+            raise ScenarioError(f"Workload arrivals of {name} must be an arrival process, got {self.arrivals!r}")
+        if not isinstance(self.service, Service):
+            raise ScenarioError(f"Workload service of {name} must be a Service, got {self.service!r}")
+        if not isinstance(self.requests, Keyed | Generated):
+            raise ScenarioError(f"Workload requests of {name} must be Keyed or Generated, got {self.requests!r}")
+        for attribute in ("batch_size", "retry_attempts"):
+            value = getattr(self.handler, attribute)
+            if value is not None:
+                _count(f"{self.handler.__qualname__}.{attribute}", value)
+
+    @property
+    def name(self) -> str:
+        """The handler's stored name."""
+        return handler_name(self.handler)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """Everything one simulation run needs; reproducible from its ``seed``.
+
+    Args:
+        workloads: One `Workload` per handler (a single one is accepted too).
+        workers: Number of worker loops (``Worker.loop`` calls) across all processes.
+        processes: Number of worker processes (`Worker` objects) the loops are
+            spread over, round robin; each routes wake-ups to its own loops.
+        settings: The real settings (batch size, coordinator delay, empty
+            limit/pause, lease TTL, retries); default: the library defaults,
+            not the environment (pass ``sharded_queue.settings`` for that).
+        rtt: Storage round-trip time in seconds; every Redis round trip of the
+            real storage costs one.
+        duration: Simulated seconds; arrivals stop then and so does the run.
+        messages: Total requests to register; without ``duration`` the run goes
+            on until all of them are performed.
+        warmup: Seconds at the start whose arrivals are left out of the summary.
+        seed: Seed of every random choice (arrivals, keys, service, loops).
+        trace: Keep the per-message trace (memory grows with messages); when
+            False the summary is computed on the fly from histograms.
+        backlog_samples: About how many times per run the per-thread backlog is sampled.
+    """
+
+    workloads: Sequence[Workload] | Workload
+    workers: int = 1
+    processes: int = 1
+    settings: Settings = field(default_factory=Settings)
+    rtt: float = 0.0
+    duration: float | None = None
+    messages: int | None = None
+    warmup: float = 0.0
+    seed: int = 0
+    trace: bool = True
+    backlog_samples: int = 200
+
+    def __post_init__(self) -> None:
+        workloads = (self.workloads,) if isinstance(self.workloads, Workload) else tuple(self.workloads)
+        object.__setattr__(self, "workloads", workloads)
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every value; called on creation.
+
+        Raises:
+            ScenarioError: an impossible value, named.
+        """
+        workloads: tuple[Workload, ...] = self.workloads  # type: ignore[assignment]
+        if not workloads:
+            raise ScenarioError("Scenario needs at least one Workload")
+        names: dict[str, Workload] = {}
+        for workload in workloads:
+            if not isinstance(workload, Workload):
+                raise ScenarioError(f"Scenario workloads must be Workload objects, got {workload!r}")
+            if workload.name in names:
+                raise ScenarioError(f"two workloads for handler {workload.name!r}: merge them into one")
+            names[workload.name] = workload
+        _count("Scenario workers", self.workers)
+        _count("Scenario processes", self.processes)
+        if self.processes > self.workers:
+            raise ScenarioError(f"Scenario processes ({self.processes}) must not outnumber workers ({self.workers})")
+        if not isinstance(self.settings, Settings):
+            raise ScenarioError(f"Scenario settings must be sharded_queue.Settings, got {self.settings!r}")
+        _positive("Scenario rtt", self.rtt, zero=True)
+        if self.duration is not None:
+            _positive("Scenario duration", self.duration)
+        if self.messages is not None:
+            _count("Scenario messages", self.messages)
+        if (
+            self.duration is None
+            and self.messages is None
+            and not all(isinstance(w.arrivals, Replay) for w in workloads)
+        ):
+            raise ScenarioError("Scenario needs a duration or a message count (or only finite Replay arrivals)")
+        _positive("Scenario warmup", self.warmup, zero=True)
+        if self.duration is not None and self.warmup >= self.duration:
+            raise ScenarioError(f"Scenario warmup ({self.warmup}) must be shorter than its duration ({self.duration})")
+        _count("Scenario seed", self.seed, minimum=0)
+        _count("Scenario backlog_samples", self.backlog_samples, minimum=2)
+
+    @property
+    def handlers(self) -> list[type[Handler]]:
+        """The handler classes, in workload order."""
+        return [workload.handler for workload in self.workloads]  # type: ignore[union-attr]
+
+    def policy(self) -> LoopPolicy:
+        """The loop policy the real `Worker` would use for these settings and handlers."""
+        handlers = self.handlers
+        return LoopPolicy.from_settings(
+            self.settings,
+            batch_sizes={handler_name(h): h.batch_size for h in handlers if h.batch_size},
+            attempts={handler_name(h): h.retry_attempts for h in handlers if h.retry_attempts},
+        )
+
+    def replace(self, **changes: Any) -> Scenario:
+        """A copy with some fields changed; names of `Settings` fields change the settings.
+
+        ``scenario.replace(workers=8, worker_batch_size=32)`` sets ``workers`` on
+        the scenario and ``worker_batch_size`` on a copy of its settings.
+        """
+        own = {f.name for f in dataclasses.fields(self)}
+        setting_names = set(self.settings.as_dict())
+        mine = {k: v for k, v in changes.items() if k in own}
+        theirs = {k: v for k, v in changes.items() if k not in own}
+        unknown = set(theirs) - setting_names
+        if unknown:
+            raise ScenarioError(f"unknown scenario or settings field(s): {sorted(unknown)}")
+        if theirs:
+            mine["settings"] = self.settings.copy(**theirs)
+        return dataclasses.replace(self, **mine)
+
+    def describe(self) -> Mapping[str, Any]:
+        """The scenario's main numbers, flat (used as columns by `sweep`)."""
+        workloads: tuple[Workload, ...] = self.workloads  # type: ignore[assignment]
+        policy = self.policy()
+        return {
+            "workers": self.workers,
+            "processes": self.processes,
+            "batch_size": policy.batch_size,
+            "coordinator_delay": policy.coordinator_delay,
+            "empty_limit": policy.empty_limit,
+            "empty_pause": policy.empty_pause,
+            "rtt": self.rtt,
+            "arrival_rate": sum((w.arrivals.mean_rate() or 0.0) for w in workloads),
+            "seed": self.seed,
+        }

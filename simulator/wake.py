@@ -1,0 +1,282 @@
+"""Wake-ups, routed as the asyncio `Worker` routes them, without an event per registration.
+
+In the real worker every loop has its own waker, armed at each ``Poll`` and
+``Cycle``; a wakeable ``Wait`` ends when it is woken (at once if it was woken
+since it was armed). Every registration is published with the threads it
+touched, and every worker process (`SimProcess`) wakes, for each thread, the
+loop holding it, or else its oldest idle loop (idle: it has polled and since
+done nothing but acquire attempts and waits).
+
+The simulator never handles a registration one by one. Arrivals are known in
+advance, and the routing state (which loop holds which thread, which loop is
+the oldest idle) only changes at loop events, so for each armed loop it looks
+up the first registration that would wake it under the current state, and
+recomputes that when the state changes. A waiting loop gets a simpy timer at
+that moment.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import simpy
+
+if TYPE_CHECKING:
+    from .engine import Feed, SimThread
+
+
+class SimProcess:
+    """One worker process (one `Worker` object): its loops and its wake-up routing."""
+
+    __slots__ = ("bound", "bound_mask", "flushed", "idle", "index", "loops")
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.loops: list[LoopState] = []
+        self.bound: dict[SimThread, LoopState] = {}  # loops holding a thread
+        self.idle: dict[LoopState, None] = {}  # loops looking for a thread, oldest first
+        self.bound_mask = np.zeros(64, dtype=bool)  # by thread index: held by a loop of this process
+        self.flushed = -math.inf  # registrations are applied up to here
+
+    def first_idle(self) -> LoopState | None:
+        """The loop a registration of an unheld thread wakes."""
+        return next(iter(self.idle), None)
+
+
+class LoopState:
+    """One simulated loop: what it did (statistics) and its waker."""
+
+    __slots__ = (
+        "armed_at",
+        "binds",
+        "bound",
+        "bound_since",
+        "busy",
+        "checked",
+        "deadline",
+        "event",
+        "failures",
+        "index",
+        "messages",
+        "next_wake",
+        "performs",
+        "polls",
+        "process",
+        "thread",
+        "timer",
+        "wait_id",
+        "woken_at",
+    )
+
+    def __init__(self, index: int, process: SimProcess) -> None:
+        self.index = index
+        self.process = process
+        self.thread: SimThread | None = None  # held (between Begin and End)
+        self.armed_at = -math.inf  # when the current waker was armed; -inf: never
+        self.woken_at = math.inf  # when it was woken; inf: not (yet)
+        self.next_wake = math.inf  # the first registration that would wake it, as things stand
+        self.checked = -math.inf  # registrations looked at up to here
+        self.event: simpy.Event | None = None  # set while in a wakeable wait
+        self.deadline = math.inf
+        self.wait_id = 0
+        self.timer = 0
+        self.busy = 0.0
+        self.bound = 0.0
+        self.bound_since = math.nan
+        self.binds = 0
+        self.performs = 0
+        self.failures = 0
+        self.messages = 0
+        self.polls = 0
+
+
+class Wakeups:
+    """The wake-up model of all loops; every routing change goes through it.
+
+    For each armed loop: ``checked``, the time up to which registrations were
+    looked at under the routing that held meanwhile, and ``next_wake``, the
+    first one found that wakes it (``inf``: none so far). A routing change
+    first applies what happened up to its moment (`_flush`), then makes the
+    affected loops look again from there: at once for a waiting loop (it
+    needs its timer), lazily otherwise.
+    """
+
+    def __init__(self, env: simpy.Environment, feed: Feed, half: float, processes: list[SimProcess]) -> None:
+        self.env = env
+        self.feed = feed
+        self.half = half  # pub/sub delivery: half a round trip after the registration
+        self.processes = processes
+
+    # --- the waker of one loop ----------------------------------------------------
+
+    def arm(self, loop: LoopState, at: float) -> None:
+        """``Waker.arm``: from now on, the next registration routed to the loop wakes it.
+
+        (The real waker keeps a waker that was not woken yet: the same thing.)
+        """
+        loop.armed_at = at
+        loop.woken_at = math.inf
+        loop.next_wake = math.inf
+        loop.checked = at
+
+    def wait(self, loop: LoopState, seconds: float) -> simpy.Event | None:
+        """A wakeable wait: None when already woken, else an event that ends it.
+
+        ``seconds == 0`` waits until woken (see `simulator.engine`).
+        """
+        now = self.env._now
+        if loop.armed_at == -math.inf:
+            return self.env.timeout(seconds) if seconds > 0 else None
+        self._due(loop, now)
+        if loop.woken_at <= now:
+            return None
+        loop.event = self.env.event()
+        loop.wait_id += 1
+        loop.deadline = now + seconds if seconds > 0 else math.inf
+        if seconds > 0:
+            timeout = self.env.timeout(seconds)
+            timeout.callbacks.append(functools.partial(self._deadline, loop, loop.wait_id))
+        self._compute(loop, now)  # a waiting loop needs its timer now
+        return loop.event
+
+    def _deadline(self, loop: LoopState, wait_id: int, _: Any) -> None:
+        if loop.event is not None and loop.wait_id == wait_id:
+            self._end_wait(loop)
+
+    def _end_wait(self, loop: LoopState) -> None:
+        event, loop.event = loop.event, None
+        loop.timer += 1  # cancels its pending timer
+        assert event is not None
+        event.succeed()
+
+    def _due(self, loop: LoopState, at: float) -> None:
+        """Mark the loop woken if a registration woke it by ``at`` (looking as far as needed)."""
+        if loop.woken_at != math.inf or loop.armed_at == -math.inf:
+            return
+        if loop.next_wake == math.inf and loop.checked < at:
+            if self.feed.frontier < at - self.half:
+                self.feed.ensure(at - self.half)
+            self._compute(loop, loop.checked)
+        if loop.next_wake <= at:
+            loop.woken_at = loop.next_wake
+
+    def _compute(self, loop: LoopState, since: float) -> None:
+        """The first registration delivered after ``since`` that wakes ``loop`` as things stand.
+
+        Strictly after: a registration delivered at the very moment a waker is
+        armed counts for the waker it finds (the one that woke the loop).
+        Only materialised arrivals are looked at; ``checked`` says how far.
+        """
+        if loop.woken_at != math.inf:
+            return
+        half = self.half
+        start = max(since, loop.armed_at) - half  # enqueue times delivered after ``since``
+        wake = math.inf
+        if loop.thread is not None:
+            wake = self.feed.next_on_thread(loop.thread, start) + half
+        process = loop.process
+        if process.idle and next(iter(process.idle)) is loop:
+            wake = min(wake, self.feed.next_unheld(process, start) + half)
+        loop.next_wake = wake
+        loop.checked = wake if wake != math.inf else max(self.feed.frontier + half, start + half)
+        if loop.event is not None:
+            self._schedule(loop)
+
+    def _schedule(self, loop: LoopState) -> None:
+        """Set the waiting loop's timer: its wake-up, or a look further ahead."""
+        loop.timer += 1
+        now = self.env._now
+        if loop.next_wake <= now:  # found looking back (further ahead than before): woken already
+            loop.woken_at = loop.next_wake
+            self._end_wait(loop)
+            return
+        at = loop.next_wake if loop.next_wake != math.inf else max(loop.checked, now)
+        if at >= loop.deadline or at == math.inf:
+            return
+        timer = self.env.timeout(at - now)
+        timer.callbacks.append(functools.partial(self._fire, loop, loop.timer))
+
+    def _fire(self, loop: LoopState, timer: int, _: Any) -> None:
+        if loop.event is None or loop.timer != timer:
+            return
+        now = self.env._now
+        self._due(loop, now)
+        if loop.woken_at <= now:
+            self._end_wait(loop)
+        elif loop.next_wake == math.inf and loop.checked <= now:
+            if self.feed.exhausted:
+                return  # no registration will ever wake it: its deadline (if any) or a routing change will
+            self.feed.step()  # look further ahead
+            self._compute(loop, loop.checked)
+        else:
+            self._schedule(loop)
+
+    # --- routing changes ------------------------------------------------------------
+
+    def _flush(self, process: SimProcess, at: float) -> None:
+        """Apply the registrations up to ``at`` under the routing that held until now."""
+        if process.flushed == at:  # several changes at one instant: nothing delivered in between
+            return
+        process.flushed = at
+        for loop in process.loops:
+            if loop.woken_at == math.inf and loop.armed_at != -math.inf:
+                self._due(loop, at)
+                if loop.woken_at != math.inf and loop.event is not None:
+                    self._end_wait(loop)
+
+    def _changed(self, at: float, loop: LoopState | None) -> None:
+        """The routing of ``loop`` changed at ``at``: look again from there (now if it waits)."""
+        if loop is None or loop.woken_at != math.inf or loop.armed_at == -math.inf:
+            return
+        if loop.event is not None:
+            self._compute(loop, at)
+        else:
+            loop.next_wake = math.inf
+            loop.checked = max(at, loop.armed_at)
+
+    def poll(self, loop: LoopState, at: float) -> None:
+        """``Poll``: arm, and join the idle loops (keeping its place if already there)."""
+        process = loop.process
+        self._flush(process, at)
+        process.idle[loop] = None
+        self.arm(loop, at)
+
+    def acquired(self, loop: LoopState, at: float) -> None:
+        """A successful ``Acquire``, or any effect but ``Poll``/``Wait``/``Acquire``: the loop is no longer idle."""
+        process = loop.process
+        if loop not in process.idle:
+            return
+        self._flush(process, at)
+        first = process.first_idle()
+        del process.idle[loop]
+        if first is loop:
+            self._changed(at, loop)
+            self._changed(at, process.first_idle())
+
+    def bind(self, loop: LoopState, thread: SimThread, at: float) -> None:
+        """``Begin``: the loop holds ``thread``; its registrations wake this loop."""
+        process = loop.process
+        self._flush(process, at)
+        process.bound[thread] = loop
+        loop.thread = thread
+        if thread.index >= len(process.bound_mask):
+            process.bound_mask = np.concatenate((process.bound_mask, np.zeros(thread.index + 64, dtype=bool)))
+        process.bound_mask[thread.index] = True
+        self._changed(at, loop)
+        self._changed(at, process.first_idle())
+
+    def unbind(self, loop: LoopState, at: float) -> None:
+        """``End``: the loop lets go of its thread."""
+        process = loop.process
+        thread = loop.thread
+        if thread is None:
+            return
+        self._flush(process, at)
+        del process.bound[thread]
+        process.bound_mask[thread.index] = False
+        loop.thread = None
+        self._changed(at, loop)
+        self._changed(at, process.first_idle())

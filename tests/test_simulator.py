@@ -1,0 +1,741 @@
+"""The simulator: checked against closed forms, exact timelines, and its own contracts.
+
+The theory checks are statistical, so they are sized for a standard error
+near 1% (asserted, so they cannot pass on too little data) and run their
+seeds on every core. Everything is seeded, hence deterministic.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import math
+import multiprocessing
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+
+from sharded_queue import Handler, RequestRoute, Route, RouteError, Settings, SettingsError
+from sharded_queue.trace import COLUMNS
+from simulator import (
+    Backlog,
+    Deterministic,
+    Exponential,
+    Generated,
+    Keyed,
+    LogNormal,
+    OnOff,
+    Poisson,
+    Replay,
+    RoundRobin,
+    Scenario,
+    ScenarioError,
+    Service,
+    Uniform,
+    Workload,
+    Zipf,
+    analysis,
+    calibrate,
+    compare,
+    plot_backlog,
+    plot_latency,
+    plot_sweep,
+    simulate,
+    summary,
+    sweep,
+)
+from simulator.theory import (
+    WaitEstimate,
+    bulk_service_wait,
+    erlang_c,
+    erlang_c_wait,
+    fcfs_waits,
+    mean_wait,
+    mm1_wait,
+    mmc_scenario,
+)
+
+# --- handlers ----------------------------------------------------------------------
+
+
+class OneThread(Handler):
+    """Everything on the default thread and order (the default route)."""
+
+    name = "one-thread"
+
+
+@dataclass(frozen=True)
+class Note:
+    user: int
+    urgent: bool = False
+
+
+class Notify(Handler):
+    """Users spread over 4 threads, two declared orders."""
+
+    name = "notify"
+    orders = ("urgent", "normal")
+
+    @classmethod
+    async def route(cls, *requests: Note) -> list[RequestRoute]:
+        return [RequestRoute(r, Route(thread=r.user % 4, order="urgent" if r.urgent else "normal")) for r in requests]
+
+
+class Small(Handler):
+    """A handler with its own batch size."""
+
+    name = "small"
+    batch_size = 3
+
+
+def settings(**changes: Any) -> Settings:
+    return Settings().copy(**changes)
+
+
+IMMEDIATE = {"coordinator_delay": 0.0, "worker_empty_pause": 0.0}
+
+
+# --- theory: M/M/c and M/M^(1,B)/1 ---------------------------------------------------------
+
+
+THEORY_PLAN = {
+    "mmc-0.5": [("mmc", 0.5, 2, 40_000, seed) for seed in range(2)],
+    "mmc-0.8": [("mmc", 0.8, 2, 40_000, seed) for seed in range(2)],
+    "bulk-4": [("bulk", 0.5, 4, 200_000, seed) for seed in range(2)],
+    "bulk-16": [("bulk", 0.5, 16, 500_000, seed) for seed in range(2)],
+}
+"""Sized for a standard error well under 1% of the mean wait, so that 3% is a check of
+at least 3 standard errors (asserted). Longest runs first."""
+
+
+@pytest.fixture(scope="module")
+def theory_runs() -> dict[str, list[WaitEstimate]]:
+    """Every long theory run, once, on every core (independent seeded runs)."""
+    jobs = [job for group in THEORY_PLAN.values() for job in group]
+    workers = min(len(jobs), os.cpu_count() or 1)
+    if workers == 1:
+        estimates = [mean_wait(*job) for job in jobs]
+    else:
+        context = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+            estimates = list(pool.map(mean_wait, *zip(*jobs, strict=True)))
+    runs = iter(estimates)
+    return {name: [next(runs) for _ in group] for name, group in THEORY_PLAN.items()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rho", [0.5, 0.8])
+def test_mean_wait_matches_erlang_c(theory_runs: dict[str, Any], rho: float) -> None:
+    """Batch 1, no delays, a thread per message: the fleet is M/M/c.
+
+    `simulator.theory.mmc_scenario` explains the settings: in particular
+    ``worker_empty_limit=1``, because a loop polling its drained thread again
+    (the default 16 times, ``empty_pause`` apart) idles while messages wait
+    elsewhere, which M/M/c does not allow.
+
+    The raw mean of 80k waits has a standard error of about 3% at utilisation
+    0.8 (a million messages would be needed for 1%). So the check uses a control
+    variate (`WaitEstimate.controlled`): an M/M/1 queue of rate ``c * mu`` fed
+    the simulated arrival and service times, whose mean wait is known and
+    whose sampling noise is about 97-99% correlated with the simulated one. It
+    is computed from the trace's inputs, not from the simulated waits, so a
+    wrong wait stays wrong in the estimate. The raw mean must agree too,
+    within its own (wider) error.
+    """
+    runs = theory_runs[f"mmc-{rho}"]
+    expected = erlang_c_wait(rho * 2, 1.0, 2)
+    estimate, error = WaitEstimate.controlled(runs)
+    assert error < 0.01 * expected, "too noisy for a 3% check to mean anything"
+    assert estimate == pytest.approx(expected, rel=0.03)
+    raw, raw_error = WaitEstimate.pooled(runs)
+    assert abs(raw - expected) < 4 * raw_error
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("batch", "rho"), [(4, 0.5), (16, 0.5)])
+def test_mean_wait_matches_bulk_service_queue(theory_runs: dict[str, Any], batch: int, rho: float) -> None:
+    """One thread, one loop, batches up to B, service independent of the batch size,
+    an idle loop fetching the first arrival at once: Bailey's M/M^(1,B)/1
+    (see `simulator.theory.bulk_scenario`). Plain means of 400k to a million waits."""
+    mean, error = WaitEstimate.pooled(theory_runs[f"bulk-{batch}"])
+    expected = bulk_service_wait(rho * batch, 1.0, batch)
+    assert error < 0.01 * expected, "too noisy for a 3% check to mean anything"
+    assert mean == pytest.approx(expected, rel=0.03)
+
+
+@pytest.mark.parametrize("rho", [0.5, 0.9])
+def test_fleet_is_exactly_a_work_conserving_mmc(rho: float) -> None:
+    """Path by path, not just on average: with the simulated arrival times and the
+    service times in the order services started, a c-server FCFS queue has the
+    same number in system at every instant, hence the same total wait. Any idle
+    loop while a message is visible (lost wake-up, stale index, a loop holding an
+    empty thread) would make the simulated total larger."""
+    result = simulate(mmc_scenario(rho, 3, 20_000, seed=7, warmup=0.0))
+    trace = result.trace
+    by_start = trace.sort_values("started_at")
+    services = (by_start["finished_at"] - by_start["started_at"]).to_numpy()
+    waits = fcfs_waits(np.sort(trace["enqueued_at"].to_numpy()), services, 3)
+    simulated = (trace["started_at"] - trace["enqueued_at"]).to_numpy()
+    assert simulated.sum() == pytest.approx(waits.sum(), rel=1e-9)
+
+
+def bulk_wait_numerically(arrival: float, service: float, batch: int, states: int = 800) -> float:
+    """Mean wait of M/M^(1,B)/1 from its balance equations, solved numerically (truncated).
+
+    States: 0 = idle, 1 + n = busy with n waiting. Arrivals add one waiting (or
+    start a batch of one when idle); a completion takes min(n, B) or goes idle.
+    """
+    size = states + 1
+    generator = np.zeros((size, size))
+    generator[0, 1] = arrival
+    for n in range(states):
+        if n + 1 < states:
+            generator[1 + n, 2 + n] = arrival
+        generator[1 + n, 0 if n == 0 else 1 + max(n - batch, 0)] += service
+    np.fill_diagonal(generator, -generator.sum(axis=1))
+    system = generator.T.copy()
+    system[-1] = 1.0  # replace one (redundant) balance equation by the normalisation
+    p = np.linalg.solve(system, np.concatenate((np.zeros(states), [1.0])))
+    return float(np.arange(states) @ p[1:]) / arrival
+
+
+def test_closed_forms() -> None:
+    """The formulas themselves, on textbook values and on each other's special cases."""
+    assert erlang_c(2, 1.0) == pytest.approx(1 / 3)
+    assert erlang_c_wait(0.8, 1.0, 1) == pytest.approx(mm1_wait(0.8, 1.0))
+    assert bulk_service_wait(0.8, 1.0, 1) == pytest.approx(mm1_wait(0.8, 1.0))
+    assert bulk_service_wait(3.2, 1.0, 4) > bulk_service_wait(3.2, 1.0, 5)  # more room per batch, less wait
+    assert bulk_service_wait(3.2, 1.0, 4) == pytest.approx(bulk_wait_numerically(3.2, 1.0, 4), rel=1e-5)
+    with pytest.raises(ValueError, match="lambda < B"):
+        bulk_service_wait(4.0, 1.0, 4)
+
+
+# --- deterministic timelines -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("count", "batch", "rtt"), [(1000, 128, 0.002), (7, 3, 0.0), (128, 128, 0.01)])
+def test_backlog_drains_in_the_computed_time(count: int, batch: int, rtt: float) -> None:
+    """One loop, a backlog at t=0, fixed service ``a + b*n``: every batch's start is exact.
+
+    Timeline: Poll (1 round trip), Acquire (2: script + hide), then per batch a
+    Cycle (1) and the perform; the last Cycle acks and finds the thread empty.
+    """
+    per_batch, per_message = 0.05, 0.001
+    result = simulate(
+        Scenario(
+            Workload(OneThread, Backlog(count), Service(per_batch, per_message)),
+            settings=settings(worker_batch_size=batch),
+            rtt=rtt,
+        )
+    )
+    sizes = [batch] * (count // batch) + ([count % batch] if count % batch else [])
+    start = 3 * rtt
+    expected = []
+    for size in sizes:
+        start += rtt  # the cycle that fetches this batch (and acks the previous one)
+        expected.append((start, size))
+        start += per_batch + per_message * size
+    batches = result.trace.groupby("batch").agg(started=("started_at", "first"), size=("batch", "size"))
+    assert list(batches["size"]) == [size for _, size in expected]
+    assert batches["started"].to_numpy() == pytest.approx([s for s, _ in expected], abs=1e-12)
+    assert result.end == pytest.approx(start, abs=1e-12)  # the run ends when the last batch is performed
+    assert result.summary(()).loc[0, "count"] == count
+
+
+class Named(Handler):
+    """Request "x" goes to thread "x"."""
+
+    name = "named"
+
+    @classmethod
+    async def route(cls, *requests: str) -> list[RequestRoute]:
+        return [RequestRoute(r, Route(thread=r)) for r in requests]
+
+
+def replay(times: list[float], threads: list[str], **changes: Any) -> Scenario:
+    """Requests registered at ``times`` on ``threads``, one loop, perform 0.01 s."""
+    from simulator import KeySequence
+
+    return Scenario(
+        Workload(Named, Replay(times, shift=False), Service(per_batch=0.01), Keyed(KeySequence(threads))),
+        settings=settings(worker_empty_limit=3, worker_empty_pause=0.1, coordinator_delay=1.0),
+    ).replace(**changes)
+
+
+def test_empty_limit_keeps_a_quiet_thread_bound() -> None:
+    """The real empty-limit/pause logic and wake-ups, on an exact timeline.
+
+    One thread, messages at 0, 0.05 and 0.5; ``empty_limit=3``, ``empty_pause=0.1``.
+    After its first message the loop polls the thread empty and pauses; the
+    registration at 0.05 wakes it (it holds the thread) and it performs at
+    once. Then empty polls at 0.06, 0.16 and 0.26: released at 0.26. Idle, the
+    registration at 0.5 wakes it (the oldest idle loop) and it binds again.
+    """
+    result = simulate(replay([0.0, 0.05, 0.5], ["a", "a", "a"]))
+    assert list(result.trace["started_at"]) == pytest.approx([0.0, 0.05, 0.5])
+    loop = result.workers.iloc[0]
+    assert loop["binds"] == 2
+    assert loop["bound"] == pytest.approx(0.26 + 0.01)
+
+
+def test_an_empty_thread_is_released_when_another_waits() -> None:
+    """Thread "a" has a message at 0, "b" one at 0.05. The loop holding the drained
+    "a" is woken by b's registration (it is the oldest idle loop), polls "a"
+    empty again, finds "b" waiting and releases "a" at once, whatever the empty
+    limit: "b" starts at 0.05."""
+    result = simulate(replay([0.0, 0.05], ["a", "b"]))
+    trace = result.trace.set_index("thread")
+    assert trace.loc["a", "started_at"] == pytest.approx(0.0)
+    assert trace.loc["b", "started_at"] == pytest.approx(0.05)
+    assert result.workers.iloc[0]["binds"] == 2
+
+
+def test_one_idle_loop_is_woken_per_registration() -> None:
+    """Wake-ups name their thread: a worker process wakes the loop holding it, else its
+    oldest idle loop. Round trip 0.1 s, coordinator delay 1 s, two idle loops; "a"
+    is registered at 0.5 and "b" at 0.51. In one process both registrations wake
+    the same (oldest) idle loop, which takes one thread; the other thread waits
+    for the next poll, at the other loop's coordinator delay or after the first
+    loop's batch. With two processes each wakes its own idle loop: both threads
+    start within a few round trips."""
+    one = simulate(replay([0.5, 0.51], ["a", "b"], workers=2, rtt=0.1))
+    two = simulate(replay([0.5, 0.51], ["a", "b"], workers=2, processes=2, rtt=0.1))
+    one_waits = sorted(one.trace["started_at"] - one.trace["enqueued_at"])
+    two_waits = sorted(two.trace["started_at"] - two.trace["enqueued_at"])
+    assert one_waits[0] == pytest.approx(0.445, abs=0.006)  # woken 0.55, poll -0.65, acquire -0.85, cycle -0.95
+    assert one_waits[1] > 0.7
+    assert two_waits[1] < 0.6
+
+
+def test_idle_loops_with_zero_delays_wait_for_a_wake_up() -> None:
+    """``coordinator_delay=0`` does not spin: idle loops sleep until the next registration,
+    and start it at once (wait 0), with a bounded number of polls."""
+    result = simulate(
+        Scenario(
+            Workload(OneThread, Deterministic(1.0), Service(per_batch=0.1)),
+            workers=3,
+            settings=settings(worker_empty_limit=1, **IMMEDIATE),
+            messages=50,
+        )
+    )
+    overall = result.summary(()).iloc[0]
+    assert overall["count"] == 50
+    assert overall["wait_max"] == 0.0
+    assert result.workers["polls"].sum() <= 4 * 50
+
+
+def test_orders_are_served_by_precedence_and_fifo_within_a_tube() -> None:
+    """A backlog of mixed orders: per thread every urgent message before any normal one,
+    and each tube strictly FIFO."""
+    rng = np.random.default_rng(3)
+    urgent = rng.random(400) < 0.3
+    result = simulate(
+        Scenario(
+            Workload(
+                Notify,
+                Backlog(400),
+                Service(per_batch=0.01, per_message=0.001),
+                Keyed(RoundRobin(400), make=lambda k: Note(user=k, urgent=bool(urgent[k]))),
+            ),
+            workers=2,
+            settings=settings(worker_batch_size=16),
+        )
+    )
+    trace = result.trace
+    assert set(trace["order"]) == {"urgent", "normal"}
+    for _, part in trace.groupby("thread"):
+        last_urgent = part.loc[part["order"] == "urgent", "started_at"].max()
+        first_normal = part.loc[part["order"] == "normal", "started_at"].min()
+        assert last_urgent < first_normal
+
+
+def test_each_tube_is_fifo() -> None:
+    """Within a tube, messages start in the order they were registered."""
+    trace = simulate(zipf_scenario(duration=20)).trace
+    for _, tube in trace.groupby(["thread", "order"]):
+        assert tube["started_at"].is_monotonic_increasing  # the trace is in perform order
+        assert tube["enqueued_at"].is_monotonic_increasing
+
+
+def test_per_handler_batch_size_and_two_handlers() -> None:
+    """Handler.batch_size overrides the setting, per handler; loops serve both handlers."""
+    result = simulate(
+        Scenario(
+            [
+                Workload(Small, Poisson(50), Service(per_batch=0.01)),
+                Workload(OneThread, Poisson(50), Service(per_batch=0.01)),
+            ],
+            workers=2,
+            settings=settings(worker_batch_size=10),
+            duration=30,
+        )
+    )
+    sizes = result.trace.groupby(["handler", "batch"]).size()
+    assert sizes["small"].max() == 3
+    assert sizes["one-thread"].max() > 3
+    assert sizes["one-thread"].max() <= 10
+
+
+def test_failures_go_through_retries_to_dead_letters() -> None:
+    """Failing performs run the core's retry/backoff/bisection; every message is either
+    performed once (traced) or dead-lettered, none lost."""
+    result = simulate(
+        Scenario(
+            Workload(OneThread, Poisson(20), Service(per_batch=0.01, failure_rate=0.4)),
+            settings=settings(worker_batch_size=8, retry_attempts=2, retry_backoff=0.01),
+            messages=2000,
+            seed=5,
+        )
+    )
+    assert result.dead > 0
+    assert result.messages + result.dead == result.arrived == 2000
+    assert len(result.trace) == result.messages
+    assert result.workers["failures"].sum() > 0
+
+
+# --- reproducibility, summaries, saturation --------------------------------------------------
+
+
+def zipf_scenario(**changes: Any) -> Scenario:
+    base = Scenario(
+        Workload(
+            Notify,
+            Poisson(400),
+            Service(per_batch=0.004, per_message=0.0005, noise=LogNormal(0.4)),
+            Keyed(Zipf(1000, 1.1), make=lambda k: Note(user=k, urgent=k % 10 == 0)),
+        ),
+        workers=4,
+        settings=settings(coordinator_delay=0.05),
+        rtt=0.0005,
+        duration=60,
+        warmup=5,
+        seed=11,
+    )
+    return base.replace(**changes)
+
+
+def test_same_seed_same_trace_other_seed_other_trace() -> None:
+    first = simulate(zipf_scenario()).trace
+    again = simulate(zipf_scenario()).trace
+    other = simulate(zipf_scenario(seed=12)).trace
+    assert list(first.columns) == list(COLUMNS)
+    pd.testing.assert_frame_equal(first, again)
+    assert len(first) != len(other) or not first["enqueued_at"].equals(other["enqueued_at"])
+
+
+def test_summary_without_trace_matches_the_trace_summary() -> None:
+    """trace=False folds the run into histograms: same counts and means, percentiles within
+    a histogram bin (0.4% to 0.8% wide)."""
+    exact = simulate(zipf_scenario()).summary()
+    folded = simulate(zipf_scenario(trace=False)).summary()
+    assert list(exact.columns) == list(folded.columns)
+    pd.testing.assert_frame_equal(
+        exact[["handler", "thread", "order", "count", "batches"]],
+        folded[["handler", "thread", "order", "count", "batches"]],
+    )
+    for column in ("throughput", "wait_mean", "sojourn_mean", "utilisation", "wait_max"):
+        assert folded[column].to_numpy() == pytest.approx(exact[column].to_numpy(), rel=1e-9)
+    for column in ("wait_p50", "wait_p90", "wait_p99", "sojourn_p50", "sojourn_p99"):
+        assert folded[column].to_numpy() == pytest.approx(exact[column].to_numpy(), rel=0.008, abs=1e-6)
+
+
+def test_summary_columns_and_utilisation() -> None:
+    result = simulate(zipf_scenario())
+    table = result.summary()
+    assert list(table[["handler", "thread", "order"]].drop_duplicates().itertuples(index=False)) == list(
+        table[["handler", "thread", "order"]].itertuples(index=False)
+    )
+    overall = result.summary(()).iloc[0]
+    assert overall["count"] == table["count"].sum()
+    assert overall["utilisation"] == pytest.approx(table["utilisation"].sum())
+    assert 0 < overall["utilisation"] < 1
+    assert not overall["saturated"]
+    busy = result.workers["busy"].sum() / (result.end * 4)
+    assert result.utilisation == pytest.approx(busy)
+    assert "<table" in result._repr_html_()
+
+
+def test_saturation_is_flagged() -> None:
+    """Arrivals above capacity are simulated, and flagged instead of passed off as steady state."""
+    fast = simulate(zipf_scenario(duration=30))
+    slow = Scenario(
+        Workload(OneThread, Poisson(300), Service(per_batch=0.01, per_message=0.004)),
+        settings=settings(worker_batch_size=16),
+        duration=30,
+    )
+    flooded = simulate(slow)
+    assert not fast.saturated
+    assert flooded.saturated
+    row = flooded.summary().iloc[0]
+    assert row["saturated"] and row["backlog"] > 1000
+    assert row["throughput"] == pytest.approx(16 / (0.01 + 16 * 0.004), rel=0.02)  # full batches back to back
+
+
+def test_backlog_over_time() -> None:
+    result = simulate(zipf_scenario(duration=20))
+    frame = result.backlog()
+    assert {"time", "handler", "thread", "backlog"} <= set(frame.columns)
+    assert frame["time"].is_monotonic_increasing
+    assert (frame["backlog"] >= 0).all()
+    from_trace = analysis.backlog(result.trace)
+    assert (from_trace["backlog"] >= 0).all()
+
+
+# --- bad input --------------------------------------------------------------------------------
+
+
+class WrongCount(Handler):
+    name = "wrong-count"
+
+    @classmethod
+    async def route(cls, *requests: Any) -> list[RequestRoute]:
+        return [RequestRoute(requests[0], Route())]
+
+
+class WrongType(Handler):
+    name = "wrong-type"
+
+    @classmethod
+    async def route(cls, *requests: Any) -> list[Any]:
+        return [Route() for _ in requests]
+
+
+class Undeclared(Handler):
+    name = "undeclared"
+    orders = ("high", "low")
+
+    @classmethod
+    async def route(cls, *requests: Any) -> list[RequestRoute]:
+        return [RequestRoute(r, Route(order="medium")) for r in requests]
+
+
+class ZeroBatch(Handler):
+    name = "zero-batch"
+    batch_size = 0
+
+
+@pytest.mark.parametrize(
+    ("build", "error", "match"),
+    [
+        (lambda: Poisson(-1.0), ScenarioError, "Poisson rate"),
+        (lambda: Service(per_batch=-0.1), ScenarioError, "per_batch"),
+        (lambda: Scenario(Workload(OneThread, Poisson(1), Service()), workers=0, duration=1), ScenarioError, "workers"),
+        (lambda: Scenario(Workload(OneThread, Poisson(1), Service()), duration=-5), ScenarioError, "duration"),
+        (lambda: Scenario(Workload(OneThread, Poisson(1), Service())), ScenarioError, "duration or a message count"),
+        (lambda: Scenario(Workload(OneThread, Poisson(1), Service()), duration=1, rtt=math.nan), ScenarioError, "rtt"),
+        (lambda: Workload(ZeroBatch, Poisson(1), Service()), ScenarioError, "batch_size"),
+        (lambda: settings(worker_batch_size=0), SettingsError, "worker_batch_size"),
+        (lambda: Workload(int, Poisson(1), Service()), ScenarioError, "Handler subclass"),  # type: ignore[arg-type]
+        (lambda: Zipf(0), ScenarioError, "Zipf n"),
+        (lambda: Service(failure_rate=1.0), ScenarioError, "failure_rate"),
+    ],
+)
+def test_impossible_values_fail_clearly(build: Any, error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        build()
+
+
+@pytest.mark.parametrize(
+    ("handler", "error", "match"),
+    [
+        (WrongCount, RouteError, "1 routes for"),
+        (WrongType, TypeError, "not RequestRoute"),
+        (Undeclared, ScenarioError, "medium"),
+    ],
+)
+def test_bad_route_fails_before_simulating(handler: type[Handler], error: type[Exception], match: str) -> None:
+    scenario = Scenario(Workload(handler, Poisson(1), Service(per_batch=1.0), Keyed(Uniform(5))), duration=10**9)
+    with pytest.raises(error, match=match):
+        simulate(scenario)
+
+
+def test_generated_requests_are_routed_one_by_one() -> None:
+    """Generated requests skip the per-key cache: route() sees every request."""
+    seen: list[int] = []
+
+    class Counting(Handler):
+        name = "counting"
+
+        @classmethod
+        async def route(cls, *requests: Note) -> list[RequestRoute]:
+            seen.extend(r.user for r in requests)
+            return [RequestRoute(r, Route(thread=r.user % 2)) for r in requests]
+
+    result = simulate(
+        Scenario(
+            Workload(
+                Counting,
+                Poisson(100),
+                Service(per_batch=0.001),
+                Generated(lambda rng, n: [Note(int(u)) for u in rng.integers(0, 50, n)]),
+            ),
+            messages=300,
+        )
+    )
+    assert len(seen) == 300 and result.messages == 300
+    assert set(result.trace["thread"]) == {"0", "1"}
+
+
+def test_awaiting_routes_run_on_an_event_loop() -> None:
+    class Awaiting(Handler):
+        name = "awaiting"
+
+        @classmethod
+        async def route(cls, *requests: int) -> list[RequestRoute]:
+            import asyncio
+
+            await asyncio.sleep(0.001)
+            return [RequestRoute(r, Route(thread=r % 3)) for r in requests]
+
+    result = simulate(Scenario(Workload(Awaiting, Poisson(10), Service(), Keyed(Uniform(9))), messages=20))
+    assert set(result.trace["thread"]) <= {"0", "1", "2"}
+
+
+# --- workloads -------------------------------------------------------------------------------
+
+
+def test_arrival_processes_have_their_rates() -> None:
+    rng = np.random.default_rng(0)
+    for process, rate in [(Poisson(50), 50), (Deterministic(20, start=1), 20), (OnOff(100, on=1, off=3), 25)]:
+        times = next(process.chunks(rng))
+        assert np.all(np.diff(times) >= 0)
+        assert len(times) / (times[-1] - times[0]) == pytest.approx(rate, rel=0.03)
+        assert process.mean_rate() == pytest.approx(rate)
+    bursty = next(OnOff(100, on=1, off=3).chunks(rng))
+    assert np.all((bursty % 4) <= 1.0 + 1e-9)  # nothing during the off-periods
+    random_periods = next(OnOff(100, on=1, off=3, random=True).chunks(rng))
+    assert len(random_periods) / random_periods[-1] == pytest.approx(25, rel=0.15)
+    replay = Replay([5.0, 3.0, 4.0])
+    assert list(next(replay.chunks(rng))) == [0.0, 1.0, 2.0]
+
+
+def test_zipf_keys_are_skewed() -> None:
+    keys = Zipf(100, 1.0).sample(np.random.default_rng(0), 0, 200_000)
+    counts = np.bincount(keys, minlength=100) / 200_000
+    assert counts == pytest.approx(Zipf(100, 1.0).probabilities(), abs=0.004)
+    assert counts[0] > 10 * counts[50]
+
+
+def test_service_noise_has_mean_one() -> None:
+    rng = np.random.default_rng(1)
+    for noise in (Exponential(), LogNormal(0.5)):
+        factors = noise.sample(rng, 200_000)
+        assert factors.mean() == pytest.approx(1.0, rel=0.01)
+    assert LogNormal(0.5).sample(rng, 200_000).std() == pytest.approx(0.5, rel=0.03)
+
+
+# --- analysis on any trace --------------------------------------------------------------------
+
+
+def handmade_trace() -> pd.DataFrame:
+    """Two batches of thread 0 and one of thread 1, with round numbers."""
+    return pd.DataFrame(
+        {
+            "handler": ["h"] * 5,
+            "thread": ["0", "0", "0", "1", "1"],
+            "order": ["0"] * 5,
+            "worker": ["w1", "w1", "w1", "w2", "w2"],
+            "batch": [1, 1, 2, 1, 1],
+            "enqueued_at": [0.0, 1.0, 2.0, 0.0, 2.0],
+            "started_at": [2.0, 2.0, 4.0, 3.0, 3.0],
+            "finished_at": [4.0, 4.0, 5.0, 5.0, 5.0],
+        }
+    )
+
+
+def test_summary_of_a_handmade_trace() -> None:
+    table = summary(handmade_trace(), percentiles=(50,))
+    first = table.iloc[0]
+    assert (first["count"], first["batches"], first["batch_mean"]) == (3, 2, 1.5)
+    assert first["wait_mean"] == pytest.approx((2 + 1 + 2) / 3)
+    assert first["wait_p50"] == 2.0
+    assert first["sojourn_max"] == 4.0
+    assert first["throughput"] == pytest.approx(3 / 5)
+    assert first["utilisation"] == pytest.approx((2 + 1) / (2 * 5))
+    overall = summary(handmade_trace(), ()).iloc[0]
+    assert overall["count"] == 5 and overall["utilisation"] == pytest.approx((2 + 1 + 2) / 10)
+    with pytest.raises(ValueError, match="missing column"):
+        summary(handmade_trace().drop(columns=["batch"]))
+
+
+def test_compare_gives_relative_errors() -> None:
+    real = handmade_trace()
+    sim = real.assign(started_at=real["started_at"] * 1.1, finished_at=real["finished_at"] * 1.1)
+    table = compare(sim, real, by=(), metrics=("count", "wait_max"))
+    errors = dict(zip(table["metric"], table["rel_error"], strict=True))
+    assert errors["count"] == 0
+    assert errors["wait_max"] == pytest.approx(3.3 / 3.0 - 1)
+
+
+def test_calibrate_recovers_the_service_model() -> None:
+    """Fitting a simulated trace gives back the service costs and round trip it was made with."""
+    scenario = Scenario(
+        Workload(OneThread, Poisson(900), Service(per_batch=0.004, per_message=0.0002, noise=LogNormal(0.2))),
+        workers=2,
+        settings=settings(worker_batch_size=64),
+        rtt=0.001,
+        duration=60,
+    )
+    fitted = calibrate(simulate(scenario).trace)
+    service = fitted.service["one-thread"]
+    assert service.per_batch == pytest.approx(0.004, rel=0.05)
+    assert service.per_message == pytest.approx(0.0002, rel=0.05)
+    assert fitted.rtt == pytest.approx(0.001, rel=1e-6)
+    again = fitted.apply(scenario)
+    assert again.rtt == pytest.approx(0.001) and again.workloads[0].service is service  # type: ignore[index]
+
+
+# --- sweep and plots --------------------------------------------------------------------------
+
+
+def test_sweep_gathers_one_row_per_point() -> None:
+    frame = sweep(
+        zipf_scenario(duration=10, warmup=1), {"workers": [1, 4], "worker_batch_size": [1, 32]}, progress=False
+    )
+    assert len(frame) == 4
+    assert list(frame.columns[:2]) == ["workers", "worker_batch_size"]
+    assert {"throughput", "wait_p99", "saturated", "utilisation", "wall"} <= set(frame.columns)
+    by_handler = sweep(
+        lambda rate: zipf_scenario(duration=5, warmup=1).replace(seed=rate),
+        {"rate": [1, 2]},
+        by="handler",
+        progress=False,
+    )
+    assert len(by_handler) == 2
+    with pytest.raises(ScenarioError, match="unknown"):
+        sweep(zipf_scenario(), {"wrokers": [1]}, progress=False)
+
+
+def test_plots_return_figures() -> None:
+    result = simulate(zipf_scenario(duration=10, warmup=1))
+    frame = sweep(zipf_scenario(duration=5, warmup=1), {"workers": [1, 2]}, progress=False)
+    for figure in (
+        plot_sweep(frame, x="workers"),
+        plot_backlog(result),
+        plot_latency({"sim": result.trace, "again": result}, by="order"),
+    ):
+        assert isinstance(figure, Figure)
+        assert figure.axes
+
+
+def test_docs_example_runs(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The example of the README's Simulator section runs, shortened."""
+    import pathlib
+    import re
+    import sys
+    import types
+
+    text = (pathlib.Path(__file__).parent.parent / "README.md").read_text().split("## Simulator", 1)[1]
+    code = re.search(r"```python\n(.*?)```", text, re.S)
+    assert code is not None
+    source = code.group(1).replace("duration=30,", "duration=6,").replace("[2, 4, 8]", "[2, 8]")
+    source = source.replace('"worker_batch_size": [1, 16, 64]})', '"worker_batch_size": [1, 64]}, progress=False)')
+    monkeypatch.chdir(tmp_path)
+    module = types.ModuleType("docs_example")  # dataclasses look their module up
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    exec(compile(source, "README.md", "exec"), module.__dict__)
+    assert (tmp_path / "sweep.png").stat().st_size > 0

@@ -279,6 +279,10 @@ class LoopPolicy:
         return delay * (0.5 + 0.5 * rng.random())
 
 
+CANDIDATES_PER_HANDLER = 16
+"""How many visible threads per handler a `Poll` reads from the coordinator's index."""
+
+
 def order_candidates(candidates: Sequence[ThreadRef], rng: random.Random) -> list[ThreadRef]:
     """Order in which a loop tries the coordinator's candidates.
 

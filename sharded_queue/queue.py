@@ -77,7 +77,15 @@ class HandlerSpec:
 
     @classmethod
     def of(cls, handler: type[Handler]) -> HandlerSpec:
-        """Inspect ``handler``: its stored name, request codec and declared orders."""
+        """Inspect ``handler``: its stored name, request codec, declared orders and overrides.
+
+        Raises:
+            ValueError: ``batch_size`` or ``retry_attempts`` is set but not an int >= 1.
+        """
+        for attribute in ("batch_size", "retry_attempts"):
+            value = getattr(handler, attribute)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{handler.__qualname__}.{attribute} must be an int >= 1 or None, got {value!r}")
         return cls(handler_name(handler), handler, Codec(request_type(handler)), declared_orders(handler))
 
 

@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from .core import (
+    CANDIDATES_PER_HANDLER,
     LOST,
     Ack,
     Acquire,
@@ -50,7 +51,6 @@ from .trace import TraceRecorder
 logger = logging.getLogger("sharded_queue")
 
 T = TypeVar("T")
-CANDIDATES_PER_HANDLER = 16
 _loop_ids = itertools.count(1)
 
 
@@ -122,8 +122,10 @@ class Worker:
         """The loop policy from current settings and the handlers' overrides."""
         return LoopPolicy.from_settings(
             self.settings,
-            batch_sizes={n: s.handler.batch_size for n, s in self.specs.items() if s.handler.batch_size},
-            attempts={n: s.handler.retry_attempts for n, s in self.specs.items() if s.handler.retry_attempts},
+            batch_sizes={n: s.handler.batch_size for n, s in self.specs.items() if s.handler.batch_size is not None},
+            attempts={
+                n: s.handler.retry_attempts for n, s in self.specs.items() if s.handler.retry_attempts is not None
+            },
         )
 
     async def loop(self, limit: int | None = None) -> int:

@@ -54,6 +54,7 @@ import numpy as np
 import simpy
 
 from sharded_queue.core import (
+    CANDIDATES_PER_HANDLER,
     Ack,
     Acquire,
     Batch,
@@ -69,7 +70,6 @@ from sharded_queue.core import (
     worker_program,
 )
 from sharded_queue.handler import declared_orders
-from sharded_queue.worker import CANDIDATES_PER_HANDLER
 
 from .record import Recorder
 from .result import Result

@@ -142,6 +142,18 @@ def test_route_rejects_bad_names() -> None:
         Route(order="")
 
 
+class ZeroBatch(Handler):
+    batch_size = 0
+
+    async def perform(self, *requests: int) -> None: ...
+
+
+async def test_bad_handler_override_is_a_clear_error(queue: Queue) -> None:
+    with pytest.raises(ValueError, match="ZeroBatch.batch_size must be an int >= 1"):
+        await queue.register(ZeroBatch, 1)
+    assert await stored_keys(queue) == []
+
+
 def test_worker_needs_handlers(queue: Queue) -> None:
     with pytest.raises(ValueError, match="no handlers"):
         Worker(queue)

@@ -61,7 +61,7 @@ class Config:
     delay: float
     messages: int
     rate: float | None = None
-    per_batch: float = 0.020
+    per_batch: float = 0.030
     per_message: float = 0.001
 
     @property
@@ -86,12 +86,12 @@ GRID: tuple[Config, ...] = (
     Config("b4", workers=4, batch=16, threads=8, orders=2, delay=0.0, messages=1200),
     Config("b5", workers=8, batch=128, threads=32, orders=3, delay=0.05, messages=4000),
     Config("b6", workers=8, batch=8, threads=20, orders=2, delay=0.2, messages=3000),
-    Config("o1", workers=1, batch=1, threads=1, orders=1, delay=0.0, messages=60, rate=20),
-    Config("o2", workers=2, batch=16, threads=4, orders=2, delay=0.1, messages=300, rate=150),
-    Config("o3", workers=4, batch=64, threads=16, orders=3, delay=0.2, messages=2000, rate=250),
-    Config("o4", workers=8, batch=32, threads=32, orders=1, delay=0.05, messages=450, rate=150),
-    Config("o5", workers=4, batch=4, threads=2, orders=1, delay=0.05, messages=300, rate=150),
-    Config("o6", workers=8, batch=256, threads=8, orders=3, delay=0.1, messages=1600, rate=500),
+    Config("o1", workers=1, batch=1, threads=1, orders=1, delay=0.0, messages=60, rate=10),
+    Config("o2", workers=2, batch=16, threads=4, orders=2, delay=0.1, messages=300, rate=75),
+    Config("o3", workers=4, batch=64, threads=16, orders=3, delay=0.2, messages=1000, rate=125),
+    Config("o4", workers=8, batch=32, threads=32, orders=1, delay=0.05, messages=450, rate=75),
+    Config("o5", workers=4, batch=4, threads=2, orders=1, delay=0.05, messages=300, rate=75),
+    Config("o6", workers=8, batch=256, threads=8, orders=3, delay=0.1, messages=1600, rate=250),
 )
 """Workers 1-8, batches 1-256, threads 1-32, 1-3 orders, coordinator delay 0-0.2 s,
 backlogs (``b*``) and open-loop arrivals below saturation (``o*``)."""

@@ -4,8 +4,9 @@ A trace is the DataFrame of `sharded_queue.trace` (one row per performed
 message: ``handler, thread, order, worker, batch, enqueued_at, started_at,
 finished_at``). For each group (by default per handler, thread and order):
 
-* ``count``, ``throughput`` (messages per second over the window), ``batches``
-  and ``batch_mean`` (mean messages per ``perform``);
+* ``count``, ``throughput`` (messages performed per second over the window,
+  whenever they were enqueued: a saturated group still drains its warm-up
+  backlog at full speed), ``batches`` and ``batch_mean`` (mean messages per ``perform``);
 * ``wait`` = ``started_at - enqueued_at`` and ``sojourn`` = ``finished_at -
   enqueued_at``: mean, percentiles and max;
 * ``utilisation``: the share of all workers' time spent performing the group's
@@ -88,6 +89,9 @@ def summary(
     keys = names or [np.zeros(len(work), dtype=np.int64)]
     grouped = work.groupby(keys, sort=True, observed=True)
     out = pd.DataFrame({"count": grouped.size()})
+    done = trace[(trace["finished_at"] >= begin) & (trace["finished_at"] <= finish)]
+    done_keys = names or [np.zeros(len(done), dtype=np.int64)]
+    out["performed"] = done.groupby(done_keys, sort=True, observed=True).size().reindex(out.index, fill_value=0)
     batches = work.drop_duplicates(["worker", "batch"]).assign(busy=lambda f: f["finished_at"] - f["started_at"])
     batch_keys = names or [np.zeros(len(batches), dtype=np.int64)]
     batch_groups = batches.groupby(batch_keys, sort=True, observed=True)
@@ -117,8 +121,8 @@ def _metric_columns(percentiles: Sequence[float]) -> list[str]:
 
 
 def _finish(out: pd.DataFrame, window: float, workers: int) -> pd.DataFrame:
-    """Derived columns from count, batches and busy."""
-    out["throughput"] = out["count"] / window
+    """Derived columns from count, performed, batches and busy."""
+    out["throughput"] = out["performed"] / window
     out["batch_mean"] = out["count"] / out["batches"].where(out["batches"] > 0)
     out["utilisation"] = out["busy"] / (max(workers, 1) * window)
     return out

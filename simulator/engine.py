@@ -348,6 +348,12 @@ class Feed:
         self.wake_threads = np.empty(0, dtype=np.int64)  # the thread (index) of each
         self.dropped = np.zeros(0, dtype=np.int64)  # per tube: arrivals dropped from ``wake``
         self.low_water = lambda: -math.inf  # earliest wake-up lookup any loop may still make
+        # One `Queue.register` call gives its requests one enqueue time, and a registration that
+        # touches several threads wakes several idle loops (`Worker._on_wake`). Such groups
+        # (arrivals sharing an enqueue time: a `Backlog`, a replayed chunk) are kept apart.
+        self.group_times = np.empty(0)  # enqueue times shared by arrivals on two or more threads
+        self.group_threads: list[np.ndarray] = []  # the distinct threads of each
+        self.on_groups: Any = None  # called when new groups are materialised
 
     def ensure(self, at: float) -> None:
         """Make sure every arrival up to time ``at`` is in its tube."""
@@ -403,9 +409,55 @@ class Feed:
             if len(self.dropped) < len(dropped):
                 self.dropped = np.concatenate((self.dropped, np.zeros(len(dropped) - len(self.dropped), np.int64)))
             self.dropped[: len(dropped)] += dropped
+        threads = self.storage.tube_thread[tubes]
+        self._remember_groups(times, threads)
         self.wake = np.concatenate((self.wake[drop:], times))
         self.wake_tubes = np.concatenate((self.wake_tubes[drop:], tubes))
-        self.wake_threads = np.concatenate((self.wake_threads[drop:], self.storage.tube_thread[tubes]))
+        self.wake_threads = np.concatenate((self.wake_threads[drop:], threads))
+
+    def _remember_groups(self, times: np.ndarray, threads: np.ndarray) -> None:
+        """Record the enqueue times shared by new arrivals on two or more threads."""
+        if len(self.wake) and len(times) and times[0] == self.wake[-1]:  # a group across two steps
+            same = self.wake == times[0]
+            times = np.concatenate((self.wake[same], times))
+            threads = np.concatenate((self.wake_threads[same], threads))
+            if len(self.group_times) and self.group_times[-1] == times[0]:
+                self.group_times = self.group_times[:-1]
+                self.group_threads.pop()
+        shared = np.zeros(len(times), dtype=bool)
+        shared[1:] = times[1:] == times[:-1]
+        shared[:-1] |= shared[1:]
+        if not shared.any():
+            return
+        found = []
+        for at in np.unique(times[shared]):
+            distinct = np.unique(threads[times == at])
+            if len(distinct) > 1:
+                found.append(at)
+                self.group_threads.append(distinct)
+        if found:
+            self.group_times = np.concatenate((self.group_times, found))
+            if self.on_groups is not None:
+                self.on_groups()
+
+    def groups_after(self, at: float) -> bool:
+        """Whether a materialised registration of several threads comes after ``at``."""
+        return bool(len(self.group_times)) and float(self.group_times[-1]) > at
+
+    def next_group(self, process: SimProcess, at: float, need: int) -> float:
+        """Enqueue time of the first materialised registration after ``at`` that touches
+        at least ``need`` (> 1) distinct threads that no loop of ``process`` holds."""
+        for index in range(int(self.group_times.searchsorted(at, "right")), len(self.group_times)):
+            threads = self.group_threads[index]
+            if len(threads) < need:
+                continue
+            held = process.bound_mask  # threads beyond its end are held by no loop yet
+            free = int(np.count_nonzero(threads >= len(held))) + int(
+                np.count_nonzero(~held[threads[threads < len(held)]])
+            )
+            if free >= need:
+                return float(self.group_times[index])
+        return math.inf
 
     def next_on_thread(self, thread: SimThread, at: float) -> float:
         """Enqueue time of the first materialised arrival on ``thread`` after ``at``."""
@@ -579,6 +631,7 @@ class Simulation:
         self.samples: list[tuple[float, np.ndarray, np.ndarray]] = []
         half = scenario.rtt / 2
         self.wakeups = Wakeups(self.env, self.feed, half, self.processes)
+        self.feed.on_groups = self.wakeups.groups_added
         self.feed.low_water = lambda: min(loop.armed_at for loop in self.loops) - half
         self.target = _target(scenario)
 

@@ -76,11 +76,12 @@ class GroupStats:
     Memory: two histograms of `BINS` 32-bit counts per group (about 45 KB a tube).
     """
 
-    SCALARS = ("count", "batches", "busy", "wait_sum", "wait_max", "sojourn_sum", "sojourn_max")
+    SCALARS = ("count", "performed", "batches", "busy", "wait_sum", "wait_max", "sojourn_sum", "sojourn_max")
 
     def __init__(self) -> None:
         self.size = 0
         self.count = np.zeros(0)
+        self.performed = np.zeros(0)  # messages whose batch finished after the warm-up, whenever enqueued
         self.batches = np.zeros(0)
         self.busy = np.zeros(0)
         self.wait_sum = np.zeros(0)
@@ -188,6 +189,10 @@ class Recorder:
         stats = self.stats
         stats.grow(int(batch_group.max()) + 1)
         groups = batch_group[batch_counted]
+        late = finished >= self.warmup
+        stats.performed[: stats.size] += np.bincount(batch_group[late], weights=size[late], minlength=stats.size)[
+            : stats.size
+        ]
         stats.batches[: stats.size] += np.bincount(groups, minlength=stats.size)[: stats.size]
         stats.busy[: stats.size] += np.bincount(groups, weights=busy[batch_counted], minlength=stats.size)[: stats.size]
         if len(row_group):

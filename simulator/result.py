@@ -176,7 +176,12 @@ class Result:
         for key, code in sorted(codes.items()):
             count = int(stats.count[code])
             row: dict[str, Any] = dict(zip(names, key, strict=True))
-            row.update(count=count, batches=int(stats.batches[code]), busy=float(stats.busy[code]))
+            row.update(
+                count=count,
+                performed=int(stats.performed[code]),
+                batches=int(stats.batches[code]),
+                busy=float(stats.busy[code]),
+            )
             for name in ("wait", "sojourn"):
                 top = float(getattr(stats, f"{name}_max")[code])
                 row[f"{name}_mean"] = float(getattr(stats, f"{name}_sum")[code]) / count if count else math.nan
@@ -186,7 +191,8 @@ class Result:
                 row[f"{name}_max"] = top if count else math.nan
             rows.append(row)
         out = pd.DataFrame(
-            rows, columns=[*names, "count", "batches", "busy", *analysis._metric_columns(percentiles)[4:-1]]
+            rows,
+            columns=[*names, "count", "performed", "batches", "busy", *analysis._metric_columns(percentiles)[4:-1]],
         )
         out = analysis._finish(out, window, self.scenario.workers)
         return out[[*names, *analysis._metric_columns(percentiles)]]

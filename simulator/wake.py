@@ -45,6 +45,18 @@ class SimProcess:
         """The loop a registration of an unheld thread wakes."""
         return next(iter(self.idle), None)
 
+    def idle_rank(self, loop: LoopState) -> int | None:
+        """Position of ``loop`` among the idle loops (0: the oldest), None when not idle.
+
+        A registration touching ``k`` threads that no loop of this process holds
+        wakes the ``k`` oldest idle loops (`Worker._on_wake`): the loop at rank
+        ``r`` is woken by a registration touching more than ``r`` of them.
+        """
+        for rank, other in enumerate(self.idle):
+            if other is loop:
+                return rank
+        return None
+
 
 class LoopState:
     """One simulated loop: what it did (statistics) and its waker."""
@@ -178,8 +190,16 @@ class Wakeups:
         if loop.thread is not None:
             wake = self.feed.next_on_thread(loop.thread, start) + half
         process = loop.process
-        if process.idle and next(iter(process.idle)) is loop:
+        first = next(iter(process.idle), None)
+        rank = 0 if first is loop else (process.idle_rank(loop) if self.feed.groups_after(start) else None)
+        if rank == 0:
             wake = min(wake, self.feed.next_unheld(process, start) + half)
+        elif rank is not None:  # only a registration of several threads reaches it: no look-ahead
+            wake = min(wake, self.feed.next_group(process, start, rank + 1) + half)
+            if wake == math.inf and loop.thread is None:
+                loop.next_wake = loop.checked = math.inf  # looked at again by `groups_added` or a change
+                loop.timer += 1
+                return
         loop.next_wake = wake
         loop.checked = wake if wake != math.inf else max(self.feed.frontier + half, start + half)
         if loop.event is not None:
@@ -237,6 +257,13 @@ class Wakeups:
             loop.next_wake = math.inf
             loop.checked = max(at, loop.armed_at)
 
+    def groups_added(self) -> None:
+        """New registrations of several threads were materialised: waiting idle loops look again."""
+        for process in self.processes:
+            for rank, loop in enumerate(process.idle):
+                if rank and loop.event is not None and loop.woken_at == math.inf and loop.armed_at != -math.inf:
+                    self._compute(loop, max(loop.armed_at, self.env._now))
+
     def poll(self, loop: LoopState, at: float) -> None:
         """``Poll``: arm, and join the idle loops (keeping its place if already there)."""
         process = loop.process
@@ -250,11 +277,12 @@ class Wakeups:
         if loop not in process.idle:
             return
         self._flush(process, at)
-        first = process.first_idle()
+        after = list(process.idle)
+        after = after[after.index(loop) + 1 :]
         del process.idle[loop]
-        if first is loop:
-            self._changed(at, loop)
-            self._changed(at, process.first_idle())
+        self._changed(at, loop)
+        for other in after if self.feed.groups_after(at - self.half) else after[:1]:  # each moves up a rank
+            self._changed(at, other)
 
     def bind(self, loop: LoopState, thread: SimThread, at: float) -> None:
         """``Begin``: the loop holds ``thread``; its registrations wake this loop."""
@@ -266,7 +294,8 @@ class Wakeups:
             process.bound_mask = np.concatenate((process.bound_mask, np.zeros(thread.index + 64, dtype=bool)))
         process.bound_mask[thread.index] = True
         self._changed(at, loop)
-        self._changed(at, process.first_idle())
+        for other in list(process.idle) if self.feed.groups_after(at - self.half) else [process.first_idle()]:
+            self._changed(at, other)  # the threads no loop holds changed, for every idle loop
 
     def unbind(self, loop: LoopState, at: float) -> None:
         """``End``: the loop lets go of its thread."""
@@ -279,4 +308,5 @@ class Wakeups:
         process.bound_mask[thread.index] = False
         loop.thread = None
         self._changed(at, loop)
-        self._changed(at, process.first_idle())
+        for other in list(process.idle) if self.feed.groups_after(at - self.half) else [process.first_idle()]:
+            self._changed(at, other)  # the threads no loop holds changed, for every idle loop

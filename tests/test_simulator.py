@@ -739,3 +739,40 @@ def test_docs_example_runs(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setitem(sys.modules, module.__name__, module)
     exec(compile(source, "README.md", "exec"), module.__dict__)
     assert (tmp_path / "sweep.png").stat().st_size > 0
+
+
+class Spread(Handler):
+    """Request ``r`` on thread ``r % 8``."""
+
+    name = "spread"
+
+    @classmethod
+    async def route(cls, *requests: int) -> list[RequestRoute]:
+        return [RequestRoute(r, Route(thread=r % 8)) for r in requests]
+
+
+def test_a_registration_of_several_threads_wakes_one_idle_loop_per_thread() -> None:
+    """As `Worker._on_wake` does: a burst registered at once after a quiet spell starts every
+    idle loop at once, not one loop now and the others a coordinator delay later."""
+    scenario = Scenario(
+        Workload(Spread, Backlog(400, at=0.5), Service(per_batch=0.005), Keyed(RoundRobin(8))),
+        workers=8,
+        settings=settings(coordinator_delay=5.0, worker_batch_size=10),
+        rtt=0.0005,
+    )
+    first = simulate(scenario).trace.groupby("thread")["started_at"].min()
+    assert len(first) == 8 and (first < 0.51).all(), first
+
+
+def test_throughput_after_a_warm_up_counts_the_backlog_drained() -> None:
+    """A saturated loop performs at its full rate after the warm-up too, even though it is
+    still working on messages that arrived during the warm-up."""
+    scenario = Scenario(
+        Workload(OneThread, Poisson(200), Service(per_batch=0.01)),
+        settings=settings(worker_batch_size=1),
+        duration=20,
+        warmup=5,
+    )
+    for kept in (True, False):
+        row = simulate(scenario.replace(trace=kept)).summary(()).iloc[0]
+        assert row["saturated"] and row["throughput"] == pytest.approx(100, rel=0.02), (kept, row["throughput"])

@@ -19,7 +19,7 @@ import math
 import random
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, TypeAlias
+from typing import Any, NamedTuple, TypeAlias, overload
 
 from .errors import RouteError, RouteTypeError
 from .handler import RequestRoute, Route
@@ -119,6 +119,43 @@ class Message(NamedTuple):
     position: int
     request: Any
     enqueued_at: float
+
+
+class Envelopes(Sequence[Message]):
+    """A batch that decoded whole, as a ``Sequence[Message]`` without a `Message` per request.
+
+    ``perform`` takes `requests` straight from the decoded envelopes; `Message`
+    objects are made only when indexed (bisecting a failing batch, tracing).
+    """
+
+    __slots__ = ("_envelopes", "_start")
+
+    def __init__(self, envelopes: list[tuple[float, Any]], start: int = 0) -> None:
+        self._envelopes = envelopes
+        self._start = start
+
+    def __len__(self) -> int:
+        return len(self._envelopes)
+
+    @overload
+    def __getitem__(self, index: int) -> Message: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Envelopes: ...
+
+    def __getitem__(self, index: int | slice) -> Message | Envelopes:
+        if isinstance(index, slice):
+            positions = range(len(self._envelopes))[index]
+            if positions.step != 1:
+                raise ValueError("Envelopes are sliced with step 1 only")
+            return Envelopes(self._envelopes[index], self._start + (positions.start if positions else 0))
+        position = range(len(self._envelopes))[index]
+        enqueued_at, request = self._envelopes[position]
+        return Message(self._start + position, request, enqueued_at)
+
+    def requests(self) -> list[Any]:
+        """The requests, in order."""
+        return [request for _, request in self._envelopes]
 
 
 @dataclass(frozen=True, slots=True)

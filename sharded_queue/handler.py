@@ -12,6 +12,8 @@ import typing
 from collections.abc import Sequence
 from typing import Any, ClassVar, NamedTuple
 
+import msgspec
+
 from .settings import settings
 
 
@@ -36,12 +38,31 @@ class Route(_RouteFields):
     __slots__ = ()
 
     def __new__(cls, thread: str | int | None = None, order: str | int | None = None) -> Route:
-        return tuple.__new__(
-            cls, (_part("thread", thread, settings.default_thread), _part("order", order, settings.default_order))
-        )
+        if thread is None:
+            thread = settings.default_thread
+        if order is None:
+            order = settings.default_order
+        # Most requests of a registration share a few routes: hand out one
+        # instance per (thread, order). Only ints and strs are keys (True == 1).
+        plain = type(thread) in _PLAIN and type(order) in _PLAIN and cls is Route
+        if plain:
+            route = _ROUTES.get((thread, order))
+            if route is not None:
+                return route
+        route = tuple.__new__(cls, (_part("thread", thread, ""), _part("order", order, "")))
+        if plain:
+            if len(_ROUTES) >= _ROUTES_MAX:
+                _ROUTES.clear()
+            _ROUTES[thread, order] = route
+        return route
 
     def __repr__(self) -> str:
         return f"Route(thread={self.thread!r}, order={self.order!r})"
+
+
+_PLAIN = (int, str)
+_ROUTES: dict[tuple[object, object], Route] = {}
+_ROUTES_MAX = 4096
 
 
 def _part(what: str, value: object, default: str) -> str:
@@ -64,8 +85,11 @@ def _name(what: str, value: object) -> str:
     return text
 
 
-class RequestRoute(NamedTuple):
-    """A request together with its `Route`; ``route()`` returns one per request."""
+class RequestRoute(msgspec.Struct, frozen=True):
+    """A request together with its `Route`; ``route()`` returns one per request.
+
+    A frozen msgspec ``Struct``: made once per registered request, in C.
+    """
 
     request: Any
     route: Route

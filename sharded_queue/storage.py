@@ -141,7 +141,55 @@ def connect(url: str | None, settings: Settings) -> Any:
         )
     if scheme not in ("redis", "rediss", "unix"):
         raise ValueError(f"storage URL {redact_url(url)!r}: unknown scheme {scheme!r}")
-    return aioredis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    client = aioredis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    client.connection_pool.connection_class = hiredis_packing(client.connection_pool.connection_class)
+    return client
+
+
+def hiredis_packing(connection_class: type[Any]) -> type[Any]:
+    """``connection_class`` packing commands with hiredis (C) when it is installed.
+
+    redis-py's sync connections pack with hiredis; its asyncio ones always pack
+    in Python, copying every argument into a growing buffer. Same bytes on the
+    wire; arguments hiredis refuses go through redis-py's own rules.
+    """
+    if hiredis is None:
+        return connection_class
+    packing = _PACKING.get(connection_class)
+    if packing is None:
+        packing = type(f"Hiredis{connection_class.__name__}", (_HiredisPacking, connection_class), {})
+        _PACKING[connection_class] = packing
+    return packing
+
+
+class _HiredisPacking:
+    def pack_command(self, *args: Any) -> list[bytes]:
+        return [_pack(args)]
+
+    def pack_commands(self, commands: Any) -> list[bytes]:
+        return [b"".join([_pack(tuple(command)) for command in commands])]
+
+
+def _pack(args: tuple[Any, ...]) -> bytes:
+    first = args[0]
+    if isinstance(first, str):
+        if " " in first:  # redis-py sends 'SCRIPT LOAD' and the like as one argument
+            args = (*first.split(), *args[1:])
+    elif b" " in first:
+        args = (*first.split(), *args[1:])
+    try:
+        packed: bytes = hiredis.pack_command(args)
+        return packed
+    except TypeError:  # bytearray, memoryview, or a bad type: redis-py's rules (DataError)
+        return b"".join(HiredisRespSerializer().pack(*args))
+
+
+_PACKING: dict[type[Any], type[Any]] = {}
+try:
+    import hiredis
+    from redis.connection import HiredisRespSerializer
+except ImportError:  # pragma: no cover - hiredis comes with redis[hiredis]
+    hiredis = None  # type: ignore[assignment]
 
 
 class Storage:

@@ -33,6 +33,7 @@ from .core import (
     Cycle,
     Effect,
     End,
+    Envelopes,
     LoopPolicy,
     Lost,
     Perform,
@@ -387,7 +388,9 @@ class _Loop:
         recorder = self.worker.recorder
         started = time.time()
         try:
-            await self.instance.perform(*[message.request for message in effect.messages])
+            messages = effect.messages
+            requests = messages.requests() if isinstance(messages, Envelopes) else [m.request for m in messages]
+            await self.instance.perform(*requests)
         except Exception as exc:
             logger.warning("%s.perform failed on thread %s: %r", effect.thread.handler, effect.thread.thread, exc)
             return exc

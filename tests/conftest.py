@@ -16,7 +16,6 @@ from pathlib import Path
 import fakeredis
 import pytest
 import redis
-import redis.asyncio as aioredis
 
 from sharded_queue import Queue, Settings, Storage
 from sharded_queue.testing import RedisServer, free_cluster_port
@@ -119,7 +118,7 @@ async def storage(backend: str, request: pytest.FixtureRequest) -> AsyncIterator
     if backend == "fakeredis":
         store = Storage(fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer()), prefix)
     elif backend == "redis":
-        store = Storage(aioredis.Redis.from_url(request.getfixturevalue("redis_url")), prefix)
+        store = Storage.from_settings(Settings(key_prefix=prefix), request.getfixturevalue("redis_url"))
     else:
         store = Storage.from_settings(Settings(key_prefix=prefix), request.getfixturevalue("redis_cluster").url)
     yield store

@@ -1,0 +1,38 @@
+"""``python -m benchmarks [--quick] ...``: the queue benchmarks, then the simulator's if present."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import sys
+import traceback
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    from . import bench_queue
+
+    status = bench_queue.main(argv)
+    if importlib.util.find_spec("benchmarks.bench_simulator") is None:
+        return status
+    print("\n=== simulator benchmarks (benchmarks.bench_simulator) ===", flush=True)
+    try:
+        simulator = importlib.import_module("benchmarks.bench_simulator")
+        run = getattr(simulator, "main", None)
+        if run is None:
+            print("benchmarks.bench_simulator has no main(); skipped")
+            return status
+        # It gets --quick when we did and it has that option; our other options are the queue's.
+        quick = "--quick" in argv and "--quick" in inspect.getsource(simulator)
+        result = run(["--quick"] if quick else [])
+    except SystemExit as exc:
+        result = exc.code
+    except Exception:
+        traceback.print_exc()
+        return 1
+    return status or (result if isinstance(result, int) else 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

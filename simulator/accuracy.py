@@ -88,7 +88,7 @@ GRID: tuple[Config, ...] = (
     Config("b6", workers=8, batch=8, threads=20, orders=2, delay=0.2, messages=3000),
     Config("o1", workers=1, batch=1, threads=1, orders=1, delay=0.0, messages=60, rate=10),
     Config("o2", workers=2, batch=16, threads=4, orders=2, delay=0.1, messages=300, rate=75),
-    Config("o3", workers=4, batch=64, threads=16, orders=2, delay=0.2, messages=1000, rate=125),
+    Config("o3", workers=4, batch=64, threads=8, orders=2, delay=0.2, messages=1000, rate=125),
     Config("o4", workers=8, batch=32, threads=32, orders=1, delay=0.05, messages=450, rate=75),
     Config("o5", workers=4, batch=4, threads=2, orders=1, delay=0.05, messages=300, rate=75),
     Config("o6", workers=8, batch=256, threads=8, orders=3, delay=0.1, messages=1600, rate=250),

@@ -17,7 +17,6 @@ no wake-ups: this is the floor of the work, the number the library is held to.
 from __future__ import annotations
 
 import asyncio
-import resource
 import secrets
 import time
 from collections import defaultdict
@@ -127,15 +126,7 @@ async def drain(command: dict[str, Any]) -> dict[str, Any]:
         left = sum([await client.llen(f"bare:{thread}") for thread in range(command["threads"])])
     finally:
         await client.aclose()
-    return {
-        "seconds": seconds,
-        "cpu": cpu,
-        "performed": COUNTER.count,
-        "left": left,
-        "errors": [],
-        "rss": COUNTER.samples,
-        "maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-    }
+    return COUNTER.report(seconds, cpu, left)
 
 
 if __name__ == "__main__":

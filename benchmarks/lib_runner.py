@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import resource
 import time
 from typing import Any
 
@@ -93,15 +92,7 @@ async def drain(command: dict[str, Any]) -> dict[str, Any]:
         left = await queue.pending(BenchHandler)
     if not COUNTER.done.is_set():
         raise RuntimeError(f"drain did not finish: {COUNTER.count}/{command['n']} performed, errors {errors}")
-    return {
-        "seconds": seconds,
-        "cpu": cpu,
-        "performed": COUNTER.count,
-        "left": left,
-        "errors": errors,
-        "rss": rss_before + COUNTER.samples,
-        "maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-    }
+    return COUNTER.report(seconds, cpu, left, errors, rss_before)
 
 
 _latency: dict[str, Any] = {}

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import resource
 import sys
 import time
 from typing import Any
@@ -122,15 +121,7 @@ async def drain(command: dict[str, Any]) -> dict[str, Any]:
         await client.aclose()
     if not COUNTER.done.is_set():
         raise RuntimeError(f"drain did not finish: {COUNTER.count}/{command['n']} handled")
-    return {
-        "seconds": seconds,
-        "cpu": cpu,
-        "performed": COUNTER.count,
-        "left": left,
-        "errors": [],
-        "rss": COUNTER.samples,
-        "maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-    }
+    return COUNTER.report(seconds, cpu, left)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import resource
 import sys
 import traceback
 from collections.abc import Awaitable, Callable
@@ -78,6 +79,20 @@ class Counter:
             self.next_sample += self.rss_every
         if self.done is not None and self.count >= self.target:
             self.done.set()
+
+    def report(
+        self, seconds: float, cpu: float, left: int, errors: list[str] | None = None, rss: list[Any] | None = None
+    ) -> dict[str, Any]:
+        """What a runner's ``drain`` answers: time, CPU, counts, RSS samples and peak."""
+        return {
+            "seconds": seconds,
+            "cpu": cpu,
+            "performed": self.count,
+            "left": left,
+            "errors": errors or [],
+            "rss": (rss or []) + self.samples,
+            "maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        }
 
 
 Op = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import enum
 import math
 import random
-from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
+from collections.abc import Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeAlias, overload
 
@@ -446,13 +446,3 @@ def _perform(
     dead = yield from _perform(thread, messages[:middle], policy, rng, whole=False)
     dead += yield from _perform(thread, messages[middle:], policy, rng, whole=False)
     return dead
-
-
-def run_program(program: Program, handle: Callable[[Effect], Any]) -> int:
-    """Drive ``program`` synchronously, answering each effect with ``handle``."""
-    result: Any = None
-    try:
-        while True:
-            result = handle(program.send(result))
-    except StopIteration as stop:
-        return int(stop.value)

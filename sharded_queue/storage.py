@@ -373,11 +373,6 @@ class Storage:
 
     # --- inspection ---------------------------------------------------------
 
-    async def thread_orders(self, ref: ThreadRef) -> list[str]:
-        """Non-empty orders of a thread, most urgent first."""
-        with translate_errors():
-            return [order.decode() for order in await self.client.zrange(self.keys.orders(ref), 0, -1)]
-
     async def tube_payloads(self, tube: Tube) -> list[bytes]:
         """Every payload waiting in a tube, head first."""
         with translate_errors():

@@ -13,6 +13,7 @@ from .errors import (
     SerializationError,
     SettingsError,
     StorageError,
+    StorageFull,
     StorageTimeout,
 )
 from .handler import Handler, RequestRoute, Route
@@ -36,6 +37,7 @@ __all__ = [
     "SettingsError",
     "Storage",
     "StorageError",
+    "StorageFull",
     "StorageTimeout",
     "ThreadRef",
     "Tube",

@@ -9,7 +9,8 @@ Every error the queue raises on purpose derives from `QueueError`::
     ├── SerializationError   a request cannot be encoded for storage (also TypeError)
     ├── DecodeError          a stored payload cannot be decoded (dead-lettered, never raised to users)
     └── StorageError         Redis could not be reached or answered with an error
-        └── StorageTimeout   no answer within the timeout
+        ├── StorageTimeout   no answer within the timeout
+        └── StorageFull      Redis reached maxmemory (noeviction): registrations are refused
 
 redis-py's own exceptions are translated into `StorageError` in one place,
 `sharded_queue.storage`, and chained (`raise ... from exc`).
@@ -43,8 +44,24 @@ class DecodeError(QueueError):
 
 
 class StorageError(QueueError):
-    """The storage (Redis) failed: unreachable, connection lost, or an error reply."""
+    """The storage (Redis) failed: unreachable, connection lost, or an error reply.
+
+    Attributes:
+        stored: For a `Queue.register` call written in chunks (more requests
+            than ``settings.register_chunk``), how many of its requests, in
+            order, were stored before the failure; 0 otherwise.
+    """
+
+    stored: int = 0
 
 
 class StorageTimeout(StorageError):
     """The storage did not answer in time."""
+
+
+class StorageFull(StorageError):
+    """Redis reached ``maxmemory`` with ``noeviction``: it refuses registrations.
+
+    Workers keep draining a full Redis (their scripts are allowed to run), which
+    frees memory; registrations succeed again once it has room.
+    """

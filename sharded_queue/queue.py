@@ -8,7 +8,8 @@ from typing import Any
 
 import msgspec
 
-from .core import ThreadRef, Tube, check_routes, group_by_tube, order_rank
+from .core import Tube, check_routes, group_by_tube, order_rank
+from .errors import StorageError
 from .handler import Handler, declared_orders, handler_name, request_type
 from .serializer import Codec
 from .settings import Settings
@@ -122,31 +123,51 @@ class Queue:
             self._specs[handler] = spec
         return spec
 
-    async def register(self, handler: type[Handler], *requests: Any) -> None:
+    async def register(self, handler: type[Handler], *requests: Any) -> int:
         """Route, serialize and append ``requests`` to ``handler``'s tubes.
 
         Everything is validated and encoded first, then written in one round
         trip; on any error nothing is written. Once this returns the requests
-        are stored and will be performed at least once.
+        are stored and will be performed at least once. A call of more than
+        ``settings.register_chunk`` requests is written in chunks of that size,
+        in order, each all or nothing, so that it never blocks Redis for long.
+
+        Returns:
+            How many requests were stored.
 
         Raises:
             RouteError: ``route()`` did not return one `RequestRoute` per request
                 (`RouteTypeError`, also a TypeError, for a wrong item type).
             ValueError: an order not in ``handler.orders``.
             SerializationError: a request is not of the handler's request type.
-            StorageError: Redis failed or did not answer in time.
+            StorageFull: Redis is full (nothing of the chunk was written).
+            StorageError: Redis failed or did not answer in time; its ``stored``
+                says how many requests earlier chunks stored.
         """
         spec = self.spec(handler)
         if not requests:
-            return
+            return 0
         routes = check_routes(requests, await handler.route(*requests), f"{handler.__qualname__}.route()")
-        now = time.time()
-        writes = [
-            TubeWrite(tube, order_rank(tube.order, spec.orders), spec.codec.encode(batch, now))
-            for tube, batch in group_by_tube(spec.name, routes).items()
+        now = time.time()  # the client's clock: for traces only, never compared by the storage
+        size = self.settings.register_chunk
+        chunks = [
+            [
+                TubeWrite(tube, order_rank(tube.order, spec.orders), spec.codec.encode(batch, now))
+                for tube, batch in group_by_tube(spec.name, routes[start : start + size]).items()
+            ]
+            for start in range(0, len(routes), size)
         ]
-        await self.storage.push(writes, now)
+        stored = 0
+        for writes in chunks:
+            try:
+                stored += await self.storage.push(spec.name, writes)
+            except StorageError as exc:
+                if stored:
+                    exc.stored = stored
+                    exc.add_note(f"the first {stored} of {len(requests)} requests were stored")
+                raise
         self._registered.setdefault(spec.name, handler)
+        return stored
 
     async def pending(self, handler: type[Handler]) -> int:
         """Messages of ``handler`` waiting in storage (inspection; walks the handler's index)."""
@@ -156,16 +177,16 @@ class Queue:
         """Dead letters of ``handler``, oldest first per thread (at most ``limit``)."""
         name = self.spec(handler).name
         records: list[DeadLetterRecord] = []
-        for thread in await self.storage.dead_threads(name):
-            for raw in await self.storage.dead_records(ThreadRef(name, thread)):
-                records.append(DeadLetterRecord.decode(raw))
+        for threads in _chunks(await self.storage.dead_threads(name)):
+            for raws in await self.storage.dead_records(name, threads):
+                records += map(DeadLetterRecord.decode, raws)
                 if limit is not None and len(records) >= limit:
-                    return records
+                    return records[:limit]
         return records
 
     async def dead_letter_count(self, handler: type[Handler]) -> int:
-        """How many dead letters ``handler`` has."""
-        return len(await self.dead_letters(handler))
+        """How many dead letters ``handler`` has (without reading them)."""
+        return sum((await self.storage.dead_counts(self.spec(handler).name)).values())
 
     async def requeue_dead_letters(self, handler: type[Handler]) -> int:
         """Put ``handler``'s dead letters back at the *tail* of their thread and order.
@@ -184,19 +205,18 @@ class Queue:
     async def _take_dead(self, handler: type[Handler], requeue: bool) -> int:
         spec = self.spec(handler)
         total = 0
-        for thread in await self.storage.dead_threads(spec.name):
-            ref = ThreadRef(spec.name, thread)
-            records = [DeadLetterRecord.decode(raw) for raw in await self.storage.dead_records(ref)]
-            if not records:
-                continue
+        for threads in _chunks(await self.storage.dead_threads(spec.name)):
+            taken = await self.storage.dead_records(spec.name, threads)
             if requeue:
                 tubes: dict[Tube, list[bytes]] = {}
-                for record in records:
-                    tubes.setdefault(Tube(spec.name, thread, record.order), []).append(record.payload)
-                for tube, payloads in tubes.items():
-                    await self.storage.append_raw(tube, order_rank(tube.order, spec.orders), payloads, time.time())
-            await self.storage.take_dead(ref, len(records))
-            total += len(records)
+                for thread, raws in zip(threads, taken, strict=True):
+                    for record in map(DeadLetterRecord.decode, raws):
+                        tubes.setdefault(Tube(spec.name, thread, record.order), []).append(record.payload)
+                writes = [(tube, order_rank(tube.order, spec.orders), payloads) for tube, payloads in tubes.items()]
+                if writes:
+                    await self.storage.append_raw(spec.name, writes)
+            await self.storage.take_dead(spec.name, {t: len(raws) for t, raws in zip(threads, taken, strict=True)})
+            total += sum(map(len, taken))
         return total
 
     async def close(self) -> None:
@@ -211,3 +231,8 @@ class Queue:
 
     def __repr__(self) -> str:
         return f"Queue(prefix={self.storage.keys.prefix!r}, handlers={sorted(self._registered)!r})"
+
+
+def _chunks(threads: list[str], size: int = 1000) -> list[list[str]]:
+    """Threads in pipelines of ``size``: a fixed number of round trips per thousand threads."""
+    return [threads[start : start + size] for start in range(0, len(threads), size)]

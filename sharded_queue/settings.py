@@ -19,6 +19,7 @@ from typing import Any
 from .errors import SettingsError
 
 ENV_PREFIX = "QUEUE_"
+REGISTER_CHUNK_MAX = 2**20 - 1  # a registration's stamp keeps its count in 20 bits (push.lua)
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +28,7 @@ class _Rule:
     minimum: float | None = None
     exclusive: bool = False  # minimum itself not allowed
     optional: bool = False
+    maximum: float | None = None
 
     def parse(self, raw: Any, where: str) -> Any:
         if raw is None and self.optional:
@@ -36,6 +38,9 @@ class _Rule:
         if low is not None and isinstance(value, int | float) and (value < low or (self.exclusive and value == low)):
             op = ">" if self.exclusive else ">="
             raise SettingsError(f"{where}={raw!r}: must be {op} {low:g}")
+        high = self.maximum
+        if high is not None and isinstance(value, int | float) and value > high:
+            raise SettingsError(f"{where}={raw!r}: must be <= {high:g}")
         return value
 
     def _convert(self, raw: Any, where: str) -> Any:
@@ -74,6 +79,7 @@ _RULES: dict[str, _Rule] = {
     "retry_backoff": _Rule(float, 0),
     "retry_backoff_max": _Rule(float, 0),
     "storage_timeout": _Rule(float, 0, exclusive=True),
+    "register_chunk": _Rule(int, 1, maximum=REGISTER_CHUNK_MAX),
 }
 
 
@@ -103,6 +109,10 @@ class Settings:
         retry_backoff: First retry pause in seconds; doubles each attempt, with jitter.
         retry_backoff_max: Longest retry pause in seconds.
         storage_timeout: Seconds to wait for a Redis answer before giving up.
+        register_chunk: Most requests one `Queue.register` writes in one atomic
+            step; a larger call is written in chunks of this size, in order, so
+            that one call never blocks Redis for long (each chunk is all or
+            nothing; ``StorageError.stored`` says how many were stored).
     """
 
     coordinator_delay: float = 1.0
@@ -119,6 +129,7 @@ class Settings:
     retry_backoff: float = 0.1
     retry_backoff_max: float = 5.0
     storage_timeout: float = 10.0
+    register_chunk: int = 10_000
     _ready: bool = field(default=False, init=False, compare=False)
 
     def __post_init__(self) -> None:

@@ -12,24 +12,38 @@ single-slot)::
     P:{H/T}:o:<order>   list    a tube: envelopes, FIFO (RPUSH at the tail, trimmed at the head)
     P:{H/T}:orders      zset    non-empty orders of the thread, scored by precedence
     P:{H/T}:lease       string  the lease token of the loop bound to the thread (PX ttl)
-    P:{H/T}:o:<order>:reg:<stamp>  string  marks one registration's append (PX 60 s): retries append once
     P:{H/T}:acked       string  token:seq of the last ack applied (PX ttl), so retries never re-trim
     P:{H/T}:dead        list    dead letters of the thread (JSON records)
     P:{H}:threads       zset    index of non-empty threads, scored by when they become
-                                visible to the coordinator (now, or lease expiry while leased)
-    P:{H}:dead          set     threads of H that have dead letters
+                                visible to the coordinator (now, or lease expiry while leased),
+                                on the storage server's clock
+    P:stamps            zset    one server: stamps of recent registrations (retries append once)
+    P:{H/T}:stamps      zset    a cluster: the same, per thread (each slot's call is retried alone)
+    P:{H}:dead-threads  zset    threads of H that have dead letters (scored by the first one's time)
     P:wake              channel a message per registration naming its threads, to wake loops
 
 Invariants: an order is in ``orders`` iff its tube is non-empty (scripts keep
 it so); a non-empty thread is always in the index, because registration adds it
-*after* appending, and removal from the index is remove-then-recheck-then-re-add.
+*after* appending, and removal from the index is atomic with the emptiness check
+(one server) or remove-then-recheck-then-re-add (a cluster, where the index lives
+in another slot than the thread).
+
+Time: every score and expiry the storage compares is the storage server's clock
+(Lua ``TIME``) or a relative TTL, never a client's ``time.time()``: clients'
+clocks may be off by hours. The envelope's ``enqueued_at`` is the registering
+client's clock, kept for traces only.
+
+A full Redis (``maxmemory`` with ``noeviction``): the scripts that only move
+leases or free memory (acquire, cycle, renew, release, index) are declared
+``allow-oom``, so workers keep draining; ``push`` is refused whole (`StorageFull`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import secrets
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -38,12 +52,15 @@ import msgspec
 import redis.asyncio as aioredis
 import redis.exceptions as redis_errors
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
 
 from .core import ThreadRef, Tube
-from .errors import StorageError, StorageTimeout
+from .errors import StorageError, StorageFull, StorageTimeout
 from .settings import Settings, redact_url
 
-STAMP_TTL_MS = 60_000  # how long a retried registration is recognised
+CLIENT_RETRIES = 3  # redis-py retries of a command after a connection error or timeout
+CLIENT_BACKOFF_CAP = 0.5  # seconds
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 
 
@@ -83,9 +100,9 @@ class Keys:
         """A thread's lease."""
         return f"{self.thread(ref)}:lease"
 
-    def stamp(self, tube: Tube, stamp: str) -> str:
-        """Marker of one registration's append to a tube (makes a retried append a no-op)."""
-        return f"{self.tube(tube)}:reg:{stamp}"
+    def stamps(self, ref: ThreadRef | None = None) -> str:
+        """Stamps of recent registrations: one zset per prefix, or per thread on a cluster."""
+        return f"{self.prefix}:stamps" if ref is None else f"{self.thread(ref)}:stamps"
 
     def acked(self, ref: ThreadRef) -> str:
         """Stamp of the last ack applied under a lease (makes acks idempotent)."""
@@ -100,8 +117,8 @@ class Keys:
         return f"{self.prefix}:{{{handler}}}:threads"
 
     def dead_index(self, handler: str) -> str:
-        """Set of a handler's threads that hold dead letters."""
-        return f"{self.prefix}:{{{handler}}}:dead"
+        """Zset of a handler's threads that hold dead letters."""
+        return f"{self.prefix}:{{{handler}}}:dead-threads"
 
 
 @contextlib.contextmanager
@@ -109,14 +126,27 @@ def translate_errors() -> Iterator[None]:
     """Turn redis-py's exceptions into the library's own, chained."""
     try:
         yield
+    except redis_errors.OutOfMemoryError as exc:
+        raise StorageFull(f"storage is full (maxmemory reached): {exc}") from exc
     except redis_errors.TimeoutError as exc:
         raise StorageTimeout(f"storage did not answer in time: {exc}") from exc
     except (redis_errors.RedisError, OSError) as exc:
         raise StorageError(f"storage failed: {type(exc).__name__}: {exc}") from exc
 
 
-def _script(name: str) -> str:
-    return resources.files(__package__).joinpath("lua", f"{name}.lua").read_text()
+def _script(name: str, flags: bool = True) -> str:
+    """A script's source with the shared ``lib.lua`` inserted after its flags line.
+
+    ``flags=False`` drops the ``#!lua flags=...`` line, for fakeredis, which
+    does not parse it (and has no ``maxmemory`` for it to matter).
+    """
+    lua = resources.files(__package__).joinpath("lua")
+    body = lua.joinpath(f"{name}.lua").read_text()
+    shebang = ""
+    if body.startswith("#!"):
+        first, _, body = body.partition("\n")
+        shebang = f"{first}\n" if flags else ""
+    return f"{shebang}{lua.joinpath('lib.lua').read_text()}{body}"
 
 
 _EMBEDDED_SERVER: Any = None
@@ -135,13 +165,14 @@ def connect(url: str | None, settings: Settings) -> Any:
     if not sep:
         raise ValueError(f"storage URL {redact_url(url)!r} has no scheme (redis://, rediss://, redis+cluster://)")
     timeout = settings.storage_timeout
+    retry = Retry(ExponentialWithJitterBackoff(base=0.01, cap=CLIENT_BACKOFF_CAP), CLIENT_RETRIES)
     if scheme in CLUSTER_SCHEMES:
         return RedisCluster.from_url(
-            f"{CLUSTER_SCHEMES[scheme]}://{rest}", socket_timeout=timeout, socket_connect_timeout=timeout
+            f"{CLUSTER_SCHEMES[scheme]}://{rest}", socket_timeout=timeout, socket_connect_timeout=timeout, retry=retry
         )
     if scheme not in ("redis", "rediss", "unix"):
         raise ValueError(f"storage URL {redact_url(url)!r}: unknown scheme {scheme!r}")
-    client = aioredis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    client = aioredis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=retry)
     client.connection_pool.connection_class = hiredis_packing(client.connection_pool.connection_class)
     return client
 
@@ -192,6 +223,11 @@ except ImportError:  # pragma: no cover - hiredis comes with redis[hiredis]
     hiredis = None  # type: ignore[assignment]
 
 
+def stamp_window(settings: Settings) -> int:
+    """Seconds a registration's stamp is kept: longer than redis-py may go on retrying it."""
+    return math.ceil((CLIENT_RETRIES + 1) * (settings.storage_timeout + CLIENT_BACKOFF_CAP)) + 5
+
+
 class Storage:
     """The queue's view of Redis: a narrow set of operations over a held client.
 
@@ -199,22 +235,30 @@ class Storage:
         client: A ``redis.asyncio.Redis``, ``RedisCluster`` or fakeredis client
             (bytes replies, i.e. without ``decode_responses``).
         prefix: Key prefix; two prefixes never see each other.
+        stamp_window: Seconds a registration's stamp is kept, so that a client
+            retry of it within that time appends nothing twice (`stamp_window`).
     """
 
-    def __init__(self, client: Any, prefix: str = "sq") -> None:
+    def __init__(self, client: Any, prefix: str = "sq", stamp_window: int = 60) -> None:
         self.client = client
         self.keys = Keys(prefix)
         self.cluster = isinstance(client, RedisCluster)
-        self._push = client.register_script(_script("push"))
-        self._cycle = client.register_script(_script("cycle"))
-        self._acquire = client.register_script(_script("acquire"))
-        self._renew = client.register_script(_script("renew"))
-        self._release = client.register_script(_script("release"))
+        self.stamp_window = stamp_window
+        flags = not type(client).__module__.startswith("fakeredis")
+        self._scripts = {name: client.register_script(_script(name, flags)) for name in SCRIPTS}
+        self._push = self._scripts["push"]
+        self._cycle = self._scripts["cycle"]
+        self._acquire = self._scripts["acquire"]
+        self._renew = self._scripts["renew"]
+        self._release = self._scripts["release"]
+        self._index = self._scripts["index"]
+        self._candidates = self._scripts["candidates"]
+        self._settled: list[str] = []  # stamps of calls that returned: forgotten by the next push
 
     @classmethod
     def from_settings(cls, settings: Settings, url: str | None = None) -> Storage:
         """Storage at ``url`` (default ``settings.storage_url``, else embedded)."""
-        return cls(connect(url or settings.storage_url, settings), settings.key_prefix)
+        return cls(connect(url or settings.storage_url, settings), settings.key_prefix, stamp_window(settings))
 
     async def close(self) -> None:
         """Close the client's connections."""
@@ -223,77 +267,124 @@ class Storage:
 
     # --- registration -------------------------------------------------------
 
-    async def push(self, writes: Sequence[TubeWrite], now: float) -> None:
-        """Append payloads to tubes, then index their threads, then wake idle loops.
+    async def push(self, handler: str, writes: Sequence[TubeWrite], stamp: str | None = None) -> int:
+        """Append envelopes to ``handler``'s tubes, then index their threads, then wake idle loops.
 
-        Each tube's envelopes travel as one argument of ``push.lua`` (joined
-        by newlines, which compact JSON never contains). On one server this is
-        a single MULTI/EXEC round trip: all or nothing.
-        On a cluster the tube writes complete before the index is touched, which
-        is what keeps a message from being stranded outside the index.
+        On one server this is one atomic script call: all or nothing, and a
+        full Redis refuses it whole (`StorageFull`). On a cluster each thread's
+        tubes are one call (pipelined per node), and the index is touched only
+        once every tube is appended, which keeps a message from being stranded
+        outside the index. Either way a client retry after a lost reply appends
+        nothing twice (``stamp`` names a call; a fresh one by default). Returns
+        how many envelopes were appended.
         """
-        keys = self.keys
-        threads = list(dict.fromkeys(write.tube.thread_ref for write in writes))
-        wake = msgspec.json.encode([[ref.handler, ref.thread] for ref in threads])
-        stamp = secrets.token_hex(8)
+        if not writes:
+            return 0
+        threads = list(dict.fromkeys(write.tube.thread_ref.thread for write in writes))
+        wake = msgspec.json.encode([[handler, thread] for thread in threads])
+        stamp = stamp or secrets.token_hex(8)
         with translate_errors():
-            if self.cluster:  # one call per slot, all appended before anything is indexed
-                for write in writes:
-                    await self._push(**self._push_call(write, stamp))
-                pipe = self.client.pipeline(transaction=False)
-            else:
-                pipe = self.client.pipeline(transaction=True)
-                for write in writes:
-                    await self._push(**self._push_call(write, stamp), client=pipe)  # queued, not sent
-            for ref in threads:
-                pipe.zadd(keys.index(ref.handler), {ref.thread: now}, nx=True)
-            if not self.cluster:  # a cluster pipeline refuses PUBLISH
-                pipe.publish(keys.wake, wake)
-            await pipe.execute()
             if self.cluster:
-                await self.client.publish(keys.wake, wake)
+                return await self._push_cluster(handler, writes, threads, wake, stamp)
+            forget, self._settled = self._settled, []
+            keys = [self.keys.stamps()]
+            args: list[Any] = [stamp, self.stamp_window, self.keys.wake, wake, len(forget), *forget]
+            self._tube_arguments(writes, keys, args)
+            keys.append(self.keys.index(handler))
+            try:
+                count = int(await self._push(keys=keys, args=args))
+            except BaseException:
+                self._settled.extend(forget)  # harmless if the call did forget them
+                raise
+            self._settled.append(stamp)
+            return count
 
-    def _push_call(self, write: TubeWrite, stamp: str) -> dict[str, Any]:
-        tube = write.tube
-        return {
-            "keys": [self.keys.tube(tube), self.keys.orders(tube.thread_ref), self.keys.stamp(tube, stamp)],
-            "args": [tube.order, write.rank, write.envelopes, STAMP_TTL_MS],
-        }
+    async def _push_cluster(
+        self, handler: str, writes: Sequence[TubeWrite], threads: list[str], wake: bytes, stamp: str
+    ) -> int:
+        by_thread: dict[str, list[TubeWrite]] = {}
+        for write in writes:
+            by_thread.setdefault(write.tube.thread, []).append(write)
+
+        def append(pipe: Any) -> None:
+            for thread, group in by_thread.items():
+                keys = [self.keys.stamps(ThreadRef(handler, thread))]
+                args: list[Any] = [stamp, self.stamp_window, "", "", 0]
+                self._tube_arguments(group, keys, args)
+                pipe.execute_command("EVALSHA", self._push.sha, len(keys), *keys, *args)
+
+        counts = await self._pipeline(append)
+        await self._index(keys=[self.keys.index(handler)], args=["add", 0, *threads])
+        await self.client.publish(self.keys.wake, wake)
+        return sum(int(count) for count in counts)
+
+    def _tube_arguments(self, writes: Sequence[TubeWrite], keys: list[str], args: list[Any]) -> None:
+        for write in writes:
+            tube = write.tube
+            keys += (self.keys.tube(tube), self.keys.orders(tube.thread_ref))
+            args += (tube.thread, tube.order, write.rank, write.envelopes)
+
+    async def _pipeline(self, build: Callable[[Any], object]) -> list[Any]:
+        """Run the script calls ``build`` queues on a pipeline, loading the scripts if the server lacks them.
+
+        redis-py's own pipeline checks every script with ``SCRIPT EXISTS`` on every
+        execute (an extra round trip), and its cluster pipeline not at all.
+        """
+        for attempt in (1, 2):
+            async with self.client.pipeline(transaction=False) as pipe:
+                build(pipe)
+                try:
+                    return list(await pipe.execute())
+                except redis_errors.NoScriptError:
+                    if attempt == 2:
+                        raise
+            for script in self._scripts.values():
+                await self.client.script_load(script.script)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     # --- coordinator --------------------------------------------------------
 
-    async def candidates(self, handlers: Sequence[str], now: float, count: int) -> list[ThreadRef]:
-        """Up to ``count`` visible threads per handler, longest-visible first."""
-        with translate_errors():
-            pipe = self.client.pipeline(transaction=False)
+    async def candidates(self, handlers: Sequence[str], count: int) -> list[ThreadRef]:
+        """Up to ``count`` threads per handler visible now (server clock), longest-visible first."""
+        sha = self._candidates.sha
+
+        def read(pipe: Any) -> None:
             for handler in handlers:
-                pipe.zrangebyscore(self.keys.index(handler), "-inf", now, start=0, num=count, withscores=True)
-            replies = await pipe.execute()
+                pipe.execute_command("EVALSHA", sha, 1, self.keys.index(handler), count)
+
+        with translate_errors():
+            replies = await self._pipeline(read)
         found = [
-            (score, ThreadRef(handler, member.decode()))
+            (float(reply[i + 1]), ThreadRef(handler, reply[i].decode()))
             for handler, reply in zip(handlers, replies, strict=True)
-            for member, score in reply
+            for i in range(0, len(reply), 2)
         ]
         found.sort(key=lambda item: item[0])
         return [ref for _, ref in found]
 
-    async def acquire(self, ref: ThreadRef, token: str, ttl: float, now: float) -> bool:
+    async def acquire(self, ref: ThreadRef, token: str, ttl: float) -> bool:
         """Take ``ref``'s lease; hide it in the index while held. False if empty or taken."""
         keys = self.keys
         with translate_errors():
-            taken = await self._acquire(keys=[keys.lease(ref), keys.orders(ref)], args=[token, _ms(ttl)])
-            if taken == 1:
-                await self.client.zadd(keys.index(ref.handler), {ref.thread: now + ttl}, xx=True)
-            elif taken == 0:
-                await self._unindex(ref, now)
+            taken = await self._on_thread(self._acquire, ref, [keys.lease(ref), keys.orders(ref)], [token, _ms(ttl)])
+            if self.cluster and taken == 1:
+                await self._index(keys=[keys.index(ref.handler)], args=["hide", _ms(ttl), ref.thread])
+            elif self.cluster and taken == 0:
+                await self._unindex(ref)
         return bool(taken == 1)
 
-    async def _unindex(self, ref: ThreadRef, now: float) -> None:
-        """Remove an empty thread from the index, safely against a racing register."""
+    async def _on_thread(self, script: Any, ref: ThreadRef, keys: list[str], args: list[Any]) -> Any:
+        """Call a thread script; on one server with the handler's index too, so it updates it atomically."""
+        if self.cluster:  # the index is another slot: the caller follows up with index.lua
+            return await script(keys=keys, args=args)
+        return await script(keys=[*keys, self.keys.index(ref.handler)], args=[*args, ref.thread])
+
+    async def _unindex(self, ref: ThreadRef) -> None:
+        """Remove an empty thread from a cluster's index, safely against a racing register."""
         index = self.keys.index(ref.handler)
         await self.client.zrem(index, ref.thread)
         if await self.client.zcard(self.keys.orders(ref)):
-            await self.client.zadd(index, {ref.thread: now}, nx=True)
+            await self._index(keys=[index], args=["add", 0, ref.thread])
 
     # --- bound thread -------------------------------------------------------
 
@@ -318,12 +409,15 @@ class Storage:
             was asked); ``False`` when the lease is not ours and nothing changed.
         """
         keys = self.keys
+        thread_keys = [keys.lease(ref), keys.orders(ref), keys.dead(ref), keys.acked(ref)]
         with translate_errors():
-            if dead:
-                await self.client.sadd(keys.dead_index(ref.handler), ref.thread)
+            if dead and self.cluster:  # marked first: pruning removes only threads it saw empty
+                await self._index(keys=[keys.dead_index(ref.handler)], args=["add", 0, ref.thread])
+            elif dead:
+                thread_keys.append(keys.dead_index(ref.handler))
             reply = await self._cycle(
-                keys=[keys.lease(ref), keys.orders(ref), keys.dead(ref), keys.acked(ref)],
-                args=[keys.tube_prefix(ref), token, _ms(ttl), ack_order, ack_count, ack_seq, limit, *dead],
+                keys=thread_keys,
+                args=[keys.tube_prefix(ref), token, _ms(ttl), ack_order, ack_count, ack_seq, limit, ref.thread, *dead],
             )
         if reply is None:
             return False
@@ -332,23 +426,23 @@ class Storage:
         order, payloads = reply
         return order.decode(), payloads
 
-    async def renew(self, ref: ThreadRef, token: str, ttl: float, now: float) -> bool:
+    async def renew(self, ref: ThreadRef, token: str, ttl: float) -> bool:
         """Extend our lease and keep the thread hidden from the coordinator meanwhile."""
         with translate_errors():
-            renewed = await self._renew(keys=[self.keys.lease(ref)], args=[token, _ms(ttl)])
-            if renewed:
-                await self.client.zadd(self.keys.index(ref.handler), {ref.thread: now + ttl}, xx=True)
+            renewed = await self._on_thread(self._renew, ref, [self.keys.lease(ref)], [token, _ms(ttl)])
+            if self.cluster and renewed:
+                await self._index(keys=[self.keys.index(ref.handler)], args=["hide", _ms(ttl), ref.thread])
         return bool(renewed)
 
-    async def release(self, ref: ThreadRef, token: str, now: float) -> None:
-        """Drop our lease (never another's) and make the thread visible or unindex it."""
+    async def release(self, ref: ThreadRef, token: str) -> None:
+        """Drop our lease (never another's) and make the thread visible, or unindex it when empty."""
         keys = self.keys
         with translate_errors():
-            left = await self._release(keys=[keys.lease(ref), keys.orders(ref)], args=[token])
-            if left:
-                await self.client.zadd(keys.index(ref.handler), {ref.thread: now})
-            else:
-                await self._unindex(ref, now)
+            left, free = await self._on_thread(self._release, ref, [keys.lease(ref), keys.orders(ref)], [token])
+            if self.cluster and not left:
+                await self._unindex(ref)
+            elif self.cluster and free:
+                await self._index(keys=[keys.index(ref.handler)], args=["show", 0, ref.thread])
 
     # --- wake-ups -----------------------------------------------------------
 
@@ -387,15 +481,15 @@ class Storage:
         """Messages waiting in all tubes of ``handler`` (three round trips; not for hot paths)."""
         refs = [ThreadRef(handler, thread) for thread in await self.indexed_threads(handler)]
         with translate_errors():
-            pipe = self.client.pipeline(transaction=False)
-            for ref in refs:
-                pipe.zrange(self.keys.orders(ref), 0, -1)
-            orders = await pipe.execute()
-            pipe = self.client.pipeline(transaction=False)
-            for ref, names in zip(refs, orders, strict=True):
-                for order in names:
+            orders = await self._pipeline(lambda pipe: [pipe.zrange(self.keys.orders(ref), 0, -1) for ref in refs])
+            lengths = await self._pipeline(
+                lambda pipe: [
                     pipe.llen(self.keys.tube(Tube(handler, ref.thread, order.decode())))
-            return sum(await pipe.execute())
+                    for ref, names in zip(refs, orders, strict=True)
+                    for order in names
+                ]
+            )
+        return sum(lengths)
 
     async def lease_token(self, ref: ThreadRef) -> str | None:
         """The token of the loop holding ``ref``, if any."""
@@ -403,30 +497,67 @@ class Storage:
             token = await self.client.get(self.keys.lease(ref))
         return None if token is None else token.decode()
 
-    async def dead_records(self, ref: ThreadRef) -> list[bytes]:
-        """Raw dead-letter records of one thread, oldest first."""
-        with translate_errors():
-            return list(await self.client.lrange(self.keys.dead(ref), 0, -1))
+    async def append_raw(self, handler: str, writes: Sequence[tuple[Tube, float, Sequence[bytes]]]) -> None:
+        """Append payloads byte for byte (any bytes, newlines included), then index their threads.
 
-    async def append_raw(self, tube: Tube, rank: float, payloads: Sequence[bytes], now: float) -> None:
-        """Append payloads byte for byte (any bytes, newlines included) and index the thread."""
-        ref = tube.thread_ref
+        Pipelined, not atomic: for putting dead letters back, which is at-least-once.
+        """
         with translate_errors():
-            pipe = self.client.pipeline(transaction=not self.cluster)
-            pipe.rpush(self.keys.tube(tube), *payloads)
-            pipe.zadd(self.keys.orders(ref), {tube.order: rank})
-            await pipe.execute()
-            await self.client.zadd(self.keys.index(ref.handler), {ref.thread: now}, nx=True)
 
-    async def take_dead(self, ref: ThreadRef, count: int) -> None:
-        """Drop the ``count`` oldest dead letters of a thread (after they were requeued or purged)."""
-        with translate_errors():
-            await self.client.ltrim(self.keys.dead(ref), count, -1)
+            def append(pipe: Any) -> None:
+                for tube, rank, payloads in writes:
+                    pipe.rpush(self.keys.tube(tube), *payloads)
+                    pipe.zadd(self.keys.orders(tube.thread_ref), {tube.order: rank})
+
+            await self._pipeline(append)
+            threads = list(dict.fromkeys(tube.thread for tube, _, _ in writes))
+            await self._index(keys=[self.keys.index(handler)], args=["add", 0, *threads])
+
+    # --- dead letters -------------------------------------------------------
 
     async def dead_threads(self, handler: str) -> list[str]:
-        """Threads of ``handler`` that have held dead letters."""
+        """Threads of ``handler`` that hold dead letters, in the order they first got one."""
         with translate_errors():
-            return sorted(member.decode() for member in await self.client.smembers(self.keys.dead_index(handler)))
+            return [member.decode() for member in await self.client.zrange(self.keys.dead_index(handler), 0, -1)]
+
+    async def dead_counts(self, handler: str) -> dict[str, int]:
+        """How many dead letters each thread of ``handler`` holds (two round trips, no bodies read)."""
+        threads = await self.dead_threads(handler)
+        with translate_errors():
+            lengths = await self._pipeline(
+                lambda pipe: [pipe.llen(self.keys.dead(ThreadRef(handler, thread))) for thread in threads]
+            )
+        return {thread: int(length) for thread, length in zip(threads, lengths, strict=True) if length}
+
+    async def dead_records(self, handler: str, threads: Sequence[str]) -> list[list[bytes]]:
+        """Raw dead-letter records of each of ``threads``, oldest first (one round trip)."""
+        with translate_errors():
+            return await self._pipeline(
+                lambda pipe: [pipe.lrange(self.keys.dead(ThreadRef(handler, thread)), 0, -1) for thread in threads]
+            )
+
+    async def take_dead(self, handler: str, counts: Mapping[str, int]) -> None:
+        """Drop the oldest ``counts[thread]`` dead letters of each thread (requeued or purged).
+
+        Threads left without dead letters leave the handler's dead-letter index:
+        removed, re-checked, and re-added if a letter landed meanwhile.
+        """
+        index = self.keys.dead_index(handler)
+        keys = {thread: self.keys.dead(ThreadRef(handler, thread)) for thread in counts}
+        with translate_errors():
+            replies = await self._pipeline(
+                lambda pipe: [
+                    (pipe.ltrim(keys[thread], count, -1), pipe.llen(keys[thread])) for thread, count in counts.items()
+                ]
+            )
+            empty = [thread for thread, left in zip(counts, replies[1::2], strict=True) if not left]
+            if not empty:
+                return
+            await self.client.zrem(index, *empty)
+            again = await self._pipeline(lambda pipe: [pipe.llen(keys[thread]) for thread in empty])
+            back = [thread for thread, left in zip(empty, again, strict=True) if left]
+            if back:
+                await self._index(keys=[index], args=["add", 0, *back])
 
 
 def wake_threads(data: bytes) -> list[ThreadRef]:
@@ -435,6 +566,9 @@ def wake_threads(data: bytes) -> list[ThreadRef]:
         return [ThreadRef(str(handler), str(thread)) for handler, thread in msgspec.json.decode(data)]
     except (msgspec.DecodeError, TypeError, ValueError):
         return []
+
+
+SCRIPTS = ("push", "cycle", "acquire", "renew", "release", "index", "candidates")
 
 
 def _ms(seconds: float) -> int:

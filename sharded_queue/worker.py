@@ -43,7 +43,7 @@ from .core import (
     Wait,
     worker_program,
 )
-from .errors import StorageError
+from .errors import StorageError, StorageFull
 from .handler import Handler
 from .queue import DeadLetterRecord, HandlerSpec, Queue
 from .settings import Settings
@@ -53,6 +53,36 @@ logger = logging.getLogger("sharded_queue")
 
 T = TypeVar("T")
 _loop_ids = itertools.count(1)
+
+
+class StorageHealth:
+    """Logs a storage outage once: a WARNING when calls start failing, an INFO when one answers again.
+
+    Shared by a worker's loops, its heartbeats and its wake-up listener, so an
+    outage is two lines, not one per retry.
+    """
+
+    def __init__(self) -> None:
+        self.failing_since: float | None = None
+
+    def failed(self, exc: StorageError) -> None:
+        """A storage call failed (it will be retried)."""
+        if self.failing_since is None:
+            self.failing_since = time.monotonic()
+            if isinstance(exc, StorageFull):
+                logger.warning(
+                    "storage is full (maxmemory reached): registrations are refused until workers drain it; "
+                    "retrying the refused write: %s",
+                    exc,
+                )
+            else:
+                logger.warning("storage is failing; retrying with backoff until it answers: %s", exc)
+
+    def answered(self) -> None:
+        """A storage call succeeded."""
+        if self.failing_since is not None:
+            logger.info("storage recovered after %.1f s", time.monotonic() - self.failing_since)
+            self.failing_since = None
 
 
 class Waker:
@@ -118,6 +148,7 @@ class Worker:
         self._subscribed = asyncio.Event()
         self._loops: set[asyncio.Task[Any]] = set()
         self.identity = f"{socket.gethostname()}:{os.getpid()}"
+        self.health = StorageHealth()
 
     def policy(self) -> LoopPolicy:
         """The loop policy from current settings and the handlers' overrides."""
@@ -227,10 +258,12 @@ class Worker:
         while True:
             try:
                 await storage.listen_wake(self._on_wake, ready.set)
+            except StorageError as exc:  # loops still work without wake-ups, on coordinator_delay
+                self.health.failed(exc)
             except Exception as exc:  # never let wake-ups die: loops would fall back to polling
                 logger.warning("wake-up subscription failed, retrying: %r", exc)
-                ready.set()  # loops still work without it, on coordinator_delay
-                await asyncio.sleep(1.0)
+            ready.set()
+            await asyncio.sleep(1.0)
 
 
 class _Loop:
@@ -278,12 +311,12 @@ class _Loop:
                 self.waker.arm()
                 self.worker._idle[self.waker] = None
                 return await self._retrying(
-                    lambda: self.storage.candidates(list(self.worker.specs), time.time(), CANDIDATES_PER_HANDLER)
+                    lambda: self.storage.candidates(list(self.worker.specs), CANDIDATES_PER_HANDLER)
                 )
             case Acquire(thread):
                 token = secrets.token_hex(16)
                 ttl = self.settings.lease_ttl
-                if await self._retrying(lambda: self.storage.acquire(thread, token, ttl, time.time())):
+                if await self._retrying(lambda: self.storage.acquire(thread, token, ttl)):
                     self.token = token
                     self.worker._idle.pop(self.waker, None)
                     return True
@@ -331,20 +364,24 @@ class _Loop:
         finally:
             self.instance = None
             try:
-                await self.storage.release(thread, self.token, time.time())
+                await self.storage.release(thread, self.token)
             except StorageError as exc:  # the lease expires by itself
                 logger.warning("could not release thread %s/%s: %s", thread.handler, thread.thread, exc)
 
     async def _heartbeat(self, thread: ThreadRef, token: str) -> None:
         ttl = self.settings.lease_ttl
+        health = self.worker.health
         while True:
             await asyncio.sleep(ttl / 3)
             try:
-                if not await self.storage.renew(thread, token, ttl, time.time()):
-                    logger.warning("lease of %s/%s lost; its batch will not be acked", thread.handler, thread.thread)
-                    return
+                renewed = await self.storage.renew(thread, token, ttl)
             except StorageError as exc:
-                logger.warning("lease renewal of %s/%s failed: %s", thread.handler, thread.thread, exc)
+                health.failed(exc)
+                continue
+            health.answered()
+            if not renewed:
+                logger.warning("lease of %s/%s lost; its batch will not be acked", thread.handler, thread.thread)
+                return
 
     async def _cycle(self, effect: Cycle) -> Batch | Lost | None:
         thread, ack = effect.thread, effect.ack
@@ -416,12 +453,16 @@ class _Loop:
         ]
 
     async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
-        """Run a storage call until it succeeds, backing off while Redis is down."""
+        """Run a storage call until it succeeds, backing off while Redis is down (logged once)."""
+        health = self.worker.health
         for attempt in itertools.count(1):
             try:
-                return await call()
+                result = await call()
             except StorageError as exc:
-                delay = self.worker.policy().backoff(min(attempt, 30), self.rng)
-                logger.warning("storage call failed (attempt %d), retrying in %.2fs: %s", attempt, delay, exc)
-                await asyncio.sleep(delay)
+                health.failed(exc)
+                await asyncio.sleep(self.worker.policy().backoff(min(attempt, 30), self.rng))
+                continue
+            if health.failing_since is not None:
+                health.answered()
+            return result
         raise AssertionError("unreachable")  # pragma: no cover

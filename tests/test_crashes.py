@@ -50,11 +50,11 @@ class Processes:
     def log(self) -> Path:
         return self.directory / "performs.log"
 
-    def spawn(self, loops: int = 2) -> subprocess.Popen[bytes]:
+    def spawn(self, loops: int = 2, **env: str) -> subprocess.Popen[bytes]:
         stderr = open(self.directory / "workers.err", "ab")  # noqa: SIM115 - owned by the child
         process = subprocess.Popen(
             [sys.executable, str(SCRIPT), self.url, str(self.log), str(loops)],
-            env={**os.environ, **self.env, "PYTHONPATH": str(ROOT)},
+            env={**os.environ, **self.env, **env, "PYTHONPATH": str(ROOT)},
             stderr=stderr,
         )
         stderr.close()
@@ -239,14 +239,14 @@ async def test_paused_worker_cannot_touch_what_it_no_longer_owns(processes: Proc
     queue = Queue(processes.url, settings=chaos_settings())
     ref = ThreadRef("chaos", "0")
     await wait_until(lambda: _lease_gone(queue, ref), timeout=20)
-    assert await queue.storage.acquire(ref, "new-holder", 60, time.time())
+    assert await queue.storage.acquire(ref, "new-holder", 60)
     worker.send_signal(signal.SIGCONT)
     await wait_until(lambda: "lost" in processes.errors(), timeout=20)
     await wait_until(lambda: bool(processes.lines("perform")), timeout=20)
     assert await queue.storage.lease_token(ref) == "new-holder"  # not released by the stale worker
     assert await queue.pending(ChaosHandler) == 10  # not trimmed by the stale worker's ack
     processes.stop_all()
-    await queue.storage.release(ref, "new-holder", time.time())
+    await queue.storage.release(ref, "new-holder")
     await queue.close()
 
 

@@ -182,13 +182,13 @@ async def test_lost_lease_cannot_ack_and_new_holder_performs_batch(queue: Queue,
     stale_token = await queue.storage.lease_token(ref)
     assert stale_token is not None
     await queue.storage.client.delete(queue.storage.keys.lease(ref))
-    assert await queue.storage.acquire(ref, "new-holder", 30, 0)
+    assert await queue.storage.acquire(ref, "new-holder", 30)
     await queue.register(SlowHandler, 3)
     SlowHandler.release.set()
     assert await asyncio.wait_for(stale_loop, 10) == 2  # it performed its batch but could not ack
     assert await queue.storage.lease_token(ref) == "new-holder"  # its release left the new lease alone
     assert await queue.pending(SlowHandler) == 3  # nothing trimmed
-    await queue.storage.release(ref, "new-holder", 0)
+    await queue.storage.release(ref, "new-holder")
     await drain(Worker(queue))
     assert SlowHandler.performed == [[1, 2], [1, 2, 3]]
 
@@ -199,7 +199,7 @@ async def test_expired_lease_is_taken_over(queue: Queue, settings: Settings) -> 
     SlowHandler.release.set()
     await queue.register(SlowHandler, 1)
     ref = ThreadRef(queue.spec(SlowHandler).name, "0")
-    assert await queue.storage.acquire(ref, "crashed-worker", 0.2, 0)
+    assert await queue.storage.acquire(ref, "crashed-worker", 0.2)
     await drain(Worker(queue), timeout=20)
     assert SlowHandler.performed == [[1]]
 
@@ -243,12 +243,12 @@ async def test_release_race_is_safe_step_by_step(queue: Queue) -> None:
     name = queue.spec(CountingHandler).name
     await queue.register(CountingHandler, 0)
     ref = ThreadRef(name, "0")
-    assert await queue.storage.acquire(ref, "tok", 30, 0)
+    assert await queue.storage.acquire(ref, "tok", 30)
     batch = await queue.storage.cycle(ref, "tok", 30, "", 0, 0, [], 10)
     assert batch is not None and batch is not False
     assert await queue.storage.cycle(ref, "tok", 30, "0", 1, 1, [], 0) is None  # acked: empty
     await queue.register(CountingHandler, 4)  # lands while still leased, before release
-    await queue.storage.release(ref, "tok", 0)
+    await queue.storage.release(ref, "tok")
     assert await queue.storage.indexed_threads(name) == ["0"]
     await drain(Worker(queue))
     assert CountingHandler.performed == [4]
@@ -306,9 +306,9 @@ class PollCounting(Storage):
 
     polls = 0
 
-    async def candidates(self, handlers: Sequence[str], now: float, count: int) -> list[ThreadRef]:
+    async def candidates(self, handlers: Sequence[str], count: int) -> list[ThreadRef]:
         self.polls += 1
-        return await super().candidates(handlers, now, count)
+        return await super().candidates(handlers, count)
 
 
 async def test_registration_wakes_one_idle_loop_not_all(storage: Storage, settings: Settings) -> None:
@@ -329,9 +329,8 @@ async def test_retried_registration_appends_once(queue: Queue) -> None:
     """A client retry of an append whose reply was lost (same stamp) appends nothing twice."""
     spec = queue.spec(CountingHandler)
     write = TubeWrite(Tube(spec.name, "0", "0"), 0.0, spec.codec.encode([4, 8], 0.0))
-    call = queue.storage._push_call(write, "one-registration")
-    assert await queue.storage._push(**call) == 2
-    assert await queue.storage._push(**call) == 0
+    assert await queue.storage.push(spec.name, [write], stamp="one-registration") == 2
+    assert await queue.storage.push(spec.name, [write], stamp="one-registration") == 2  # the first call's count
     assert await queue.storage.tube_payloads(write.tube) == write.envelopes.split(b"\n")
 
 

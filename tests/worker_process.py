@@ -7,6 +7,8 @@ batch that was acked is always in the log:
     <clock> <time> <pid> <event> <thread> <seq,seq,...>
 
 ``clock`` is a Redis counter, a global order of performs across processes.
+``TEST_CLOCK_SKEW`` (seconds) sets this host's ``time.time`` that far off;
+``TEST_CLOCK_URL`` keeps the counter in another Redis (one that is not full).
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ class ChaosHandler(Handler):
 
 async def main(url: str, loops: int) -> None:
     global CLOCK
-    CLOCK = aioredis.Redis.from_url(url)
+    CLOCK = aioredis.Redis.from_url(os.environ.get("TEST_CLOCK_URL", url))
     queue = Queue(url)
     log("ready")
     taken = await Worker(queue, handlers=[ChaosHandler]).serve(loops)
@@ -63,7 +65,14 @@ async def main(url: str, loops: int) -> None:
     await CLOCK.aclose()
 
 
+def skew_clock(seconds: float) -> None:
+    """Make this process's wall clock ``seconds`` off, as on a host with a wrong clock."""
+    real = time.time
+    time.time = lambda: real() + seconds
+
+
 if __name__ == "__main__":
+    skew_clock(float(os.environ.get("TEST_CLOCK_SKEW", "0")))
     url, path, loops = sys.argv[1], sys.argv[2], int(sys.argv[3])
     LOG_FD = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format=f"{os.getpid()} %(message)s")

@@ -1,8 +1,12 @@
+#!lua flags=allow-oom
 -- Ack the previous batch and fetch the next one, in one round trip, fenced by the lease.
+-- Runs under a full Redis (allow-oom): it frees more than it writes.
 -- KEYS: lease, orders (zset of non-empty orders, by precedence), dead (dead-letter list),
 --       acked (token:seq of the last applied ack, so a retried call never trims twice)
+--       [, the handler's index of threads with dead letters (one server; on a
+--       cluster the client marks the thread there first, with index.lua)]
 -- ARGV: tube key prefix, token, lease ttl (ms), ack order, ack count, ack seq, fetch limit,
---       dead records...
+--       thread, dead records...
 -- Returns nil when the lease is not ours (nothing is touched), {} when the thread
 -- is empty or nothing was asked, else {order, {payloads...}} from the most urgent tube.
 if redis.call('GET', KEYS[1]) ~= ARGV[2] then
@@ -16,8 +20,11 @@ if count > 0 and redis.call('GET', KEYS[4]) ~= stamp then
   if redis.call('EXISTS', tube) == 0 then
     redis.call('ZREM', KEYS[2], ARGV[4])
   end
-  for i = 8, #ARGV do
-    redis.call('RPUSH', KEYS[3], ARGV[i])
+  if #ARGV > 8 then
+    redis.call('RPUSH', KEYS[3], unpack(ARGV, 9))
+    if KEYS[5] then
+      redis.call('ZADD', KEYS[5], 'NX', clock(), ARGV[8])
+    end
   end
   redis.call('SET', KEYS[4], stamp, 'PX', ARGV[3])
 end

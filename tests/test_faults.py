@@ -1,0 +1,213 @@
+"""Faults found by adversarial testing, against real worker processes and a real
+redis-server: a full Redis, hosts whose clocks are hours off, huge and failed
+registrations."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import signal
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from sharded_queue import Queue, StorageError, StorageFull, Tube
+from sharded_queue.testing import RedisServer, wait_until
+from tests.conftest import need_redis_server
+from tests.test_crashes import Processes, chaos_settings, pending, register_workload
+from tests.worker_process import ChaosHandler
+
+HOUR = 3600.0
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[Processes]:
+    need_redis_server()
+    server = RedisServer(tmp_path)
+    group = Processes(server.url, tmp_path, dict(ENV))
+    yield group
+    group.stop_all()
+    server.stop()
+
+
+@pytest.fixture
+def full(tmp_path: Path) -> Iterator[Processes]:
+    """Workers on a Redis limited to 8 MB without eviction; their test clock lives in another Redis."""
+    need_redis_server()
+    (tmp_path / "clock").mkdir()
+    clock = RedisServer(tmp_path / "clock")
+    server = RedisServer(tmp_path, "--maxmemory", "8mb", "--maxmemory-policy", "noeviction")
+    group = Processes(server.url, tmp_path, {**ENV, "TEST_CLOCK_URL": clock.url})
+    yield group
+    group.stop_all()
+    server.stop()
+    clock.stop()
+
+
+ENV = {
+    "QUEUE_LEASE_TTL": "1.5",
+    "QUEUE_COORDINATOR_DELAY": "0.1",
+    "QUEUE_WORKER_EMPTY_LIMIT": "4",
+    "QUEUE_WORKER_EMPTY_PAUSE": "0.05",
+    "QUEUE_KEY_PREFIX": "chaos",
+    "TEST_PERFORM_SECONDS": "0",
+}
+
+
+def performed(processes: Processes, pid: int | None = None) -> list[tuple[str, int]]:
+    """(thread, seq) of every perform logged, by one process or all."""
+    return [
+        (thread, int(seq))
+        for _, _, who, _, thread, seqs in processes.lines("perform")
+        if pid is None or int(who) == pid
+        for seq in seqs.split(",")
+    ]
+
+
+# --- a full Redis ---------------------------------------------------------------
+
+
+async def test_full_redis_is_drained_by_fresh_workers(full: Processes) -> None:
+    """Workers coming back to a Redis filled to maxmemory take leases and drain it (acquire et al. are allow-oom)."""
+    processes = full
+    queue = Queue(processes.url, settings=chaos_settings())
+    stored = 0
+    with pytest.raises(StorageFull):
+        for start in range(0, 1_000_000, 1000):
+            stored += await queue.register(ChaosHandler, *[[seq % 8, seq] for seq in range(start, start + 1000)])
+    assert stored > 10_000
+    assert await queue.pending(ChaosHandler) == stored  # the refused call wrote nothing
+    for _ in range(2):
+        processes.spawn(loops=2, QUEUE_WORKER_BATCH_SIZE="128")
+    await wait_until(lambda: _drained(processes.url), timeout=60)
+    assert sorted(seq for _, seq in performed(processes)) == list(range(stored))
+    assert "retrying" not in processes.errors()  # the workers never failed a storage call
+    assert await queue.register(ChaosHandler, [0, stored]) == 1  # room again
+    await queue.close()
+
+
+async def _drained(url: str) -> bool:
+    return await pending(url) == 0
+
+
+# --- clock skew -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("skew", [HOUR, 30.0])
+async def test_killed_worker_with_clock_ahead_is_taken_over(processes: Processes, skew: float) -> None:
+    """A worker whose clock is ahead, killed while holding a thread: taken over once its lease expires."""
+    await register_workload(processes.url, 1, 20)
+    ahead = processes.spawn(loops=1, TEST_CLOCK_SKEW=str(skew), TEST_PERFORM_SECONDS="5", QUEUE_WORKER_BATCH_SIZE="1")
+    await wait_until(lambda: bool(processes.lines("start")), timeout=20)
+    processes.kill(ahead)
+    processes.spawn(loops=1)
+    await wait_until(lambda: _drained(processes.url), timeout=20)  # the lease TTL is 1.5 s
+    assert [seq for _, seq in performed(processes)] == list(range(20))
+
+
+async def test_worker_with_clock_ahead_stopping_cleanly_leaves_the_rest_visible(processes: Processes) -> None:
+    await register_workload(processes.url, 1, 20)
+    ahead = processes.spawn(loops=1, TEST_CLOCK_SKEW=str(HOUR), TEST_PERFORM_SECONDS="0.1", QUEUE_WORKER_BATCH_SIZE="1")
+    await wait_until(lambda: len(processes.lines("perform")) >= 5, timeout=20)
+    ahead.send_signal(signal.SIGTERM)
+    await asyncio.to_thread(ahead.wait, 20)
+    processes.running.remove(ahead)
+    taken = len(performed(processes))
+    assert 5 <= taken < 20
+    processes.spawn(loops=1)
+    await wait_until(lambda: _drained(processes.url), timeout=20)
+    assert [seq for _, seq in performed(processes)] == list(range(20))
+
+
+async def test_producer_with_clock_ahead_is_served_at_once(
+    processes: Processes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    processes.spawn(loops=1)
+    await wait_until(lambda: "ready" in {row[3] for row in processes.lines()}, timeout=20)
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + HOUR)
+    await register_workload(processes.url, 3, 5)
+    monkeypatch.setattr(time, "time", real)
+    await wait_until(lambda: _drained(processes.url), timeout=20)
+    assert len(performed(processes)) == 15
+
+
+async def test_worker_with_clock_behind_sees_work(processes: Processes) -> None:
+    processes.spawn(loops=2, TEST_CLOCK_SKEW=str(-HOUR))
+    await register_workload(processes.url, 4, 10)
+    await wait_until(lambda: _drained(processes.url), timeout=20)
+    assert len(performed(processes)) == 40
+
+
+async def test_worker_with_clock_behind_does_not_hide_free_threads(processes: Processes) -> None:
+    """16 threads held by a worker whose clock is behind must not fill the coordinator's window."""
+    await register_workload(processes.url, 16, 1)
+    processes.spawn(loops=16, TEST_CLOCK_SKEW=str(-HOUR), TEST_PERFORM_SECONDS="60")
+    await wait_until(lambda: len(processes.lines("start")) == 16, timeout=20)
+    queue = Queue(processes.url, settings=chaos_settings())
+    await queue.register(ChaosHandler, *[[thread, 0] for thread in range(16, 20)])
+    await queue.close()
+    correct = processes.spawn(loops=4)
+    await wait_until(lambda: len(performed(processes, correct.pid)) == 4, timeout=20)
+    assert sorted(performed(processes, correct.pid)) == [(str(thread), 0) for thread in range(16, 20)]
+
+
+# --- huge registrations, failed registrations -------------------------------------
+
+
+async def test_huge_register_is_written_in_bounded_chunks_in_order(redis_url: str) -> None:
+    queue = Queue(redis_url, settings=chaos_settings().copy(key_prefix="chunks", register_chunk=1000))
+    await queue.register(ChaosHandler, [3, -1])  # the script is loaded
+    calls = await _script_calls(queue)
+    assert await queue.register(ChaosHandler, *[[seq % 3, seq] for seq in range(4500)]) == 4500
+    assert await _script_calls(queue) - calls == 5  # 1000 + 1000 + 1000 + 1000 + 500
+    for thread in range(3):
+        payloads = await queue.storage.tube_payloads(Tube("chaos", str(thread), "0"))
+        assert [msgspec.json.decode(p)[1][1] for p in payloads] == list(range(thread, 4500, 3))
+    await queue.close()
+
+
+async def _script_calls(queue: Queue) -> int:
+    stats = await queue.storage.client.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+async def test_huge_register_failing_midway_says_how_much_was_stored(full: Processes) -> None:
+    """A call of many chunks against a Redis that fills up: the first chunks are stored whole, the error says so."""
+    queue = Queue(full.url, settings=chaos_settings().copy(register_chunk=1000))
+    with pytest.raises(StorageFull) as raised:
+        await queue.register(ChaosHandler, *[[0, seq] for seq in range(1_000_000)])
+    stored = raised.value.stored
+    assert stored > 0 and stored % 1000 == 0
+    assert f"the first {stored} of 1000000 requests were stored" in raised.value.__notes__
+    payloads = await queue.storage.tube_payloads(Tube("chaos", "0", "0"))
+    assert [msgspec.json.decode(p)[1][1] for p in payloads] == list(range(stored))
+    await queue.close()
+
+
+@pytest.mark.parametrize("fault", ["stopped", "paused"])
+async def test_failed_register_leaves_no_unclosed_client(tmp_path: Path, fault: str) -> None:
+    need_redis_server()
+    server = RedisServer(tmp_path)
+    queue = Queue(server.url, settings=chaos_settings().copy(storage_timeout=0.5))
+    await queue.register(ChaosHandler, [0, 0])  # a pooled connection, as in a running process
+    assert server.process is not None
+    if fault == "stopped":
+        server.stop()
+    else:
+        server.process.send_signal(signal.SIGSTOP)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(StorageError):
+            await queue.register(ChaosHandler, [0, 1])
+        await queue.close()
+        del queue
+        gc.collect()
+    if server.process is not None:
+        server.process.send_signal(signal.SIGCONT)
+        server.stop()
+    assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []

@@ -6,7 +6,7 @@ import asyncio
 import math
 from typing import ClassVar
 
-from sharded_queue import Handler, Queue, Settings, ThreadRef, Worker
+from sharded_queue import Handler, Queue, RequestRoute, Route, Settings, ThreadRef, Worker
 from sharded_queue.testing import drain
 
 
@@ -142,3 +142,35 @@ async def test_failing_start_releases_thread_and_retries(queue: Queue) -> None:
     await drain(Worker(queue))
     assert BadStart.performed == [1, 2]
     assert BadStart.starts == 2
+
+
+class SpreadPoison(PoisonHandler):
+    """Every request on its own thread."""
+
+    @classmethod
+    async def route(cls, *requests: int) -> list[RequestRoute]:
+        return [RequestRoute(r, Route(thread=r)) for r in requests]
+
+
+async def test_dead_letters_at_scale_are_counted_without_bodies_and_pruned(queue: Queue) -> None:
+    reset(poison=set(range(40)))
+    await queue.register(SpreadPoison, *range(40))
+    await drain(Worker(queue), loops=4)
+    name = queue.spec(SpreadPoison).name
+    reads = await _list_reads(queue)
+    assert await queue.dead_letter_count(SpreadPoison) == 40
+    assert await _list_reads(queue) == reads  # lengths only: no dead letter's body was read
+    assert len(await queue.storage.dead_threads(name)) == 40
+    assert await queue.purge_dead_letters(SpreadPoison) == 40
+    assert await queue.storage.dead_threads(name) == []  # threads without dead letters leave the index
+    assert await queue.dead_letter_count(SpreadPoison) == 0
+
+
+async def _list_reads(queue: Queue) -> int | None:
+    """LRANGE calls a single redis-server has answered (None elsewhere: fakeredis keeps no
+    command stats, a cluster keeps them per node)."""
+    client = queue.storage.client
+    if queue.storage.cluster or type(client).__module__.startswith("fakeredis"):
+        return None
+    stats = await client.info("commandstats")
+    return int(stats.get("cmdstat_lrange", {}).get("calls", 0))

@@ -10,6 +10,7 @@ declared type, never an arbitrary object.
 
 from __future__ import annotations
 
+import math
 import typing
 from collections.abc import Sequence
 from typing import Any
@@ -28,6 +29,17 @@ def _encode_hook(value: Any) -> Any:
     if _is_pydantic(type(value)):
         return value.model_dump(mode="json")
     raise TypeError(f"objects of type {type(value).__name__} cannot be serialized")
+
+
+def _non_finite(value: Any) -> bool:
+    """True when ``value`` (plain builtins) holds a NaN or an infinite float anywhere."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_non_finite(item) for item in value.values())
+    if isinstance(value, list | tuple):
+        return any(_non_finite(item) for item in value)
+    return False
 
 
 class Codec:
@@ -77,6 +89,8 @@ class Codec:
                     raise SerializationError(f"request {request!r} cannot be serialized: {exc}") from exc
             raise
         envelopes = lines[:-1]
+        if b"null" in envelopes:  # JSON has no NaN or infinity: msgspec writes them as null
+            self._refuse_non_finite(requests)
         if self._validate:
             for request, payload in zip(requests, envelopes.split(b"\n"), strict=True):
                 try:
@@ -84,6 +98,13 @@ class Codec:
                 except DecodeError as exc:
                     raise SerializationError(f"request {request!r} is not a {request_type_name(self)}") from exc
         return envelopes
+
+    def _refuse_non_finite(self, requests: Sequence[Any]) -> None:
+        for request in requests:
+            if _non_finite(msgspec.to_builtins(request, enc_hook=_encode_hook)):
+                raise SerializationError(
+                    f"request {request!r} holds NaN or infinity, which JSON cannot carry (it would arrive as null)"
+                )
 
     def decode_batch(self, payloads: Sequence[bytes]) -> tuple[Sequence[Message], list[tuple[int, BaseException]]]:
         """Decode a fetched batch: its messages, and the positions and errors of bad payloads."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -130,6 +131,34 @@ async def test_unserializable_request_writes_nothing(queue: Queue) -> None:
     with pytest.raises(SerializationError, match="expected Point"):
         await queue.register(Typed, Point(1, "a"), {"x": 1, "label": "a"})
     assert await stored_keys(queue) == []
+
+
+@dataclass
+class Measure:
+    value: float
+
+
+class Measured(Handler):
+    async def perform(self, *requests: Measure) -> None: ...
+
+
+@pytest.mark.parametrize(
+    ("handler", "good", "bad"),
+    [
+        (Untyped, {"v": None}, {"v": math.nan}),
+        (Untyped, [1.5], [1.5, [math.inf]]),
+        (Measured, Measure(1.5), Measure(math.nan)),
+        (Measured, Measure(1.5), Measure(-math.inf)),
+    ],
+)
+async def test_nan_and_infinity_are_refused_and_write_nothing(
+    queue: Queue, handler: type[Handler], good: Any, bad: Any
+) -> None:
+    """JSON has no NaN or infinity: refused at register instead of arriving as None (or dead-lettered)."""
+    with pytest.raises(SerializationError, match="NaN or infinity"):
+        await queue.register(handler, good, bad)
+    assert await stored_keys(queue) == []
+    assert await queue.register(handler, good) == 1  # null from None is fine
 
 
 def test_route_rejects_bad_names() -> None:

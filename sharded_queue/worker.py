@@ -106,8 +106,9 @@ class Waker:
         if not wakeable or self._future is None:
             await asyncio.sleep(seconds)
             return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self._future), seconds)
+        # asyncio.wait, not wait_for: Python 3.11's wait_for returns normally when
+        # cancelled just as its future completes, swallowing the cancellation
+        await asyncio.wait({self._future}, timeout=seconds)
 
 
 class Worker:
@@ -242,7 +243,8 @@ class Worker:
             self._subscribed = asyncio.Event()
             self._listener = asyncio.create_task(self._listen(self._subscribed))
         with contextlib.suppress(TimeoutError):  # without wake-ups loops still poll every coordinator_delay
-            await asyncio.wait_for(self._subscribed.wait(), self.settings.storage_timeout)
+            async with asyncio.timeout(self.settings.storage_timeout):
+                await self._subscribed.wait()
         try:
             yield
         finally:
@@ -250,8 +252,7 @@ class Worker:
             if self._listeners == 0 and self._listener is not None:
                 listener, self._listener = self._listener, None
                 listener.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await listener
+                await asyncio.wait({listener})  # never swallows a cancellation of this task
 
     async def _listen(self, ready: asyncio.Event) -> None:
         storage = self.queue.storage
@@ -286,6 +287,8 @@ class _Loop:
 
     async def run(self, program: Program) -> int:
         result: Any = None
+        task = asyncio.current_task()
+        assert task is not None
         try:
             while True:
                 try:
@@ -293,6 +296,7 @@ class _Loop:
                 except StopIteration as stop:
                     return int(stop.value)
                 result = await self.execute(effect)
+                _raise_if_cancelled(task)
         finally:
             self.worker._idle.pop(self.waker, None)
             if self.bound is not None:  # cancelled or failed while bound: unacked batch stays
@@ -354,8 +358,7 @@ class _Loop:
         self.worker._bound.pop(thread, None)
         if self.heartbeat is not None:
             self.heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.heartbeat
+            await asyncio.wait({self.heartbeat})  # never swallows a cancellation of this loop
         try:
             if self.instance is not None:
                 await self.instance.stop()
@@ -459,6 +462,7 @@ class _Loop:
             try:
                 result = await call()
             except StorageError as exc:
+                _raise_if_cancelled(asyncio.current_task())  # the failure may be a cancellation a client turned
                 health.failed(exc)
                 await asyncio.sleep(self.worker.policy().backoff(min(attempt, 30), self.rng))
                 continue
@@ -466,3 +470,15 @@ class _Loop:
                 health.answered()
             return result
         raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _raise_if_cancelled(task: asyncio.Task[Any] | None) -> None:
+    """Raise `CancelledError` if ``task`` was cancelled, even when the cancellation was swallowed.
+
+    A client library may catch the `CancelledError` thrown into an await (to clean
+    up a connection, say) and return normally or raise something else; the task's
+    ``cancelling()`` count still says it was cancelled. Checked after every
+    effect, so a cancelled loop always stops.
+    """
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

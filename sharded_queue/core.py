@@ -21,7 +21,7 @@ from collections.abc import Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeAlias, overload
 
-from .errors import RouteError, RouteTypeError
+from .errors import LeaseLost, RouteError, RouteTypeError
 from .handler import RequestRoute, Route
 from .settings import Settings
 
@@ -170,6 +170,18 @@ class Batch:
     size: int
     messages: Sequence[Message]
     bad: Sequence[tuple[int, BaseException]] = ()
+    losses: int = 0
+    """How many times earlier holders fetched this head and never acked it."""
+
+    def head(self, size: int) -> Batch:
+        """The first ``size`` messages of this batch (the rest stays in its tube)."""
+        messages = self.messages
+        if isinstance(messages, Envelopes):
+            messages = messages[:size]
+        else:
+            messages = [message for message in messages if message.position < size]
+        bad = [(position, error) for position, error in self.bad if position < size]
+        return Batch(self.order, size, messages, bad, self.losses)
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +201,8 @@ class Ack:
     order: str
     count: int
     dead: tuple[DeadLetter, ...] = ()
+    clears_losses: bool = True
+    """Forget the tube's unacked fetches (False: only this batch's, when it was a shrunk head)."""
 
 
 class Lost(enum.Enum):
@@ -410,15 +424,45 @@ def _drain(
             continue
         assert isinstance(batch, Batch)
         empty = 0
+        clears = True
+        if batch.losses >= policy.attempts_for(thread.handler):
+            shrunk = after_losses(batch, policy.attempts_for(thread.handler), want)
+            if shrunk is None:
+                error = LeaseLost(
+                    f"lease lost {batch.losses} times with this request at the head of its tube: a perform "
+                    "that blocks the event loop longer than the lease TTL, or that kills its worker"
+                )
+                ack = Ack(batch.order, 1, (DeadLetter(0, error, batch.losses),))
+                done += 1
+                continue
+            batch, clears = shrunk, False
         dead = [DeadLetter(index, error, 0) for index, error in batch.bad]
         if batch.messages:
             dead += yield from _perform(thread, batch.messages, policy, rng, whole=True)
-        ack = Ack(batch.order, batch.size, tuple(sorted(dead, key=lambda d: d.index)) if dead else ())
+        ack = Ack(batch.order, batch.size, tuple(sorted(dead, key=lambda d: d.index)) if dead else (), clears)
         done += batch.size
         held += 1
         if policy.hold_limit and held >= policy.hold_limit:
             held = 0
             leaving = bool((yield Poll()))  # other threads wait for a loop: ack, then let go
+
+
+def after_losses(batch: Batch, attempts: int, limit: int) -> Batch | None:
+    """The head to perform of a batch (fetched with ``limit``) that earlier holders fetched
+    ``batch.losses`` times without acking it.
+
+    A holder loses its lease mid-batch when its ``perform`` blocks the event loop
+    longer than the lease TTL (no heartbeat can run), or kills the worker. The
+    losses are counted in storage, so the search for the culprit survives them:
+    from ``attempts`` losses on, each further loss halves the head that is
+    performed; a head that is performed and acked keeps the count, one that
+    loses again halves it. Once a single request keeps losing, this returns
+    None: it goes to the dead letters unperformed. So batches of up to B
+    cost at most ``attempts + floor(log2 B) + 1`` lost leases before the
+    culprit is dead-lettered, whatever their contents.
+    """
+    size = min(batch.size, limit >> (batch.losses - attempts + 1))
+    return batch.head(size) if size else None
 
 
 def _perform(

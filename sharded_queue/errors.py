@@ -8,6 +8,7 @@ Every error the queue raises on purpose derives from `QueueError`::
     │                        (also ValueError; a wrong item type is also a TypeError)
     ├── SerializationError   a request cannot be encoded for storage (also TypeError)
     ├── DecodeError          a stored payload cannot be decoded (dead-lettered, never raised to users)
+    ├── LeaseLost            a request kept losing its holder's lease (dead-lettered, never raised to users)
     └── StorageError         Redis could not be reached or answered with an error
         ├── StorageTimeout   no answer within the timeout
         └── StorageFull      Redis reached maxmemory (noeviction): registrations are refused
@@ -41,6 +42,14 @@ class SerializationError(QueueError, TypeError):
 
 class DecodeError(QueueError):
     """A payload found in storage cannot be decoded into the handler's request type."""
+
+
+class LeaseLost(QueueError):
+    """A request was at the head of every batch whose holder lost its lease, too many times.
+
+    Recorded in the dead letter of a request whose ``perform`` blocks the event
+    loop longer than the lease TTL (so no heartbeat runs), or kills its worker.
+    """
 
 
 class StorageError(QueueError):

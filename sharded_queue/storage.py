@@ -13,6 +13,7 @@ single-slot)::
     P:{H/T}:orders      zset    non-empty orders of the thread, scored by precedence
     P:{H/T}:lease       string  the lease token of the loop bound to the thread (PX ttl)
     P:{H/T}:acked       string  token:seq of the last ack applied (PX ttl), so retries never re-trim
+    P:{H/T}:losses      hash    per order: fetches of the tube's head never acked (lease lost, holder died)
     P:{H/T}:dead        list    dead letters of the thread (JSON records)
     P:{H}:threads       zset    index of non-empty threads, scored by when they become
                                 visible to the coordinator (now, or lease expiry while leased),
@@ -55,7 +56,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 
-from .core import ThreadRef, Tube
+from .core import Ack, ThreadRef, Tube
 from .errors import StorageError, StorageFull, StorageTimeout
 from .settings import Settings, redact_url
 
@@ -107,6 +108,10 @@ class Keys:
     def acked(self, ref: ThreadRef) -> str:
         """Stamp of the last ack applied under a lease (makes acks idempotent)."""
         return f"{self.thread(ref)}:acked"
+
+    def losses(self, ref: ThreadRef) -> str:
+        """Per order, fetches of the head never acked (lease lost or holder dead mid-batch)."""
+        return f"{self.thread(ref)}:losses"
 
     def dead(self, ref: ThreadRef) -> str:
         """A thread's dead letters."""
@@ -393,23 +398,24 @@ class Storage:
         ref: ThreadRef,
         token: str,
         ttl: float,
-        ack_order: str,
-        ack_count: int,
+        ack: Ack | None,
         ack_seq: int,
         dead: Sequence[bytes],
         limit: int,
-    ) -> tuple[str, list[bytes]] | bool | None:
+    ) -> tuple[str, list[bytes], int] | bool | None:
         """Ack the previous batch and fetch the next, fenced by the lease.
 
         Safe to retry with the same ``ack_seq`` after a lost reply: an ack is
         applied once per (token, seq).
 
         Returns:
-            ``(order, payloads)``; ``None`` when the thread is empty (or nothing
-            was asked); ``False`` when the lease is not ours and nothing changed.
+            ``(order, payloads, losses)``, where ``losses`` counts earlier fetches
+            of that head that were never acked; ``None`` when the thread is empty
+            (or nothing was asked); ``False`` when the lease is not ours and
+            nothing changed.
         """
         keys = self.keys
-        thread_keys = [keys.lease(ref), keys.orders(ref), keys.dead(ref), keys.acked(ref)]
+        thread_keys = [keys.lease(ref), keys.orders(ref), keys.dead(ref), keys.acked(ref), keys.losses(ref)]
         with translate_errors():
             if dead and self.cluster:  # marked first: pruning removes only threads it saw empty
                 await self._index(keys=[keys.dead_index(ref.handler)], args=["add", 0, ref.thread])
@@ -417,14 +423,25 @@ class Storage:
                 thread_keys.append(keys.dead_index(ref.handler))
             reply = await self._cycle(
                 keys=thread_keys,
-                args=[keys.tube_prefix(ref), token, _ms(ttl), ack_order, ack_count, ack_seq, limit, ref.thread, *dead],
+                args=[
+                    keys.tube_prefix(ref),
+                    token,
+                    _ms(ttl),
+                    ack.order if ack else "",
+                    ack.count if ack else 0,
+                    ack_seq,
+                    limit,
+                    ref.thread,
+                    1 if ack is None or ack.clears_losses else 0,
+                    *dead,
+                ],
             )
         if reply is None:
             return False
         if not reply:
             return None
-        order, payloads = reply
-        return order.decode(), payloads
+        order, payloads, losses = reply
+        return order.decode(), payloads, int(losses)
 
     async def renew(self, ref: ThreadRef, token: str, ttl: float) -> bool:
         """Extend our lease and keep the thread hidden from the coordinator meanwhile."""

@@ -396,16 +396,7 @@ class _Loop:
         seq = self.seq
         self.waker.arm()
         reply = await self._retrying(
-            lambda: self.storage.cycle(
-                thread,
-                self.token,
-                self.settings.lease_ttl,
-                ack.order if ack else "",
-                ack.count if ack else 0,
-                seq,
-                dead,
-                effect.limit,
-            )
+            lambda: self.storage.cycle(thread, self.token, self.settings.lease_ttl, ack, seq, dead, effect.limit)
         )
         if reply is False:
             logger.warning("lease of %s/%s lost: batch not acked, thread left", thread.handler, thread.thread)
@@ -413,15 +404,15 @@ class _Loop:
         if reply is None:
             return None
         assert isinstance(reply, tuple)
-        order, self.raw = reply
+        order, self.raw, losses = reply
         self.batch_order = order
-        return self._decode(thread, order, self.raw)
+        return self._decode(thread, order, self.raw, losses)
 
-    def _decode(self, thread: ThreadRef, order: str, payloads: list[bytes]) -> Batch:
+    def _decode(self, thread: ThreadRef, order: str, payloads: list[bytes], losses: int) -> Batch:
         messages, bad = self.worker.specs[thread.handler].codec.decode_batch(payloads)
         for _, error in bad:
             logger.error("undecodable payload in %s/%s dead-lettered: %s", thread.handler, thread.thread, error)
-        return Batch(order, len(payloads), messages, bad)
+        return Batch(order, len(payloads), messages, bad, losses)
 
     async def _perform(self, effect: Perform) -> BaseException | None:
         assert self.instance is not None

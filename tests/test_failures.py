@@ -7,6 +7,18 @@ import math
 from typing import ClassVar
 
 from sharded_queue import Handler, Queue, RequestRoute, Route, Settings, ThreadRef, Worker
+from sharded_queue.core import (
+    Acquire,
+    Batch,
+    Begin,
+    Cycle,
+    Envelopes,
+    LoopPolicy,
+    Perform,
+    Poll,
+    worker_program,
+)
+from sharded_queue.errors import LeaseLost
 from sharded_queue.testing import drain
 
 
@@ -174,3 +186,29 @@ async def _list_reads(queue: Queue) -> int | None:
         return None
     stats = await client.info("commandstats")
     return int(stats.get("cmdstat_lrange", {}).get("calls", 0))
+
+
+def test_lease_losses_halve_the_head_then_dead_letter_it() -> None:
+    """The pure decision: from `attempts` unacked fetches on, each further one halves the head performed."""
+    policy = LoopPolicy(batch_size=8, retry_attempts=2)
+    thread = ThreadRef("h", "0")
+    program = worker_program(policy, limit=None)
+    assert isinstance(next(program), Poll)
+    assert isinstance(program.send([thread]), Acquire)
+    assert isinstance(program.send(True), Begin)
+    cycle = program.send(None)
+    sizes = []
+    for losses in range(2, 7):  # each head performed below is lost again before its ack
+        batch = Batch("0", 8, Envelopes([(0.0, n) for n in range(8)]), losses=losses)
+        effect = program.send(batch)
+        if isinstance(effect, Cycle):  # dead-lettered unperformed: acked with its dead letter
+            assert effect.ack is not None and effect.ack.count == 1
+            (dead,) = effect.ack.dead
+            assert isinstance(dead.error, LeaseLost) and dead.attempts == losses
+            break
+        assert isinstance(effect, Perform)
+        sizes.append(len(effect.messages))
+        cycle = program.send(None)  # performed
+        assert isinstance(cycle, Cycle) and cycle.ack is not None
+        assert (cycle.ack.count, cycle.ack.clears_losses) == (len(effect.messages), False)
+    assert sizes == [4, 2, 1]

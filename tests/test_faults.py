@@ -253,3 +253,24 @@ async def test_cancelled_loops_always_stop(redis_url: str) -> None:
             await asyncio.wait(running, timeout=5)
         assert not running, f"trial {trial}: {len(running)} of 16 cancelled loops still running"
         await queue.close()
+
+
+# --- a perform that blocks the event loop -------------------------------------------
+
+
+async def test_perform_blocking_the_event_loop_past_the_lease_is_dead_lettered(processes: Processes) -> None:
+    """The request whose perform blocks longer than the lease TTL ends in the dead letters; the rest goes on."""
+    processes.env.update({"QUEUE_LEASE_TTL": "0.5", "QUEUE_RETRY_ATTEMPTS": "2", "QUEUE_WORKER_BATCH_SIZE": "8"})
+    await register_workload(processes.url, 1, 12)
+    processes.spawn(loops=1, TEST_BLOCK_SEQ="5", TEST_BLOCK_SECONDS="0.8")
+    await wait_until(lambda: _drained(processes.url), timeout=60)
+    queue = Queue(processes.url, settings=chaos_settings())
+    (letter,) = await queue.dead_letters(ChaosHandler)
+    await queue.close()
+    assert msgspec.json.decode(letter.payload)[1] == [0, 5]
+    assert letter.error_type == "LeaseLost"
+    assert "blocks the event loop" in letter.error
+    assert 2 <= letter.attempts <= 2 + 3  # lost leases: at most attempts + log2(8) before this one
+    performs = [seq for _, seq in performed(processes) if seq != 5]  # 5 ran to its end, but never under its lease
+    first = list(dict.fromkeys(performs))
+    assert first == [seq for seq in range(12) if seq != 5]  # every other request, in FIFO order

@@ -13,6 +13,7 @@ from typing import ClassVar
 import pytest
 
 from sharded_queue import Handler, Queue, RequestRoute, Route, Settings, Storage, ThreadRef, Tube, Worker
+from sharded_queue.core import Ack
 from sharded_queue.storage import TubeWrite
 from sharded_queue.testing import drain, wait_until
 
@@ -244,9 +245,9 @@ async def test_release_race_is_safe_step_by_step(queue: Queue) -> None:
     await queue.register(CountingHandler, 0)
     ref = ThreadRef(name, "0")
     assert await queue.storage.acquire(ref, "tok", 30)
-    batch = await queue.storage.cycle(ref, "tok", 30, "", 0, 0, [], 10)
+    batch = await queue.storage.cycle(ref, "tok", 30, None, 0, [], 10)
     assert batch is not None and batch is not False
-    assert await queue.storage.cycle(ref, "tok", 30, "0", 1, 1, [], 0) is None  # acked: empty
+    assert await queue.storage.cycle(ref, "tok", 30, Ack("0", 1), 1, [], 0) is None  # acked: empty
     await queue.register(CountingHandler, 4)  # lands while still leased, before release
     await queue.storage.release(ref, "tok")
     assert await queue.storage.indexed_threads(name) == ["0"]

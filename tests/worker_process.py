@@ -8,7 +8,9 @@ batch that was acked is always in the log:
 
 ``clock`` is a Redis counter, a global order of performs across processes.
 ``TEST_CLOCK_SKEW`` (seconds) sets this host's ``time.time`` that far off;
-``TEST_CLOCK_URL`` keeps the counter in another Redis (one that is not full).
+``TEST_CLOCK_URL`` keeps the counter in another Redis (one that is not full);
+``TEST_BLOCK_SEQ`` names a request whose perform blocks the event loop for
+``TEST_BLOCK_SECONDS``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from sharded_queue import Handler, Queue, RequestRoute, Route, Worker
 LOG_FD = -1
 CLOCK: aioredis.Redis | None = None
 PERFORM_SECONDS = float(os.environ.get("TEST_PERFORM_SECONDS", "0.002"))
+BLOCK_SEQ = int(os.environ.get("TEST_BLOCK_SEQ", "-1"))  # this request blocks the event loop...
+BLOCK_SECONDS = float(os.environ.get("TEST_BLOCK_SECONDS", "0"))  # ...this long (time.sleep)
 
 
 def log(event: str, thread: str = "-", seqs: str = "-", clock: int = 0) -> None:
@@ -46,6 +50,8 @@ class ChaosHandler(Handler):
         thread = str(requests[0][0])
         seqs = ",".join(str(r[1]) for r in requests)
         log("start", thread, seqs)
+        if any(r[1] == BLOCK_SEQ for r in requests):
+            time.sleep(BLOCK_SECONDS)  # a blocking call: no heartbeat can run meanwhile
         await asyncio.sleep(PERFORM_SECONDS)
         clock = await CLOCK.incr("test:clock")
         log("perform", thread, seqs, clock)

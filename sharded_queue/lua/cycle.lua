@@ -2,13 +2,17 @@
 -- Ack the previous batch and fetch the next one, in one round trip, fenced by the lease.
 -- Runs under a full Redis (allow-oom): it frees more than it writes.
 -- KEYS: lease, orders (zset of non-empty orders, by precedence), dead (dead-letter list),
---       acked (token:seq of the last applied ack, so a retried call never trims twice)
+--       acked (token:seq of the last applied ack, so a retried call never trims twice),
+--       losses (hash: per order, how many fetches of its head were never acked: a
+--       holder that lost its lease or died mid-batch)
 --       [, the handler's index of threads with dead letters (one server; on a
 --       cluster the client marks the thread there first, with index.lua)]
 -- ARGV: tube key prefix, token, lease ttl (ms), ack order, ack count, ack seq, fetch limit,
---       thread, dead records...
+--       thread, '1' to clear the acked order's losses (else only this fetch's is undone),
+--       dead records...
 -- Returns nil when the lease is not ours (nothing is touched), {} when the thread
--- is empty or nothing was asked, else {order, {payloads...}} from the most urgent tube.
+-- is empty or nothing was asked, else {order, {payloads...}, losses before this
+-- fetch} from the most urgent tube.
 if redis.call('GET', KEYS[1]) ~= ARGV[2] then
   return false
 end
@@ -20,10 +24,13 @@ if count > 0 and redis.call('GET', KEYS[4]) ~= stamp then
   if redis.call('EXISTS', tube) == 0 then
     redis.call('ZREM', KEYS[2], ARGV[4])
   end
-  if #ARGV > 8 then
-    redis.call('RPUSH', KEYS[3], unpack(ARGV, 9))
-    if KEYS[5] then
-      redis.call('ZADD', KEYS[5], 'NX', clock(), ARGV[8])
+  if ARGV[9] == '1' or redis.call('HINCRBY', KEYS[5], ARGV[4], -1) <= 0 then
+    redis.call('HDEL', KEYS[5], ARGV[4])
+  end
+  if #ARGV > 9 then
+    redis.call('RPUSH', KEYS[3], unpack(ARGV, 10))
+    if KEYS[6] then
+      redis.call('ZADD', KEYS[6], 'NX', clock(), ARGV[8])
     end
   end
   redis.call('SET', KEYS[4], stamp, 'PX', ARGV[3])
@@ -40,7 +47,7 @@ while true do
   end
   local items = redis.call('LRANGE', ARGV[1] .. head[1], 0, limit - 1)
   if #items > 0 then
-    return {head[1], items}
+    return {head[1], items, redis.call('HINCRBY', KEYS[5], head[1], 1) - 1}
   end
   redis.call('ZREM', KEYS[2], head[1])
 end

@@ -1,4 +1,4 @@
-"""``python -m benchmarks [--quick] ...``: the queue benchmarks, then the simulator's if present."""
+"""``python -m benchmarks [--quick] ...``: the queue benchmarks, the fault benchmarks, then the simulator's."""
 
 from __future__ import annotations
 
@@ -14,6 +14,10 @@ def main(argv: list[str] | None = None) -> int:
     from . import bench_queue
 
     status = bench_queue.main(argv)
+    print("\n=== fault benchmarks (benchmarks.bench_faults) ===", flush=True)
+    from . import bench_faults
+
+    status = bench_faults.main(["--quick"] if "--quick" in argv else []) or status
     if importlib.util.find_spec("benchmarks.bench_simulator") is None:
         return status
     print("\n=== simulator benchmarks (benchmarks.bench_simulator) ===", flush=True)

@@ -1,4 +1,4 @@
-"""``python -m benchmarks [--quick] ...``: the queue benchmarks, the fault benchmarks, then the simulator's."""
+"""``python -m benchmarks [--quick] ...``: the queue, fault and scheduling benchmarks, then the simulator's."""
 
 from __future__ import annotations
 
@@ -14,10 +14,11 @@ def main(argv: list[str] | None = None) -> int:
     from . import bench_queue
 
     status = bench_queue.main(argv)
-    print("\n=== fault benchmarks (benchmarks.bench_faults) ===", flush=True)
-    from . import bench_faults
+    from . import bench_faults, bench_scheduling
 
-    status = bench_faults.main(["--quick"] if "--quick" in argv else []) or status
+    for title, suite in (("fault", bench_faults), ("scheduling", bench_scheduling)):
+        print(f"\n=== {title} benchmarks ({suite.__name__}) ===", flush=True)
+        status = suite.main(["--quick"] if "--quick" in argv else []) or status
     if importlib.util.find_spec("benchmarks.bench_simulator") is None:
         return status
     print("\n=== simulator benchmarks (benchmarks.bench_simulator) ===", flush=True)

@@ -15,8 +15,6 @@ starts its own ``redis-server`` on a free loopback port and prints:
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import subprocess
 import sys
 import tempfile
@@ -24,6 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmarks import quick_main
 from sharded_queue import Handler, Queue, RequestRoute, Route, Settings
 from sharded_queue.testing import RedisServer
 
@@ -139,10 +138,7 @@ async def run(quick: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m benchmarks.bench_faults``."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_faults", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
-    asyncio.run(run(parser.parse_args(argv).quick))
-    return 0
+    return quick_main("python -m benchmarks.bench_faults", __doc__, run, argv)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from .handler import Handler, RequestRoute, Route
 from .queue import DeadLetterRecord, Queue
 from .settings import Settings, settings
 from .storage import Storage
+from .sync import SyncQueue
 from .worker import Worker
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "StorageError",
     "StorageFull",
     "StorageTimeout",
+    "SyncQueue",
     "ThreadRef",
     "Tube",
     "Worker",

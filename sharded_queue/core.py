@@ -19,6 +19,7 @@ import math
 import random
 from collections.abc import Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, TypeAlias, overload
 
 from .errors import LeaseLost, RouteError, RouteTypeError
@@ -108,6 +109,92 @@ def order_rank(order: str, declared: Sequence[str] | None) -> float:
 def order_key(order: str, declared: Sequence[str] | None) -> tuple[float, bytes]:
     """Sort key giving the same precedence as the storage's order index."""
     return order_rank(order, declared), order.encode()
+
+
+# --- time: deferred and recurring requests ------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """When a recurring request runs: every ``every`` seconds, or at each match of a ``cron`` string (UTC).
+
+    A tick is registered once, by whichever worker finds it due. When no worker
+    ran for several ticks, the missed ones collapse into one: the next tick is
+    always the first one after now.
+    """
+
+    every: float | None = None
+    cron: str | None = None
+
+    @classmethod
+    def of(cls, recurrent: float | int | timedelta | str) -> Schedule:
+        """The schedule of a ``recurrent=`` argument: seconds, a `timedelta` or a cron string.
+
+        Raises:
+            ValueError: a period that is not a positive finite number, or an invalid cron string.
+            TypeError: anything else.
+        """
+        if isinstance(recurrent, str):
+            from croniter import croniter
+
+            if not croniter.is_valid(recurrent):
+                raise ValueError(f"recurrent={recurrent!r} is not a valid cron string")
+            return cls(cron=recurrent)
+        seconds = _seconds("recurrent", recurrent)
+        if seconds <= 0:
+            raise ValueError(f"recurrent={recurrent!r}: the period must be positive")
+        return cls(every=seconds)
+
+    def first_after(self, now: float) -> float:
+        """The first tick after ``now`` (seconds since the epoch, the storage server's clock)."""
+        if self.every is not None:
+            return now + self.every
+        from croniter import croniter
+
+        assert self.cron is not None
+        return float(croniter(self.cron, datetime.fromtimestamp(now, UTC)).get_next(float))
+
+    def next_after(self, due: float, now: float) -> float:
+        """The tick after the one due at ``due``: the first after ``now`` (missed ticks collapse)."""
+        if self.every is not None:
+            return due + self.every * (math.floor(max(0.0, now - due) / self.every) + 1)
+        return self.first_after(max(due, now))
+
+    def describe(self) -> float | str:
+        """Seconds between ticks, or the cron string."""
+        return self.every if self.every is not None else str(self.cron)
+
+
+def due_when(defer: float | int | timedelta | datetime | None) -> str:
+    """How the storage is told when a deferred request is due: '' now, '+seconds' from its
+    own clock's now, or '@epoch seconds' for an aware datetime (compared on the server's clock).
+
+    Raises:
+        ValueError: a negative or non-finite delay, or a naive datetime.
+        TypeError: anything else.
+    """
+    if defer is None:
+        return ""
+    if isinstance(defer, datetime):
+        if defer.tzinfo is None or defer.utcoffset() is None:
+            raise ValueError(f"defer={defer!r} is a naive datetime: give it a timezone (e.g. datetime.now(UTC))")
+        return f"@{defer.timestamp()!r}"
+    seconds = _seconds("defer", defer)
+    if seconds < 0:
+        raise ValueError(f"defer={defer!r}: a delay cannot be negative")
+    return f"+{seconds!r}" if seconds else ""
+
+
+def _seconds(what: str, value: object) -> float:
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        raise TypeError(f"{what}= takes seconds or a timedelta, got {type(value).__name__}: {value!r}")
+    if not math.isfinite(seconds):
+        raise ValueError(f"{what}={value!r} is not a finite number of seconds")
+    return seconds
 
 
 # --- the worker program ------------------------------------------------------
@@ -217,7 +304,29 @@ LOST = Lost.LEASE
 @dataclass(frozen=True, slots=True)
 class Poll:
     """Ask the coordinator for threads that have messages and no lease.
-    Result: ``Sequence[ThreadRef]``, most deserving first."""
+    Result: ``Sequence[ThreadRef]``, most deserving first (`Candidates`: with when
+    the next deferred or recurring request is due)."""
+
+
+class Candidates(list[ThreadRef]):
+    """What a `Poll` found: threads visible now, most deserving first; ``due_in``, the
+    seconds until the next deferred or recurring request of the handlers is due; and
+    ``moved``, how many due ones the poll moved into tubes (maybe the bound thread's)."""
+
+    def __init__(self, threads: Iterable[ThreadRef] = (), due_in: float = math.inf, moved: int = 0) -> None:
+        super().__init__(threads)
+        self.due_in = due_in
+        self.moved = moved
+
+
+def due_in(found: Sequence[ThreadRef]) -> float:
+    """Seconds until the next due request that a poll saw (infinite when it says nothing)."""
+    return found.due_in if isinstance(found, Candidates) else math.inf
+
+
+def moved(found: Sequence[ThreadRef]) -> bool:
+    """Whether a poll moved due requests into tubes."""
+    return isinstance(found, Candidates) and found.moved > 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -393,7 +502,7 @@ def _bind(
         for thread in ordered:
             if (yield Acquire(thread)):
                 return thread
-        yield Wait(policy.coordinator_delay)
+        yield Wait(min(policy.coordinator_delay, due_in(candidates)))
     return None
 
 
@@ -418,9 +527,11 @@ def _drain(
             empty += 1
             if empty >= policy.empty_limit:
                 return done
-            if (yield Poll()):  # other threads wait for a loop: don't sit on an empty one
+            waiting = yield Poll()
+            if waiting:  # other threads wait for a loop: don't sit on an empty one
                 return done
-            yield Wait(policy.empty_pause)
+            if not moved(waiting):  # else what came due may be this thread's: look at once
+                yield Wait(min(policy.empty_pause, due_in(waiting)))
             continue
         assert isinstance(batch, Batch)
         empty = 0

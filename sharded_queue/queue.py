@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from .core import Tube, check_routes, group_by_tube, order_rank
+from .core import Schedule, Tube, check_routes, due_when, group_by_tube, order_rank
 from .errors import StorageError
 from .handler import Handler, declared_orders, handler_name, request_type
 from .serializer import Codec
 from .settings import Settings
 from .settings import settings as default_settings
-from .storage import Storage, TubeWrite
+from .storage import Storage, StoredSchedule, TubeWrite
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @dataclass(frozen=True)
@@ -123,7 +127,14 @@ class Queue:
             self._specs[handler] = spec
         return spec
 
-    async def register(self, handler: type[Handler], *requests: Any) -> int:
+    async def register(
+        self,
+        handler: type[Handler],
+        *requests: Any,
+        defer: float | timedelta | datetime | None = None,
+        if_not_exists: bool = False,
+        recurrent: float | timedelta | str | None = None,
+    ) -> int:
         """Route, serialize and append ``requests`` to ``handler``'s tubes.
 
         Everything is validated and encoded first, then written in one round
@@ -132,27 +143,53 @@ class Queue:
         ``settings.register_chunk`` requests is written in chunks of that size,
         in order, each all or nothing, so that it never blocks Redis for long.
 
+        Args:
+            handler: The handler class.
+            requests: Its requests, in order.
+            defer: Join the tube's tail later: after these seconds (or `timedelta`),
+                or at this aware `datetime`, on the storage server's clock. Requests
+                of one tube due at the same time keep their registration order.
+            if_not_exists: Skip a request whose encoded bytes equal those of one
+                still waiting (queued or deferred) in the same tube; it is stored
+                again once that one is acked (performed or dead-lettered).
+            recurrent: Register each request again on every tick of a schedule:
+                every so many seconds (or `timedelta`), the first tick one period
+                from now, or at each match of a cron string (UTC). Registering the
+                same request (same thread and order) again replaces its schedule;
+                ticks missed while no worker ran collapse into one. Not with ``defer``.
+
         Returns:
-            How many requests were stored.
+            How many requests were stored (scheduled, for ``recurrent``).
 
         Raises:
             RouteError: ``route()`` did not return one `RequestRoute` per request
                 (`RouteTypeError`, also a TypeError, for a wrong item type).
-            ValueError: an order not in ``handler.orders``.
+            ValueError: an order not in ``handler.orders``; a negative or naive
+                ``defer``; an invalid ``recurrent``; ``defer`` with ``recurrent``.
+            TypeError: ``defer``, ``recurrent`` or ``if_not_exists`` of the wrong type.
             SerializationError: a request is not of the handler's request type.
             StorageFull: Redis is full (nothing of the chunk was written).
             StorageError: Redis failed or did not answer in time; its ``stored``
                 says how many requests earlier chunks stored.
         """
         spec = self.spec(handler)
+        when = due_when(defer)
+        schedule = None if recurrent is None else Schedule.of(recurrent)
+        if schedule is not None and defer is not None:
+            raise ValueError("recurrent= and defer= together: a recurring request starts at its first tick")
+        if not isinstance(if_not_exists, bool):
+            raise TypeError(f"if_not_exists= takes a bool, got {if_not_exists!r}")
         if not requests:
             return 0
         routes = check_routes(requests, await handler.route(*requests), f"{handler.__qualname__}.route()")
         now = time.time()  # the client's clock: for traces only, never compared by the storage
+        if schedule is not None:
+            first = schedule.first_after(await self.storage.server_time())
+            when = f"@{first!r}"
         size = self.settings.register_chunk
         chunks = [
             [
-                TubeWrite(tube, order_rank(tube.order, spec.orders), spec.codec.encode(batch, now))
+                self._write(spec, tube, spec.codec.encode(batch, now), if_not_exists, when, schedule)
                 for tube, batch in group_by_tube(spec.name, routes[start : start + size]).items()
             ]
             for start in range(0, len(routes), size)
@@ -168,6 +205,43 @@ class Queue:
                 raise
         self._registered.setdefault(spec.name, handler)
         return stored
+
+    @staticmethod
+    def _write(
+        spec: HandlerSpec, tube: Tube, envelopes: bytes, unique: bool, when: str, schedule: Schedule | None
+    ) -> TubeWrite:
+        rank = order_rank(tube.order, spec.orders)
+        if schedule is None:
+            return TubeWrite(tube, rank, envelopes, unique, when)
+        kept = StoredSchedule(schedule.every, schedule.cron, repr(rank), unique)
+        return TubeWrite(tube, rank, envelopes, unique, when, msgspec.json.encode(kept))
+
+    async def unschedule(self, handler: type[Handler], *requests: Any) -> int:
+        """Stop recurring requests (routed like `register` routes them); returns how many were scheduled."""
+        spec = self.spec(handler)
+        if not requests:
+            return 0
+        routes = check_routes(requests, await handler.route(*requests), f"{handler.__qualname__}.route()")
+        members: dict[str, list[bytes]] = {}
+        for tube, batch in group_by_tube(spec.name, routes).items():
+            for envelope in spec.codec.encode(batch, 0.0).split(b"\n"):
+                request = envelope[envelope.index(b",") + 1 : -1]  # as push.lua cuts it
+                members.setdefault(tube.thread, []).append(request + b"\n" + tube.order.encode())
+        return await self.storage.unschedule(spec.name, members)
+
+    async def schedules(self, handler: type[Handler]) -> pd.DataFrame:
+        """``handler``'s recurring requests: request, thread, order, every (seconds or a cron
+        string) and next_at (the next tick, an aware UTC datetime on the storage server's clock)."""
+        import pandas as pd
+
+        spec = self.spec(handler)
+        rows = []
+        for thread, member, kept, next_due in await self.storage.schedules(spec.name):
+            request, _, order = member.partition(b"\n")
+            _, decoded = spec.codec.decode(b"[0," + request + b"]")
+            schedule = kept.schedule()
+            rows.append((decoded, thread, order.decode(), schedule.describe(), datetime.fromtimestamp(next_due, UTC)))
+        return pd.DataFrame(rows, columns=["request", "thread", "order", "every", "next_at"])
 
     async def pending(self, handler: type[Handler]) -> int:
         """Messages of ``handler`` waiting in storage (inspection; walks the handler's index)."""

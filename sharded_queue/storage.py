@@ -14,6 +14,11 @@ single-slot)::
     P:{H/T}:lease       string  the lease token of the loop bound to the thread (PX ttl)
     P:{H/T}:acked       string  token:seq of the last ack applied (PX ttl), so retries never re-trim
     P:{H/T}:losses      hash    per order: fetches of the tube's head never acked (lease lost, holder died)
+    P:{H/T}:deferred    zset    deferred envelopes (sequence, envelope, rank, order), scored by due time
+    P:{H/T}:deferred-seq string counter: deferred envelopes due together keep their registration order
+    P:{H/T}:marks       hash    waiting if_not_exists requests: order newline request -> enqueued_at
+    P:{H/T}:recurring   zset    recurring requests (request newline order), scored by their next tick
+    P:{H/T}:schedules   hash    recurring request -> its schedule (JSON: every or cron, rank, unique)
     P:{H/T}:dead        list    dead letters of the thread (JSON records)
     P:{H}:threads       zset    index of non-empty threads, scored by when they become
                                 visible to the coordinator (now, or lease expiry while leased),
@@ -21,6 +26,8 @@ single-slot)::
     P:stamps            zset    one server: stamps of recent registrations (retries append once)
     P:{H/T}:stamps      zset    a cluster: the same, per thread (each slot's call is retried alone)
     P:{H}:dead-threads  zset    threads of H that have dead letters (scored by the first one's time)
+    P:{H}:due           zset    threads of H with deferred or recurring requests, scored by the
+                                earliest due time (server clock): workers look only at what is due
     P:wake              channel a message per registration naming its threads, to wake loops
 
 Invariants: an order is in ``orders`` iff its tube is non-empty (scripts keep
@@ -56,7 +63,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 
-from .core import Ack, ThreadRef, Tube
+from .core import Ack, Candidates, Schedule, ThreadRef, Tube
 from .errors import StorageError, StorageFull, StorageTimeout
 from .settings import Settings, redact_url
 
@@ -67,11 +74,39 @@ CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 
 @dataclass(frozen=True, slots=True)
 class TubeWrite:
-    """Envelopes to append to one tube (newline-joined, see `Codec.encode`), with the order's rank."""
+    """Envelopes to write to one tube (newline-joined, see `Codec.encode`), with the order's rank.
+
+    Attributes:
+        unique: Drop an envelope whose request equals a waiting one's (``if_not_exists``).
+        when: ``''`` now, ``'+seconds'`` from the server's now, ``'@epoch'`` (`core.due_when`).
+        schedule: For recurring requests: the JSON kept with each (`Queue.register`);
+            ``when`` is then the first tick.
+    """
 
     tube: Tube
     rank: float
     envelopes: bytes
+    unique: bool = False
+    when: str = ""
+    schedule: bytes = b""
+
+    @property
+    def immediate(self) -> bool:
+        """Whether its envelopes join the tube now (neither deferred nor scheduled)."""
+        return not self.when and not self.schedule
+
+
+class StoredSchedule(msgspec.Struct, omit_defaults=True):
+    """What is kept with a recurring request: its `Schedule`, its order's rank, ``if_not_exists``."""
+
+    every: float | None = None
+    cron: str | None = None
+    rank: str = "0"
+    unique: bool = False
+
+    def schedule(self) -> Schedule:
+        """The schedule."""
+        return Schedule(self.every, self.cron)
 
 
 class Keys:
@@ -108,6 +143,30 @@ class Keys:
     def acked(self, ref: ThreadRef) -> str:
         """Stamp of the last ack applied under a lease (makes acks idempotent)."""
         return f"{self.thread(ref)}:acked"
+
+    def deferred(self, ref: ThreadRef) -> str:
+        """Zset of a thread's deferred envelopes, scored by due time."""
+        return f"{self.thread(ref)}:deferred"
+
+    def deferred_seq(self, ref: ThreadRef) -> str:
+        """Counter ordering a thread's deferred envelopes due at the same time."""
+        return f"{self.thread(ref)}:deferred-seq"
+
+    def marks(self, ref: ThreadRef) -> str:
+        """Hash of a thread's waiting ``if_not_exists`` requests: order and request -> enqueued_at."""
+        return f"{self.thread(ref)}:marks"
+
+    def recurring(self, ref: ThreadRef) -> str:
+        """Zset of a thread's recurring requests (request, newline, order), scored by next tick."""
+        return f"{self.thread(ref)}:recurring"
+
+    def schedules(self, ref: ThreadRef) -> str:
+        """Hash of a thread's recurring requests -> their schedule (JSON)."""
+        return f"{self.thread(ref)}:schedules"
+
+    def due_index(self, handler: str) -> str:
+        """Zset of a handler's threads with deferred or recurring requests, scored by the earliest due."""
+        return f"{self.prefix}:{{{handler}}}:due"
 
     def losses(self, ref: ThreadRef) -> str:
         """Per order, fetches of the head never acked (lease lost or holder dead mid-batch)."""
@@ -258,6 +317,9 @@ class Storage:
         self._release = self._scripts["release"]
         self._index = self._scripts["index"]
         self._candidates = self._scripts["candidates"]
+        self._due = self._scripts["due"]
+        self._fire = self._scripts["fire"]
+        self._unschedule = self._scripts["unschedule"]
         self._settled: list[str] = []  # stamps of calls that returned: forgotten by the next push
 
     @classmethod
@@ -295,9 +357,9 @@ class Storage:
             keys = [self.keys.stamps()]
             args: list[Any] = [stamp, self.stamp_window, self.keys.wake, wake, len(forget), *forget]
             self._tube_arguments(writes, keys, args)
-            keys.append(self.keys.index(handler))
+            keys += (self.keys.index(handler), self.keys.due_index(handler))
             try:
-                count = int(await self._push(keys=keys, args=args))
+                count = int((await self._push(keys=keys, args=args))[0])
             except BaseException:
                 self._settled.extend(forget)  # harmless if the call did forget them
                 raise
@@ -318,16 +380,42 @@ class Storage:
                 self._tube_arguments(group, keys, args)
                 pipe.execute_command("EVALSHA", self._push.sha, len(keys), *keys, *args)
 
-        counts = await self._pipeline(append)
-        await self._index(keys=[self.keys.index(handler)], args=["add", 0, *threads])
+        replies = await self._pipeline(append)
+        queued = [
+            thread
+            for (thread, group), (_, _, moved) in zip(by_thread.items(), replies, strict=True)
+            if moved or any(write.immediate for write in group)
+        ]
+        if queued:
+            await self._index(keys=[self.keys.index(handler)], args=["add", 0, *queued])
+        for thread, (_, due, _) in zip(by_thread, replies, strict=True):
+            if due:
+                await self._index(keys=[self.keys.due_index(handler)], args=["at", due, thread])
         await self.client.publish(self.keys.wake, wake)
-        return sum(int(count) for count in counts)
+        return sum(int(count) for count, _, _ in replies)
 
     def _tube_arguments(self, writes: Sequence[TubeWrite], keys: list[str], args: list[Any]) -> None:
         for write in writes:
             tube = write.tube
-            keys += (self.keys.tube(tube), self.keys.orders(tube.thread_ref))
-            args += (tube.thread, tube.order, write.rank, write.envelopes)
+            ref = tube.thread_ref
+            keys += (
+                self.keys.tube(tube),
+                self.keys.orders(ref),
+                self.keys.deferred(ref),
+                self.keys.deferred_seq(ref),
+                self.keys.marks(ref),
+                self.keys.recurring(ref),
+                self.keys.schedules(ref),
+            )
+            args += (
+                tube.thread,
+                tube.order,
+                write.rank,
+                write.envelopes,
+                1 if write.unique else 0,
+                write.when,
+                write.schedule,
+            )
 
     async def _pipeline(self, build: Callable[[Any], object]) -> list[Any]:
         """Run the script calls ``build`` queues on a pipeline, loading the scripts if the server lacks them.
@@ -349,23 +437,90 @@ class Storage:
 
     # --- coordinator --------------------------------------------------------
 
-    async def candidates(self, handlers: Sequence[str], count: int) -> list[ThreadRef]:
-        """Up to ``count`` threads per handler visible now (server clock), longest-visible first."""
+    async def candidates(self, handlers: Sequence[str], count: int) -> tuple[Candidates, list[ThreadRef]]:
+        """What a coordinator poll sees, on the server's clock (one round trip).
+
+        Returns:
+            Up to ``count`` threads per handler visible now, longest-visible
+            first, with the seconds until the next deferred or recurring request
+            is due; and the threads with requests due now, for `move_due`.
+        """
         sha = self._candidates.sha
 
         def read(pipe: Any) -> None:
             for handler in handlers:
-                pipe.execute_command("EVALSHA", sha, 1, self.keys.index(handler), count)
+                pipe.execute_command("EVALSHA", sha, 2, self.keys.index(handler), self.keys.due_index(handler), count)
 
         with translate_errors():
             replies = await self._pipeline(read)
-        found = [
-            (float(reply[i + 1]), ThreadRef(handler, reply[i].decode()))
-            for handler, reply in zip(handlers, replies, strict=True)
-            for i in range(0, len(reply), 2)
-        ]
+        found: list[tuple[float, ThreadRef]] = []
+        due: list[ThreadRef] = []
+        due_in = math.inf
+        for handler, (visible, ready, later) in zip(handlers, replies, strict=True):
+            found += (
+                (float(visible[i + 1]), ThreadRef(handler, visible[i].decode())) for i in range(0, len(visible), 2)
+            )
+            due += (ThreadRef(handler, thread.decode()) for thread in ready)
+            if later:
+                due_in = min(due_in, float(later))
         found.sort(key=lambda item: item[0])
-        return [ref for _, ref in found]
+        return Candidates((ref for _, ref in found), due_in), due
+
+    async def move_due(self, ref: ThreadRef, limit: int = 1000) -> int:
+        """Move ``ref``'s deferred requests that are due to their tubes' tails, and register
+        its recurring requests' due ticks (each once, whoever else tries). Returns how many."""
+        keys = self.keys
+        thread_keys = [
+            keys.deferred(ref),
+            keys.deferred_seq(ref),
+            keys.orders(ref),
+            keys.recurring(ref),
+            keys.schedules(ref),
+        ]
+        with translate_errors():
+            moved, _, fire, now = await self._on_thread(
+                self._due, ref, thread_keys, [keys.tube_prefix(ref), limit], index=True
+            )
+            fired = 0
+            for i in range(0, len(fire), 3):
+                member, due, raw = fire[i : i + 3]
+                schedule = msgspec.json.decode(raw, type=StoredSchedule)
+                next_due = schedule.schedule().next_after(float(due), float(now))
+                fired += await self._on_thread(
+                    self._fire,
+                    ref,
+                    [keys.recurring(ref), keys.orders(ref), keys.marks(ref), keys.deferred(ref)],
+                    [keys.tube_prefix(ref), member, due, repr(next_due), schedule.rank, 1 if schedule.unique else 0],
+                    index=True,
+                )
+            if self.cluster and moved + fired:
+                await self._index(keys=[keys.index(ref.handler)], args=["add", 0, ref.thread])
+            if self.cluster:
+                await self._reindex_due(ref)
+            if moved + fired:  # like a registration: wake the loop holding the thread, else an idle one
+                await self.client.publish(keys.wake, msgspec.json.encode([[ref.handler, ref.thread]]))
+        return int(moved) + fired
+
+    async def _reindex_due(self, ref: ThreadRef) -> None:
+        """Score a cluster's due index entry of ``ref`` by its earliest due: remove, re-check, re-add
+        (a registration racing with this keeps its own, lower, score)."""
+        index = self.keys.due_index(ref.handler)
+        await self.client.zrem(index, ref.thread)
+        deferred, recurring = await self._pipeline(
+            lambda pipe: [
+                pipe.zrange(self.keys.deferred(ref), 0, 0, withscores=True),
+                pipe.zrange(self.keys.recurring(ref), 0, 0, withscores=True),
+            ]
+        )
+        scores = [score for _, score in (*deferred, *recurring)]
+        if scores:
+            await self._index(keys=[index], args=["at", repr(min(scores)), ref.thread])
+
+    async def server_time(self) -> float:
+        """The storage server's clock, in seconds since the epoch."""
+        with translate_errors():
+            seconds, micros = await self.client.time()
+        return float(seconds) + float(micros) / 1_000_000
 
     async def acquire(self, ref: ThreadRef, token: str, ttl: float) -> bool:
         """Take ``ref``'s lease; hide it in the index while held. False if empty or taken."""
@@ -378,11 +533,21 @@ class Storage:
                 await self._unindex(ref)
         return bool(taken == 1)
 
-    async def _on_thread(self, script: Any, ref: ThreadRef, keys: list[str], args: list[Any]) -> Any:
-        """Call a thread script; on one server with the handler's index too, so it updates it atomically."""
-        if self.cluster:  # the index is another slot: the caller follows up with index.lua
+    async def _on_thread(
+        self, script: Any, ref: ThreadRef, keys: list[str], args: list[Any], index: bool = False
+    ) -> Any:
+        """Call a thread script; on one server with the handler's index too (and its due index
+        with ``index=True``), so it updates them atomically. ``ref.thread`` follows the first
+        argument for those scripts, last for the others."""
+        if index:
+            args = [args[0], ref.thread, *args[1:]]
+        if self.cluster:  # the indexes are another slot: the caller follows up with index.lua
             return await script(keys=keys, args=args)
-        return await script(keys=[*keys, self.keys.index(ref.handler)], args=[*args, ref.thread])
+        extra = [self.keys.index(ref.handler)]
+        if index:
+            extra.append(self.keys.due_index(ref.handler))
+            return await script(keys=[*keys, *extra], args=args)
+        return await script(keys=[*keys, *extra], args=[*args, ref.thread])
 
     async def _unindex(self, ref: ThreadRef) -> None:
         """Remove an empty thread from a cluster's index, safely against a racing register."""
@@ -415,7 +580,14 @@ class Storage:
             nothing changed.
         """
         keys = self.keys
-        thread_keys = [keys.lease(ref), keys.orders(ref), keys.dead(ref), keys.acked(ref), keys.losses(ref)]
+        thread_keys = [
+            keys.lease(ref),
+            keys.orders(ref),
+            keys.dead(ref),
+            keys.acked(ref),
+            keys.losses(ref),
+            keys.marks(ref),
+        ]
         with translate_errors():
             if dead and self.cluster:  # marked first: pruning removes only threads it saw empty
                 await self._index(keys=[keys.dead_index(ref.handler)], args=["add", 0, ref.thread])
@@ -530,6 +702,43 @@ class Storage:
             threads = list(dict.fromkeys(tube.thread for tube, _, _ in writes))
             await self._index(keys=[self.keys.index(handler)], args=["add", 0, *threads])
 
+    # --- recurring requests -------------------------------------------------
+
+    async def unschedule(self, handler: str, members: Mapping[str, Sequence[bytes]]) -> int:
+        """Remove recurring requests (``members`` by thread: request, newline, order); returns how many."""
+        removed = 0
+        with translate_errors():
+            for thread, names in members.items():
+                ref = ThreadRef(handler, thread)
+                keys = [self.keys.recurring(ref), self.keys.schedules(ref), self.keys.deferred(ref)]
+                if not self.cluster:
+                    keys.append(self.keys.due_index(handler))
+                removed += int(await self._unschedule(keys=keys, args=[thread, *names]))
+                if self.cluster:
+                    await self._reindex_due(ref)
+        return removed
+
+    async def schedules(self, handler: str) -> list[tuple[str, bytes, StoredSchedule, float]]:
+        """Every recurring request of ``handler``: (thread, request newline order, schedule, next tick)."""
+        with translate_errors():
+            threads = [member.decode() for member in await self.client.zrange(self.keys.due_index(handler), 0, -1)]
+            refs = [ThreadRef(handler, thread) for thread in threads]
+            replies = await self._pipeline(
+                lambda pipe: [
+                    (
+                        pipe.zrange(self.keys.recurring(ref), 0, -1, withscores=True),
+                        pipe.hgetall(self.keys.schedules(ref)),
+                    )
+                    for ref in refs
+                ]
+            )
+        found = []
+        for thread, ticks, kept in zip(threads, replies[::2], replies[1::2], strict=True):
+            for member, next_due in ticks:
+                if member in kept:
+                    found.append((thread, member, msgspec.json.decode(kept[member], type=StoredSchedule), next_due))
+        return found
+
     # --- dead letters -------------------------------------------------------
 
     async def dead_threads(self, handler: str) -> list[str]:
@@ -585,7 +794,7 @@ def wake_threads(data: bytes) -> list[ThreadRef]:
         return []
 
 
-SCRIPTS = ("push", "cycle", "acquire", "renew", "release", "index", "candidates")
+SCRIPTS = ("push", "cycle", "acquire", "renew", "release", "index", "candidates", "due", "fire", "unschedule")
 
 
 def _ms(seconds: float) -> int:

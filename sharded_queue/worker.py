@@ -29,6 +29,7 @@ from .core import (
     Acquire,
     Batch,
     Begin,
+    Candidates,
     Control,
     Cycle,
     Effect,
@@ -314,9 +315,7 @@ class _Loop:
             case Poll():
                 self.waker.arm()
                 self.worker._idle[self.waker] = None
-                return await self._retrying(
-                    lambda: self.storage.candidates(list(self.worker.specs), CANDIDATES_PER_HANDLER)
-                )
+                return await self._poll()
             case Acquire(thread):
                 token = secrets.token_hex(16)
                 ttl = self.settings.lease_ttl
@@ -335,6 +334,18 @@ class _Loop:
                 await self._end()
                 return None
         raise TypeError(f"unknown effect {effect!r}")  # pragma: no cover
+
+    async def _poll(self) -> Candidates:
+        """The coordinator's candidates, after moving deferred and recurring requests that are due."""
+        handlers = list(self.worker.specs)
+        found, due = await self._retrying(lambda: self.storage.candidates(handlers, CANDIDATES_PER_HANDLER))
+        if not due:
+            return found
+        count = 0
+        for thread in due:
+            count += await self._retrying(lambda: self.storage.move_due(thread))  # noqa: B023 - awaited at once
+        found, _ = await self._retrying(lambda: self.storage.candidates(handlers, CANDIDATES_PER_HANDLER))
+        return Candidates(found, found.due_in, count)
 
     async def _begin(self, thread: ThreadRef) -> None:
         self.bound = thread

@@ -12,6 +12,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import fakeredis
 import pytest
@@ -92,6 +93,29 @@ def redis_cluster() -> Iterator[RedisClusterNodes]:
         cluster = RedisClusterNodes(Path(directory))
         yield cluster
         cluster.stop()
+
+
+WORKER_ENV = {
+    "QUEUE_LEASE_TTL": "1.5",
+    "QUEUE_COORDINATOR_DELAY": "0.1",
+    "QUEUE_WORKER_EMPTY_LIMIT": "4",
+    "QUEUE_WORKER_EMPTY_PAUSE": "0.05",
+    "QUEUE_KEY_PREFIX": "chaos",
+    "TEST_PERFORM_SECONDS": "0",
+}
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[Any]:
+    """Worker processes (`tests.worker_process`) against a redis-server of their own."""
+    from tests.test_crashes import Processes
+
+    need_redis_server()
+    server = RedisServer(tmp_path)
+    group = Processes(server.url, tmp_path, dict(WORKER_ENV))
+    yield group
+    group.stop_all()
+    server.stop()
 
 
 @pytest.fixture

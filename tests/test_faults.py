@@ -18,21 +18,11 @@ import pytest
 
 from sharded_queue import Handler, Queue, RequestRoute, Route, Settings, StorageError, StorageFull, Tube, Worker
 from sharded_queue.testing import RedisServer, wait_until
-from tests.conftest import need_redis_server
+from tests.conftest import WORKER_ENV, need_redis_server
 from tests.test_crashes import Processes, chaos_settings, pending, register_workload
 from tests.worker_process import ChaosHandler
 
 HOUR = 3600.0
-
-
-@pytest.fixture
-def processes(tmp_path: Path) -> Iterator[Processes]:
-    need_redis_server()
-    server = RedisServer(tmp_path)
-    group = Processes(server.url, tmp_path, dict(ENV))
-    yield group
-    group.stop_all()
-    server.stop()
 
 
 @pytest.fixture
@@ -42,21 +32,11 @@ def full(tmp_path: Path) -> Iterator[Processes]:
     (tmp_path / "clock").mkdir()
     clock = RedisServer(tmp_path / "clock")
     server = RedisServer(tmp_path, "--maxmemory", "8mb", "--maxmemory-policy", "noeviction")
-    group = Processes(server.url, tmp_path, {**ENV, "TEST_CLOCK_URL": clock.url})
+    group = Processes(server.url, tmp_path, {**WORKER_ENV, "TEST_CLOCK_URL": clock.url})
     yield group
     group.stop_all()
     server.stop()
     clock.stop()
-
-
-ENV = {
-    "QUEUE_LEASE_TTL": "1.5",
-    "QUEUE_COORDINATOR_DELAY": "0.1",
-    "QUEUE_WORKER_EMPTY_LIMIT": "4",
-    "QUEUE_WORKER_EMPTY_PAUSE": "0.05",
-    "QUEUE_KEY_PREFIX": "chaos",
-    "TEST_PERFORM_SECONDS": "0",
-}
 
 
 def performed(processes: Processes, pid: int | None = None) -> list[tuple[str, int]]:

@@ -4,7 +4,8 @@
 -- KEYS: lease, orders (zset of non-empty orders, by precedence), dead (dead-letter list),
 --       acked (token:seq of the last applied ack, so a retried call never trims twice),
 --       losses (hash: per order, how many fetches of its head were never acked: a
---       holder that lost its lease or died mid-batch)
+--       holder that lost its lease or died mid-batch),
+--       marks (hash of if_not_exists requests waiting: an acked one's mark goes)
 --       [, the handler's index of threads with dead letters (one server; on a
 --       cluster the client marks the thread there first, with index.lua)]
 -- ARGV: tube key prefix, token, lease ttl (ms), ack order, ack count, ack seq, fetch limit,
@@ -20,6 +21,28 @@ local count = tonumber(ARGV[5])
 local stamp = ARGV[2] .. ':' .. ARGV[6]
 if count > 0 and redis.call('GET', KEYS[4]) ~= stamp then
   local tube = ARGV[1] .. ARGV[4]
+  if redis.call('EXISTS', KEYS[6]) == 1 then  -- the acked batch may hold if_not_exists requests
+    local fields, stamps = {}, {}
+    for _, envelope in ipairs(redis.call('LRANGE', tube, 0, count - 1)) do
+      local comma = string.find(envelope, ',', 1, true)
+      if comma then  -- a mark is this very envelope's if it holds its enqueued_at
+        fields[#fields + 1] = ARGV[4] .. '\n' .. string.sub(envelope, comma + 1, -2)
+        stamps[#stamps + 1] = string.sub(envelope, 2, comma - 1)
+      end
+    end
+    local gone = {}
+    for first = 1, #fields, 4000 do
+      local found = redis.call('HMGET', KEYS[6], unpack(fields, first, math.min(first + 3999, #fields)))
+      for j, value in ipairs(found) do
+        if value == stamps[first + j - 1] then
+          gone[#gone + 1] = fields[first + j - 1]
+        end
+      end
+    end
+    for first = 1, #gone, 4000 do
+      redis.call('HDEL', KEYS[6], unpack(gone, first, math.min(first + 3999, #gone)))
+    end
+  end
   redis.call('LTRIM', tube, count, -1)
   if redis.call('EXISTS', tube) == 0 then
     redis.call('ZREM', KEYS[2], ARGV[4])
@@ -29,8 +52,8 @@ if count > 0 and redis.call('GET', KEYS[4]) ~= stamp then
   end
   if #ARGV > 9 then
     redis.call('RPUSH', KEYS[3], unpack(ARGV, 10))
-    if KEYS[6] then
-      redis.call('ZADD', KEYS[6], 'NX', clock(), ARGV[8])
+    if KEYS[7] then
+      redis.call('ZADD', KEYS[7], 'NX', clock(), ARGV[8])
     end
   end
   redis.call('SET', KEYS[4], stamp, 'PX', ARGV[3])

@@ -2,17 +2,21 @@
 -- A handler's index of threads, on a cluster, where it lives in another slot than
 -- the threads (on one server the thread scripts do this themselves): the
 -- coordinator's index of non-empty threads, scored by when a thread becomes
--- visible on this server's clock, or the index of threads with dead letters.
+-- visible on this server's clock, the index of threads with dead letters, or the
+-- due index of threads with deferred or recurring requests.
 -- KEYS: index.  ARGV: mode, offset (ms), threads...
 --   add   visible now, unless already indexed (after an append; keeps a hidden thread hidden)
 --   show  visible now (after a release that left messages)
 --   hide  visible only after offset, if indexed (a lease was taken or renewed)
+--   at    the due index: scored ARGV[2] (a due time), unless already scored lower
 -- Runs under a full Redis: a thread whose tube was appended must get indexed.
 local mode = ARGV[1]
 local now = clock()
 for i = 3, #ARGV do
   if mode == 'add' then
     redis.call('ZADD', KEYS[1], 'NX', now, ARGV[i])
+  elseif mode == 'at' then
+    redis.call('ZADD', KEYS[1], 'LT', ARGV[2], ARGV[i])
   elseif mode == 'show' then
     redis.call('ZADD', KEYS[1], now, ARGV[i])
   else

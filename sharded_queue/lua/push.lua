@@ -1,62 +1,178 @@
 #!lua
--- Append envelopes to tubes and mark their orders non-empty; on one server also
--- index their threads and wake idle loops, all in one atomic call.
+-- Append envelopes to tubes (or defer them, or schedule them) and mark their orders
+-- non-empty; on one server also index their threads and wake idle loops, all in
+-- one atomic call.
 -- Not allow-oom: a full Redis refuses the whole call before it writes anything.
--- KEYS: stamps, then per tube: tube, orders; then the handler's index when ARGV[3] ~= ''.
+-- KEYS: stamps, then per tube: tube, orders, deferred, deferred seq, marks, recurring,
+--       schedules; then, when ARGV[3] ~= '', the handler's index and due index.
 -- ARGV: stamp, stamp window (s), wake channel ('' for a cluster slot's call: the
---       client indexes and wakes once every slot is appended), wake message,
+--       client indexes and wakes once every slot is written), wake message,
 --       count f of settled stamps to forget, the f stamps,
---       then per tube: thread, order, order rank, envelopes joined by '\n'.
--- Envelopes are compact JSON, which never contains a raw newline; sending a tube's
--- envelopes as one argument saves the client packing thousands of arguments.
+--       then per tube: thread, order, order rank, envelopes joined by '\n',
+--       if_not_exists ('1' or '0'), when ('' now, '+seconds' from now, '@epoch seconds'),
+--       schedule (JSON of a recurring request's schedule, or '').
+-- Envelopes are compact JSON arrays [enqueued_at,request], which never contain a raw
+-- newline; a tube's envelopes travel as one argument, saving the client packing
+-- thousands of arguments.
+-- if_not_exists: an envelope whose request bytes equal a waiting (queued or deferred)
+-- one's in the same tube is dropped; the marks hash holds, per order and request,
+-- the enqueued_at of the waiting one, and cycle.lua deletes the mark at its ack.
+-- Deferred envelopes wait in the thread's deferred zset (member: 16 hex digits of a
+-- per-thread sequence number, the envelope, '\n', the order's rank, '\n', the order),
+-- scored by due time on this server's clock, so that those due together keep their
+-- registration order; due.lua moves them to their tube's tail. A schedule (recurring request) is kept
+-- in the recurring zset (member: request '\n' order, scored by its next tick) and the
+-- schedules hash; registering it again replaces it. fire.lua registers each tick.
 -- The stamp makes the call idempotent: a client that retries it after a lost
 -- reply appends nothing twice and gets the first call's count back. A stamp is
 -- scored (expiry second) * 2^20 + count and pruned once expired; the client
 -- forgets its settled stamps on its next call, so few are ever kept.
--- Returns the number of envelopes appended.
+-- Deferred requests of a written thread that came due are moved to their tubes' tails
+-- first, so that a later registration never overtakes them.
+-- Returns {stored, earliest due of the last thread deferred to (false when none),
+-- how many due requests were moved}: a cluster client indexes the threads with them.
 local SCALE = 1048576
 local stamps = KEYS[1]
 local now = clock()
+local channel = ARGV[3]
+local indexed = channel ~= ''
+local last = #KEYS - (indexed and 2 or 0)
+
 redis.call('ZREMRANGEBYSCORE', stamps, '-inf', '(' .. string.format('%.0f', math.floor(now) * SCALE))
 local known = redis.call('ZSCORE', stamps, ARGV[1])
 if known then
-  return tonumber(known) % SCALE
+  local due = earliest(KEYS[4], KEYS[7])
+  return {tonumber(known) % SCALE, due and string.format('%.6f', due) or false, 0}
 end
 local forget = tonumber(ARGV[5])
 if forget > 0 then
   redis.call('ZREM', stamps, unpack(ARGV, 6, 5 + forget))
 end
-local channel = ARGV[3]
-local index = channel ~= '' and KEYS[#KEYS] or nil
-local count = 0
-local arg = 6 + forget
-for key = 2, #KEYS - (index and 1 or 0), 2 do
-  local thread, order, rank, data = ARGV[arg], ARGV[arg + 1], ARGV[arg + 2], ARGV[arg + 3]
-  arg = arg + 4
-  local chunk = {}
+
+-- envelopes joined by '\n', as a table
+local function split(data)
+  local envelopes = {}
   local start = 1
   while true do
     local stop = string.find(data, '\n', start, true)
-    chunk[#chunk + 1] = string.sub(data, start, stop and stop - 1 or -1)
-    if #chunk == 4000 or not stop then
-      redis.call('RPUSH', KEYS[key], unpack(chunk))
-      count = count + #chunk
-      chunk = {}
-    end
+    envelopes[#envelopes + 1] = string.sub(data, start, stop and stop - 1 or -1)
     if not stop then
-      break
+      return envelopes
     end
     start = stop + 1
   end
-  redis.call('ZADD', KEYS[key + 1], rank, order)
-  if index then
-    redis.call('ZADD', index, 'NX', now, thread)
+end
+
+-- command key items..., 4000 items a call (Lua's stack; pairs stay whole)
+local function batched(command, key, items)
+  for first = 1, #items, 4000 do
+    redis.call(command, key, unpack(items, first, math.min(first + 3999, #items)))
   end
 end
+
+local count = 0
+local due = nil
+local arg = 6 + forget
+local moved = 0
+local prefix = nil
+local came_due = 0
+for key = 2, last, 7 do
+  local tube, orders, deferred, seq, marks, recurring, schedules = unpack(KEYS, key, key + 6)
+  local thread, order, rank, data = ARGV[arg], ARGV[arg + 1], ARGV[arg + 2], ARGV[arg + 3]
+  local unique, when, schedule = ARGV[arg + 4] == '1', ARGV[arg + 5], ARGV[arg + 6]
+  arg = arg + 7
+  if prefix ~= string.sub(tube, 1, #tube - #order) then
+    -- deferred requests of this thread that came due join the tail first: FIFO by due time
+    prefix = string.sub(tube, 1, #tube - #order)
+    came_due = move_due(deferred, seq, orders, prefix, now, 4000)
+    moved = moved + came_due
+  end
+  local at = nil
+  if when ~= '' then
+    at = tonumber(string.sub(when, 2))
+    if string.sub(when, 1, 1) == '+' then
+      at = now + at
+    end
+  end
+  local envelopes = split(data)
+  if unique or at then
+    -- the request is what follows the enqueued_at in [enqueued_at,request]
+    local requests, stamps_ = {}, {}
+    for i, envelope in ipairs(envelopes) do
+      local comma = string.find(envelope, ',', 1, true)
+      requests[i] = string.sub(envelope, comma + 1, -2)
+      stamps_[i] = string.sub(envelope, 2, comma - 1)
+    end
+    if unique and schedule == '' then  -- keep the first of each request not waiting already
+      local fields, kept, new, seen = {}, {}, {}, {}
+      for i, request in ipairs(requests) do
+        fields[i] = order .. '\n' .. request
+      end
+      local waiting = {}
+      for first = 1, #fields, 4000 do
+        local found = redis.call('HMGET', marks, unpack(fields, first, math.min(first + 3999, #fields)))
+        for j, value in ipairs(found) do
+          waiting[first + j - 1] = value
+        end
+      end
+      for i, field in ipairs(fields) do
+        if not waiting[i] and not seen[field] then
+          seen[field] = true
+          kept[#kept + 1] = envelopes[i]
+          new[#new + 1] = field
+          new[#new + 1] = stamps_[i]
+        end
+      end
+      batched('HSET', marks, new)
+      envelopes = kept
+    end
+    if schedule ~= '' then
+      local pairs_, ticks = {}, {}
+      for _, request in ipairs(requests) do
+        local member = request .. '\n' .. order
+        pairs_[#pairs_ + 1] = member
+        pairs_[#pairs_ + 1] = schedule
+        ticks[#ticks + 1] = at
+        ticks[#ticks + 1] = member
+      end
+      batched('HSET', schedules, pairs_)
+      batched('ZADD', recurring, ticks)
+      count = count + #requests
+      envelopes = {}
+    elseif at then
+      local number = redis.call('INCRBY', seq, #envelopes) - #envelopes
+      local entries = {}
+      for i, envelope in ipairs(envelopes) do
+        entries[#entries + 1] = at
+        entries[#entries + 1] = string.format('%016x', number + i) .. envelope .. '\n' .. rank .. '\n' .. order
+      end
+      batched('ZADD', deferred, entries)
+      count = count + #envelopes
+      envelopes = {}
+    end
+  end
+  batched('RPUSH', tube, envelopes)
+  count = count + #envelopes
+  local queued = redis.call('EXISTS', tube) == 1
+  if queued then
+    redis.call('ZADD', orders, rank, order)
+  end
+  if indexed and (queued or came_due > 0) then
+    redis.call('ZADD', KEYS[#KEYS - 1], 'NX', now, thread)
+  end
+  if at or came_due > 0 then
+    if indexed then
+      due = set_due(KEYS[#KEYS], thread, deferred, recurring)
+    else
+      due = earliest(deferred, recurring)
+    end
+  end
+end
+
 local window = tonumber(ARGV[2])
 redis.call('ZADD', stamps, (math.floor(now) + window) * SCALE + count, ARGV[1])
 redis.call('EXPIRE', stamps, window)
-if index then
+if indexed then
   redis.call('PUBLISH', channel, ARGV[4])
 end
-return count
+return {count, due and string.format('%.6f', due) or false, moved}

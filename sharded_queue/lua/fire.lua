@@ -1,0 +1,28 @@
+#!lua
+-- Register one tick of a recurring request, once: fenced by the tick's due time, so
+-- that of all the workers that found it due, exactly one registers it, atomically
+-- with moving the schedule to its next tick. Single-slot on a cluster.
+-- KEYS: recurring, orders, marks, deferred[, index, due index (one server)].
+-- ARGV: tube key prefix, thread, member (request '\n' order), due (as the recurring
+--       zset holds it), next due, order rank, '1' for if_not_exists.
+-- The envelope's enqueued_at is the tick's due time (this server's clock).
+-- Returns 1 when this call registered the tick (or dropped it as a duplicate of a
+-- waiting one), 0 when another did, or the schedule was removed or replaced.
+local recurring, member, due = KEYS[1], ARGV[3], ARGV[4]
+if redis.call('ZSCORE', recurring, member) ~= due then
+  return 0
+end
+local newline = string.find(member, '\n', 1, true)
+local request, order = string.sub(member, 1, newline - 1), string.sub(member, newline + 1)
+if ARGV[7] ~= '1' or redis.call('HSETNX', KEYS[3], order .. '\n' .. request, due) == 1 then
+  redis.call('RPUSH', ARGV[1] .. order, '[' .. due .. ',' .. request .. ']')
+  redis.call('ZADD', KEYS[2], ARGV[6], order)
+  if KEYS[5] then
+    redis.call('ZADD', KEYS[5], 'NX', clock(), ARGV[2])
+  end
+end
+redis.call('ZADD', recurring, 'XX', ARGV[5], member)
+if KEYS[6] then
+  set_due(KEYS[6], ARGV[2], KEYS[4], recurring)
+end
+return 1

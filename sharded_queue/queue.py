@@ -211,6 +211,8 @@ class Queue:
         spec: HandlerSpec, tube: Tube, envelopes: bytes, unique: bool, when: str, schedule: Schedule | None
     ) -> TubeWrite:
         rank = order_rank(tube.order, spec.orders)
+        if unique and schedule is None:  # a trailing space (valid JSON) marks owners of a mark (push.lua)
+            envelopes = envelopes.replace(b"\n", b" \n") + b" "
         if schedule is None:
             return TubeWrite(tube, rank, envelopes, unique, when)
         kept = StoredSchedule(schedule.every, schedule.cron, repr(rank), unique)
@@ -285,7 +287,8 @@ class Queue:
                 tubes: dict[Tube, list[bytes]] = {}
                 for thread, raws in zip(threads, taken, strict=True):
                     for record in map(DeadLetterRecord.decode, raws):
-                        tubes.setdefault(Tube(spec.name, thread, record.order), []).append(record.payload)
+                        payload = record.payload.removesuffix(b" ")  # back without an if_not_exists mark
+                        tubes.setdefault(Tube(spec.name, thread, record.order), []).append(payload)
                 writes = [(tube, order_rank(tube.order, spec.orders), payloads) for tube, payloads in tubes.items()]
                 if writes:
                     await self.storage.append_raw(spec.name, writes)

@@ -16,7 +16,9 @@ single-slot)::
     P:{H/T}:losses      hash    per order: fetches of the tube's head never acked (lease lost, holder died)
     P:{H/T}:deferred    zset    deferred envelopes (sequence, envelope, rank, order), scored by due time
     P:{H/T}:deferred-seq string counter: deferred envelopes due together keep their registration order
-    P:{H/T}:marks       hash    waiting if_not_exists requests: order newline request -> enqueued_at
+    P:{H/T}:u:<order>   set     requests registered with if_not_exists that wait in the tube (or are
+                                deferred to it), as 'request] '; their envelopes end in a space,
+                                which marks them as owners: an owner's ack removes the mark
     P:{H/T}:recurring   zset    recurring requests (request newline order), scored by their next tick
     P:{H/T}:schedules   hash    recurring request -> its schedule (JSON: every or cron, rank, unique)
     P:{H/T}:dead        list    dead letters of the thread (JSON records)
@@ -152,9 +154,13 @@ class Keys:
         """Counter ordering a thread's deferred envelopes due at the same time."""
         return f"{self.thread(ref)}:deferred-seq"
 
-    def marks(self, ref: ThreadRef) -> str:
-        """Hash of a thread's waiting ``if_not_exists`` requests: order and request -> enqueued_at."""
-        return f"{self.thread(ref)}:marks"
+    def marks_prefix(self, ref: ThreadRef) -> str:
+        """The marks set of a thread's order O is this plus O."""
+        return f"{self.thread(ref)}:u:"
+
+    def marks(self, tube: Tube) -> str:
+        """Set of a tube's waiting ``if_not_exists`` requests."""
+        return f"{self.marks_prefix(tube.thread_ref)}{tube.order}"
 
     def recurring(self, ref: ThreadRef) -> str:
         """Zset of a thread's recurring requests (request, newline, order), scored by next tick."""
@@ -403,7 +409,7 @@ class Storage:
                 self.keys.orders(ref),
                 self.keys.deferred(ref),
                 self.keys.deferred_seq(ref),
-                self.keys.marks(ref),
+                self.keys.marks(tube),
                 self.keys.recurring(ref),
                 self.keys.schedules(ref),
             )
@@ -489,8 +495,16 @@ class Storage:
                 fired += await self._on_thread(
                     self._fire,
                     ref,
-                    [keys.recurring(ref), keys.orders(ref), keys.marks(ref), keys.deferred(ref)],
-                    [keys.tube_prefix(ref), member, due, repr(next_due), schedule.rank, 1 if schedule.unique else 0],
+                    [keys.recurring(ref), keys.orders(ref), keys.deferred(ref)],
+                    [
+                        keys.tube_prefix(ref),
+                        member,
+                        due,
+                        repr(next_due),
+                        schedule.rank,
+                        1 if schedule.unique else 0,
+                        keys.marks_prefix(ref),
+                    ],
                     index=True,
                 )
             if self.cluster and moved + fired:
@@ -586,7 +600,6 @@ class Storage:
             keys.dead(ref),
             keys.acked(ref),
             keys.losses(ref),
-            keys.marks(ref),
         ]
         with translate_errors():
             if dead and self.cluster:  # marked first: pruning removes only threads it saw empty
@@ -605,6 +618,7 @@ class Storage:
                     limit,
                     ref.thread,
                     1 if ack is None or ack.clears_losses else 0,
+                    keys.marks_prefix(ref),
                     *dead,
                 ],
             )

@@ -139,14 +139,8 @@ async def test_if_not_exists_mark_goes_with_a_dead_letter(queue: Queue) -> None:
     await drain(Worker(queue))
     assert await queue.dead_letter_count(Dedup) == 1
     assert await queue.register(Dedup, "bad", if_not_exists=True) == 1  # its mark went with it
-    ref = queue.spec(Dedup).name
-    assert await queue.storage.client.hlen(queue.storage.keys.marks(_thread(ref))) == 1
-
-
-def _thread(handler: str) -> Any:
-    from sharded_queue import ThreadRef
-
-    return ThreadRef(handler, "0")
+    marks = queue.storage.keys.marks(Tube(queue.spec(Dedup).name, "0", "0"))
+    assert await queue.storage.client.scard(marks) == 1  # the new one's
 
 
 # --- recurrent ------------------------------------------------------------------------

@@ -4,13 +4,13 @@
 -- KEYS: lease, orders (zset of non-empty orders, by precedence), dead (dead-letter list),
 --       acked (token:seq of the last applied ack, so a retried call never trims twice),
 --       losses (hash: per order, how many fetches of its head were never acked: a
---       holder that lost its lease or died mid-batch),
---       marks (hash of if_not_exists requests waiting: an acked one's mark goes)
+--       holder that lost its lease or died mid-batch)
 --       [, the handler's index of threads with dead letters (one server; on a
 --       cluster the client marks the thread there first, with index.lua)]
 -- ARGV: tube key prefix, token, lease ttl (ms), ack order, ack count, ack seq, fetch limit,
 --       thread, '1' to clear the acked order's losses (else only this fetch's is undone),
---       dead records...
+--       marks key prefix (an acked envelope ending in a space owns its request's
+--       if_not_exists mark, which goes with it), dead records...
 -- Returns nil when the lease is not ours (nothing is touched), {} when the thread
 -- is empty or nothing was asked, else {order, {payloads...}, losses before this
 -- fetch} from the most urgent tube.
@@ -21,26 +21,16 @@ local count = tonumber(ARGV[5])
 local stamp = ARGV[2] .. ':' .. ARGV[6]
 if count > 0 and redis.call('GET', KEYS[4]) ~= stamp then
   local tube = ARGV[1] .. ARGV[4]
-  if redis.call('EXISTS', KEYS[6]) == 1 then  -- the acked batch may hold if_not_exists requests
-    local fields, stamps = {}, {}
-    for _, envelope in ipairs(redis.call('LRANGE', tube, 0, count - 1)) do
-      local comma = string.find(envelope, ',', 1, true)
-      if comma then  -- a mark is this very envelope's if it holds its enqueued_at
-        fields[#fields + 1] = ARGV[4] .. '\n' .. string.sub(envelope, comma + 1, -2)
-        stamps[#stamps + 1] = string.sub(envelope, 2, comma - 1)
-      end
-    end
+  local marks = ARGV[10] .. ARGV[4]
+  if redis.call('EXISTS', marks) == 1 then  -- the acked batch may hold if_not_exists requests
     local gone = {}
-    for first = 1, #fields, 4000 do
-      local found = redis.call('HMGET', KEYS[6], unpack(fields, first, math.min(first + 3999, #fields)))
-      for j, value in ipairs(found) do
-        if value == stamps[first + j - 1] then
-          gone[#gone + 1] = fields[first + j - 1]
-        end
+    for _, envelope in ipairs(redis.call('LRANGE', tube, 0, count - 1)) do
+      if string.byte(envelope, -1) == 32 then  -- a trailing space: it owns its request's mark
+        gone[#gone + 1] = string.sub(envelope, string.find(envelope, ',', 1, true) + 1)
       end
     end
     for first = 1, #gone, 4000 do
-      redis.call('HDEL', KEYS[6], unpack(gone, first, math.min(first + 3999, #gone)))
+      redis.call('SREM', marks, unpack(gone, first, math.min(first + 3999, #gone)))
     end
   end
   redis.call('LTRIM', tube, count, -1)
@@ -50,10 +40,10 @@ if count > 0 and redis.call('GET', KEYS[4]) ~= stamp then
   if ARGV[9] == '1' or redis.call('HINCRBY', KEYS[5], ARGV[4], -1) <= 0 then
     redis.call('HDEL', KEYS[5], ARGV[4])
   end
-  if #ARGV > 9 then
-    redis.call('RPUSH', KEYS[3], unpack(ARGV, 10))
-    if KEYS[7] then
-      redis.call('ZADD', KEYS[7], 'NX', clock(), ARGV[8])
+  if #ARGV > 10 then
+    redis.call('RPUSH', KEYS[3], unpack(ARGV, 11))
+    if KEYS[6] then
+      redis.call('ZADD', KEYS[6], 'NX', clock(), ARGV[8])
     end
   end
   redis.call('SET', KEYS[4], stamp, 'PX', ARGV[3])

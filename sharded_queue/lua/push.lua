@@ -3,7 +3,7 @@
 -- non-empty; on one server also index their threads and wake idle loops, all in
 -- one atomic call.
 -- Not allow-oom: a full Redis refuses the whole call before it writes anything.
--- KEYS: stamps, then per tube: tube, orders, deferred, deferred seq, marks, recurring,
+-- KEYS: stamps, then per tube: tube, orders, deferred, deferred seq, marks (set), recurring,
 --       schedules; then, when ARGV[3] ~= '', the handler's index and due index.
 -- ARGV: stamp, stamp window (s), wake channel ('' for a cluster slot's call: the
 --       client indexes and wakes once every slot is written), wake message,
@@ -14,9 +14,11 @@
 -- Envelopes are compact JSON arrays [enqueued_at,request], which never contain a raw
 -- newline; a tube's envelopes travel as one argument, saving the client packing
 -- thousands of arguments.
--- if_not_exists: an envelope whose request bytes equal a waiting (queued or deferred)
--- one's in the same tube is dropped; the marks hash holds, per order and request,
--- the enqueued_at of the waiting one, and cycle.lua deletes the mark at its ack.
+-- if_not_exists: the client writes these envelopes with a trailing space, '[t,request] '
+-- (valid JSON), which marks them as owners of their request's mark. One whose request
+-- bytes equal those of such a waiting (queued or deferred) one in the same tube is
+-- dropped; the tube's marks set holds 'request] ' of those waiting, and the ack of an
+-- owner, and only of an owner, removes its mark (cycle.lua).
 -- Deferred envelopes wait in the thread's deferred zset (member: 16 hex digits of a
 -- per-thread sequence number, the envelope, '\n', the order's rank, '\n', the order),
 -- scored by due time on this server's clock, so that those due together keep their
@@ -96,40 +98,41 @@ for key = 2, last, 7 do
   end
   local envelopes = split(data)
   if unique or at then
-    -- the request is what follows the enqueued_at in [enqueued_at,request]
-    local requests, stamps_ = {}, {}
-    for i, envelope in ipairs(envelopes) do
-      local comma = string.find(envelope, ',', 1, true)
-      requests[i] = string.sub(envelope, comma + 1, -2)
-      stamps_[i] = string.sub(envelope, 2, comma - 1)
-    end
     if unique and schedule == '' then  -- keep the first of each request not waiting already
-      local fields, kept, new, seen = {}, {}, {}, {}
-      for i, request in ipairs(requests) do
-        fields[i] = order .. '\n' .. request
+      local members = {}
+      for i, envelope in ipairs(envelopes) do  -- what follows the enqueued_at: 'request] '
+        members[i] = string.sub(envelope, string.find(envelope, ',', 1, true) + 1)
       end
-      local waiting = {}
-      for first = 1, #fields, 4000 do
-        local found = redis.call('HMGET', marks, unpack(fields, first, math.min(first + 3999, #fields)))
-        for j, value in ipairs(found) do
-          waiting[first + j - 1] = value
+      local kept, new = {}, {}
+      for first = 1, #members, 4000 do
+        local found = redis.call('SMISMEMBER', marks, unpack(members, first, math.min(first + 3999, #members)))
+        for j = 1, #found do
+          if found[j] == 0 then
+            new[#new + 1] = members[first + j - 1]
+            kept[#kept + 1] = envelopes[first + j - 1]
+          end
         end
       end
-      for i, field in ipairs(fields) do
-        if not waiting[i] and not seen[field] then
-          seen[field] = true
-          kept[#kept + 1] = envelopes[i]
-          new[#new + 1] = field
-          new[#new + 1] = stamps_[i]
-        end
+      local added = 0
+      for first = 1, #new, 4000 do
+        added = added + redis.call('SADD', marks, unpack(new, first, math.min(first + 3999, #new)))
       end
-      batched('HSET', marks, new)
+      if added < #new then  -- the call repeats a request: keep its first
+        local seen, first_only = {}, {}
+        for j, member in ipairs(new) do
+          if not seen[member] then
+            seen[member] = true
+            first_only[#first_only + 1] = kept[j]
+          end
+        end
+        kept = first_only
+      end
       envelopes = kept
     end
     if schedule ~= '' then
       local pairs_, ticks = {}, {}
-      for _, request in ipairs(requests) do
-        local member = request .. '\n' .. order
+      for _, envelope in ipairs(envelopes) do  -- request '\n' order
+        local member = string.sub(envelope, string.find(envelope, ',', 1, true) + 1, -2) .. '\n' .. order
         pairs_[#pairs_ + 1] = member
         pairs_[#pairs_ + 1] = schedule
         ticks[#ticks + 1] = at
@@ -137,7 +140,7 @@ for key = 2, last, 7 do
       end
       batched('HSET', schedules, pairs_)
       batched('ZADD', recurring, ticks)
-      count = count + #requests
+      count = count + #envelopes
       envelopes = {}
     elseif at then
       local number = redis.call('INCRBY', seq, #envelopes) - #envelopes

@@ -132,7 +132,10 @@ def stats_frame(rows: Sequence[StatsRow]) -> pd.DataFrame:
     """Stats rows as a DataFrame with the columns of `COLUMNS`."""
     import pandas as pd
 
-    frame = pd.DataFrame([[getattr(row, name) for name in COLUMNS] for row in rows], columns=list(COLUMNS))
+    # object columns keep None as None (a str column would turn the total rows' thread into NaN)
+    frame = pd.DataFrame(
+        [[getattr(row, name) for name in COLUMNS] for row in rows], columns=list(COLUMNS), dtype=object
+    )
     frame["depth"] = frame["depth"].astype("int64")
     frame["dead"] = frame["dead"].astype("int64")
     frame["lag"] = frame["lag"].astype("float64")

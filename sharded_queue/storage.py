@@ -832,7 +832,8 @@ class Storage:
 
     @functools.cached_property
     def _worker_beat(self) -> Any:
-        return self.client.register_script(_script("worker_beat"))
+        flags = not type(self.client).__module__.startswith("fakeredis")  # as in __init__
+        return self.client.register_script(_script("worker_beat", flags))
 
     @functools.cached_property
     def _worker_list(self) -> Any:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+import redis.exceptions
 from prometheus_client import CollectorRegistry
 
 from sharded_queue import (
@@ -24,6 +25,7 @@ from sharded_queue import (
     Settings,
     SettingsError,
     Storage,
+    StorageFull,
     Worker,
 )
 from sharded_queue.registry import lease_token, parse_lease_token
@@ -184,6 +186,27 @@ async def test_a_record_without_heartbeat_expires(storage: Storage) -> None:
 
 async def _none_live(storage: Storage) -> bool:
     return await storage.live_workers() == []
+
+
+async def test_heartbeats_go_on_under_a_full_redis(tmp_path: Path) -> None:
+    """Workers draining a Redis at maxmemory stay visible: the heartbeat script is allow-oom."""
+    need_redis_server()
+    server = RedisServer(tmp_path, "--maxmemory-policy", "noeviction")
+    storage = Storage.from_settings(Settings(key_prefix="full"), server.url)
+    try:
+        for number in range(20):
+            await storage.client.set(f"full:ballast:{number}", b"x" * 100_000)
+        await storage.client.config_set("maxmemory", 1_000_000)  # well below what is used: full
+        with pytest.raises(redis.exceptions.OutOfMemoryError):
+            await storage.client.set("full:one-more", b"x")
+        await storage.beat_worker("busy:1-abc", b"{}", ttl=30, handlers=["ops:gate"])
+        assert await storage.live_workers() == ["busy:1-abc"]
+        assert await storage.handler_names() == ["ops:gate"]
+        with pytest.raises(StorageFull):  # the rest of the registry stays a normal write
+            await storage.add_handlers(["ops:more"])
+    finally:
+        await storage.close()
+        server.stop()
 
 
 async def test_workers_frame_tolerates_a_foreign_record(queue: Queue) -> None:

@@ -28,14 +28,18 @@ the same queue-wide values: aggregate them with ``max``, not ``sum``.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from .core import Envelopes
 from .errors import StorageError
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
+    from prometheus_client.core import Metric
 
     from .core import Message
     from .storage import Storage
@@ -87,12 +91,12 @@ class Metrics:
             buckets=PERFORM_BUCKETS,
             **where,
         )
-        self.sojourn_seconds = prometheus.Histogram(
+        self.sojourn_seconds = BatchHistogram(
             "sharded_queue_sojourn_seconds",
             "Per message, from enqueued_at (the producer's clock) to the end of its successful perform",
-            buckets=SOJOURN_BUCKETS,
-            **where,
+            SOJOURN_BUCKETS,
         )
+        self.registry.register(self.sojourn_seconds)
         self.depth = prometheus.Gauge("sharded_queue_depth", "Messages waiting (sampled)", **where)
         self.lag_seconds = prometheus.Gauge(
             "sharded_queue_lag_seconds", "Age of the oldest waiting message (sampled)", **where
@@ -126,9 +130,8 @@ class Metrics:
         self.performed.labels(handler).inc(count)
         self.batch_size.labels(handler).observe(count)
         self.perform_seconds.labels(handler).observe(finished - started)
-        sojourn = self.sojourn_seconds.labels(handler)
-        for message in messages:
-            sojourn.observe(finished - message.enqueued_at)
+        enqueued = messages.enqueued_times() if isinstance(messages, Envelopes) else [m.enqueued_at for m in messages]
+        self.sojourn_seconds.observe_batch(handler, finished, enqueued)
 
     def record_failure(self, handler: str, started: float, finished: float) -> None:
         """A ``perform`` call raised or timed out."""
@@ -158,3 +161,60 @@ class Metrics:
                         self.depth.labels(row.handler).set(row.depth)
                         self.lag_seconds.labels(row.handler).set(row.lag or 0.0)
             await wait_or_stop(stop, self.sample_interval)
+
+
+class BatchHistogram:
+    """A Prometheus histogram with the label ``handler``, observed a batch at a time.
+
+    The sojourns of a batch all end at the same ``finished``: sorting the
+    batch's enqueue times once and bisecting them per bucket costs a few
+    microseconds per batch, where ``Histogram.observe`` per message would cost
+    about a microsecond per message. Exposed through the registry as a custom
+    collector, the samples are those of a ``prometheus_client.Histogram``.
+
+    Args:
+        name: Metric name (``_bucket``, ``_count`` and ``_sum`` are added).
+        documentation: Its help text.
+        buckets: Finite upper bounds in seconds, ascending (``+Inf`` is added).
+    """
+
+    def __init__(self, name: str, documentation: str, buckets: Sequence[float]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.bounds = tuple(float(bound) for bound in buckets)
+        self._series: dict[str, list[float]] = {}  # handler -> cumulative count per bound, count, sum
+        self._lock = threading.Lock()  # collect() runs in the HTTP server's thread
+
+    def observe_batch(self, handler: str, finished: float, enqueued: Sequence[float]) -> None:
+        """Observe ``finished - e`` for every enqueue time ``e`` of a batch."""
+        ordered = sorted(enqueued)
+        count = len(ordered)
+        # sojourn <= bound  <=>  enqueued >= finished - bound
+        within = [count - bisect.bisect_left(ordered, finished - bound) for bound in self.bounds]
+        total = count * finished - sum(ordered)
+        with self._lock:
+            series = self._series.get(handler)
+            if series is None:
+                series = self._series[handler] = [0.0] * (len(self.bounds) + 2)
+            for position, number in enumerate(within):
+                series[position] += number
+            series[-2] += count
+            series[-1] += total
+
+    def collect(self) -> Iterator[Metric]:
+        """The histogram's samples, for the registry."""
+        from prometheus_client.core import HistogramMetricFamily
+
+        family = HistogramMetricFamily(self.name, self.documentation, labels=["handler"])
+        with self._lock:
+            snapshot = {handler: list(series) for handler, series in self._series.items()}
+        for handler, series in snapshot.items():
+            buckets = [(repr(bound), series[position]) for position, bound in enumerate(self.bounds)]
+            family.add_metric([handler], [*buckets, ("+Inf", series[-2])], series[-1])
+        yield family
+
+    def describe(self) -> Iterator[Metric]:
+        """The histogram's name, without samples (the registry checks for duplicates with it)."""
+        from prometheus_client.core import HistogramMetricFamily
+
+        yield HistogramMetricFamily(self.name, self.documentation, labels=["handler"])

@@ -496,6 +496,38 @@ def test_metrics_of_two_workers_do_not_collide_and_serve_http() -> None:
         Metrics(sample_interval=0)
 
 
+def test_a_batch_histogram_equals_a_histogram_observed_per_message() -> None:
+    import random
+
+    from prometheus_client import Histogram
+
+    from sharded_queue.metrics import SOJOURN_BUCKETS, BatchHistogram
+
+    registry = CollectorRegistry()
+    batched = BatchHistogram("batched_seconds", "by batch", SOJOURN_BUCKETS)
+    registry.register(batched)
+    single = Histogram("single_seconds", "by message", ["handler"], buckets=SOJOURN_BUCKETS, registry=registry)
+    rng = random.Random(5)
+    for batch in range(50):
+        finished = 1_000_000.0 + batch
+        ages = [rng.choice([*SOJOURN_BUCKETS, -1.0, 0.0, 7200.0]) for _ in range(rng.randint(1, 20))]
+        ages += [rng.expovariate(0.2) for _ in range(rng.randint(0, 20))]  # on the bounds and between them
+        handler = f"h{batch % 3}"
+        batched.observe_batch(handler, finished, [finished - age for age in ages])
+        for age in ages:
+            single.labels(handler).observe(age)
+    for handler in ("h0", "h1", "h2"):
+        for bound in [*map(repr, map(float, SOJOURN_BUCKETS)), "+Inf"]:
+            labels = {"handler": handler, "le": bound}
+            expected = registry.get_sample_value("single_seconds_bucket", labels)
+            assert registry.get_sample_value("batched_seconds_bucket", labels) == expected, labels
+        for suffix in ("_count", "_sum"):
+            expected = registry.get_sample_value(f"single_seconds{suffix}", {"handler": handler})
+            assert registry.get_sample_value(f"batched_seconds{suffix}", {"handler": handler}) == pytest.approx(
+                expected
+            )
+
+
 def test_importing_the_library_does_not_import_prometheus_or_pandas() -> None:
     code = (
         "import sys, sharded_queue\n"

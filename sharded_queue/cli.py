@@ -440,7 +440,9 @@ def parser() -> argparse.ArgumentParser:
     worker.set_defaults(run=worker_command)
 
     stats = commands.add_parser("stats", parents=[url], help="depth, lag, holder and dead letters per tube")
-    stats.add_argument("--handler", action="append", metavar="NAME", help="a stored handler name (repeatable)")
+    stats.add_argument(
+        "--handler", action="extend", nargs="+", metavar="NAME", help="stored handler names (default: all)"
+    )
     stats.add_argument("--json", action="store_true", help="a JSON array of rows (one per refresh with --watch)")
     stats.add_argument("--watch", type=_seconds, metavar="SECONDS", help="refresh every SECONDS until Ctrl-C")
     stats.set_defaults(run=stats_command)

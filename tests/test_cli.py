@@ -207,11 +207,20 @@ async def test_stats_json_shows_depths_lags_holders_and_dead_letters(cli: Cli, q
     assert 100 <= lags[0] < 130 and 40 <= lags[1] < 70 and 40 <= lags[2] < 70 and lags[3] == lags[0]
     table = cli.run("stats", "--handler", name)
     assert table.returncode == 0 and "(total)" in table.stdout and "host:42-abc:3" in table.stdout
-    other = json.loads(cli.run("stats", "--json", "--handler", "nobody:ever").stdout)
-    assert other == [
-        {"handler": "nobody:ever", "thread": None, "order": None, "depth": 0, "lag": None}
-        | {"holder": None, "held_since": None, "dead": 0}
-    ]
+    other = json.loads(cli.run("stats", "--json", "--handler", "nobody:ever", "--handler", name).stdout)
+    assert other[0] == {
+        "handler": "nobody:ever",
+        "thread": None,
+        "order": None,
+        "depth": 0,
+        "lag": None,
+        "holder": None,
+        "held_since": None,
+        "dead": 0,
+    }
+    assert [row["depth"] for row in other[1:]] == [3, 1, 2, 6]
+    both = json.loads(cli.run("stats", "--json", "--handler", "nobody:ever", name).stdout)
+    assert [row["handler"] for row in both] == ["nobody:ever", name, name, name, name]
 
 
 async def test_stats_watch_refreshes_until_interrupted(cli: Cli, queue: Queue) -> None:

@@ -17,6 +17,7 @@ from .errors import (
     StorageTimeout,
 )
 from .handler import Handler, RequestRoute, Route
+from .metrics import Metrics
 from .queue import DeadLetterRecord, Queue
 from .settings import Settings, settings
 from .storage import Storage
@@ -27,6 +28,7 @@ __all__ = [
     "DeadLetterRecord",
     "DecodeError",
     "Handler",
+    "Metrics",
     "Queue",
     "QueueError",
     "RequestRoute",

@@ -244,6 +244,10 @@ class Envelopes(Sequence[Message]):
         """The requests, in order."""
         return [request for _, request in self._envelopes]
 
+    def enqueued_times(self) -> list[float]:
+        """The messages' ``enqueued_at``, in order (for metrics, without a `Message` each)."""
+        return [enqueued_at for enqueued_at, _ in self._envelopes]
+
 
 @dataclass(frozen=True, slots=True)
 class Batch:

@@ -108,12 +108,20 @@ class Handler:
             ``settings.worker_batch_size``.
         retry_attempts: Optional per-handler number of performs before failing
             requests are dead-lettered, overriding ``settings.retry_attempts``.
+        timeout: Optional seconds one ``perform`` call may run, overriding
+            ``settings.perform_timeout`` (300 s by default). A ``perform`` past it
+            is cancelled and counts as a failed attempt (``TimeoutError``).
+
+    ``route``, ``start``, ``perform`` and ``stop`` must be coroutine functions
+    (``async def``) and ``route`` a classmethod; a handler that breaks this is a
+    ``TypeError`` the first time a `Queue` or `Worker` uses it.
     """
 
     name: ClassVar[str | None] = None
     orders: ClassVar[Sequence[str] | None] = None
     batch_size: ClassVar[int | None] = None
     retry_attempts: ClassVar[int | None] = None
+    timeout: ClassVar[float | None] = None
 
     @classmethod
     async def route(cls, *requests: Any) -> list[RequestRoute]:
@@ -139,6 +147,27 @@ def handler_name(handler: type[Handler]) -> str:
     if "{" in name or "}" in name or "/" in name:
         raise ValueError(f"handler name {name!r} must not contain '{{', '}}' or '/'")
     return name
+
+
+def check_methods(handler: type[Handler]) -> None:
+    """Check that the worker and `Queue.register` can call ``handler``'s methods as designed.
+
+    Raises:
+        TypeError: ``route`` is not a classmethod, or one of ``route``, ``start``,
+            ``perform``, ``stop`` is not a coroutine function.
+    """
+    where = handler.__qualname__
+    if not isinstance(inspect.getattr_static(handler, "route"), classmethod):
+        raise TypeError(
+            f"{where}.route must be a classmethod (it routes requests before any handler instance exists): "
+            "decorate it with @classmethod"
+        )
+    for method in ("route", "start", "perform", "stop"):
+        if not inspect.iscoroutinefunction(getattr(handler, method)):
+            raise TypeError(
+                f"{where}.{method} must be a coroutine function: declare it `async def {method}(...)` "
+                "(the worker awaits it)"
+            )
 
 
 def request_type(handler: type[Handler]) -> Any:

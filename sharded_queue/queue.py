@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -11,10 +13,12 @@ import msgspec
 
 from .core import Schedule, Tube, check_routes, due_when, group_by_tube, order_rank
 from .errors import StorageError
-from .handler import Handler, declared_orders, handler_name, request_type
+from .handler import Handler, check_methods, declared_orders, handler_name, request_type
+from .registry import collect_workers, workers_frame
 from .serializer import Codec
 from .settings import Settings
 from .settings import settings as default_settings
+from .stats import collect_stats, stats_frame
 from .storage import Storage, StoredSchedule, TubeWrite
 
 if TYPE_CHECKING:
@@ -85,13 +89,22 @@ class HandlerSpec:
         """Inspect ``handler``: its stored name, request codec, declared orders and overrides.
 
         Raises:
-            ValueError: ``batch_size`` or ``retry_attempts`` is set but not an int >= 1.
+            TypeError: a method is not a coroutine function, or ``route`` not a classmethod.
+            ValueError: ``batch_size`` or ``retry_attempts`` is set but not an int >= 1,
+                or ``timeout`` is set but not a finite number > 0.
         """
+        name = handler_name(handler)
+        check_methods(handler)
         for attribute in ("batch_size", "retry_attempts"):
             value = getattr(handler, attribute)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"{handler.__qualname__}.{attribute} must be an int >= 1 or None, got {value!r}")
-        return cls(handler_name(handler), handler, Codec(request_type(handler)), declared_orders(handler))
+        timeout = handler.timeout
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < math.inf
+        ):
+            raise ValueError(f"{handler.__qualname__}.timeout must be a number of seconds > 0 or None, got {timeout!r}")
+        return cls(name, handler, Codec(request_type(handler)), declared_orders(handler))
 
 
 class Queue:
@@ -194,6 +207,8 @@ class Queue:
             ]
             for start in range(0, len(routes), size)
         ]
+        if spec.name not in self._registered:  # once per handler and Queue: names for stats, never imported
+            await self.storage.add_handlers([spec.name])
         stored = 0
         for writes in chunks:
             try:
@@ -248,6 +263,38 @@ class Queue:
     async def pending(self, handler: type[Handler]) -> int:
         """Messages of ``handler`` waiting in storage (inspection; walks the handler's index)."""
         return await self.storage.pending(self.spec(handler).name)
+
+    async def stats(self, handlers: Sequence[str | type[Handler]] | None = None) -> pd.DataFrame:
+        """Depth, lag, holder and dead letters per tube, plus a total row per handler.
+
+        One row per (handler, thread, order) that holds messages and one per
+        handler with ``thread`` and ``order`` None; columns ``handler, thread,
+        order, depth, lag, holder, held_since, dead`` (explained in
+        `sharded_queue.stats`). Lag is the storage server's clock minus the
+        producer's ``enqueued_at``. Reads a fixed number of pipelined round
+        trips, whatever the number of threads; imports nothing.
+
+        Args:
+            handlers: Handler classes or stored names; default every handler name
+                kept in storage (registered, or run by a worker).
+
+        Raises:
+            StorageError: Redis failed or did not answer in time.
+        """
+        names = None if handlers is None else [h if isinstance(h, str) else self.spec(h).name for h in handlers]
+        return stats_frame(await collect_stats(self.storage, names))
+
+    async def workers(self) -> pd.DataFrame:
+        """Live workers (their heartbeat has not expired), one row each.
+
+        Columns ``id, handlers, loops, performed, failed, dead_lettered, held,
+        started_at, heartbeat_at`` (see `sharded_queue.registry.WorkerInfo`).
+
+        Raises:
+            StorageError: Redis failed or did not answer in time.
+        """
+        _, workers = await collect_workers(self.storage)
+        return workers_frame(workers)
 
     async def dead_letters(self, handler: type[Handler], limit: int | None = None) -> list[DeadLetterRecord]:
         """Dead letters of ``handler``, oldest first per thread (at most ``limit``)."""
@@ -307,7 +354,10 @@ class Queue:
         await self.close()
 
     def __repr__(self) -> str:
-        return f"Queue(prefix={self.storage.keys.prefix!r}, handlers={sorted(self._registered)!r})"
+        return (
+            f"Queue(storage={self.storage.location!r}, prefix={self.storage.keys.prefix!r}, "
+            f"handlers={sorted(self._registered)!r})"
+        )
 
 
 def _chunks(threads: list[str], size: int = 1000) -> list[list[str]]:

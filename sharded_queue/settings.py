@@ -80,6 +80,7 @@ _RULES: dict[str, _Rule] = {
     "retry_backoff_max": _Rule(float, 0),
     "storage_timeout": _Rule(float, 0, exclusive=True),
     "register_chunk": _Rule(int, 1, maximum=REGISTER_CHUNK_MAX),
+    "perform_timeout": _Rule(float, 0, exclusive=True),
 }
 
 
@@ -113,6 +114,10 @@ class Settings:
             step; a larger call is written in chunks of this size, in order, so
             that one call never blocks Redis for long (each chunk is all or
             nothing; ``StorageError.stored`` says how many were stored).
+        perform_timeout: Seconds a ``perform`` call may run before it is cancelled
+            and counts as a failed attempt (``TimeoutError``); a handler's own
+            ``timeout`` wins. A ``perform`` that blocks the event loop cannot be
+            cancelled.
     """
 
     coordinator_delay: float = 1.0
@@ -130,6 +135,7 @@ class Settings:
     retry_backoff_max: float = 5.0
     storage_timeout: float = 10.0
     register_chunk: int = 10_000
+    perform_timeout: float = 300.0
     _ready: bool = field(default=False, init=False, compare=False)
 
     def __post_init__(self) -> None:

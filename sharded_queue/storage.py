@@ -32,6 +32,18 @@ single-slot)::
                                 earliest due time (server clock): workers look only at what is due
     P:wake              channel a message per registration naming its threads, to wake loops
 
+Operations (worker registry and inspection; see `sharded_queue.registry` and
+`sharded_queue.stats`)::
+
+    P:{registry}:handlers  set   names of every handler registered or worked on (read by stats;
+                                 a name is only ever displayed, never imported)
+    P:{registry}:workers   zset  worker registry: worker id -> when its record expires (server ms)
+    P:{registry}:w:<id>    hash  a worker's record: JSON (handlers, loops, counters, held threads),
+                                 started_at and beat_at (server ms); PX ttl, renewed by heartbeat
+
+A lease's token names its holder: ``<worker id>:<loop>@<since ms>/<random>``
+(``since`` is the holder's own clock, for display only).
+
 Invariants: an order is in ``orders`` iff its tube is non-empty (scripts keep
 it so); a non-empty thread is always in the index, because registration adds it
 *after* appending, and removal from the index is atomic with the emptiness check
@@ -51,12 +63,13 @@ leases or free memory (acquire, cycle, renew, release, index) are declared
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import secrets
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 import redis.asyncio as aioredis
@@ -189,6 +202,22 @@ class Keys:
     def dead_index(self, handler: str) -> str:
         """Zset of a handler's threads that hold dead letters."""
         return f"{self.prefix}:{{{handler}}}:dead-threads"
+
+    # --- operations ---
+
+    @property
+    def handlers(self) -> str:
+        """Set of the names of every handler registered or worked on (in the registry's slot)."""
+        return f"{self.prefix}:{{registry}}:handlers"
+
+    @property
+    def workers(self) -> str:
+        """Zset of live workers' ids, scored by when their record expires (server ms)."""
+        return f"{self.prefix}:{{registry}}:workers"
+
+    def worker(self, worker_id: str) -> str:
+        """A worker's heartbeat record (in the registry's slot)."""
+        return f"{self.prefix}:{{registry}}:w:{worker_id}"
 
 
 @contextlib.contextmanager
@@ -798,6 +827,197 @@ class Storage:
             back = [thread for thread, left in zip(empty, again, strict=True) if left]
             if back:
                 await self._index(keys=[index], args=["add", 0, *back])
+
+    # --- operations: where the storage is, worker registry, inspection ------------------
+    # Reads for `sharded_queue.stats` and writes for `sharded_queue.registry`; none of
+    # them is on a worker's per-batch path.
+
+    @property
+    def location(self) -> str:
+        """Where this storage is, safe to log: a URL without password, or ``embedded fakeredis``."""
+        return describe_client(self.client)
+
+    @property
+    def embedded_default(self) -> bool:
+        """True on the process-wide embedded fakeredis (``Queue()`` with no URL anywhere)."""
+        pool = getattr(self.client, "connection_pool", None)
+        server = getattr(pool, "connection_kwargs", {}).get("server")
+        return server is not None and server is _EMBEDDED_SERVER
+
+    @functools.cached_property
+    def _worker_beat(self) -> Any:
+        flags = not type(self.client).__module__.startswith("fakeredis")  # as in __init__
+        return self.client.register_script(_script("worker_beat", flags))
+
+    @functools.cached_property
+    def _worker_list(self) -> Any:
+        return self.client.register_script(_script("worker_list"))
+
+    async def add_handlers(self, names: Sequence[str]) -> None:
+        """Add handler names to the set `stats` lists handlers from."""
+        if names:
+            with translate_errors():
+                await self.client.sadd(self.keys.handlers, *names)
+
+    async def handler_names(self) -> list[str]:
+        """Names of every handler registered or worked on, sorted (never imported)."""
+        with translate_errors():
+            return sorted(name.decode() for name in await self.client.smembers(self.keys.handlers))
+
+    async def beat_worker(self, worker_id: str, record: bytes, ttl: float, handlers: Sequence[str] = ()) -> float:
+        """Write a worker's heartbeat record, live for ``ttl`` seconds; returns the server time.
+
+        ``handlers`` (the names it runs) are added to the set `handler_names` reads.
+        """
+        keys = self.keys
+        with translate_errors():
+            now = await self._worker_beat(
+                keys=[keys.workers, keys.worker(worker_id), keys.handlers],
+                args=[worker_id, _ms(ttl), record, *handlers],
+            )
+        return int(now) / 1000
+
+    async def remove_worker(self, worker_id: str) -> None:
+        """Delete a worker's record at once (a graceful stop)."""
+        keys = self.keys
+        with translate_errors():
+            async with self.client.pipeline(transaction=not self.cluster) as pipe:
+                pipe.zrem(keys.workers, worker_id)
+                pipe.delete(keys.worker(worker_id))
+                await pipe.execute()
+
+    async def live_workers(self) -> list[str]:
+        """Ids of the workers whose heartbeat has not expired (one round trip, server clock)."""
+        keys = self.keys
+        with translate_errors():
+            reply = await self._worker_list(keys=[keys.workers], args=[keys.worker(""), "0"])
+        return [worker_id.decode() for worker_id in reply[1:]]
+
+    async def worker_records(self) -> tuple[float, list[WorkerRecordRaw]]:
+        """The server time and every live worker's record (one round trip).
+
+        Returns:
+            ``(now, records)``: seconds on the server's clock, and per worker its
+            id, ``started_at`` and ``beat_at`` (server seconds) and its JSON record.
+        """
+        with translate_errors():
+            reply = await self._worker_list(keys=[self.keys.workers], args=[self.keys.worker(""), "1"])
+        records = [
+            WorkerRecordRaw(worker_id.decode(), int(started) / 1000, int(beat) / 1000, record)
+            for worker_id, started, beat, record in reply[1:]
+        ]
+        return int(reply[0]) / 1000, records
+
+    async def snapshot(self, handlers: Sequence[str]) -> Snapshot:
+        """Everything `stats` shows of ``handlers``, in three pipelined round trips.
+
+        However many threads there are: the handlers' indexes and dead-letter
+        indexes, then every listed thread's orders, lease and dead-letter count,
+        then every tube's length and head envelope. Plus one ``TIME``.
+        """
+        keys = self.keys
+        with translate_errors():
+            now = await self.server_time()
+            replies = await self._pipeline(
+                lambda pipe: [
+                    (pipe.zrange(keys.index(handler), 0, -1), pipe.zrange(keys.dead_index(handler), 0, -1))
+                    for handler in handlers
+                ]
+            )
+            refs: list[ThreadRef] = []
+            for position, handler in enumerate(handlers):
+                indexed, dead = replies[2 * position], replies[2 * position + 1]
+                names = dict.fromkeys(member.decode() for member in [*indexed, *dead])
+                refs += [ThreadRef(handler, thread) for thread in names]
+
+            def per_thread(pipe: Any) -> None:
+                for ref in refs:
+                    pipe.zrange(keys.orders(ref), 0, -1, withscores=True)
+                    pipe.get(keys.lease(ref))
+                    pipe.llen(keys.dead(ref))
+
+            replies = await self._pipeline(per_thread)
+            threads: list[ThreadSnapshot] = []
+            for position, ref in enumerate(refs):
+                orders, lease, dead = replies[3 * position : 3 * position + 3]
+                token = None if lease is None else lease.decode()
+                threads.append(ThreadSnapshot(ref, [(o.decode(), rank) for o, rank in orders], token, int(dead)))
+            tubes = [
+                keys.tube(Tube(thread.ref.handler, thread.ref.thread, order))
+                for thread in threads
+                for order, _ in thread.orders
+            ]
+            heads: Iterator[Any] = iter(
+                await self._pipeline(lambda pipe: [(pipe.llen(t), pipe.lindex(t, 0)) for t in tubes])
+            )
+        for thread in threads:
+            thread.tubes = [(order, int(next(heads)), next(heads)) for order, _ in thread.orders]
+        return Snapshot(now, threads)
+
+
+class WorkerRecordRaw(NamedTuple):
+    """A live worker's record as stored (see `Storage.worker_records`)."""
+
+    worker_id: str
+    started_at: float
+    beat_at: float
+    record: bytes
+
+
+@dataclass(slots=True)
+class ThreadSnapshot:
+    """One thread as `Storage.snapshot` read it.
+
+    Attributes:
+        ref: The thread.
+        orders: Its non-empty orders with their rank, most urgent first.
+        lease: The lease token of its holder, if any.
+        dead: How many dead letters it holds.
+        tubes: Per order: how many messages wait and the head envelope (None if empty).
+    """
+
+    ref: ThreadRef
+    orders: list[tuple[str, float]]
+    lease: str | None
+    dead: int
+    tubes: list[tuple[str, int, bytes | None]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What `Storage.snapshot` read: the server time (seconds) and the threads."""
+
+    now: float
+    threads: list[ThreadSnapshot]
+
+
+def describe_client(client: Any) -> str:
+    """Where a redis-py (or fakeredis) client points, as a URL without password."""
+    if isinstance(client, RedisCluster):
+        kwargs = getattr(client, "connection_kwargs", {})
+        scheme = "rediss+cluster" if _is_ssl(kwargs.get("connection_class")) else "redis+cluster"
+        nodes = ",".join(client.nodes_manager.startup_nodes) or "?"
+        return f"{scheme}://{_user(kwargs)}{nodes}"
+    pool = getattr(client, "connection_pool", None)
+    kwargs = getattr(pool, "connection_kwargs", {})
+    if "server" in kwargs:
+        return "embedded fakeredis"
+    if "path" in kwargs:
+        return f"unix://{_user(kwargs)}{kwargs['path']}?db={kwargs.get('db', 0)}"
+    scheme = "rediss" if _is_ssl(getattr(pool, "connection_class", None)) else "redis"
+    host, port, db = kwargs.get("host", "localhost"), kwargs.get("port", 6379), kwargs.get("db", 0)
+    return f"{scheme}://{_user(kwargs)}{host}:{port}/{db}"
+
+
+def _user(kwargs: dict[str, Any]) -> str:
+    user, password = kwargs.get("username"), kwargs.get("password")
+    if password:
+        return f"{user or ''}:***@"
+    return f"{user}@" if user else ""
+
+
+def _is_ssl(connection_class: Any) -> bool:
+    return isinstance(connection_class, type) and issubclass(connection_class, aioredis.SSLConnection)
 
 
 def wake_threads(data: bytes) -> list[ThreadRef]:

@@ -19,8 +19,9 @@ import signal
 import socket
 import time
 import traceback
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .core import (
     CANDIDATES_PER_HANDLER,
@@ -47,8 +48,12 @@ from .core import (
 from .errors import StorageError, StorageFull
 from .handler import Handler
 from .queue import DeadLetterRecord, HandlerSpec, Queue
+from .registry import Counters, Presence, lease_token
 from .settings import Settings
 from .trace import TraceRecorder
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
 
 logger = logging.getLogger("sharded_queue")
 
@@ -122,6 +127,15 @@ class Worker:
             imported or resolved).
         settings: Settings to use instead of the queue's.
         trace: Record one row per performed message (see `Worker.trace`).
+        metrics: Export Prometheus metrics into this `Metrics` (off by default).
+
+    While any of its loops runs, a worker keeps a heartbeat record in storage
+    under `id` (see `Queue.workers`), and its loops' leases name it.
+
+    Raises:
+        ValueError: no handlers (none given and none registered through ``queue``).
+        TypeError: a handler's methods are not coroutine functions, or its
+            ``route`` is not a classmethod.
     """
 
     def __init__(
@@ -131,6 +145,7 @@ class Worker:
         *,
         settings: Settings | None = None,
         trace: bool = False,
+        metrics: Metrics | None = None,
     ) -> None:
         self.queue = queue
         self.settings = settings or queue.settings
@@ -141,6 +156,18 @@ class Worker:
         for handler in chosen:
             spec = queue.spec(handler)
             self.specs[spec.name] = spec
+        if queue.storage.embedded_default and not queue.handlers:
+            warnings.warn(
+                f"Worker on the embedded in-process storage (no URL and no QUEUE_STORAGE_URL), but this Queue "
+                f"registered nothing: only registrations made in this process can reach it, so nothing will arrive "
+                f"for {', '.join(self.specs)} from anywhere else. Give Queue a redis:// URL or set QUEUE_STORAGE_URL.",
+                stacklevel=2,
+            )
+        self.metrics = metrics
+        self.counters = Counters()
+        self.held: dict[ThreadRef, tuple[int, float]] = {}  # threads bound by this worker's loops: loop, since
+        self.running_loops = 0
+        self._presence = Presence(self)
         self.control = Control()
         self.recorder = TraceRecorder() if trace else None
         self._bound: dict[ThreadRef, Waker] = {}  # loops holding a thread, by thread
@@ -151,6 +178,7 @@ class Worker:
         self._loops: set[asyncio.Task[Any]] = set()
         self.identity = f"{socket.gethostname()}:{os.getpid()}"
         self.health = StorageHealth()
+        self.id = f"{self.identity}-{secrets.token_hex(3)}"  # pids are reused, hosts cloned
 
     def policy(self) -> LoopPolicy:
         """The loop policy from current settings and the handlers' overrides."""
@@ -173,19 +201,31 @@ class Worker:
         if limit is not None and limit < 0:
             raise ValueError(f"limit must be >= 0 or None, got {limit}")
         program = worker_program(self.policy(), limit, random.Random(), self.control)
-        async with self._listening():
+        async with self._presence.running(), self._listening():
             return await _Loop(self, next(_loop_ids)).run(program)
 
-    async def serve(self, loops: int = 1, limit: int | None = None) -> int:
+    def timeouts(self) -> dict[str, float]:
+        """Seconds a ``perform`` call of each handler may run: its ``timeout``, else the setting."""
+        default = self.settings.perform_timeout
+        return {name: spec.handler.timeout or default for name, spec in self.specs.items()}
+
+    async def serve(self, loops: int = 1, limit: int | None = None, *, burst: bool = False) -> int:
         """Run ``loops`` loops until they reach ``limit`` each, or a signal, or `stop`.
 
         On the first SIGTERM or SIGINT every loop finishes and acks the batch in
         hand, calls ``stop()``, releases its thread and returns; on a second one
         the loops are cancelled at once (their unacked batches are performed
         again by the next holder). Returns how many messages the loops took.
+
+        Args:
+            loops: Concurrent loops.
+            limit: Messages per loop, or None for no limit.
+            burst: Stop once no message of the worker's handlers waits in storage
+                (checked every ``coordinator_delay``, at most every 0.5 s).
         """
         event_loop = asyncio.get_running_loop()
         tasks = [asyncio.create_task(self.loop(limit)) for _ in range(loops)]
+        watcher = asyncio.create_task(self._stop_when_empty()) if burst else None
         signals = 0
 
         def on_signal() -> None:
@@ -205,10 +245,29 @@ class Worker:
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 event_loop.remove_signal_handler(sig)
+            if watcher is not None:
+                watcher.cancel()
+                await asyncio.wait([watcher])
         failures = [r for r in results if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError)]
         if failures:
             raise failures[0]
         return sum(r for r in results if isinstance(r, int))
+
+    async def _stop_when_empty(self) -> None:
+        """`stop` once no message of this worker's handlers waits (``serve(burst=True)``)."""
+        storage = self.queue.storage
+        pause = min(max(self.settings.coordinator_delay, 0.01), 0.5)
+        while True:
+            try:
+                waiting = [await storage.pending(name) for name in self.specs]
+            except StorageError as exc:  # the loops retry and report outages; check again later
+                logger.debug("burst: could not count waiting messages: %s", exc)
+            else:
+                if not any(waiting):
+                    logger.info("worker %s: no message waits for its handlers; stopping (burst)", self.id)
+                    self.stop()
+                    return
+            await asyncio.sleep(pause)
 
     def stop(self) -> None:
         """Ask every loop to finish its batch, ack it, release its thread and return."""
@@ -235,6 +294,9 @@ class Worker:
         if self.recorder is None:
             raise RuntimeError("this worker does not record: create it with Worker(queue, trace=True)")
         return self.recorder.frame()
+
+    def __repr__(self) -> str:
+        return f"Worker(id={self.id!r}, storage={self.queue.storage.location!r}, handlers={list(self.specs)!r})"
 
     @contextlib.asynccontextmanager
     async def _listening(self) -> AsyncIterator[None]:
@@ -275,7 +337,10 @@ class _Loop:
         self.worker = worker
         self.storage = worker.queue.storage
         self.settings = worker.settings
-        self.name = f"{worker.identity}:{number}"
+        self.number = number
+        self.name = f"{worker.id}:{number}"
+        self.timeouts = worker.timeouts()
+        self.since = 0.0
         self.rng = random.Random()
         self.waker = Waker()
         self.bound: ThreadRef | None = None
@@ -317,11 +382,12 @@ class _Loop:
                 self.worker._idle[self.waker] = None
                 return await self._poll()
             case Acquire(thread):
-                token = secrets.token_hex(16)
+                token = lease_token(self.name, since := time.time())  # names the holder, for inspection
                 ttl = self.settings.lease_ttl
                 if await self._retrying(lambda: self.storage.acquire(thread, token, ttl)):
                     self.token = token
                     self.worker._idle.pop(self.waker, None)
+                    self.since = since
                     return True
                 return False
             case Wait(seconds, wakeable):
@@ -350,6 +416,8 @@ class _Loop:
     async def _begin(self, thread: ThreadRef) -> None:
         self.bound = thread
         self.worker._bound[thread] = self.waker
+        self.worker.held[thread] = (self.number, self.since)
+        logger.debug("%s bound %s/%s", self.name, thread.handler, thread.thread)
         self.seq = 0
         self.heartbeat = asyncio.create_task(self._heartbeat(thread, self.token))
         self.instance = self.worker.specs[thread.handler].handler()
@@ -367,6 +435,7 @@ class _Loop:
         if thread is None:
             return
         self.worker._bound.pop(thread, None)
+        self.worker.held.pop(thread, None)
         if self.heartbeat is not None:
             self.heartbeat.cancel()
             await asyncio.wait({self.heartbeat})  # never swallows a cancellation of this loop
@@ -381,6 +450,7 @@ class _Loop:
                 await self.storage.release(thread, self.token)
             except StorageError as exc:  # the lease expires by itself
                 logger.warning("could not release thread %s/%s: %s", thread.handler, thread.thread, exc)
+            logger.debug("%s released %s/%s", self.name, thread.handler, thread.thread)
 
     async def _heartbeat(self, thread: ThreadRef, token: str) -> None:
         ttl = self.settings.lease_ttl
@@ -412,6 +482,8 @@ class _Loop:
         if reply is False:
             logger.warning("lease of %s/%s lost: batch not acked, thread left", thread.handler, thread.thread)
             return LOST
+        if ack is not None and ack.dead:
+            self._dead_lettered(thread, ack)
         if reply is None:
             return None
         assert isinstance(reply, tuple)
@@ -421,23 +493,53 @@ class _Loop:
 
     def _decode(self, thread: ThreadRef, order: str, payloads: list[bytes], losses: int) -> Batch:
         messages, bad = self.worker.specs[thread.handler].codec.decode_batch(payloads)
-        for _, error in bad:
-            logger.error("undecodable payload in %s/%s dead-lettered: %s", thread.handler, thread.thread, error)
-        return Batch(order, len(payloads), messages, bad, losses)
+        return Batch(order, len(payloads), messages, bad, losses)  # bad ones are logged once dead-lettered
+
+    def _dead_lettered(self, thread: ThreadRef, ack: Ack) -> None:
+        """The ack moved ``ack.dead`` to the dead letters: log each, count them."""
+        for dead in ack.dead:
+            logger.error(
+                "dead letter: %s thread %s order %s: %s: %s (after %d attempts)",
+                thread.handler,
+                thread.thread,
+                ack.order,
+                type(dead.error).__qualname__,
+                dead.error,
+                dead.attempts,
+            )
+        self.worker.counters.dead_lettered += len(ack.dead)
+        if self.worker.metrics is not None:
+            self.worker.metrics.record_dead_letters(thread.handler, len(ack.dead))
 
     async def _perform(self, effect: Perform) -> BaseException | None:
         assert self.instance is not None
-        recorder = self.worker.recorder
+        worker = self.worker
+        handler = effect.thread.handler
+        messages = effect.messages
+        timeout = self.timeouts[handler]
         started = time.time()
+        deadline = asyncio.timeout(timeout)
         try:
-            messages = effect.messages
             requests = messages.requests() if isinstance(messages, Envelopes) else [m.request for m in messages]
-            await self.instance.perform(*requests)
+            async with deadline:
+                await self.instance.perform(*requests)
         except Exception as exc:
-            logger.warning("%s.perform failed on thread %s: %r", effect.thread.handler, effect.thread.thread, exc)
-            return exc
-        if recorder is not None:
-            recorder.record(effect.thread, self.batch_order, self.name, effect.messages, started, time.time())
+            error = exc
+            if isinstance(exc, TimeoutError) and deadline.expired():
+                error = TimeoutError(f"perform did not finish within {timeout:g} s and was cancelled")
+                error.__cause__ = exc
+            logger.warning("%s.perform failed on thread %s: %r", handler, effect.thread.thread, error)
+            worker.counters.failed += 1
+            if worker.metrics is not None:
+                worker.metrics.record_failure(handler, started, time.time())
+            return error
+        worker.counters.performed += len(messages)
+        if worker.metrics is not None or worker.recorder is not None:
+            finished = time.time()
+            if worker.metrics is not None:
+                worker.metrics.record_batch(handler, messages, started, finished)
+            if worker.recorder is not None:
+                worker.recorder.record(effect.thread, self.batch_order, self.name, messages, started, finished)
         return None
 
     def _dead_records(self, thread: ThreadRef, ack: Ack) -> list[bytes]:

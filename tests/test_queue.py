@@ -303,13 +303,15 @@ async def test_registration_wakes_idle_loop(queue: Queue, settings: Settings) ->
 
 
 class PollCounting(Storage):
-    """The real storage, counting coordinator polls."""
+    """The real storage, counting coordinator polls once they have read the index."""
 
     polls = 0
 
     async def candidates(self, handlers: Sequence[str], count: int) -> list[ThreadRef]:
+        # counted on return: a poll counted while still in flight could read a registration made after the count
+        found = await super().candidates(handlers, count)
         self.polls += 1
-        return await super().candidates(handlers, count)
+        return found
 
 
 async def test_registration_wakes_one_idle_loop_not_all(storage: Storage, settings: Settings) -> None:

@@ -305,10 +305,10 @@ class Worker:
         if self._listener is None:
             self._subscribed = asyncio.Event()
             self._listener = asyncio.create_task(self._listen(self._subscribed))
-        with contextlib.suppress(TimeoutError):  # without wake-ups loops still poll every coordinator_delay
-            async with asyncio.timeout(self.settings.storage_timeout):
-                await self._subscribed.wait()
         try:
+            with contextlib.suppress(TimeoutError):  # without wake-ups loops still poll every coordinator_delay
+                async with asyncio.timeout(self.settings.storage_timeout):
+                    await self._subscribed.wait()
             yield
         finally:
             self._listeners -= 1

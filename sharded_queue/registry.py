@@ -211,7 +211,7 @@ class Presence:
         while not stop.is_set():
             ttl = worker.settings.lease_ttl
             try:
-                await storage.beat_worker(worker.id, encode_record(worker), ttl, handlers)
+                _, worker.peers = await storage.beat_worker(worker.id, encode_record(worker), ttl, handlers)
             except StorageError as exc:  # retried at the next beat
                 worker.health.failed(exc)
             else:

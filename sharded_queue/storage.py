@@ -864,18 +864,23 @@ class Storage:
         with translate_errors():
             return sorted(name.decode() for name in await self.client.smembers(self.keys.handlers))
 
-    async def beat_worker(self, worker_id: str, record: bytes, ttl: float, handlers: Sequence[str] = ()) -> float:
-        """Write a worker's heartbeat record, live for ``ttl`` seconds; returns the server time.
+    async def beat_worker(
+        self, worker_id: str, record: bytes, ttl: float, handlers: Sequence[str] = ()
+    ) -> tuple[float, list[str]]:
+        """Write a worker's heartbeat record, live for ``ttl`` seconds.
 
         ``handlers`` (the names it runs) are added to the set `handler_names` reads.
+
+        Returns:
+            The server time, and the ids of the live workers (this one included).
         """
         keys = self.keys
         with translate_errors():
-            now = await self._worker_beat(
+            now, *live = await self._worker_beat(
                 keys=[keys.workers, keys.worker(worker_id), keys.handlers],
                 args=[worker_id, _ms(ttl), record, *handlers],
             )
-        return int(now) / 1000
+        return int(now) / 1000, sorted(worker.decode() for worker in live)
 
     async def remove_worker(self, worker_id: str) -> None:
         """Delete a worker's record at once (a graceful stop)."""

@@ -20,6 +20,7 @@ import socket
 import time
 import traceback
 import warnings
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -179,6 +180,7 @@ class Worker:
         self.identity = f"{socket.gethostname()}:{os.getpid()}"
         self.health = StorageHealth()
         self.id = f"{self.identity}-{secrets.token_hex(3)}"  # pids are reused, hosts cloned
+        self.peers: list[str] = []  # live workers' ids at the last heartbeat: wake-ups are shared out
 
     def policy(self) -> LoopPolicy:
         """The loop policy from current settings and the handlers' overrides."""
@@ -276,18 +278,31 @@ class Worker:
             waker.wake()
 
     def _on_wake(self, threads: list[ThreadRef]) -> None:
-        """A registration landed: wake the loop holding each thread, else one idle loop.
+        """A registration landed: wake the loop holding each thread, else one idle loop,
+        if this worker is the one that answers for the thread.
 
         Waking one idle loop per thread (not all of them) keeps a burst of
-        registrations from turning every idle loop into a coordinator poll.
+        registrations from turning every idle loop into a coordinator poll; one
+        worker process answering (`answers`) keeps it from turning every process
+        into one. The others find the thread at their next poll.
         """
         idle = iter(list(self._idle))
         for thread in threads:
             waker = self._bound.get(thread)
-            if waker is None:
+            if waker is None and self.answers(thread):
                 waker = next(idle, None)
             if waker is not None:
                 waker.wake()
+
+    def answers(self, thread: ThreadRef) -> bool:
+        """Whether this worker answers ``thread``'s wake-ups: the live worker (as of its last
+        heartbeat) ranking highest for the thread (rendezvous hashing). While its view of the
+        live workers lacks itself (not yet beaten), it answers everything."""
+        peers = self.peers
+        if len(peers) < 2 or self.id not in peers:
+            return True
+        key = f"\0{thread.handler}\0{thread.thread}".encode()
+        return max(peers, key=lambda peer: zlib.crc32(peer.encode() + key)) == self.id
 
     def trace(self) -> Any:
         """The recorded trace as a pandas DataFrame (schema in `sharded_queue.trace`)."""

@@ -10,13 +10,28 @@ import random
 import signal
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import ClassVar
 
 import msgspec
 import pytest
 
-from sharded_queue import Handler, Queue, RequestRoute, Route, Settings, StorageError, StorageFull, Tube, Worker
+from sharded_queue import (
+    Handler,
+    Queue,
+    RequestRoute,
+    Route,
+    Settings,
+    Storage,
+    StorageError,
+    StorageFull,
+    ThreadRef,
+    Tube,
+    Worker,
+)
+from sharded_queue.core import Candidates
+from sharded_queue.storage import connect
 from sharded_queue.testing import RedisServer, wait_until
 from tests.conftest import WORKER_ENV, need_redis_server
 from tests.test_crashes import Processes, chaos_settings, pending, register_workload
@@ -254,3 +269,56 @@ async def test_perform_blocking_the_event_loop_past_the_lease_is_dead_lettered(p
     performs = [seq for _, seq in performed(processes) if seq != 5]  # 5 ran to its end, but never under its lease
     first = list(dict.fromkeys(performs))
     assert first == [seq for seq in range(12) if seq != 5]  # every other request, in FIFO order
+
+
+# --- wake-ups among many worker processes ------------------------------------------------
+
+
+class PollCounting(Storage):
+    """The real storage, counting coordinator polls."""
+
+    polls = 0
+
+    async def candidates(self, handlers: Sequence[str], count: int) -> tuple[Candidates, list[ThreadRef]]:
+        found = await super().candidates(handlers, count)
+        self.polls += 1
+        return found
+
+
+class Storm(Handler):
+    name = "storm"
+    performed: ClassVar[list[int]] = []
+
+    @classmethod
+    async def route(cls, *requests: int) -> list[RequestRoute]:
+        return [RequestRoute(r, Route(thread=r)) for r in requests]
+
+    async def perform(self, *requests: int) -> None:
+        self.performed.extend(requests)
+
+
+async def test_one_worker_process_answers_each_wake_up(redis_url: str) -> None:
+    """Polls per registration do not grow with the number of worker processes (here 6, two loops each)."""
+    Storm.performed = []
+    settings = Settings(
+        key_prefix="storm", coordinator_delay=60, lease_ttl=1.5, worker_empty_limit=1, worker_empty_pause=0
+    )
+    storages = [PollCounting(connect(redis_url, settings), "storm") for _ in range(6)]
+    workers = [Worker(Queue(storage, settings=settings), handlers=[Storm]) for storage in storages]
+    loops = [asyncio.create_task(worker.loop()) for worker in workers for _ in range(2)]
+    await wait_until(lambda: all(len(worker.peers) == 6 for worker in workers))
+    await wait_until(lambda: sum(len(worker._idle) for worker in workers) == 12)  # all idle on a 60 s delay
+    before = sum(storage.polls for storage in storages)
+    queue = Queue(redis_url, settings=settings)
+    for number in range(20):
+        await queue.register(Storm, number)
+        await wait_until(lambda: len(Storm.performed) == number + 1)  # noqa: B023 - awaited at once
+        await wait_until(lambda: sum(len(worker._idle) for worker in workers) == 12)
+    polls = (sum(storage.polls for storage in storages) - before) / 20
+    assert polls <= 3, f"{polls} polls per registration"  # every process answering made it 7 or more
+    for worker in workers:
+        worker.stop()
+    await asyncio.gather(*loops)
+    await queue.close()
+    for storage in storages:
+        await storage.close()

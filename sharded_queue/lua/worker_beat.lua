@@ -6,7 +6,7 @@
 -- The record hash holds `record` (the worker's JSON), `started_at` (its first heartbeat) and
 -- `beat_at` (this one), both in server milliseconds. Ids whose expiry passed are pruned.
 -- Runs under a full Redis (allow-oom, a few bytes): the registry must show the workers draining it.
--- Returns the server time in ms.
+-- Returns {the server time in ms, the ids of the live workers...} (wake-ups are shared among them).
 local now = math.floor(clock() * 1000)  -- lib.lua: the server's clock
 local ttl = tonumber(ARGV[2])
 redis.call('HSETNX', KEYS[2], 'started_at', string.format('%d', now))
@@ -17,4 +17,4 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. string.format('%d', now))
 for i = 4, #ARGV do
   redis.call('SADD', KEYS[3], ARGV[i])
 end
-return string.format('%d', now)
+return {string.format('%d', now), unpack(redis.call('ZRANGE', KEYS[1], 0, -1))}

@@ -62,6 +62,7 @@ leases or free memory (acquire, cycle, renew, release, index) are declared
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import math
@@ -691,6 +692,7 @@ class Storage:
             while True:
                 with translate_errors():
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                raise_if_cancelled(asyncio.current_task())
                 if message is not None:
                     on_wake(wake_threads(message["data"]))
         finally:
@@ -1023,6 +1025,18 @@ def _user(kwargs: dict[str, Any]) -> str:
 
 def _is_ssl(connection_class: Any) -> bool:
     return isinstance(connection_class, type) and issubclass(connection_class, aioredis.SSLConnection)
+
+
+def raise_if_cancelled(task: asyncio.Task[Any] | None) -> None:
+    """Raise `CancelledError` if ``task`` was cancelled, even when the cancellation was swallowed.
+
+    A client library may catch the `CancelledError` thrown into an await (to clean
+    up a connection, say) and return normally or raise something else; the task's
+    ``cancelling()`` count still says it was cancelled. Checked after every
+    effect, so a cancelled loop always stops.
+    """
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def wake_threads(data: bytes) -> list[ThreadRef]:

@@ -51,6 +51,7 @@ from .handler import Handler
 from .queue import DeadLetterRecord, HandlerSpec, Queue
 from .registry import Counters, Presence, lease_token
 from .settings import Settings
+from .storage import raise_if_cancelled
 from .trace import TraceRecorder
 
 if TYPE_CHECKING:
@@ -341,6 +342,7 @@ class Worker:
                 self.health.failed(exc)
             except Exception as exc:  # never let wake-ups die: loops would fall back to polling
                 logger.warning("wake-up subscription failed, retrying: %r", exc)
+            raise_if_cancelled(asyncio.current_task())
             ready.set()
             await asyncio.sleep(1.0)
 
@@ -377,7 +379,7 @@ class _Loop:
                 except StopIteration as stop:
                     return int(stop.value)
                 result = await self.execute(effect)
-                _raise_if_cancelled(task)
+                raise_if_cancelled(task)
         finally:
             self.worker._idle.pop(self.waker, None)
             if self.bound is not None:  # cancelled or failed while bound: unacked batch stays
@@ -581,7 +583,7 @@ class _Loop:
             try:
                 result = await call()
             except StorageError as exc:
-                _raise_if_cancelled(asyncio.current_task())  # the failure may be a cancellation a client turned
+                raise_if_cancelled(asyncio.current_task())  # the failure may be a cancellation a client turned
                 health.failed(exc)
                 await asyncio.sleep(self.worker.policy().backoff(min(attempt, 30), self.rng))
                 continue
@@ -589,15 +591,3 @@ class _Loop:
                 health.answered()
             return result
         raise AssertionError("unreachable")  # pragma: no cover
-
-
-def _raise_if_cancelled(task: asyncio.Task[Any] | None) -> None:
-    """Raise `CancelledError` if ``task`` was cancelled, even when the cancellation was swallowed.
-
-    A client library may catch the `CancelledError` thrown into an await (to clean
-    up a connection, say) and return normally or raise something else; the task's
-    ``cancelling()`` count still says it was cancelled. Checked after every
-    effect, so a cancelled loop always stops.
-    """
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError

@@ -352,7 +352,7 @@ class _Loop:
 
     def __init__(self, worker: Worker, number: int) -> None:
         self.worker = worker
-        self.storage = worker.queue.storage
+        self.storage = worker.queue.storage.for_loop()  # heartbeats, concurrent with it, use the queue's
         self.settings = worker.settings
         self.number = number
         self.name = f"{worker.id}:{number}"
@@ -382,9 +382,12 @@ class _Loop:
                 raise_if_cancelled(task)
         finally:
             self.worker._idle.pop(self.waker, None)
-            if self.bound is not None:  # cancelled or failed while bound: unacked batch stays
-                await asyncio.shield(self._end())
-            program.close()
+            try:
+                if self.bound is not None:  # cancelled or failed while bound: unacked batch stays
+                    await asyncio.shield(self._end())
+            finally:
+                program.close()
+                await self.storage.close_loop()
 
     async def execute(self, effect: Effect) -> Any:
         if not isinstance(effect, Poll | Wait | Acquire):  # busy: wake-ups must go to another loop
@@ -475,7 +478,7 @@ class _Loop:
         while True:
             await asyncio.sleep(ttl / 3)
             try:
-                renewed = await self.storage.renew(thread, token, ttl)
+                renewed = await self.worker.queue.storage.renew(thread, token, ttl)
             except StorageError as exc:
                 health.failed(exc)
                 continue

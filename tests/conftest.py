@@ -10,7 +10,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,8 @@ import fakeredis
 import pytest
 import redis
 
-from sharded_queue import Queue, Settings, Storage
+from sharded_queue import Queue, Settings, Storage, ThreadRef
+from sharded_queue.core import Candidates
 from sharded_queue.testing import RedisServer, free_cluster_port
 
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -116,6 +117,25 @@ def processes(tmp_path: Path) -> Iterator[Any]:
     yield group
     group.stop_all()
     server.stop()
+
+
+class PollCounting(Storage):
+    """The real storage, counting coordinator polls once they have read the index.
+
+    The count lives in a list that the copies `Storage.for_loop` makes share."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.poll_log: list[None] = []
+
+    @property
+    def polls(self) -> int:
+        return len(self.poll_log)
+
+    async def candidates(self, handlers: Sequence[str], count: int) -> tuple[Candidates, list[ThreadRef]]:
+        found = await super().candidates(handlers, count)
+        self.poll_log.append(None)
+        return found
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import random
 import signal
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
 
@@ -23,17 +23,14 @@ from sharded_queue import (
     RequestRoute,
     Route,
     Settings,
-    Storage,
     StorageError,
     StorageFull,
-    ThreadRef,
     Tube,
     Worker,
 )
-from sharded_queue.core import Candidates
 from sharded_queue.storage import connect
 from sharded_queue.testing import RedisServer, wait_until
-from tests.conftest import WORKER_ENV, need_redis_server
+from tests.conftest import WORKER_ENV, PollCounting, need_redis_server
 from tests.test_crashes import Processes, chaos_settings, pending, register_workload
 from tests.worker_process import ChaosHandler
 
@@ -272,17 +269,6 @@ async def test_perform_blocking_the_event_loop_past_the_lease_is_dead_lettered(p
 
 
 # --- wake-ups among many worker processes ------------------------------------------------
-
-
-class PollCounting(Storage):
-    """The real storage, counting coordinator polls."""
-
-    polls = 0
-
-    async def candidates(self, handlers: Sequence[str], count: int) -> tuple[Candidates, list[ThreadRef]]:
-        found = await super().candidates(handlers, count)
-        self.polls += 1
-        return found
 
 
 class Storm(Handler):

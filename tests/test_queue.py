@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import defaultdict
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -16,6 +15,7 @@ from sharded_queue import Handler, Queue, RequestRoute, Route, Settings, Storage
 from sharded_queue.core import Ack
 from sharded_queue.storage import TubeWrite
 from sharded_queue.testing import drain, wait_until
+from tests.conftest import PollCounting
 
 
 @dataclass
@@ -302,18 +302,6 @@ async def test_registration_wakes_idle_loop(queue: Queue, settings: Settings) ->
     assert await asyncio.wait_for(loop, 10) == 2
 
 
-class PollCounting(Storage):
-    """The real storage, counting coordinator polls once they have read the index."""
-
-    polls = 0
-
-    async def candidates(self, handlers: Sequence[str], count: int) -> list[ThreadRef]:
-        # counted on return: a poll counted while still in flight could read a registration made after the count
-        found = await super().candidates(handlers, count)
-        self.polls += 1
-        return found
-
-
 async def test_registration_wakes_one_idle_loop_not_all(storage: Storage, settings: Settings) -> None:
     CountingHandler.performed = []
     counting = PollCounting(storage.client, storage.keys.prefix)
@@ -361,3 +349,15 @@ async def test_busy_thread_lets_a_waiting_thread_in(queue: Queue, settings: Sett
     assert await asyncio.wait_for(loop, 20) == 21
     assert Hogged.performed.index("b") < 10  # without a hold limit it would wait for all of "a"
     assert [p for p in Hogged.performed if p != "b"] == [f"a{i:02}" for i in range(20)]
+
+
+@pytest.mark.parametrize("backend", ["redis", "cluster"])
+async def test_many_first_registrations_at_once_on_a_fresh_client(backend: str, request: pytest.FixtureRequest) -> None:
+    """A new Queue whose first calls come all at once (a SyncQueue from many threads, a web burst)."""
+    url = request.getfixturevalue("redis_url") if backend == "redis" else request.getfixturevalue("redis_cluster").url
+    for trial in range(10):
+        queue = Queue(url, settings=Settings(key_prefix=f"fresh{trial}"))
+        stored = await asyncio.gather(*[queue.register(CountingHandler, number) for number in range(16)])
+        assert stored == [1] * 16
+        assert await queue.pending(CountingHandler) == 16
+        await queue.close()

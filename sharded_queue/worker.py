@@ -47,7 +47,7 @@ from .errors import StorageError
 from .handler import Handler
 from .queue import DeadLetterRecord, HandlerSpec, Queue
 from .settings import Settings
-from .trace import TraceRecorder
+from .trace import CpuTimed, TraceRecorder
 
 logger = logging.getLogger("sharded_queue")
 
@@ -387,15 +387,21 @@ class _Loop:
         assert self.instance is not None
         recorder = self.worker.recorder
         started = time.time()
+        timed: CpuTimed | None = None
         try:
             messages = effect.messages
             requests = messages.requests() if isinstance(messages, Envelopes) else [m.request for m in messages]
-            await self.instance.perform(*requests)
+            if recorder is None:
+                await self.instance.perform(*requests)
+            else:  # tracing: count perform's own CPU time too
+                timed = CpuTimed(self.instance.perform(*requests))
+                await timed
         except Exception as exc:
             logger.warning("%s.perform failed on thread %s: %r", effect.thread.handler, effect.thread.thread, exc)
             return exc
         if recorder is not None:
-            recorder.record(effect.thread, self.batch_order, self.name, effect.messages, started, time.time())
+            cpu = timed.cpu if timed is not None else float("nan")
+            recorder.record(effect.thread, self.batch_order, self.name, effect.messages, started, time.time(), cpu)
         return None
 
     def _dead_records(self, thread: ThreadRef, ack: Ack) -> list[bytes]:

@@ -11,7 +11,7 @@ time, and returns a `Result` with a trace in the shared schema::
     result = simulate(Scenario(
         Workload(NotifyHandler, Poisson(rate=500), Service(per_batch=0.01, per_message=0.001),
                  Keyed(Zipf(10_000, 1.1), make=NotifyRequest)),
-        workers=4, duration=60, seed=1))
+        loops=4, duration=60, seed=1))
     result.summary()
 """
 

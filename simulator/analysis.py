@@ -9,12 +9,13 @@ finished_at``). For each group (by default per handler, thread and order):
   backlog at full speed), ``batches`` and ``batch_mean`` (mean messages per ``perform``);
 * ``wait`` = ``started_at - enqueued_at`` and ``sojourn`` = ``finished_at -
   enqueued_at``: mean, percentiles and max;
-* ``utilisation``: the share of all workers' time spent performing the group's
+* ``utilisation``: the share of all loops' time spent performing the group's
   batches.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -56,8 +57,9 @@ def summary(
     *,
     start: float | None = None,
     end: float | None = None,
-    workers: int | None = None,
+    loops: int | None = None,
     percentiles: Sequence[float] = PERCENTILES,
+    workers: int | None = None,
 ) -> pd.DataFrame:
     """Per-group count, throughput, batch size, wait and sojourn percentiles, utilisation.
 
@@ -67,7 +69,7 @@ def summary(
         start: Only messages enqueued at or after ``start`` count (a warm-up
             cut); default: the first enqueue time.
         end: End of the window; default: the last finish time.
-        workers: Worker loops, for utilisation; default: distinct ``worker`` values.
+        loops: Worker loops, for utilisation; default: distinct ``worker`` values.
         percentiles: Percentiles (0..100) of wait and sojourn to report.
 
     Returns:
@@ -81,7 +83,10 @@ def summary(
     begin = float(frame["enqueued_at"].min()) if start is None else float(start)
     finish = float(frame["finished_at"].max()) if end is None else float(end)
     window = max(finish - begin, 1e-12)
-    loops = int(trace["worker"].nunique()) if workers is None else workers
+    if workers is not None:
+        warnings.warn("summary(workers=...) is now summary(loops=...)", DeprecationWarning, stacklevel=2)
+        loops = workers if loops is None else loops
+    loops = int(trace["worker"].nunique()) if loops is None else loops
     work = frame.assign(
         wait=frame["started_at"] - frame["enqueued_at"],
         sojourn=frame["finished_at"] - frame["enqueued_at"],
@@ -120,11 +125,11 @@ def _metric_columns(percentiles: Sequence[float]) -> list[str]:
     return [*columns, "utilisation"]
 
 
-def _finish(out: pd.DataFrame, window: float, workers: int) -> pd.DataFrame:
+def _finish(out: pd.DataFrame, window: float, loops: int) -> pd.DataFrame:
     """Derived columns from count, performed, batches and busy."""
     out["throughput"] = out["performed"] / window
     out["batch_mean"] = out["count"] / out["batches"].where(out["batches"] > 0)
-    out["utilisation"] = out["busy"] / (max(workers, 1) * window)
+    out["utilisation"] = out["busy"] / (max(loops, 1) * window)
     return out
 
 
@@ -142,7 +147,7 @@ def compare(
         real: Real trace, or its `summary`.
         by: Grouping (as in `summary`); groups present in only one side are dropped.
         metrics: Summary columns to compare.
-        **options: Passed to `summary` for traces (``start``, ``workers``...).
+        **options: Passed to `summary` for traces (``start``, ``loops``...).
 
     Returns:
         Long format: the group columns, ``metric``, ``sim``, ``real`` and

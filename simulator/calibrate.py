@@ -1,4 +1,4 @@
-"""`calibrate`: fit the service-time and round-trip model from a real trace."""
+"""`calibrate`: fit the service-time, CPU and round-trip model from a real trace."""
 
 from __future__ import annotations
 
@@ -11,8 +11,24 @@ import numpy as np
 import pandas as pd
 
 from .analysis import check_trace
+from .cpu import LIBRARY, Overhead
 from .scenario import Scenario
-from .workload import Empirical, Fixed, Service
+from .workload import Empirical, Fixed, ScenarioError, Service
+
+RTT_QUANTILE = 0.25
+"""Which quantile of the back-to-back gaps (less the library's CPU) is taken as the round trip.
+
+A gap is the library's CPU, the round trip, and the time the loop queued for
+its process's CPU behind other loops. That queueing is what makes the gaps
+right-skewed under load, and the twin simulates it: a round trip estimated
+from the median or the mean would count it twice, and would not transfer to
+a configuration with another number of loops. The lower quartile is a round
+trip that found the process (nearly) free."""
+
+TIMER_QUANTILE = 0.02
+"""With ``timer=True``, the quantile of a batch size's waits taken as the timer's own length:
+an ``asyncio.sleep`` never ends early, and ends late by up to a millisecond when
+the event loop is idle (`simulator.cpu`), so its length is the lower envelope."""
 
 
 @dataclass(frozen=True)
@@ -20,75 +36,135 @@ class Calibration:
     """What `calibrate` found.
 
     Attributes:
-        service: A fitted `Service` per handler name.
+        service: A fitted `Service` per handler name (as stored in the trace).
         rtt: Estimated storage round trip (seconds), or NaN when the trace has no
             back-to-back batches to measure it from.
-        fit: Per handler: ``per_batch``, ``per_message``, ``cv`` of the noise,
-            ``batches`` used and ``rtt_samples``.
+        fit: Per handler: ``per_batch``, ``per_message``, their CPU parts, ``cv``
+            of the noise, ``batches`` used and ``rtt_samples``.
+        overhead: The library's CPU per effect the fit assumed (and `apply` sets).
     """
 
     service: Mapping[str, Service]
     rtt: float
     fit: pd.DataFrame
+    overhead: Overhead = LIBRARY
 
-    def apply(self, scenario: Scenario) -> Scenario:
-        """``scenario`` with the fitted service of each of its handlers and the fitted rtt."""
-        workloads = tuple(
-            dataclasses.replace(w, service=self.service.get(w.name, w.service))
-            for w in scenario.workloads  # type: ignore[union-attr]
-        )
+    def apply(self, scenario: Scenario, handlers: Mapping[str, str] | None = None) -> Scenario:
+        """``scenario`` with the fitted service of each handler, the round trip and the overhead.
+
+        Args:
+            scenario: The scenario to calibrate.
+            handlers: Scenario handler name -> trace handler name, for handlers whose
+                names differ (e.g. a simulated copy of a production handler).
+
+        Raises:
+            ScenarioError: a handler of the scenario has no fitted service (neither
+                under its own name nor mapped), or a mapping names one that is not
+                there: nothing is silently left uncalibrated.
+        """
+        handlers = dict(handlers or {})
+        names = [w.name for w in scenario.workloads]  # type: ignore[union-attr]
+        unknown = sorted(set(handlers) - set(names))
+        if unknown:
+            raise ScenarioError(f"Calibration.apply: the scenario has no handler {unknown}; it has {names}")
+        workloads = []
+        for workload in scenario.workloads:  # type: ignore[union-attr]
+            source = handlers.get(workload.name, workload.name)
+            if source not in self.service:
+                raise ScenarioError(
+                    f"Calibration.apply: no fitted service for handler {workload.name!r}"
+                    + (f" (mapped to {source!r})" if source != workload.name else "")
+                    + f"; the trace has {sorted(self.service)}: pass handlers={{scenario name: trace name}}"
+                )
+            workloads.append(dataclasses.replace(workload, service=self.service[source]))
         rtt = scenario.rtt if math.isnan(self.rtt) else self.rtt
-        return dataclasses.replace(scenario, workloads=workloads, rtt=rtt)
+        return dataclasses.replace(scenario, workloads=tuple(workloads), rtt=rtt, overhead=self.overhead)
 
 
-def calibrate(trace: pd.DataFrame, noise: bool = True) -> Calibration:
-    """Fit ``perform`` time = ``per_batch + per_message * n`` (times noise) per handler, and the round trip.
+def calibrate(
+    trace: pd.DataFrame, noise: bool = True, timer: bool = False, overhead: Overhead = LIBRARY
+) -> Calibration:
+    """Fit ``perform`` time, its CPU part and the round trip, per handler, from a trace.
 
-    Each batch's duration is ``finished_at - started_at``; a least-squares line
-    through duration against batch size gives the two costs (clipped at 0).
-    The noise is the empirical distribution of duration / fitted mean (`Fixed`
-    when ``noise`` is False or the durations fit exactly). The round trip is
-    the median gap between a loop's back-to-back batches of one thread (the
-    next batch already waiting), which in the worker is one ack+fetch round trip.
+    * Service: each batch's duration is ``finished_at - started_at``; a
+      least-squares line through duration against batch size gives
+      ``per_batch`` and ``per_message`` (clipped at 0), and the noise is the
+      empirical distribution of duration / fitted mean (`Fixed` when ``noise``
+      is False or the durations fit exactly).
+    * CPU: when the trace has a ``cpu`` column (a real worker records it when
+      tracing), the same line through each batch's CPU seconds gives the CPU
+      part; without it ``perform`` is taken as all waiting.
+    * ``timer=True`` says that ``perform`` waits on an asyncio timer (a sleep): its
+      waiting part is then the lower envelope of the waits (`TIMER_QUANTILE`),
+      since an idle event loop rounds timers up to the millisecond, which the
+      twin simulates, and the noise is `Fixed`.
+    * Round trip: the gaps between a loop's back-to-back batches of one thread
+      (the next batch already waiting: one ack+fetch round trip), less the
+      library's CPU in between (``overhead``), at `RTT_QUANTILE`.
 
     Args:
         trace: A trace (real, or simulated to check the fit).
         noise: Keep the measured noise (`Empirical`) instead of `Fixed`.
+        timer: ``perform`` waits by sleeping (``asyncio.sleep``), not on I/O.
+        overhead: The library's CPU per effect on the machine the trace comes from.
     """
     check_trace(trace)
     if trace.empty:
         raise ValueError("cannot calibrate from an empty trace")
-    batches = (
-        trace.groupby(["worker", "batch"], sort=False, observed=True)
-        .agg(
-            handler=("handler", "first"),
-            thread=("thread", "first"),
-            size=("enqueued_at", "size"),
-            first_enqueued=("enqueued_at", "min"),
-            started=("started_at", "first"),
-            finished=("finished_at", "first"),
-        )
-        .reset_index()
-    )
+    has_cpu = "cpu" in trace.columns and bool(trace["cpu"].notna().all())
+    aggregations = {
+        "handler": ("handler", "first"),
+        "thread": ("thread", "first"),
+        "size": ("enqueued_at", "size"),
+        "first_enqueued": ("enqueued_at", "min"),
+        "started": ("started_at", "first"),
+        "finished": ("finished_at", "first"),
+    }
+    if has_cpu:
+        aggregations["cpu"] = ("cpu", "first")
+    batches = trace.groupby(["worker", "batch"], sort=False, observed=True).agg(**aggregations).reset_index()
     batches["duration"] = batches["finished"] - batches["started"]
     services: dict[str, Service] = {}
     rows = []
     for handler, part in batches.groupby("handler", sort=True):
         size = part["size"].to_numpy(dtype=np.float64)
         duration = part["duration"].to_numpy()
-        per_batch, per_message = _fit(size, duration)
+        busy = np.minimum(part["cpu"].to_numpy(), duration) if has_cpu else np.zeros_like(duration)
+        cpu_batch, cpu_message = _fit(size, busy)
+        if timer:
+            wait_batch, wait_message = _envelope(size, duration - busy)
+            per_batch, per_message = cpu_batch + wait_batch, cpu_message + wait_message
+        else:
+            per_batch, per_message = _fit(size, duration)
+        cpu_batch, cpu_message = min(cpu_batch, per_batch), min(cpu_message, per_message)
         mean = per_batch + per_message * size
         factors = np.divide(duration, mean, out=np.ones_like(duration), where=mean > 0)
         cv = float(np.std(factors) / np.mean(factors)) if len(factors) > 1 and np.mean(factors) > 0 else 0.0
-        model = Empirical(factors) if noise and cv > 1e-9 else Fixed()
-        services[str(handler)] = Service(per_batch=per_batch, per_message=per_message, noise=model)
-        rows.append(
-            {"handler": handler, "per_batch": per_batch, "per_message": per_message, "cv": cv, "batches": len(part)}
+        model = Empirical(factors) if noise and not timer and cv > 1e-9 else Fixed()
+        services[str(handler)] = Service(
+            per_batch=per_batch,
+            per_message=per_message,
+            noise=model,
+            cpu_per_batch=cpu_batch,
+            cpu_per_message=cpu_message,
+            timer=timer,
         )
-    gaps = _gaps(batches)
+        rows.append(
+            {
+                "handler": handler,
+                "per_batch": per_batch,
+                "per_message": per_message,
+                "cpu_per_batch": cpu_batch,
+                "cpu_per_message": cpu_message,
+                "cv": cv,
+                "batches": len(part),
+            }
+        )
+    gaps = _gaps(batches, overhead)
     fit = pd.DataFrame(rows)
     fit["rtt_samples"] = len(gaps)
-    return Calibration(services, float(np.median(gaps)) if len(gaps) else math.nan, fit)
+    rtt = max(float(np.quantile(gaps, RTT_QUANTILE)), 0.0) if len(gaps) else math.nan
+    return Calibration(services, rtt, fit, overhead)
 
 
 def _fit(size: np.ndarray, duration: np.ndarray) -> tuple[float, float]:
@@ -103,8 +179,24 @@ def _fit(size: np.ndarray, duration: np.ndarray) -> tuple[float, float]:
     return float(a), float(b)
 
 
-def _gaps(batches: pd.DataFrame) -> np.ndarray:
-    """Gaps between a loop's consecutive batches of one thread when the next was already waiting."""
+def _envelope(size: np.ndarray, wait: np.ndarray) -> tuple[float, float]:
+    """``a + b * size`` through the low quantile of the waits of each batch size (weighted by count)."""
+    sizes, counts = np.unique(size, return_counts=True)
+    lows = np.array([np.quantile(wait[size == s], TIMER_QUANTILE) for s in sizes])
+    if len(sizes) < 2:
+        return float(max(lows[0], 0.0)), 0.0
+    weights = np.sqrt(counts)
+    (a, b), *_ = np.linalg.lstsq(np.column_stack((weights, weights * sizes)), weights * lows, rcond=None)
+    if b < 0:
+        return float(max(np.average(lows, weights=counts), 0.0)), 0.0
+    if a < 0:
+        return 0.0, float(max((sizes * counts) @ lows / ((sizes * counts) @ sizes), 0.0))
+    return float(a), float(b)
+
+
+def _gaps(batches: pd.DataFrame, overhead: Overhead) -> np.ndarray:
+    """Gaps between a loop's consecutive batches of one thread when the next was already waiting,
+    less the library's CPU between them (ack+fetch, the wake-ups, decode and the perform call)."""
     ordered = batches.sort_values(["worker", "started"])
     same = (
         (ordered["worker"].to_numpy()[1:] == ordered["worker"].to_numpy()[:-1])
@@ -113,5 +205,9 @@ def _gaps(batches: pd.DataFrame) -> np.ndarray:
     )
     finished = ordered["finished"].to_numpy()[:-1]
     ready = ordered["first_enqueued"].to_numpy()[1:] <= finished
-    gaps = ordered["started"].to_numpy()[1:] - finished
+    size = ordered["size"].to_numpy()[1:]
+    library = (
+        overhead.cycle + 2 * overhead.idle + overhead.perform + (overhead.decode + overhead.perform_per_message) * size
+    )
+    gaps = ordered["started"].to_numpy()[1:] - finished - library
     return np.asarray(gaps[same & ready])

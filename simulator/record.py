@@ -128,12 +128,12 @@ class Recorder:
         self.warmup = warmup
         self.enqueued = np.empty(1 << 16)
         self.used = 0
-        self.rows: list[tuple[int, int, float, float, int]] = []  # per batch: group, worker, start, finish, size
+        self.rows: list[tuple[int, int, float, float, int, float]] = []  # per batch: group, loop, start, end, size, cpu
         self.stats = GroupStats()
         self.batches = 0
 
-    def add(self, group: int, worker: int, started: float, finished: float, times: np.ndarray) -> None:
-        """Record one successful ``perform`` of the messages enqueued at ``times``."""
+    def add(self, group: int, worker: int, started: float, finished: float, times: np.ndarray, cpu: float) -> None:
+        """Record one successful ``perform`` of the messages enqueued at ``times`` (``cpu``: its CPU seconds)."""
         count = len(times)
         used = self.used
         if used + count > len(self.enqueued):
@@ -146,20 +146,20 @@ class Recorder:
                 self.enqueued = grown
         self.enqueued[used : used + count] = times
         self.used = used + count
-        self.rows.append((group, worker, started, finished, count))
+        self.rows.append((group, worker, started, finished, count, cpu))
 
-    def _batches(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Per batch: group, worker, started, finished, size."""
+    def _batches(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Per batch: group, worker, started, finished, size, cpu."""
         if not self.rows:
             empty = np.zeros(0, dtype=np.int64)
-            return empty, empty, np.zeros(0), np.zeros(0), empty
+            return empty, empty, np.zeros(0), np.zeros(0), empty, np.zeros(0)
         table = np.array(self.rows, dtype=np.float64)
         ints = table[:, [0, 1, 4]].astype(np.int64)
-        return ints[:, 0], ints[:, 1], table[:, 2], table[:, 3], ints[:, 2]
+        return ints[:, 0], ints[:, 1], table[:, 2], table[:, 3], ints[:, 2], table[:, 5]
 
     def columns(self) -> dict[str, np.ndarray]:
         """The kept trace, one entry per message: group, worker, batch and the three times."""
-        group, worker, started, finished, size = self._batches()
+        group, worker, started, finished, size, cpu = self._batches()
         return {
             "group": np.repeat(group, size),
             "worker": np.repeat(worker, size),
@@ -167,13 +167,14 @@ class Recorder:
             "enqueued_at": self.enqueued[: self.used].copy(),
             "started_at": np.repeat(started, size),
             "finished_at": np.repeat(finished, size),
+            "cpu": np.repeat(cpu, size),
         }
 
     def flush(self) -> None:
         """Fold the buffered batches into the per-group statistics and empty the buffer."""
         if not self.rows:
             return
-        batch_group, _, started, finished, size = self._batches()
+        batch_group, _, started, finished, size, _ = self._batches()
         busy = finished - started
         enqueued = self.enqueued[: self.used]
         row_group = np.repeat(batch_group, size)

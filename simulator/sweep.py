@@ -40,10 +40,10 @@ def sweep(
 
     Args:
         base: A `Scenario` to vary with `Scenario.replace` (scenario fields such as
-            ``workers``, ``rtt``, ``seed`` and `Settings` fields such as
+            ``loops``, ``processes``, ``rtt``, ``seed`` and `Settings` fields such as
             ``worker_batch_size``, ``coordinator_delay``), or a function taking the
             grid's names as keyword arguments and returning a `Scenario`.
-        grid: ``{"workers": [1, 2, 4], "worker_batch_size": [1, 32]}`` (every
+        grid: ``{"loops": [1, 2, 4], "worker_batch_size": [1, 32]}`` (every
             combination) or a list of such mappings of single values.
         by: Summary grouping per point (`Result.summary`); default one row per point.
         progress: Show a progress bar (``tqdm.auto``: a widget in Jupyter, text elsewhere).

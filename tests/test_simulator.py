@@ -48,6 +48,7 @@ from simulator import (
     summary,
     sweep,
 )
+from simulator.cpu import LIBRARY, NONE
 from simulator.theory import (
     WaitEstimate,
     bulk_service_wait,
@@ -230,6 +231,7 @@ def test_backlog_drains_in_the_computed_time(count: int, batch: int, rtt: float)
             Workload(OneThread, Backlog(count), Service(per_batch, per_message)),
             settings=settings(worker_batch_size=batch),
             rtt=rtt,
+            overhead=NONE,
         )
     )
     sizes = [batch] * (count // batch) + ([count % batch] if count % batch else [])
@@ -263,6 +265,7 @@ def replay(times: list[float], threads: list[str], **changes: Any) -> Scenario:
     return Scenario(
         Workload(Named, Replay(times, shift=False), Service(per_batch=0.01), Keyed(KeySequence(threads))),
         settings=settings(worker_empty_limit=3, worker_empty_pause=0.1, coordinator_delay=1.0),
+        overhead=NONE,
     ).replace(**changes)
 
 
@@ -277,7 +280,7 @@ def test_empty_limit_keeps_a_quiet_thread_bound() -> None:
     """
     result = simulate(replay([0.0, 0.05, 0.5], ["a", "a", "a"]))
     assert list(result.trace["started_at"]) == pytest.approx([0.0, 0.05, 0.5])
-    loop = result.workers.iloc[0]
+    loop = result.loops.iloc[0]
     assert loop["binds"] == 2
     assert loop["bound"] == pytest.approx(0.26 + 0.01)
 
@@ -291,7 +294,7 @@ def test_an_empty_thread_is_released_when_another_waits() -> None:
     trace = result.trace.set_index("thread")
     assert trace.loc["a", "started_at"] == pytest.approx(0.0)
     assert trace.loc["b", "started_at"] == pytest.approx(0.05)
-    assert result.workers.iloc[0]["binds"] == 2
+    assert result.loops.iloc[0]["binds"] == 2
 
 
 def test_one_idle_loop_is_woken_per_registration() -> None:
@@ -302,8 +305,8 @@ def test_one_idle_loop_is_woken_per_registration() -> None:
     for the next poll, at the other loop's coordinator delay or after the first
     loop's batch. With two processes each wakes its own idle loop: both threads
     start within a few round trips."""
-    one = simulate(replay([0.5, 0.51], ["a", "b"], workers=2, rtt=0.1))
-    two = simulate(replay([0.5, 0.51], ["a", "b"], workers=2, processes=2, rtt=0.1))
+    one = simulate(replay([0.5, 0.51], ["a", "b"], loops=2, rtt=0.1))
+    two = simulate(replay([0.5, 0.51], ["a", "b"], loops=2, processes=2, rtt=0.1))
     one_waits = sorted(one.trace["started_at"] - one.trace["enqueued_at"])
     two_waits = sorted(two.trace["started_at"] - two.trace["enqueued_at"])
     assert one_waits[0] == pytest.approx(0.445, abs=0.006)  # woken 0.55, poll -0.65, acquire -0.85, cycle -0.95
@@ -317,15 +320,16 @@ def test_idle_loops_with_zero_delays_wait_for_a_wake_up() -> None:
     result = simulate(
         Scenario(
             Workload(OneThread, Deterministic(1.0), Service(per_batch=0.1)),
-            workers=3,
+            loops=3,
             settings=settings(worker_empty_limit=1, **IMMEDIATE),
             messages=50,
+            overhead=NONE,
         )
     )
     overall = result.summary(()).iloc[0]
     assert overall["count"] == 50
     assert overall["wait_max"] == 0.0
-    assert result.workers["polls"].sum() <= 4 * 50
+    assert result.loops["polls"].sum() <= 4 * 50
 
 
 def test_orders_are_served_by_precedence_and_fifo_within_a_tube() -> None:
@@ -341,7 +345,7 @@ def test_orders_are_served_by_precedence_and_fifo_within_a_tube() -> None:
                 Service(per_batch=0.01, per_message=0.001),
                 Keyed(RoundRobin(400), make=lambda k: Note(user=k, urgent=bool(urgent[k]))),
             ),
-            workers=2,
+            loops=2,
             settings=settings(worker_batch_size=16),
         )
     )
@@ -369,7 +373,7 @@ def test_per_handler_batch_size_and_two_handlers() -> None:
                 Workload(Small, Poisson(50), Service(per_batch=0.01)),
                 Workload(OneThread, Poisson(50), Service(per_batch=0.01)),
             ],
-            workers=2,
+            loops=2,
             settings=settings(worker_batch_size=10),
             duration=30,
         )
@@ -394,7 +398,7 @@ def test_failures_go_through_retries_to_dead_letters() -> None:
     assert result.dead > 0
     assert result.messages + result.dead == result.arrived == 2000
     assert len(result.trace) == result.messages
-    assert result.workers["failures"].sum() > 0
+    assert result.loops["failures"].sum() > 0
 
 
 # --- reproducibility, summaries, saturation --------------------------------------------------
@@ -408,7 +412,7 @@ def zipf_scenario(**changes: Any) -> Scenario:
             Service(per_batch=0.004, per_message=0.0005, noise=LogNormal(0.4)),
             Keyed(Zipf(1000, 1.1), make=lambda k: Note(user=k, urgent=k % 10 == 0)),
         ),
-        workers=4,
+        loops=4,
         settings=settings(coordinator_delay=0.05),
         rtt=0.0005,
         duration=60,
@@ -422,7 +426,7 @@ def test_same_seed_same_trace_other_seed_other_trace() -> None:
     first = simulate(zipf_scenario()).trace
     again = simulate(zipf_scenario()).trace
     other = simulate(zipf_scenario(seed=12)).trace
-    assert list(first.columns) == list(COLUMNS)
+    assert list(first.columns) == [*COLUMNS, "cpu"]
     pd.testing.assert_frame_equal(first, again)
     assert len(first) != len(other) or not first["enqueued_at"].equals(other["enqueued_at"])
 
@@ -454,7 +458,7 @@ def test_summary_columns_and_utilisation() -> None:
     assert overall["utilisation"] == pytest.approx(table["utilisation"].sum())
     assert 0 < overall["utilisation"] < 1
     assert not overall["saturated"]
-    busy = result.workers["busy"].sum() / (result.end * 4)
+    busy = result.loops["busy"].sum() / (result.end * 4)
     assert result.utilisation == pytest.approx(busy)
     assert "<table" in result._repr_html_()
 
@@ -523,7 +527,7 @@ class ZeroBatch(Handler):
     [
         (lambda: Poisson(-1.0), ScenarioError, "Poisson rate"),
         (lambda: Service(per_batch=-0.1), ScenarioError, "per_batch"),
-        (lambda: Scenario(Workload(OneThread, Poisson(1), Service()), workers=0, duration=1), ScenarioError, "workers"),
+        (lambda: Scenario(Workload(OneThread, Poisson(1), Service()), loops=0, duration=1), ScenarioError, "loops"),
         (lambda: Scenario(Workload(OneThread, Poisson(1), Service()), duration=-5), ScenarioError, "duration"),
         (lambda: Scenario(Workload(OneThread, Poisson(1), Service())), ScenarioError, "duration or a message count"),
         (lambda: Scenario(Workload(OneThread, Poisson(1), Service()), duration=1, rtt=math.nan), ScenarioError, "rtt"),
@@ -672,10 +676,15 @@ def test_compare_gives_relative_errors() -> None:
 
 
 def test_calibrate_recovers_the_service_model() -> None:
-    """Fitting a simulated trace gives back the service costs and round trip it was made with."""
+    """Fitting a simulated trace gives back the service costs, the CPU part and the round trip
+    it was made with (the round trip from gaps that found the process's CPU free)."""
     scenario = Scenario(
-        Workload(OneThread, Poisson(900), Service(per_batch=0.004, per_message=0.0002, noise=LogNormal(0.2))),
-        workers=2,
+        Workload(
+            OneThread,
+            Poisson(900),
+            Service(0.004, 0.0002, noise=LogNormal(0.2), cpu_per_batch=0.001, cpu_per_message=0.00005),
+        ),
+        loops=2,
         settings=settings(worker_batch_size=64),
         rtt=0.001,
         duration=60,
@@ -684,20 +693,34 @@ def test_calibrate_recovers_the_service_model() -> None:
     service = fitted.service["one-thread"]
     assert service.per_batch == pytest.approx(0.004, rel=0.05)
     assert service.per_message == pytest.approx(0.0002, rel=0.05)
-    assert fitted.rtt == pytest.approx(0.001, rel=1e-6)
+    assert service.cpu_per_batch == pytest.approx(0.001, rel=0.05)
+    assert service.cpu_per_message == pytest.approx(0.00005, rel=0.05)
+    assert fitted.rtt == pytest.approx(0.001, rel=0.02)
     again = fitted.apply(scenario)
-    assert again.rtt == pytest.approx(0.001) and again.workloads[0].service is service  # type: ignore[index]
+    assert again.rtt == pytest.approx(fitted.rtt) and again.workloads[0].service is service  # type: ignore[index]
+    assert again.overhead == LIBRARY
+
+
+def test_calibration_maps_handler_names_or_refuses() -> None:
+    """A calibration never silently leaves a handler uncalibrated: other names are mapped or refused."""
+    trace = simulate(Scenario(Workload(OneThread, Poisson(50), Service(0.01)), duration=20)).trace
+    fitted = calibrate(trace)
+    other = Scenario(Workload(Small, Poisson(50), Service()), duration=5)
+    with pytest.raises(ScenarioError, match="no fitted service for handler 'small'.*one-thread"):
+        fitted.apply(other)
+    with pytest.raises(ScenarioError, match="no handler"):
+        fitted.apply(other, handlers={"nope": "one-thread"})
+    mapped = fitted.apply(other, handlers={"small": "one-thread"})
+    assert mapped.workloads[0].service is fitted.service["one-thread"]  # type: ignore[index]
 
 
 # --- sweep and plots --------------------------------------------------------------------------
 
 
 def test_sweep_gathers_one_row_per_point() -> None:
-    frame = sweep(
-        zipf_scenario(duration=10, warmup=1), {"workers": [1, 4], "worker_batch_size": [1, 32]}, progress=False
-    )
+    frame = sweep(zipf_scenario(duration=10, warmup=1), {"loops": [1, 4], "worker_batch_size": [1, 32]}, progress=False)
     assert len(frame) == 4
-    assert list(frame.columns[:2]) == ["workers", "worker_batch_size"]
+    assert list(frame.columns[:2]) == ["loops", "worker_batch_size"]
     assert {"throughput", "wait_p99", "saturated", "utilisation", "wall"} <= set(frame.columns)
     by_handler = sweep(
         lambda rate: zipf_scenario(duration=5, warmup=1).replace(seed=rate),
@@ -712,9 +735,9 @@ def test_sweep_gathers_one_row_per_point() -> None:
 
 def test_plots_return_figures() -> None:
     result = simulate(zipf_scenario(duration=10, warmup=1))
-    frame = sweep(zipf_scenario(duration=5, warmup=1), {"workers": [1, 2]}, progress=False)
+    frame = sweep(zipf_scenario(duration=5, warmup=1), {"loops": [1, 2]}, progress=False)
     for figure in (
-        plot_sweep(frame, x="workers"),
+        plot_sweep(frame, x="loops"),
         plot_backlog(result),
         plot_latency({"sim": result.trace, "again": result}, by="order"),
     ):
@@ -756,7 +779,7 @@ def test_a_registration_of_several_threads_wakes_one_idle_loop_per_thread() -> N
     idle loop at once, not one loop now and the others a coordinator delay later."""
     scenario = Scenario(
         Workload(Spread, Backlog(400, at=0.5), Service(per_batch=0.005), Keyed(RoundRobin(8))),
-        workers=8,
+        loops=8,
         settings=settings(coordinator_delay=5.0, worker_batch_size=10),
         rtt=0.0005,
     )

@@ -52,10 +52,12 @@ from simulator.cpu import LIBRARY, NONE
 from simulator.theory import (
     WaitEstimate,
     bulk_service_wait,
+    cpu_scenario,
     erlang_c,
     erlang_c_wait,
     fcfs_waits,
     mean_wait,
+    mm1_sojourn,
     mm1_wait,
     mmc_scenario,
 )
@@ -104,6 +106,7 @@ IMMEDIATE = {"coordinator_delay": 0.0, "worker_empty_pause": 0.0}
 
 
 THEORY_PLAN = {
+    "cpu-0.5": [("cpu", 0.5, 4, 300_000, seed) for seed in range(2)],
     "mmc-0.5": [("mmc", 0.5, 2, 40_000, seed) for seed in range(2)],
     "mmc-0.8": [("mmc", 0.8, 2, 40_000, seed) for seed in range(2)],
     "bulk-4": [("bulk", 0.5, 4, 200_000, seed) for seed in range(2)],
@@ -166,6 +169,29 @@ def test_mean_wait_matches_bulk_service_queue(theory_runs: dict[str, Any], batch
     expected = bulk_service_wait(rho * batch, 1.0, batch)
     assert error < 0.01 * expected, "too noisy for a 3% check to mean anything"
     assert mean == pytest.approx(expected, rel=0.03)
+
+
+@pytest.mark.slow
+def test_loops_sharing_a_cpu_bound_perform_are_a_single_server(theory_runs: dict[str, Any]) -> None:
+    """Four loops of one process whose ``perform`` is all CPU (exponential, mean 1 s) at load 0.5:
+    they share the process's one CPU, so the fleet is M/M/1, not M/M/4. Mean sojourn
+    ``1 / (mu - lambda)`` = 2 s, mean wait 1 s, where M/M/4 would wait 0.004 s and sojourn 1.004 s."""
+    mean, error = WaitEstimate.pooled(theory_runs["cpu-0.5"])
+    expected = mm1_sojourn(0.5, 1.0) - 1.0
+    assert error < 0.01 * expected, "too noisy for a 3% check to mean anything"
+    assert mean == pytest.approx(expected, rel=0.03)
+    assert mean > 100 * erlang_c_wait(0.5, 1.0, 4)
+
+
+def test_loops_sharing_a_cpu_are_exactly_one_fcfs_server() -> None:
+    """Path by path: with the simulated arrivals and the service times in the order they started,
+    a single FCFS server gives the very same total wait as the four loops sharing one CPU."""
+    trace = simulate(cpu_scenario(0.7, 4, 20_000, seed=3, warmup=0.0)).trace
+    services = trace.sort_values("started_at")["cpu"].to_numpy()
+    waits = fcfs_waits(np.sort(trace["enqueued_at"].to_numpy()), services, 1)
+    simulated = (trace["started_at"] - trace["enqueued_at"]).to_numpy()
+    assert simulated.sum() == pytest.approx(waits.sum(), rel=1e-9)
+    assert (trace["finished_at"] - trace["started_at"]).to_numpy() == pytest.approx(trace["cpu"].to_numpy())
 
 
 @pytest.mark.parametrize("rho", [0.5, 0.9])
@@ -246,6 +272,38 @@ def test_backlog_drains_in_the_computed_time(count: int, batch: int, rtt: float)
     assert batches["started"].to_numpy() == pytest.approx([s for s, _ in expected], abs=1e-12)
     assert result.end == pytest.approx(start, abs=1e-12)  # the run ends when the last batch is performed
     assert result.summary(()).loc[0, "count"] == count
+
+
+def test_backlog_timeline_with_the_librarys_cpu() -> None:
+    """The same drain with the library's CPU (`simulator.cpu.LIBRARY`): each effect first takes
+    its CPU, and an effect that finds the process idle (after a round trip or a perform's
+    wait) pays the wake-up too. Every batch's start is exact."""
+    o, rtt, per_batch, per_message = LIBRARY, 0.002, 0.05, 0.001
+    result = simulate(
+        Scenario(
+            Workload(OneThread, Backlog(300), Service(per_batch, per_message)),
+            settings=settings(worker_batch_size=128),
+            rtt=rtt,
+        )
+    )
+    t = o.poll + o.idle + rtt  # poll: CPU, then one round trip
+    t += o.acquire + o.idle + 2 * rtt  # acquire: script + hide in the index
+    t += o.begin + o.idle  # begin: after the round trip the process was idle
+    idle = 0.0  # the first cycle follows begin in the same callback
+    expected = []
+    for size in (128, 128, 44):
+        t += o.cycle + idle + rtt  # ack+fetch
+        t += o.idle + o.perform + (o.decode + o.perform_per_message) * size  # the reply wakes the process
+        expected.append(t)
+        t += per_batch + per_message * size  # perform's waiting: no CPU
+        idle = o.idle  # the next cycle wakes the process after that wait
+    started = result.trace.groupby("batch")["started_at"].first().to_numpy()
+    assert started == pytest.approx(expected, abs=1e-12)
+    performs = 3 * (o.cycle + o.idle + o.perform) + 300 * (o.decode + o.perform_per_message)
+    acks = 3 * o.idle + o.cycle  # the wake-ups after each perform's wait, and the last ack
+    binding = o.poll + o.acquire + o.begin + 3 * o.idle
+    wakes = o.wake  # the backlog is one registration: one wake-up message
+    assert result.processes["cpu_busy"].iloc[0] == pytest.approx(performs + acks + binding + wakes, rel=1e-9)
 
 
 class Named(Handler):

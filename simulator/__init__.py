@@ -17,11 +17,12 @@ time, and returns a `Result` with a trace in the shared schema::
 
 from .analysis import backlog, compare, summary
 from .calibrate import Calibration, calibrate
+from .cpu import LIBRARY, NONE, Overhead
 from .engine import SimulatedFailure, simulate
 from .plots import plot_backlog, plot_latency, plot_sweep
 from .result import Result
 from .scenario import Scenario, Workload
-from .sweep import sweep
+from .sweep import Plan, plan, sweep
 from .theory import bulk_service_wait, erlang_c, erlang_c_wait
 from .workload import (
     Backlog,
@@ -44,6 +45,8 @@ from .workload import (
 )
 
 __all__ = [
+    "LIBRARY",
+    "NONE",
     "Backlog",
     "Calibration",
     "Deterministic",
@@ -55,6 +58,8 @@ __all__ = [
     "Keyed",
     "LogNormal",
     "OnOff",
+    "Overhead",
+    "Plan",
     "Poisson",
     "Replay",
     "Result",
@@ -72,6 +77,7 @@ __all__ = [
     "compare",
     "erlang_c",
     "erlang_c_wait",
+    "plan",
     "plot_backlog",
     "plot_latency",
     "plot_sweep",

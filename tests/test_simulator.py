@@ -41,6 +41,7 @@ from simulator import (
     analysis,
     calibrate,
     compare,
+    plan,
     plot_backlog,
     plot_latency,
     plot_sweep,
@@ -789,6 +790,56 @@ def test_sweep_gathers_one_row_per_point() -> None:
     assert len(by_handler) == 2
     with pytest.raises(ScenarioError, match="unknown"):
         sweep(zipf_scenario(), {"wrokers": [1]}, progress=False)
+
+
+def test_sweep_replications_give_means_and_intervals() -> None:
+    """Each point runs with seeds seed, seed + 1, ...: the mean is theirs and the 95% interval
+    brackets it; the runs spread over processes give the same numbers as runs here."""
+    base = zipf_scenario(duration=6, warmup=1)
+    frame = sweep(base, {"loops": [2, 4]}, replications=3, progress=False)
+    assert list(frame["replications"]) == [3, 3]
+    singles = [simulate(base.replace(loops=4, seed=base.seed + r)).summary(()).iloc[0] for r in range(3)]
+    row = frame.set_index("loops").loc[4]
+    assert row["sojourn_p99"] == pytest.approx(np.mean([s["sojourn_p99"] for s in singles]), rel=1e-9)
+    assert row["sojourn_p99_low"] < row["sojourn_p99"] < row["sojourn_p99_high"]
+    half = 4.303 * np.std([s["sojourn_p99"] for s in singles], ddof=1) / math.sqrt(3)
+    assert row["sojourn_p99_high"] - row["sojourn_p99"] == pytest.approx(half, rel=1e-9)
+    serial = sweep(base, {"loops": [2, 4]}, replications=3, progress=False, processes=1)
+    pd.testing.assert_frame_equal(frame.drop(columns=["wall", "wall_low", "wall_high"]),
+                                  serial.drop(columns=["wall", "wall_low", "wall_high"]))  # fmt: skip
+
+
+def test_plan_is_the_cheapest_configuration_that_meets_the_goal() -> None:
+    """Fewest loops, then fewest processes, among the points whose p99 interval is within the goal."""
+    scenario = Scenario(
+        Workload(Spread, Poisson(100), Service(0.02, 0.001, LogNormal(0.5)), Keyed(RoundRobin(8))),
+        rtt=0.0005,
+        duration=15,
+        warmup=2,
+        trace=False,
+    )
+    found = plan(scenario, rate=400, p99=0.2, over={"loops": [2, 4, 6, 8], "processes": [1, 2]}, progress=False)
+    assert found.choice is not None and found.row is not None
+    table = found.table
+    chosen = table.index[table["meets"]][0]
+    assert (table.loc[: chosen - 1, "meets"] == False).all()  # noqa: E712 - every cheaper point misses
+    assert found.choice == {"loops": table.loc[chosen, "loops"], "processes": table.loc[chosen, "processes"]}
+    assert found.row["sojourn_p99_high"] <= 0.2 and found.row["throughput"] == pytest.approx(400, rel=0.02)
+    assert list(table["loops"]) == sorted(table["loops"])
+    assert "Plan for 400/s" in repr(found)
+    hopeless = plan(scenario, rate=400, p99=0.001, over={"loops": [2]}, progress=False)
+    assert hopeless.choice is None and "no configuration" in repr(hopeless)
+
+
+def test_workers_is_a_deprecated_name_of_loops() -> None:
+    workload = Workload(OneThread, Poisson(1), Service())
+    with pytest.warns(DeprecationWarning, match="'workers' is now 'loops'"):
+        old = Scenario(workload, workers=3, duration=1)
+    assert old.loops == 3
+    with pytest.warns(DeprecationWarning, match="'workers' is now 'loops'"):
+        assert old.replace(workers=2).loops == 2
+    with pytest.raises(ScenarioError, match="use loops only"), pytest.warns(DeprecationWarning):
+        Scenario(workload, loops=2, workers=3, duration=1)
 
 
 def test_plots_return_figures() -> None:

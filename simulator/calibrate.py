@@ -6,6 +6,7 @@ import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -13,17 +14,13 @@ import pandas as pd
 from .analysis import check_trace
 from .cpu import LIBRARY, Overhead
 from .scenario import Scenario
-from .workload import Empirical, Fixed, ScenarioError, Service
+from .workload import Empirical, Fixed, Noise, ScenarioError, Service
 
-RTT_QUANTILE = 0.25
-"""Which quantile of the back-to-back gaps (less the library's CPU) is taken as the round trip.
-
-A gap is the library's CPU, the round trip, and the time the loop queued for
-its process's CPU behind other loops. That queueing is what makes the gaps
-right-skewed under load, and the twin simulates it: a round trip estimated
-from the median or the mean would count it twice, and would not transfer to
-a configuration with another number of loops. The lower quartile is a round
-trip that found the process (nearly) free."""
+RTT_TRIM = 0.9
+"""Round trips above this quantile of those seen are left out of the fit: a loop finds its next
+batch already waiting (the only gaps that show a round trip) mostly when things were slow, so
+the longest gaps are pauses of the whole process (garbage collection, the operating system),
+not round trips, and would make every simulated round trip slower."""
 
 TIMER_QUANTILE = 0.02
 """With ``timer=True``, the quantile of a batch size's waits taken as the timer's own length:
@@ -37,8 +34,9 @@ class Calibration:
 
     Attributes:
         service: A fitted `Service` per handler name (as stored in the trace).
-        rtt: Estimated storage round trip (seconds), or NaN when the trace has no
+        rtt: Estimated mean storage round trip (seconds), or NaN when the trace has no
             back-to-back batches to measure it from.
+        rtt_noise: The measured spread of the round trips (`Empirical`, unit mean).
         fit: Per handler: ``per_batch``, ``per_message``, their CPU parts, ``cv``
             of the noise, ``batches`` used and ``rtt_samples``.
         overhead: The library's CPU per effect the fit assumed (and `apply` sets).
@@ -48,6 +46,7 @@ class Calibration:
     rtt: float
     fit: pd.DataFrame
     overhead: Overhead = LIBRARY
+    rtt_noise: Noise = dataclasses.field(default_factory=Fixed)
 
     def apply(self, scenario: Scenario, handlers: Mapping[str, str] | None = None) -> Scenario:
         """``scenario`` with the fitted service of each handler, the round trip and the overhead.
@@ -77,8 +76,13 @@ class Calibration:
                     + f"; the trace has {sorted(self.service)}: pass handlers={{scenario name: trace name}}"
                 )
             workloads.append(dataclasses.replace(workload, service=self.service[source]))
-        rtt = scenario.rtt if math.isnan(self.rtt) else self.rtt
-        return dataclasses.replace(scenario, workloads=tuple(workloads), rtt=rtt, overhead=self.overhead)
+        if math.isnan(self.rtt):
+            rtt, noise = scenario.rtt, scenario.rtt_noise
+        else:
+            rtt, noise = self.rtt, self.rtt_noise
+        return dataclasses.replace(
+            scenario, workloads=tuple(workloads), rtt=rtt, rtt_noise=noise, overhead=self.overhead
+        )
 
 
 def calibrate(
@@ -100,7 +104,11 @@ def calibrate(
       twin simulates, and the noise is `Fixed`.
     * Round trip: the gaps between a loop's back-to-back batches of one thread
       (the next batch already waiting: one ack+fetch round trip), less the
-      library's CPU in between (``overhead``), at `RTT_QUANTILE`.
+      CPU its process spent meanwhile on this and its other loops (their
+      ``perform`` CPU from the ``cpu`` column, the library's from ``overhead``),
+      which the twin simulates itself: their mean is the round trip, their
+      spread its noise. What is left is the storage and the operating
+      system: a busy machine makes round trips longer than Redis alone.
 
     Args:
         trace: A trace (real, or simulated to check the fit).
@@ -160,11 +168,15 @@ def calibrate(
                 "batches": len(part),
             }
         )
-    gaps = _gaps(batches, overhead)
+    trips = _round_trips(batches, overhead)
     fit = pd.DataFrame(rows)
-    fit["rtt_samples"] = len(gaps)
-    rtt = max(float(np.quantile(gaps, RTT_QUANTILE)), 0.0) if len(gaps) else math.nan
-    return Calibration(services, rtt, fit, overhead)
+    fit["rtt_samples"] = len(trips)
+    if not len(trips) or trips.mean() <= 0:
+        return Calibration(services, math.nan, fit, overhead)
+    trips = trips[trips <= np.quantile(trips, RTT_TRIM)]
+    rtt = float(trips.mean())
+    spread = Empirical(trips) if noise and trips.std() > 1e-9 * rtt else Fixed()
+    return Calibration(services, rtt, fit, overhead, spread)
 
 
 def _fit(size: np.ndarray, duration: np.ndarray) -> tuple[float, float]:
@@ -194,20 +206,52 @@ def _envelope(size: np.ndarray, wait: np.ndarray) -> tuple[float, float]:
     return float(a), float(b)
 
 
-def _gaps(batches: pd.DataFrame, overhead: Overhead) -> np.ndarray:
-    """Gaps between a loop's consecutive batches of one thread when the next was already waiting,
-    less the library's CPU between them (ack+fetch, the wake-ups, decode and the perform call)."""
+def _round_trips(batches: pd.DataFrame, overhead: Overhead) -> np.ndarray:
+    """Round trips seen in the trace: gaps between a loop's consecutive batches of one thread when the
+    next was already waiting, less the CPU the loop's process used during the gap (clipped at 0).
+
+    The process's CPU is every batch's ``perform`` CPU (``cpu`` column, when there)
+    and the library's CPU before it (ack+fetch, wake-ups, decode, the call),
+    which is what the twin simulates: what is left is the round trip proper.
+    """
     ordered = batches.sort_values(["worker", "started"])
+    worker = ordered["worker"].to_numpy()
     same = (
-        (ordered["worker"].to_numpy()[1:] == ordered["worker"].to_numpy()[:-1])
+        (worker[1:] == worker[:-1])
         & (ordered["thread"].to_numpy()[1:] == ordered["thread"].to_numpy()[:-1])
         & (ordered["handler"].to_numpy()[1:] == ordered["handler"].to_numpy()[:-1])
     )
     finished = ordered["finished"].to_numpy()[:-1]
-    ready = ordered["first_enqueued"].to_numpy()[1:] <= finished
-    size = ordered["size"].to_numpy()[1:]
-    library = (
-        overhead.cycle + 2 * overhead.idle + overhead.perform + (overhead.decode + overhead.perform_per_message) * size
-    )
-    gaps = ordered["started"].to_numpy()[1:] - finished - library
-    return np.asarray(gaps[same & ready])
+    started = ordered["started"].to_numpy()[1:]
+    keep = same & (ordered["first_enqueued"].to_numpy()[1:] <= finished)
+    if not keep.any():
+        return np.empty(0)
+    size = ordered["size"].to_numpy()
+    library = overhead.cycle + 2 * overhead.idle + overhead.perform
+    library += (overhead.decode + overhead.perform_per_message) * size
+    cpu = ordered["cpu"].to_numpy() if "cpu" in ordered.columns else np.zeros(len(ordered))
+    begins = ordered["started"].to_numpy() - library
+    ends = ordered["started"].to_numpy() + cpu
+    process = np.array([str(w).rsplit(":", 1)[0] for w in worker])
+    used = np.zeros(int(keep.sum()))
+    gap_process = process[1:][keep]
+    lows, highs = finished[keep], started[keep]
+    for name in np.unique(process):
+        mine = process == name
+        busy = _busy(begins[mine], ends[mine])
+        here = gap_process == name
+        used[here] = busy(highs[here]) - busy(lows[here])
+    return np.maximum(highs - lows - used, 0.0)
+
+
+def _busy(begins: np.ndarray, ends: np.ndarray) -> Any:
+    """``t -> CPU seconds of the segments [begin, end) up to t`` (overlaps counted twice)."""
+    begins, ends = np.sort(begins), np.sort(ends)
+    begun, ended = np.concatenate(([0.0], np.cumsum(begins))), np.concatenate(([0.0], np.cumsum(ends)))
+
+    def upto(times: np.ndarray) -> np.ndarray:
+        started = np.searchsorted(begins, times, "right")
+        finished = np.searchsorted(ends, times, "right")
+        return np.asarray((started * times - begun[started]) - (finished * times - ended[finished]))
+
+    return upto

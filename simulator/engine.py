@@ -77,7 +77,7 @@ from .result import Result
 from .routing import route_positions
 from .scenario import Scenario, Workload
 from .wake import LoopState, SimProcess, Wakeups
-from .workload import Generated, Keyed, Replay, ScenarioError, ServiceSampler
+from .workload import Fixed, Generated, Keyed, Noise, Replay, ScenarioError, ServiceSampler
 
 # Round trips of each `sharded_queue.storage.Storage` call, by outcome.
 POLL_TRIPS = 1
@@ -88,6 +88,24 @@ DEAD_LETTER_TRIPS = 1  # SADD of the dead-letter index before the cycle script
 
 
 _EMPTY = np.empty(0)
+
+
+class RoundTrips:
+    """Round-trip times: the mean times a unit-mean noise factor, drawn in blocks."""
+
+    BLOCK = 4096
+
+    def __init__(self, mean: float, noise: Noise, seed: np.random.SeedSequence) -> None:
+        self.mean = mean
+        self.noise = noise
+        self.rng = np.random.default_rng(seed)
+        self.factors: list[float] = []
+
+    def next(self) -> float:
+        """The next storage call's round trip."""
+        if not self.factors:
+            self.factors = (self.noise.sample(self.rng, self.BLOCK) * self.mean).tolist()
+        return self.factors.pop()
 
 
 class SimulatedFailure(Exception):
@@ -637,7 +655,7 @@ class Simulation:
         self.env = simpy.Environment()
         workloads: Sequence[Workload] = scenario.workloads  # type: ignore[assignment]
         root = np.random.SeedSequence(scenario.seed)
-        feed_seed, service_seed, loop_seed = root.spawn(3)
+        feed_seed, service_seed, loop_seed, rtt_seed = root.spawn(4)
         self.storage = SimStorage(workloads)
         self.feed = Feed(scenario, self.storage, feed_seed.spawn(len(workloads)))
         service_rngs = [np.random.default_rng(s) for s in service_seed.spawn(len(workloads))]
@@ -645,6 +663,8 @@ class Simulation:
         self.loop_seeds = [int(s.generate_state(1)[0]) for s in loop_seed.spawn(scenario.loops)]
         self.policy = scenario.policy()
         self.rtt = scenario.rtt
+        noisy = scenario.rtt and not isinstance(scenario.rtt_noise, Fixed)
+        self.round_trips = RoundTrips(scenario.rtt, scenario.rtt_noise, rtt_seed) if noisy else None
         self.recorder = Recorder(keep=scenario.trace, warmup=scenario.warmup)
         self.taken = 0
         self.dead = 0
@@ -706,7 +726,9 @@ class Simulation:
         feed = self.feed
         wakeups = self.wakeups
         timeout = env.timeout
-        rtt = self.rtt
+        mean_rtt = self.rtt
+        next_rtt = self.round_trips.next if self.round_trips is not None else None
+        rtt = mean_rtt
         half = rtt / 2
         record = self.recorder.add
         samplers = self.samplers
@@ -726,6 +748,9 @@ class Simulation:
                 owed = 0.0
             if kind is not Poll and kind is not Wait and kind is not Acquire:
                 wakeups.acquired(stats, env._now)  # busy: as in the Worker, wake-ups go to another loop
+            if next_rtt is not None and kind is not Wait and kind is not Begin and kind is not Perform:
+                rtt = next_rtt()  # this storage call's round trip
+                half = rtt / 2
             if kind is Cycle:
                 now = env._now
                 wakeups.arm(stats, now)

@@ -20,8 +20,10 @@ from sharded_queue.handler import declared_orders, handler_name
 from .cpu import LIBRARY, Overhead, check_overhead
 from .workload import (
     Arrivals,
+    Fixed,
     Generated,
     Keyed,
+    Noise,
     Replay,
     Requests,
     ScenarioError,
@@ -85,8 +87,10 @@ class Scenario:
         settings: The real settings (batch size, coordinator delay, empty
             limit/pause, lease TTL, retries); default: the library defaults,
             not the environment (pass ``sharded_queue.settings`` for that).
-        rtt: Storage round-trip time in seconds; every Redis round trip of the
-            real storage costs one.
+        rtt: Storage round-trip time in seconds (the mean); every Redis round trip
+            of the real storage costs one.
+        rtt_noise: Unit-mean factor of each round trip (`Fixed` by default; `calibrate`
+            sets the measured spread, `Empirical`).
         duration: Simulated seconds; arrivals stop then and so does the run.
         messages: Total requests to register; without ``duration`` the run goes
             on until all of them are performed.
@@ -106,6 +110,7 @@ class Scenario:
     processes: int = 1
     settings: Settings = field(default_factory=Settings)
     rtt: float = 0.0
+    rtt_noise: Noise = field(default_factory=Fixed)
     duration: float | None = None
     messages: int | None = None
     warmup: float = 0.0
@@ -149,6 +154,8 @@ class Scenario:
         if not isinstance(self.settings, Settings):
             raise ScenarioError(f"Scenario settings must be sharded_queue.Settings, got {self.settings!r}")
         _positive("Scenario rtt", self.rtt, zero=True)
+        if not hasattr(self.rtt_noise, "sample"):
+            raise ScenarioError(f"Scenario rtt_noise must be a noise model (Fixed, Empirical), got {self.rtt_noise!r}")
         if self.duration is not None:
             _positive("Scenario duration", self.duration)
         if self.messages is not None:

@@ -76,7 +76,18 @@ class GroupStats:
     Memory: two histograms of `BINS` 32-bit counts per group (about 45 KB a tube).
     """
 
-    SCALARS = ("count", "performed", "batches", "busy", "wait_sum", "wait_max", "sojourn_sum", "sojourn_max")
+    SCALARS = (
+        "count",
+        "performed",
+        "batches",
+        "busy",
+        "wait_sum",
+        "wait_max",
+        "sojourn_sum",
+        "sojourn_max",
+        "first_enqueued",
+        "last_finished",
+    )
 
     def __init__(self) -> None:
         self.size = 0
@@ -88,6 +99,8 @@ class GroupStats:
         self.wait_max = np.zeros(0)
         self.sojourn_sum = np.zeros(0)
         self.sojourn_max = np.zeros(0)
+        self.first_enqueued = np.zeros(0)  # earliest enqueue counted (the group's own window starts there)
+        self.last_finished = np.zeros(0)  # latest finish after the warm-up (and ends there)
         self.wait_hist = np.zeros((0, BINS), np.int32)
         self.sojourn_hist = np.zeros((0, BINS), np.int32)
 
@@ -97,7 +110,8 @@ class GroupStats:
             return
         extra = size - self.size
         for name in self.SCALARS:
-            setattr(self, name, np.concatenate((getattr(self, name), np.zeros(extra))))
+            fill = math.inf if name == "first_enqueued" else -math.inf if name == "last_finished" else 0.0
+            setattr(self, name, np.concatenate((getattr(self, name), np.full(extra, fill))))
         self.wait_hist = np.concatenate((self.wait_hist, np.zeros((extra, BINS), np.int32)))
         self.sojourn_hist = np.concatenate((self.sojourn_hist, np.zeros((extra, BINS), np.int32)))
         self.size = size
@@ -111,8 +125,10 @@ class GroupStats:
         for name in self.SCALARS:
             values = getattr(self, name)[:size]
             target = getattr(merged, name)
-            if name.endswith("_max"):
+            if name.endswith("_max") or name == "last_finished":
                 np.maximum.at(target, keys, values)
+            elif name == "first_enqueued":
+                np.minimum.at(target, keys, values)
             else:
                 np.add.at(target, keys, values)
         np.add.at(merged.wait_hist, keys, self.wait_hist[:size])
@@ -180,13 +196,14 @@ class Recorder:
         row_group = np.repeat(batch_group, size)
         wait = np.repeat(started, size) - enqueued  # started - enqueued, per message
         sojourn = wait + np.repeat(busy, size)
+        kept = enqueued
         if enqueued[0] >= self.warmup:  # all counted (arrivals after the warm-up)
             batch_counted = np.ones(len(size), dtype=bool)
         else:
             counted = enqueued >= self.warmup
             first = np.concatenate(([0], np.cumsum(size)[:-1]))
             batch_counted = np.add.reduceat(counted.astype(np.int64), first) > 0  # batches are never empty
-            row_group, wait, sojourn = row_group[counted], wait[counted], sojourn[counted]
+            row_group, wait, sojourn, kept = row_group[counted], wait[counted], sojourn[counted], enqueued[counted]
         stats = self.stats
         stats.grow(int(batch_group.max()) + 1)
         groups = batch_group[batch_counted]
@@ -196,12 +213,14 @@ class Recorder:
         ]
         stats.batches[: stats.size] += np.bincount(groups, minlength=stats.size)[: stats.size]
         stats.busy[: stats.size] += np.bincount(groups, weights=busy[batch_counted], minlength=stats.size)[: stats.size]
+        np.maximum.at(stats.last_finished, batch_group[late], finished[late])
         if len(row_group):
             stats.count += np.bincount(row_group, minlength=stats.size)
             stats.wait_sum += np.bincount(row_group, weights=wait, minlength=stats.size)
             stats.sojourn_sum += np.bincount(row_group, weights=sojourn, minlength=stats.size)
             np.maximum.at(stats.wait_max, row_group, wait)
             np.maximum.at(stats.sojourn_max, row_group, sojourn)
+            np.minimum.at(stats.first_enqueued, row_group, kept)
             for hist, values in ((stats.wait_hist, wait), (stats.sojourn_hist, sojourn)):
                 codes = row_group * BINS + bin_of(values)
                 if stats.size * BINS <= 1 << 23:  # few tubes: count every cell

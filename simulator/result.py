@@ -190,6 +190,8 @@ class Result:
                 performed=int(stats.performed[code]),
                 batches=int(stats.batches[code]),
                 busy=float(stats.busy[code]),
+                first_enqueued=float(stats.first_enqueued[code]),
+                last_finished=float(stats.last_finished[code]),
             )
             for name in ("wait", "sojourn"):
                 top = float(getattr(stats, f"{name}_max")[code])
@@ -201,9 +203,18 @@ class Result:
             rows.append(row)
         out = pd.DataFrame(
             rows,
-            columns=[*names, "count", "performed", "batches", "busy", *analysis._metric_columns(percentiles)[4:-1]],
+            columns=[
+                *names,
+                "count",
+                "performed",
+                "batches",
+                "busy",
+                "first_enqueued",
+                "last_finished",
+                *analysis._metric_columns(percentiles)[4:-1],
+            ],
         )
-        out = analysis._finish(out, window, self.scenario.loops)
+        out = analysis._finish(out, window, self.scenario.loops, self.scenario.warmup)
         return out[[*names, *analysis._metric_columns(percentiles)]]
 
     def _keys(self, names: list[str]) -> list[tuple[Any, ...]]:

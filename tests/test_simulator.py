@@ -725,6 +725,27 @@ def test_summary_of_a_handmade_trace() -> None:
         summary(handmade_trace().drop(columns=["batch"]))
 
 
+def test_each_groups_throughput_is_over_its_own_window() -> None:
+    """Thread "late" works from 10 s to 12 s, "early" from 0 to 2: each performed 2 messages
+    in 2 seconds. Over the run's shared window (12 s) both would read 2/12 per second, their
+    arrivals over it, whatever happened."""
+    trace = (
+        handmade_trace()
+        .iloc[:4]
+        .assign(
+            thread=["early", "early", "late", "late"],
+            batch=[1, 1, 2, 2],
+            enqueued_at=[0.0, 1.0, 10.0, 11.0],
+            started_at=[1.0, 1.0, 11.0, 11.0],
+            finished_at=[2.0, 2.0, 12.0, 12.0],
+        )
+    )
+    table = summary(trace, "thread").set_index("thread")
+    assert table.loc["early", "throughput"] == pytest.approx(1.0)
+    assert table.loc["late", "throughput"] == pytest.approx(1.0)
+    assert summary(trace, ()).iloc[0]["throughput"] == pytest.approx(4 / 12)
+
+
 def test_compare_gives_relative_errors() -> None:
     real = handmade_trace()
     sim = real.assign(started_at=real["started_at"] * 1.1, finished_at=real["finished_at"] * 1.1)

@@ -7,8 +7,11 @@ measures those costs from the library itself::
 
     .venv/bin/python -m benchmarks.bench_overhead            # prints the table and the Overhead(...) literal
 
+Each constant is the median of three measurements (``--repeat``): the machine is shared.
+
 How: one worker loop (so the thread's CPU clock sees nothing but that loop)
-drains backlogs of a no-op handler over 4 threads with batch sizes 1, 16 and
+drains backlogs of a no-op handler (once with tracing on, for what recording
+a trace adds to each ``perform``) over 4 threads with batch sizes 1, 16 and
 128 from a redis-server it starts on a free loopback port. Each effect is
 charged the thread CPU time (``time.thread_time``) from the end of the
 previous effect to its own end: the core's decision, the storage call
@@ -113,14 +116,16 @@ Sample = tuple[str, int, float, int]
 """One effect: its kind, batch size (cycles and performs), thread CPU seconds, event loop iterations."""
 
 
-async def drain(url: str, batch: int, messages: int, loops: int) -> tuple[list[Sample], float, int]:
+async def drain(
+    url: str, batch: int, messages: int, loops: int, trace: bool = False
+) -> tuple[list[Sample], float, int]:
     """Drain a backlog of ``messages``: per-effect samples, the thread's total CPU and iterations."""
     settings = Settings(storage_url=url, key_prefix=f"bench-overhead-{uuid.uuid4().hex[:8]}", worker_batch_size=batch)
     queue = Queue(url, settings=settings)
     try:
         for start in range(0, messages, 1000):
             await queue.register(Noop, *range(start, min(start + 1000, messages)))
-        worker = Worker(queue, handlers=[Noop], settings=settings)
+        worker = Worker(queue, handlers=[Noop], settings=settings, trace=trace)
         share = messages // loops
         limits = [share + (messages - share * loops if i == 0 else 0) for i in range(loops)]
         with EffectClock() as clock:
@@ -246,11 +251,18 @@ async def measure(url: str, messages: int) -> dict[str, Any]:
         got, _, _ = await drain(url, batch, messages if batch > 1 else messages // 8, 1)
         single += got
     runs = [await drain(url, batch, messages, loops) for loops in (2, 4, 8, 16) for batch in (16, 128)]
+    traced: list[Sample] = []
+    for batch in (1, 16, 128):
+        got, _, _ = await drain(url, batch, messages if batch > 1 else messages // 8, 1, trace=True)
+        traced += got
     iteration, idle = idle_cost(single, runs)
     costs = effect_costs(single)
     for name in ("poll", "acquire", "cycle", "end"):  # the one-loop costs include a wake-up from idle
         costs[name] -= idle
     costs["idle"] = idle
+    with_trace = effect_costs(traced)
+    costs["trace"] = with_trace["perform"] - costs["perform"]
+    costs["trace_per_message"] = with_trace["perform_per_message"] - costs["perform_per_message"]
     costs["wake"] = await wake_cost(url)
     sleeps = {d: await sleep_times(d) for d in (0.0002, 0.0005, 0.001, 0.0015, 0.003)}
     slack = statistics.median(statistics.median(t) - math.ceil(d * 1000 - 1e-9) / 1000 for d, t in sleeps.items())
@@ -287,17 +299,28 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--messages", type=int, default=40_000, help="messages per drain")
     parser.add_argument("--url", help="a redis-server to use; default: start one on a free port")
+    parser.add_argument("--repeat", type=int, default=3, help="measurements; each constant is their median")
     options = parser.parse_args(argv)
+
+    def measure_all(url: str) -> list[dict[str, Any]]:
+        return [asyncio.run(measure(url, options.messages)) for _ in range(options.repeat)]
+
     if options.url:
-        found = asyncio.run(measure(options.url, options.messages))
+        runs = measure_all(options.url)
     else:
         with tempfile.TemporaryDirectory(prefix="sq-overhead-") as directory:
             server = RedisServer(Path(directory))
             try:
-                found = asyncio.run(measure(server.url, options.messages))
+                runs = measure_all(server.url)
             finally:
                 server.stop()
-    costs = found["costs"]
+    found = runs[-1]  # sleeps, checks: the last run's
+    costs = {name: statistics.median(run["costs"][name] for run in runs) for name in found["costs"]}
+    found["slack"] = statistics.median(run["slack"] for run in runs)
+    print(f"medians of {len(runs)} measurements; spread (max - min) / median per constant:")
+    for name in costs:
+        values = [run["costs"][name] for run in runs]
+        print(f"  {name:22} {(max(values) - min(values)) / abs(costs[name]) if costs[name] else 0.0:6.0%}")
     print("CPU per effect, one loop (us):")
     for name, value in costs.items():
         print(f"  {name:22} {value * 1e6:8.2f}")
@@ -317,7 +340,15 @@ def main(argv: list[str] | None = None) -> None:
             f"({predicted / cpu - 1:+.0%}), iterations per effect {per_effect:.2f}"
         )
     print("\nOverhead(")
-    for name in (*(k.lower() for k in KINDS), "decode", "perform_per_message", "idle", "wake"):
+    for name in (
+        *(k.lower() for k in KINDS),
+        "decode",
+        "perform_per_message",
+        "idle",
+        "wake",
+        "trace",
+        "trace_per_message",
+    ):
         if name in costs:
             print(f"    {name}={costs[name]:.3g},")
     print(f"    timer_slack={found['slack']:.3g},")

@@ -227,8 +227,8 @@ def _round_trips(batches: pd.DataFrame, overhead: Overhead) -> np.ndarray:
     if not keep.any():
         return np.empty(0)
     size = ordered["size"].to_numpy()
-    library = overhead.cycle + 2 * overhead.idle + overhead.perform
-    library += (overhead.decode + overhead.perform_per_message) * size
+    library = overhead.cycle + 2 * overhead.idle + overhead.perform + overhead.trace
+    library += (overhead.decode + overhead.perform_per_message + overhead.trace_per_message) * size
     cpu = ordered["cpu"].to_numpy() if "cpu" in ordered.columns else np.zeros(len(ordered))
     begins = ordered["started"].to_numpy() - library
     ends = ordered["started"].to_numpy() + cpu

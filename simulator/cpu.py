@@ -55,6 +55,8 @@ class Overhead:
         idle: Extra CPU of an effect that wakes an idle process (the event loop's
             own iterations, shared between replies when the process is busy).
         wake: Per wake-up message (one per registration) every worker process receives.
+        trace: What recording a trace adds per ``perform`` (``Worker(trace=True)``).
+        trace_per_message: What recording a trace adds per message.
         timer_slack: How late past the millisecond an idle event loop's timer fires.
         timer_resolution: ``epoll_wait``'s resolution: idle timers are rounded up to it.
     """
@@ -69,6 +71,8 @@ class Overhead:
     end: float = 0.0
     idle: float = 0.0
     wake: float = 0.0
+    trace: float = 0.0
+    trace_per_message: float = 0.0
     timer_slack: float = 0.0
     timer_resolution: float = 0.001
 
@@ -94,17 +98,17 @@ NONE = Overhead()
 """No library CPU: every loop an independent server, as the textbook queues assume."""
 
 LIBRARY = Overhead(
-    poll=9.95e-05,
-    acquire=0.000141,
-    begin=1.06e-05,
-    cycle=7.38e-05,
-    decode=1.91e-07,
-    perform=6.15e-06,
-    perform_per_message=3.48e-08,
-    end=0.000146,
-    idle=1.32e-05,
-    wake=2e-05,
-    timer_slack=8.41e-05,
+    poll=9.99e-05,
+    acquire=0.000138,
+    begin=1.04e-05,
+    cycle=7.51e-05,
+    decode=7.11e-08,
+    perform=6.28e-06,
+    perform_per_message=3.58e-08,
+    end=0.000144,
+    idle=7.55e-06,
+    wake=2.63e-05,
+    timer_slack=8.84e-05,
 )
 """The library's CPU on this project's 2-core development machine (Python 3.11, redis-py
 with hiredis, a local redis-server), measured by::
@@ -113,8 +117,14 @@ with hiredis, a local redis-server), measured by::
 
 which drains backlogs of a no-op handler with one loop and times each effect with the
 thread's CPU clock, and checks the constants against runs of 2 to 16 loops in one
-process (within 15%). Re-measure on the machine you plan for and pass your own
-`Overhead` (or ``LIBRARY.scaled(factor)``)."""
+process (within 10%, 20% for 16 loops with batches of 128). The machine is shared:
+each constant is the median of three measurements, which move by under 10% (the
+idle and wake-up costs and the tiny decode by up to 2x). Re-measure on the machine you plan for
+and pass your own `Overhead` (or ``LIBRARY.scaled(factor)``)."""
+
+TRACED = dataclasses.replace(LIBRARY, trace=5.15e-06, trace_per_message=4.61e-07)
+"""`LIBRARY` for a worker that records a trace (``Worker(trace=True)``), as the real runs
+`calibrate` learns from do; measured by the same benchmark."""
 
 
 class Cpu:

@@ -31,11 +31,12 @@ per message.
 Two deliberate differences from the asyncio worker, both invisible when the
 round trip is 0:
 
-* A wakeable ``Wait(0)`` (``coordinator_delay=0`` or ``worker_empty_pause=0``)
-  waits *until woken* by the next registration. The real worker would re-poll
-  at once, i.e. busy-poll Redis; in simulated time with no round trip that
-  would spin forever at one instant. An idle loop finds new work at the same
-  moment either way.
+* Without round trip and library CPU (the textbook queues), a wakeable
+  ``Wait(0)`` (``coordinator_delay=0`` or ``worker_empty_pause=0``) waits
+  *until woken* by the next registration. The real worker re-polls at once,
+  i.e. busy-polls Redis, and so does the twin when a poll takes time; with
+  neither it would spin forever at one instant. An idle loop finds new work
+  at the same moment either way.
 * Lease heartbeats and lease expiry are not modelled (no loop crashes), so
   ``lease_ttl`` has no effect.
 """
@@ -735,6 +736,8 @@ class Simulation:
         cpu: Cpu | None = stats.process.cpu
         claim = cpu.claim if cpu is not None else None
         costs = self.overhead
+        # A zero wait re-polls at once, as in the Worker, when a poll takes time; else it waits for a wake-up.
+        spins = bool(mean_rtt or (claim is not None and costs.poll and costs.cycle))
         program = worker_program(self.policy, None, rng)
         send = program.send
         result: Any = None
@@ -788,7 +791,8 @@ class Simulation:
                     finished = started + duration
                 else:
                     now = env._now
-                    library = costs.perform + (costs.decode + costs.perform_per_message) * count
+                    library = costs.perform + costs.trace
+                    library += (costs.decode + costs.perform_per_message + costs.trace_per_message) * count
                     done = claim(now, library + busy)
                     started = done - busy
                     waiting = duration - busy
@@ -839,7 +843,9 @@ class Simulation:
                     wakeups.acquired(stats, env._now)
             elif kind is Wait:
                 result = None
-                if effect.wakeable:
+                if effect.wakeable and effect.seconds == 0 and spins:
+                    pass  # as the Worker does: poll again at once (each poll costs CPU or a round trip)
+                elif effect.wakeable:
                     waiting = wakeups.wait(stats, effect.seconds)
                     if waiting is not None:
                         yield waiting

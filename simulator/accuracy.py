@@ -218,7 +218,7 @@ def twin_trace(
         handler_for(config),
         Replay(times),
         Service(),
-        Keyed(KeySequence(ordered["thread"].astype(int).to_numpy())),
+        Keyed(KeySequence(np.arange(len(ordered)))),  # request i was registered i-th, as in `real_trace`
     )
     scenario = Scenario(
         workload,

@@ -242,7 +242,7 @@ class Prediction:
     what: str
 
 
-_SPIN = Config("spin-4", loops=4, batch=16, threads=16, orders=1, delay=0.05, messages=4000, rate=1500,
+_SPIN = Config("spin-4", loops=4, batch=16, threads=16, orders=1, delay=0.05, messages=3000, rate=1000,
                per_batch=0.001, per_message=0.00005, perform="spin")  # fmt: skip
 _SHORT = Config("io-8", loops=8, batch=64, threads=8, orders=1, delay=0.05, messages=6000, rate=1200,
                 per_batch=0.0005, per_message=0.00002)  # fmt: skip
@@ -250,7 +250,7 @@ _DRAIN = Config("noop-8", loops=8, batch=64, threads=32, orders=1, delay=0.05, m
 
 PREDICTIONS: tuple[Prediction, ...] = (
     Prediction("loops", _SPIN, _SPIN.replace(name="spin-8", loops=8), "CPU-bound perform, 4 -> 8 loops in one process"),
-    Prediction("load", _SPIN, _SPIN.replace(name="spin-4-hi", rate=2000, messages=5000), "CPU-bound, 1500 -> 2000/s"),
+    Prediction("load", _SPIN, _SPIN.replace(name="spin-4-hi", rate=1500, messages=4500), "CPU-bound, 1000 -> 1500/s"),
     Prediction("processes", _SHORT, _SHORT.replace(name="io-2x4", processes=2), "0.5 ms sleeps, 1 x 8 -> 2 x 4 loops"),
     Prediction(
         "short-io", _SHORT, _SHORT.replace(name="io-8-hi", rate=1800, messages=9000), "0.5 ms sleeps, 1200 -> 1800/s"

@@ -212,6 +212,35 @@ class Replay:
         return times.size / span if span > 0 else None
 
 
+@dataclass(frozen=True)
+class Registered:
+    """Arrivals registered in bulk: a producer that calls ``register`` every ``every`` seconds
+    with what arrived since, so each call (and its wake-up message to every worker
+    process) carries many requests, all with that call's enqueue time.
+
+    Args:
+        arrivals: When requests arrive at the producer (`Poisson`, ...).
+        every: Seconds between two ``register`` calls.
+    """
+
+    arrivals: Arrivals
+    every: float
+
+    def __post_init__(self) -> None:
+        if not hasattr(self.arrivals, "chunks"):
+            raise ScenarioError(f"Registered arrivals must be an arrival process, got {self.arrivals!r}")
+        _positive("Registered every", self.every)
+
+    def chunks(self, rng: np.random.Generator) -> Iterator[np.ndarray]:
+        """The inner process's times, each moved up to the next call (a multiple of ``every``)."""
+        for chunk in self.arrivals.chunks(rng):
+            yield np.ceil(np.asarray(chunk) / self.every) * self.every
+
+    def mean_rate(self) -> float | None:
+        """The inner process's rate."""
+        return self.arrivals.mean_rate()
+
+
 def Backlog(count: int, at: float = 0.0) -> Replay:
     """``count`` requests all registered at time ``at``: a backlog to drain."""
     _count("Backlog count", count)

@@ -30,6 +30,7 @@ from simulator import (
     LogNormal,
     OnOff,
     Poisson,
+    Registered,
     Replay,
     RoundRobin,
     Scenario,
@@ -674,6 +675,20 @@ def test_arrival_processes_have_their_rates() -> None:
     assert len(random_periods) / random_periods[-1] == pytest.approx(25, rel=0.15)
     replay = Replay([5.0, 3.0, 4.0])
     assert list(next(replay.chunks(rng))) == [0.0, 1.0, 2.0]
+
+
+def test_registered_arrivals_come_in_calls() -> None:
+    """A producer registering every 10 ms: every enqueue time is a call's, none moved back,
+    none lost, at most 10 ms late; the twin sees one registration (one wake-up) per call."""
+    rng = np.random.default_rng(0)
+    arrivals = next(Poisson(1000).chunks(np.random.default_rng(0)))
+    called = next(Registered(Poisson(1000), every=0.01).chunks(rng))
+    assert len(called) == len(arrivals)
+    assert np.allclose(called / 0.01, np.round(called / 0.01))
+    assert ((called - arrivals >= 0) & (called - arrivals < 0.01 + 1e-12)).all()
+    assert Registered(Poisson(1000), every=0.01).mean_rate() == 1000
+    result = simulate(Scenario(Workload(OneThread, Registered(Poisson(1000), every=0.01), Service()), duration=2))
+    assert result.trace["enqueued_at"].nunique() <= 201
 
 
 def test_zipf_keys_are_skewed() -> None:

@@ -99,6 +99,8 @@ async def run_workers(
                 if child.poll() is None:
                     child.kill()
                     child.wait()
+                if child.stdout is not None:
+                    child.stdout.close()
         columns: dict[str, list[Any]] = {}
         process_cpu = []
         for output in outputs:

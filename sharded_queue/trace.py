@@ -7,17 +7,26 @@ A trace has one row per performed message::
 Times are seconds (wall clock for real runs, simulated time for the twin);
 ``batch`` numbers the ``perform`` call the message was part of. pandas is only
 imported when a trace is turned into a DataFrame.
+
+A trace may also carry ``cpu``: the seconds its ``perform`` call held the
+worker's event loop, i.e. ran rather than awaited (the same for every message
+of the batch; `CpuTimed`), which a real worker records when tracing is on, so
+that the simulator's `calibrate` can tell the CPU part of ``perform`` from its
+waiting.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Awaitable, Generator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     import pandas as pd
 
 COLUMNS = ("handler", "thread", "order", "worker", "batch", "enqueued_at", "started_at", "finished_at")
+OPTIONAL = ("cpu",)
+"""Columns a trace may have besides `COLUMNS`."""
 
 
 class _Thread(Protocol):
@@ -36,7 +45,7 @@ class TraceRecorder:
     """Appends trace rows cheaply, column by column."""
 
     def __init__(self) -> None:
-        self.columns: dict[str, list[Any]] = {name: [] for name in COLUMNS}
+        self.columns: dict[str, list[Any]] = {name: [] for name in (*COLUMNS, *OPTIONAL)}
         self.batches = 0
 
     def record(
@@ -47,8 +56,9 @@ class TraceRecorder:
         messages: Sequence[_Message],
         started_at: float,
         finished_at: float,
+        cpu: float = float("nan"),
     ) -> None:
-        """Record one performed batch."""
+        """Record one performed batch (``cpu``: CPU seconds of its ``perform``, NaN if unknown)."""
         count = len(messages)
         self.batches += 1
         columns = self.columns
@@ -60,6 +70,7 @@ class TraceRecorder:
         columns["enqueued_at"].extend(message.enqueued_at for message in messages)
         columns["started_at"].extend([started_at] * count)
         columns["finished_at"].extend([finished_at] * count)
+        columns["cpu"].extend([cpu] * count)
 
     def __len__(self) -> int:
         return len(self.columns["batch"])
@@ -73,10 +84,53 @@ def to_frame(columns: Mapping[str, Sequence[Any]]) -> pd.DataFrame:
     """A trace DataFrame from columns, with the schema's column order and dtypes."""
     import pandas as pd
 
-    frame = pd.DataFrame({name: columns[name] for name in COLUMNS})
+    names = [*COLUMNS, *(name for name in OPTIONAL if name in columns)]
+    frame = pd.DataFrame({name: columns[name] for name in names})
     for name in ("handler", "thread", "order", "worker"):
         frame[name] = frame[name].astype(str)
     frame["batch"] = frame["batch"].astype("int64")
-    for name in ("enqueued_at", "started_at", "finished_at"):
+    for name in ("enqueued_at", "started_at", "finished_at", *names[len(COLUMNS) :]):
         frame[name] = frame[name].astype("float64")
     return frame
+
+
+class CpuTimed:
+    """Awaits a coroutine and counts in `cpu` the time its own steps held the event loop.
+
+    All loops of a worker share one thread, so a clock read around ``await
+    perform(...)`` would also count what other loops did while this
+    ``perform`` waited. This wrapper drives the coroutine step by step (as
+    `asyncio.Task` does, passing every yielded future, value and exception
+    through) and reads the clock around each step only: a CPU-bound
+    ``perform`` counts all its time, one that awaits I/O only its computing.
+    The clock is wall time (``perf_counter``), not the thread's CPU clock:
+    while a step runs, nothing else of the process does, even when the
+    operating system lends the core to another process meanwhile.
+    """
+
+    __slots__ = ("coroutine", "cpu")
+
+    def __init__(self, coroutine: Awaitable[Any]) -> None:
+        self.coroutine: Any = coroutine
+        self.cpu = 0.0
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coroutine = self.coroutine
+        clock = time.perf_counter
+        value: Any = None
+        error: BaseException | None = None
+        while True:
+            start = clock()
+            try:
+                yielded = coroutine.send(value) if error is None else coroutine.throw(error)
+            except StopIteration as stop:
+                return stop.value
+            finally:  # the step's CPU, whatever it ended with
+                self.cpu += clock() - start
+            try:
+                value, error = (yield yielded), None
+            except GeneratorExit:
+                coroutine.close()
+                raise
+            except BaseException as exc:  # a cancellation or a failed future: the coroutine handles it
+                value, error = None, exc

@@ -52,7 +52,7 @@ from .queue import DeadLetterRecord, HandlerSpec, Queue
 from .registry import Counters, Presence, lease_token
 from .settings import Settings
 from .storage import raise_if_cancelled
-from .trace import TraceRecorder
+from .trace import CpuTimed, TraceRecorder
 
 if TYPE_CHECKING:
     from .metrics import Metrics
@@ -539,10 +539,15 @@ class _Loop:
         timeout = self.timeouts[handler]
         started = time.time()
         deadline = asyncio.timeout(timeout)
+        timed: CpuTimed | None = None
         try:
             requests = messages.requests() if isinstance(messages, Envelopes) else [m.request for m in messages]
             async with deadline:
-                await self.instance.perform(*requests)
+                if worker.recorder is None:
+                    await self.instance.perform(*requests)
+                else:  # tracing: count perform's own CPU time too
+                    timed = CpuTimed(self.instance.perform(*requests))
+                    await timed
         except Exception as exc:
             error = exc
             if isinstance(exc, TimeoutError) and deadline.expired():
@@ -559,7 +564,8 @@ class _Loop:
             if worker.metrics is not None:
                 worker.metrics.record_batch(handler, messages, started, finished)
             if worker.recorder is not None:
-                worker.recorder.record(effect.thread, self.batch_order, self.name, messages, started, finished)
+                cpu = timed.cpu if timed is not None else float("nan")
+                worker.recorder.record(effect.thread, self.batch_order, self.name, messages, started, finished, cpu)
         return None
 
     def _dead_records(self, thread: ThreadRef, ack: Ack) -> list[bytes]:

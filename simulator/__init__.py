@@ -11,17 +11,18 @@ time, and returns a `Result` with a trace in the shared schema::
     result = simulate(Scenario(
         Workload(NotifyHandler, Poisson(rate=500), Service(per_batch=0.01, per_message=0.001),
                  Keyed(Zipf(10_000, 1.1), make=NotifyRequest)),
-        workers=4, duration=60, seed=1))
+        loops=4, duration=60, seed=1))
     result.summary()
 """
 
 from .analysis import backlog, compare, summary
 from .calibrate import Calibration, calibrate
+from .cpu import LIBRARY, NONE, Overhead
 from .engine import SimulatedFailure, simulate
 from .plots import plot_backlog, plot_latency, plot_sweep
 from .result import Result
 from .scenario import Scenario, Workload
-from .sweep import sweep
+from .sweep import Plan, plan, sweep
 from .theory import bulk_service_wait, erlang_c, erlang_c_wait
 from .workload import (
     Backlog,
@@ -35,6 +36,7 @@ from .workload import (
     LogNormal,
     OnOff,
     Poisson,
+    Registered,
     Replay,
     RoundRobin,
     ScenarioError,
@@ -44,6 +46,8 @@ from .workload import (
 )
 
 __all__ = [
+    "LIBRARY",
+    "NONE",
     "Backlog",
     "Calibration",
     "Deterministic",
@@ -55,7 +59,10 @@ __all__ = [
     "Keyed",
     "LogNormal",
     "OnOff",
+    "Overhead",
+    "Plan",
     "Poisson",
+    "Registered",
     "Replay",
     "Result",
     "RoundRobin",
@@ -72,6 +79,7 @@ __all__ = [
     "compare",
     "erlang_c",
     "erlang_c_wait",
+    "plan",
     "plot_backlog",
     "plot_latency",
     "plot_sweep",

@@ -4,17 +4,22 @@ A trace is the DataFrame of `sharded_queue.trace` (one row per performed
 message: ``handler, thread, order, worker, batch, enqueued_at, started_at,
 finished_at``). For each group (by default per handler, thread and order):
 
-* ``count``, ``throughput`` (messages performed per second over the window,
-  whenever they were enqueued: a saturated group still drains its warm-up
-  backlog at full speed), ``batches`` and ``batch_mean`` (mean messages per ``perform``);
+* ``count``, ``throughput`` (messages performed per second over the group's
+  own window, from its first enqueue (or the warm-up's end) to its last
+  finish, whenever they were enqueued: a saturated group still drains its
+  warm-up backlog at full speed; a window shared by all groups would make
+  every group's throughput its arrivals over that window, whatever was
+  simulated), ``batches`` and ``batch_mean`` (mean messages per ``perform``);
 * ``wait`` = ``started_at - enqueued_at`` and ``sojourn`` = ``finished_at -
   enqueued_at``: mean, percentiles and max;
-* ``utilisation``: the share of all workers' time spent performing the group's
+* ``utilisation``: the share of all loops' time spent performing the group's
   batches.
 """
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -56,8 +61,9 @@ def summary(
     *,
     start: float | None = None,
     end: float | None = None,
-    workers: int | None = None,
+    loops: int | None = None,
     percentiles: Sequence[float] = PERCENTILES,
+    workers: int | None = None,
 ) -> pd.DataFrame:
     """Per-group count, throughput, batch size, wait and sojourn percentiles, utilisation.
 
@@ -67,7 +73,7 @@ def summary(
         start: Only messages enqueued at or after ``start`` count (a warm-up
             cut); default: the first enqueue time.
         end: End of the window; default: the last finish time.
-        workers: Worker loops, for utilisation; default: distinct ``worker`` values.
+        loops: Worker loops, for utilisation; default: distinct ``worker`` values.
         percentiles: Percentiles (0..100) of wait and sojourn to report.
 
     Returns:
@@ -81,7 +87,10 @@ def summary(
     begin = float(frame["enqueued_at"].min()) if start is None else float(start)
     finish = float(frame["finished_at"].max()) if end is None else float(end)
     window = max(finish - begin, 1e-12)
-    loops = int(trace["worker"].nunique()) if workers is None else workers
+    if workers is not None:
+        warnings.warn("summary(workers=...) is now summary(loops=...)", DeprecationWarning, stacklevel=2)
+        loops = workers if loops is None else loops
+    loops = int(trace["worker"].nunique()) if loops is None else loops
     work = frame.assign(
         wait=frame["started_at"] - frame["enqueued_at"],
         sojourn=frame["finished_at"] - frame["enqueued_at"],
@@ -91,7 +100,10 @@ def summary(
     out = pd.DataFrame({"count": grouped.size()})
     done = trace[(trace["finished_at"] >= begin) & (trace["finished_at"] <= finish)]
     done_keys = names or [np.zeros(len(done), dtype=np.int64)]
-    out["performed"] = done.groupby(done_keys, sort=True, observed=True).size().reindex(out.index, fill_value=0)
+    finished = done.groupby(done_keys, sort=True, observed=True)["finished_at"]
+    out["performed"] = finished.size().reindex(out.index, fill_value=0)
+    out["last_finished"] = finished.max().reindex(out.index)
+    out["first_enqueued"] = grouped["enqueued_at"].min()
     batches = work.drop_duplicates(["worker", "batch"]).assign(busy=lambda f: f["finished_at"] - f["started_at"])
     batch_keys = names or [np.zeros(len(batches), dtype=np.int64)]
     batch_groups = batches.groupby(batch_keys, sort=True, observed=True)
@@ -102,7 +114,7 @@ def summary(
         for p in percentiles:
             out[f"{name}_p{_label(p)}"] = grouped[name].quantile(p / 100)
         out[f"{name}_max"] = grouped[name].max()
-    out = _finish(out, window, loops)
+    out = _finish(out, window, loops, begin)
     out = out.reset_index(drop=not names)
     if not names:
         out = out.drop(columns=[c for c in out.columns if c not in _metric_columns(percentiles)])
@@ -120,11 +132,16 @@ def _metric_columns(percentiles: Sequence[float]) -> list[str]:
     return [*columns, "utilisation"]
 
 
-def _finish(out: pd.DataFrame, window: float, workers: int) -> pd.DataFrame:
-    """Derived columns from count, performed, batches and busy."""
-    out["throughput"] = out["performed"] / window
+def _finish(out: pd.DataFrame, window: float, loops: int, begin: float = -math.inf) -> pd.DataFrame:
+    """Derived columns from count, performed, batches and busy (throughput over each group's own
+    window: ``first_enqueued`` (not before ``begin``) to ``last_finished``, when known)."""
+    if "first_enqueued" in out.columns:
+        own = out["last_finished"] - out["first_enqueued"].clip(lower=begin)
+        out["throughput"] = out["performed"] / own.where(own > 0, 1e-12)
+    else:
+        out["throughput"] = out["performed"] / window
     out["batch_mean"] = out["count"] / out["batches"].where(out["batches"] > 0)
-    out["utilisation"] = out["busy"] / (max(workers, 1) * window)
+    out["utilisation"] = out["busy"] / (max(loops, 1) * window)
     return out
 
 
@@ -142,7 +159,7 @@ def compare(
         real: Real trace, or its `summary`.
         by: Grouping (as in `summary`); groups present in only one side are dropped.
         metrics: Summary columns to compare.
-        **options: Passed to `summary` for traces (``start``, ``workers``...).
+        **options: Passed to `summary` for traces (``start``, ``loops``...).
 
     Returns:
         Long format: the group columns, ``metric``, ``sim``, ``real`` and

@@ -1,4 +1,4 @@
-"""`calibrate`: fit the service-time and round-trip model from a real trace."""
+"""`calibrate`: fit the service-time, CPU and round-trip model from a real trace."""
 
 from __future__ import annotations
 
@@ -6,13 +6,26 @@ import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from .analysis import check_trace
+from .cpu import LIBRARY, Overhead
 from .scenario import Scenario
-from .workload import Empirical, Fixed, Service
+from .workload import Empirical, Fixed, Noise, ScenarioError, Service
+
+RTT_TRIM = 0.9
+"""Round trips above this quantile of those seen are left out of the fit: a loop finds its next
+batch already waiting (the only gaps that show a round trip) mostly when things were slow, so
+the longest gaps are pauses of the whole process (garbage collection, the operating system),
+not round trips, and would make every simulated round trip slower."""
+
+TIMER_QUANTILE = 0.02
+"""With ``timer=True``, the quantile of a batch size's waits taken as the timer's own length:
+an ``asyncio.sleep`` never ends early, and ends late by up to a millisecond when
+the event loop is idle (`simulator.cpu`), so its length is the lower envelope."""
 
 
 @dataclass(frozen=True)
@@ -20,75 +33,150 @@ class Calibration:
     """What `calibrate` found.
 
     Attributes:
-        service: A fitted `Service` per handler name.
-        rtt: Estimated storage round trip (seconds), or NaN when the trace has no
+        service: A fitted `Service` per handler name (as stored in the trace).
+        rtt: Estimated mean storage round trip (seconds), or NaN when the trace has no
             back-to-back batches to measure it from.
-        fit: Per handler: ``per_batch``, ``per_message``, ``cv`` of the noise,
-            ``batches`` used and ``rtt_samples``.
+        rtt_noise: The measured spread of the round trips (`Empirical`, unit mean).
+        fit: Per handler: ``per_batch``, ``per_message``, their CPU parts, ``cv``
+            of the noise, ``batches`` used and ``rtt_samples``.
+        overhead: The library's CPU per effect the fit assumed (and `apply` sets).
     """
 
     service: Mapping[str, Service]
     rtt: float
     fit: pd.DataFrame
+    overhead: Overhead = LIBRARY
+    rtt_noise: Noise = dataclasses.field(default_factory=Fixed)
 
-    def apply(self, scenario: Scenario) -> Scenario:
-        """``scenario`` with the fitted service of each of its handlers and the fitted rtt."""
-        workloads = tuple(
-            dataclasses.replace(w, service=self.service.get(w.name, w.service))
-            for w in scenario.workloads  # type: ignore[union-attr]
+    def apply(self, scenario: Scenario, handlers: Mapping[str, str] | None = None) -> Scenario:
+        """``scenario`` with the fitted service of each handler, the round trip and the overhead.
+
+        Args:
+            scenario: The scenario to calibrate.
+            handlers: Scenario handler name -> trace handler name, for handlers whose
+                names differ (e.g. a simulated copy of a production handler).
+
+        Raises:
+            ScenarioError: a handler of the scenario has no fitted service (neither
+                under its own name nor mapped), or a mapping names one that is not
+                there: nothing is silently left uncalibrated.
+        """
+        handlers = dict(handlers or {})
+        names = [w.name for w in scenario.workloads]  # type: ignore[union-attr]
+        unknown = sorted(set(handlers) - set(names))
+        if unknown:
+            raise ScenarioError(f"Calibration.apply: the scenario has no handler {unknown}; it has {names}")
+        workloads = []
+        for workload in scenario.workloads:  # type: ignore[union-attr]
+            source = handlers.get(workload.name, workload.name)
+            if source not in self.service:
+                raise ScenarioError(
+                    f"Calibration.apply: no fitted service for handler {workload.name!r}"
+                    + (f" (mapped to {source!r})" if source != workload.name else "")
+                    + f"; the trace has {sorted(self.service)}: pass handlers={{scenario name: trace name}}"
+                )
+            workloads.append(dataclasses.replace(workload, service=self.service[source]))
+        if math.isnan(self.rtt):
+            rtt, noise = scenario.rtt, scenario.rtt_noise
+        else:
+            rtt, noise = self.rtt, self.rtt_noise
+        return dataclasses.replace(
+            scenario, workloads=tuple(workloads), rtt=rtt, rtt_noise=noise, overhead=self.overhead
         )
-        rtt = scenario.rtt if math.isnan(self.rtt) else self.rtt
-        return dataclasses.replace(scenario, workloads=workloads, rtt=rtt)
 
 
-def calibrate(trace: pd.DataFrame, noise: bool = True) -> Calibration:
-    """Fit ``perform`` time = ``per_batch + per_message * n`` (times noise) per handler, and the round trip.
+def calibrate(
+    trace: pd.DataFrame, noise: bool = True, timer: bool = False, overhead: Overhead = LIBRARY
+) -> Calibration:
+    """Fit ``perform`` time, its CPU part and the round trip, per handler, from a trace.
 
-    Each batch's duration is ``finished_at - started_at``; a least-squares line
-    through duration against batch size gives the two costs (clipped at 0).
-    The noise is the empirical distribution of duration / fitted mean (`Fixed`
-    when ``noise`` is False or the durations fit exactly). The round trip is
-    the median gap between a loop's back-to-back batches of one thread (the
-    next batch already waiting), which in the worker is one ack+fetch round trip.
+    * Service: each batch's duration is ``finished_at - started_at``; a
+      least-squares line through duration against batch size gives
+      ``per_batch`` and ``per_message`` (clipped at 0), and the noise is the
+      empirical distribution of duration / fitted mean (`Fixed` when ``noise``
+      is False or the durations fit exactly).
+    * CPU: when the trace has a ``cpu`` column (a real worker records it when
+      tracing), the same line through each batch's CPU seconds gives the CPU
+      part; without it ``perform`` is taken as all waiting.
+    * ``timer=True`` says that ``perform`` waits on an asyncio timer (a sleep): its
+      waiting part is then the lower envelope of the waits (`TIMER_QUANTILE`),
+      since an idle event loop rounds timers up to the millisecond, which the
+      twin simulates, and the noise is `Fixed`.
+    * Round trip: the gaps between a loop's back-to-back batches of one thread
+      (the next batch already waiting: one ack+fetch round trip), less the
+      CPU its process spent meanwhile on this and its other loops (their
+      ``perform`` CPU from the ``cpu`` column, the library's from ``overhead``),
+      which the twin simulates itself: their mean is the round trip, their
+      spread its noise. What is left is the storage and the operating
+      system: a busy machine makes round trips longer than Redis alone.
 
     Args:
         trace: A trace (real, or simulated to check the fit).
         noise: Keep the measured noise (`Empirical`) instead of `Fixed`.
+        timer: ``perform`` waits by sleeping (``asyncio.sleep``), not on I/O.
+        overhead: The library's CPU per effect on the machine the trace comes from.
     """
     check_trace(trace)
     if trace.empty:
         raise ValueError("cannot calibrate from an empty trace")
-    batches = (
-        trace.groupby(["worker", "batch"], sort=False, observed=True)
-        .agg(
-            handler=("handler", "first"),
-            thread=("thread", "first"),
-            size=("enqueued_at", "size"),
-            first_enqueued=("enqueued_at", "min"),
-            started=("started_at", "first"),
-            finished=("finished_at", "first"),
-        )
-        .reset_index()
-    )
+    has_cpu = "cpu" in trace.columns and bool(trace["cpu"].notna().all())
+    aggregations = {
+        "handler": ("handler", "first"),
+        "thread": ("thread", "first"),
+        "size": ("enqueued_at", "size"),
+        "first_enqueued": ("enqueued_at", "min"),
+        "started": ("started_at", "first"),
+        "finished": ("finished_at", "first"),
+    }
+    if has_cpu:
+        aggregations["cpu"] = ("cpu", "first")
+    batches = trace.groupby(["worker", "batch"], sort=False, observed=True).agg(**aggregations).reset_index()
     batches["duration"] = batches["finished"] - batches["started"]
     services: dict[str, Service] = {}
     rows = []
     for handler, part in batches.groupby("handler", sort=True):
         size = part["size"].to_numpy(dtype=np.float64)
         duration = part["duration"].to_numpy()
-        per_batch, per_message = _fit(size, duration)
+        busy = np.minimum(part["cpu"].to_numpy(), duration) if has_cpu else np.zeros_like(duration)
+        cpu_batch, cpu_message = _fit(size, busy)
+        if timer:
+            wait_batch, wait_message = _envelope(size, duration - busy)
+            per_batch, per_message = cpu_batch + wait_batch, cpu_message + wait_message
+        else:
+            per_batch, per_message = _fit(size, duration)
+        cpu_batch, cpu_message = min(cpu_batch, per_batch), min(cpu_message, per_message)
         mean = per_batch + per_message * size
         factors = np.divide(duration, mean, out=np.ones_like(duration), where=mean > 0)
         cv = float(np.std(factors) / np.mean(factors)) if len(factors) > 1 and np.mean(factors) > 0 else 0.0
-        model = Empirical(factors) if noise and cv > 1e-9 else Fixed()
-        services[str(handler)] = Service(per_batch=per_batch, per_message=per_message, noise=model)
-        rows.append(
-            {"handler": handler, "per_batch": per_batch, "per_message": per_message, "cv": cv, "batches": len(part)}
+        model = Empirical(factors) if noise and not timer and cv > 1e-9 else Fixed()
+        services[str(handler)] = Service(
+            per_batch=per_batch,
+            per_message=per_message,
+            noise=model,
+            cpu_per_batch=cpu_batch,
+            cpu_per_message=cpu_message,
+            timer=timer,
         )
-    gaps = _gaps(batches)
+        rows.append(
+            {
+                "handler": handler,
+                "per_batch": per_batch,
+                "per_message": per_message,
+                "cpu_per_batch": cpu_batch,
+                "cpu_per_message": cpu_message,
+                "cv": cv,
+                "batches": len(part),
+            }
+        )
+    trips = _round_trips(batches, overhead)
     fit = pd.DataFrame(rows)
-    fit["rtt_samples"] = len(gaps)
-    return Calibration(services, float(np.median(gaps)) if len(gaps) else math.nan, fit)
+    fit["rtt_samples"] = len(trips)
+    if not len(trips) or trips.mean() <= 0:
+        return Calibration(services, math.nan, fit, overhead)
+    trips = trips[trips <= np.quantile(trips, RTT_TRIM)]
+    rtt = float(trips.mean())
+    spread = Empirical(trips) if noise and trips.std() > 1e-9 * rtt else Fixed()
+    return Calibration(services, rtt, fit, overhead, spread)
 
 
 def _fit(size: np.ndarray, duration: np.ndarray) -> tuple[float, float]:
@@ -103,15 +191,67 @@ def _fit(size: np.ndarray, duration: np.ndarray) -> tuple[float, float]:
     return float(a), float(b)
 
 
-def _gaps(batches: pd.DataFrame) -> np.ndarray:
-    """Gaps between a loop's consecutive batches of one thread when the next was already waiting."""
+def _envelope(size: np.ndarray, wait: np.ndarray) -> tuple[float, float]:
+    """``a + b * size`` through the low quantile of the waits of each batch size (weighted by count)."""
+    sizes, counts = np.unique(size, return_counts=True)
+    lows = np.array([np.quantile(wait[size == s], TIMER_QUANTILE) for s in sizes])
+    if len(sizes) < 2:
+        return float(max(lows[0], 0.0)), 0.0
+    weights = np.sqrt(counts)
+    (a, b), *_ = np.linalg.lstsq(np.column_stack((weights, weights * sizes)), weights * lows, rcond=None)
+    if b < 0:
+        return float(max(np.average(lows, weights=counts), 0.0)), 0.0
+    if a < 0:
+        return 0.0, float(max((sizes * counts) @ lows / ((sizes * counts) @ sizes), 0.0))
+    return float(a), float(b)
+
+
+def _round_trips(batches: pd.DataFrame, overhead: Overhead) -> np.ndarray:
+    """Round trips seen in the trace: gaps between a loop's consecutive batches of one thread when the
+    next was already waiting, less the CPU the loop's process used during the gap (clipped at 0).
+
+    The process's CPU is every batch's ``perform`` CPU (``cpu`` column, when there)
+    and the library's CPU before it (ack+fetch, wake-ups, decode, the call),
+    which is what the twin simulates: what is left is the round trip proper.
+    """
     ordered = batches.sort_values(["worker", "started"])
+    worker = ordered["worker"].to_numpy()
     same = (
-        (ordered["worker"].to_numpy()[1:] == ordered["worker"].to_numpy()[:-1])
+        (worker[1:] == worker[:-1])
         & (ordered["thread"].to_numpy()[1:] == ordered["thread"].to_numpy()[:-1])
         & (ordered["handler"].to_numpy()[1:] == ordered["handler"].to_numpy()[:-1])
     )
     finished = ordered["finished"].to_numpy()[:-1]
-    ready = ordered["first_enqueued"].to_numpy()[1:] <= finished
-    gaps = ordered["started"].to_numpy()[1:] - finished
-    return np.asarray(gaps[same & ready])
+    started = ordered["started"].to_numpy()[1:]
+    keep = same & (ordered["first_enqueued"].to_numpy()[1:] <= finished)
+    if not keep.any():
+        return np.empty(0)
+    size = ordered["size"].to_numpy()
+    library = overhead.cycle + 2 * overhead.idle + overhead.perform + overhead.trace
+    library += (overhead.decode + overhead.perform_per_message + overhead.trace_per_message) * size
+    cpu = ordered["cpu"].to_numpy() if "cpu" in ordered.columns else np.zeros(len(ordered))
+    begins = ordered["started"].to_numpy() - library
+    ends = ordered["started"].to_numpy() + cpu
+    process = np.array([str(w).rsplit(":", 1)[0] for w in worker])
+    used = np.zeros(int(keep.sum()))
+    gap_process = process[1:][keep]
+    lows, highs = finished[keep], started[keep]
+    for name in np.unique(process):
+        mine = process == name
+        busy = _busy(begins[mine], ends[mine])
+        here = gap_process == name
+        used[here] = busy(highs[here]) - busy(lows[here])
+    return np.maximum(highs - lows - used, 0.0)
+
+
+def _busy(begins: np.ndarray, ends: np.ndarray) -> Any:
+    """``t -> CPU seconds of the segments [begin, end) up to t`` (overlaps counted twice)."""
+    begins, ends = np.sort(begins), np.sort(ends)
+    begun, ended = np.concatenate(([0.0], np.cumsum(begins))), np.concatenate(([0.0], np.cumsum(ends)))
+
+    def upto(times: np.ndarray) -> np.ndarray:
+        started = np.searchsorted(begins, times, "right")
+        finished = np.searchsorted(ends, times, "right")
+        return np.asarray((started * times - begun[started]) - (finished * times - ended[finished]))
+
+    return upto

@@ -31,11 +31,12 @@ per message.
 Two deliberate differences from the asyncio worker, both invisible when the
 round trip is 0:
 
-* A wakeable ``Wait(0)`` (``coordinator_delay=0`` or ``worker_empty_pause=0``)
-  waits *until woken* by the next registration. The real worker would re-poll
-  at once, i.e. busy-poll Redis; in simulated time with no round trip that
-  would spin forever at one instant. An idle loop finds new work at the same
-  moment either way.
+* Without round trip and library CPU (the textbook queues), a wakeable
+  ``Wait(0)`` (``coordinator_delay=0`` or ``worker_empty_pause=0``) waits
+  *until woken* by the next registration. The real worker re-polls at once,
+  i.e. busy-polls Redis, and so does the twin when a poll takes time; with
+  neither it would spin forever at one instant. An idle loop finds new work
+  at the same moment either way.
 * Lease heartbeats and lease expiry are not modelled (no loop crashes), so
   ``lease_ttl`` has no effect.
 """
@@ -71,12 +72,13 @@ from sharded_queue.core import (
 )
 from sharded_queue.handler import declared_orders
 
+from .cpu import Cpu
 from .record import Recorder
 from .result import Result
 from .routing import route_positions
 from .scenario import Scenario, Workload
 from .wake import LoopState, SimProcess, Wakeups
-from .workload import Generated, Keyed, Replay, ScenarioError, ServiceSampler
+from .workload import Fixed, Generated, Keyed, Noise, Replay, ScenarioError, ServiceSampler
 
 # Round trips of each `sharded_queue.storage.Storage` call, by outcome.
 POLL_TRIPS = 1
@@ -84,6 +86,27 @@ ACQUIRE_TRIPS = {1: 2, 0: 3, -1: 1}  # taken: script + ZADD XX; empty: script + 
 RELEASE_TRIPS = {True: 2, False: 3}  # left non-empty: script + ZADD; emptied: script + ZREM + ZCARD
 CYCLE_TRIPS = 1
 DEAD_LETTER_TRIPS = 1  # SADD of the dead-letter index before the cycle script
+
+
+_EMPTY = np.empty(0)
+
+
+class RoundTrips:
+    """Round-trip times: the mean times a unit-mean noise factor, drawn in blocks."""
+
+    BLOCK = 4096
+
+    def __init__(self, mean: float, noise: Noise, seed: np.random.SeedSequence) -> None:
+        self.mean = mean
+        self.noise = noise
+        self.rng = np.random.default_rng(seed)
+        self.factors: list[float] = []
+
+    def next(self) -> float:
+        """The next storage call's round trip."""
+        if not self.factors:
+            self.factors = (self.noise.sample(self.rng, self.BLOCK) * self.mean).tolist()
+        return self.factors.pop()
 
 
 class SimulatedFailure(Exception):
@@ -493,6 +516,27 @@ class Feed:
             position += 64
         return math.inf
 
+    def registrations(self, after: float, until: float) -> np.ndarray:
+        """Distinct enqueue times in ``(after, until]``: one `Queue.register` call, one wake-up message each."""
+        if self.frontier < until:
+            self.ensure(until)
+        wake = self.wake
+        low = int(wake.searchsorted(after, "right"))
+        high = int(wake.searchsorted(until, "right"))
+        if high <= low:
+            return _EMPTY
+        times = wake[low:high]
+        return times if high - low == 1 else np.unique(times)
+
+    def next_registration(self, since: float, before: float) -> float:
+        """The first enqueue time at or after ``since`` if it comes before ``before``, else ``inf``."""
+        if self.frontier < before:
+            self.ensure(before)
+        position = int(self.wake.searchsorted(since, "left"))
+        if position < len(self.wake) and self.wake[position] < before:
+            return float(self.wake[position])
+        return math.inf
+
     def arrived(self, at: float) -> np.ndarray:
         """Per tube: arrivals with enqueue time at most ``at`` (not before any loop's last wake-up lookup)."""
         self.ensure(at)
@@ -612,20 +656,22 @@ class Simulation:
         self.env = simpy.Environment()
         workloads: Sequence[Workload] = scenario.workloads  # type: ignore[assignment]
         root = np.random.SeedSequence(scenario.seed)
-        feed_seed, service_seed, loop_seed = root.spawn(3)
+        feed_seed, service_seed, loop_seed, rtt_seed = root.spawn(4)
         self.storage = SimStorage(workloads)
         self.feed = Feed(scenario, self.storage, feed_seed.spawn(len(workloads)))
         service_rngs = [np.random.default_rng(s) for s in service_seed.spawn(len(workloads))]
         self.samplers = {w.name: ServiceSampler(w.service, rng) for w, rng in zip(workloads, service_rngs, strict=True)}
-        self.loop_seeds = [int(s.generate_state(1)[0]) for s in loop_seed.spawn(scenario.workers)]
+        self.loop_seeds = [int(s.generate_state(1)[0]) for s in loop_seed.spawn(scenario.loops)]
         self.policy = scenario.policy()
         self.rtt = scenario.rtt
+        noisy = scenario.rtt and not isinstance(scenario.rtt_noise, Fixed)
+        self.round_trips = RoundTrips(scenario.rtt, scenario.rtt_noise, rtt_seed) if noisy else None
         self.recorder = Recorder(keep=scenario.trace, warmup=scenario.warmup)
         self.taken = 0
         self.dead = 0
         self.done = self.env.event()
         self.processes = [SimProcess(i) for i in range(scenario.processes)]
-        self.loops = [LoopState(i, self.processes[i % scenario.processes]) for i in range(scenario.workers)]
+        self.loops = [LoopState(i, self.processes[i % scenario.processes]) for i in range(scenario.loops)]
         for loop in self.loops:
             loop.process.loops.append(loop)
         self.samples: list[tuple[float, np.ndarray, np.ndarray]] = []
@@ -634,6 +680,12 @@ class Simulation:
         self.feed.on_groups = self.wakeups.groups_added
         self.feed.low_water = lambda: min(loop.armed_at for loop in self.loops) - half
         self.target = _target(scenario)
+        self.overhead = scenario.overhead
+        # Without library CPU or CPU in perform, loops are independent servers: skip the CPU entirely.
+        self.cpu_on = not scenario.overhead.zero or any(w.service.uses_cpu for w in workloads)
+        if self.cpu_on:
+            for process in self.processes:
+                process.cpu = Cpu(self.env, self.feed, scenario.overhead, half)
 
     def run(self) -> Result:
         """Simulate, and return the `Result`."""
@@ -664,7 +716,10 @@ class Simulation:
         """One worker loop: run the core's program, carrying out each effect in simulated time.
 
         Hot path: effects that take no simulated time are answered without
-        yielding to simpy; the storage is looked up by object identity.
+        yielding to simpy; the storage is looked up by object identity. With
+        CPU modelled, every effect first claims the process's CPU for its cost
+        (`simulator.cpu.Cpu.claim`); the storage acts when the request is sent
+        (after that CPU) plus half a round trip.
         """
         env = self.env
         storage = self.storage
@@ -672,10 +727,17 @@ class Simulation:
         feed = self.feed
         wakeups = self.wakeups
         timeout = env.timeout
-        rtt = self.rtt
+        mean_rtt = self.rtt
+        next_rtt = self.round_trips.next if self.round_trips is not None else None
+        rtt = mean_rtt
         half = rtt / 2
         record = self.recorder.add
         samplers = self.samplers
+        cpu: Cpu | None = stats.process.cpu
+        claim = cpu.claim if cpu is not None else None
+        costs = self.overhead
+        # A zero wait re-polls at once, as in the Worker, when a poll takes time; else it waits for a wake-up.
+        spins = bool(mean_rtt or (claim is not None and costs.poll and costs.cycle))
         program = worker_program(self.policy, None, rng)
         send = program.send
         result: Any = None
@@ -684,15 +746,19 @@ class Simulation:
         while True:
             effect: Any = send(result)  # dispatched on its exact type below (faster than match)
             kind = type(effect)
-            if owed and kind is not Perform:
-                yield timeout(owed)
+            if owed and (kind is not Perform or claim is not None):
+                yield timeout(owed)  # with CPU, the perform's CPU is claimed when the reply is in
                 owed = 0.0
             if kind is not Poll and kind is not Wait and kind is not Acquire:
                 wakeups.acquired(stats, env._now)  # busy: as in the Worker, wake-ups go to another loop
+            if next_rtt is not None and kind is not Wait and kind is not Begin and kind is not Perform:
+                rtt = next_rtt()  # this storage call's round trip
+                half = rtt / 2
             if kind is Cycle:
                 now = env._now
                 wakeups.arm(stats, now)
-                at = now + half
+                sent = now if claim is None else claim(now, costs.cycle)
+                at = sent + half
                 if feed.frontier < at:
                     feed.ensure(at)
                 ack = effect.ack
@@ -706,37 +772,56 @@ class Simulation:
                     self.dead += len(ack.dead)
                     self._finish(len(ack.dead))
                     trips += DEAD_LETTER_TRIPS
-                if rtt:
+                wait = sent - now + trips * rtt
+                if wait:
                     if reply is None:
-                        yield timeout(trips * rtt)
+                        yield timeout(wait)
                     else:  # the storage did its part at ``at``: nothing else happens to this loop meanwhile
-                        owed = trips * rtt
+                        owed = wait
             elif kind is Perform:
                 messages = effect.messages
                 count = len(messages)
                 sampler = samplers[effect.thread.handler]
-                duration = sampler.duration(count)
-                started = env._now + owed
-                if owed + duration > 0:
-                    yield timeout(owed + duration)
-                owed = 0.0
-                stats.busy += duration
+                duration, busy = sampler.draw(count)
+                if claim is None:
+                    started = env._now + owed
+                    if owed + duration > 0:
+                        yield timeout(owed + duration)
+                    owed = 0.0
+                    finished = started + duration
+                else:
+                    now = env._now
+                    library = costs.perform + costs.trace
+                    library += (costs.decode + costs.perform_per_message + costs.trace_per_message) * count
+                    done = claim(now, library + busy)
+                    started = done - busy
+                    waiting = duration - busy
+                    if waiting > 0 and sampler.service.timer:
+                        if done > now:
+                            yield timeout(done - now)
+                        yield cpu.sleep(done, waiting)  # type: ignore[union-attr]
+                    elif done + waiting > now:
+                        yield timeout(done + waiting - now)
+                    finished = env._now
+                stats.busy += finished - started
                 stats.performs += 1
                 if sampler.failure_rate and sampler.fails():
                     result = SimulatedFailure(f"simulated failure of a batch of {count}")
                     stats.failures += 1
                 else:
-                    record(fetched.group, stats.index, started, started + duration, messages.times)  # type: ignore[union-attr]
+                    record(fetched.group, stats.index, started, finished, messages.times, busy)  # type: ignore[union-attr]
                     stats.messages += count
                     result = None
                     self.taken += count
                     if self.taken >= self.target:
                         self._finish(0)
             elif kind is Poll:
-                wakeups.poll(stats, env._now)
+                now = env._now
+                wakeups.poll(stats, now)
                 stats.polls += 1
-                if rtt:
-                    yield timeout(half)
+                lead = half if claim is None else claim(now, costs.poll) - now + half
+                if lead:
+                    yield timeout(lead)
                 now = env._now
                 if feed.frontier < now:
                     feed.ensure(now)
@@ -744,8 +829,9 @@ class Simulation:
                 if rtt:
                     yield timeout(POLL_TRIPS * rtt - half)
             elif kind is Acquire:
-                if rtt:
-                    yield timeout(half)
+                lead = half if claim is None else claim(env._now, costs.acquire) - env._now + half
+                if lead:
+                    yield timeout(lead)
                 now = env._now
                 if feed.frontier < now:
                     feed.ensure(now)
@@ -757,7 +843,9 @@ class Simulation:
                     wakeups.acquired(stats, env._now)
             elif kind is Wait:
                 result = None
-                if effect.wakeable:
+                if effect.wakeable and effect.seconds == 0 and spins:
+                    pass  # as the Worker does: poll again at once (each poll costs CPU or a round trip)
+                elif effect.wakeable:
                     waiting = wakeups.wait(stats, effect.seconds)
                     if waiting is not None:
                         yield waiting
@@ -765,6 +853,11 @@ class Simulation:
                     yield timeout(effect.seconds)
             elif kind is Begin:
                 now = env._now
+                if claim is not None:
+                    done = claim(now, costs.begin)
+                    if done > now:
+                        yield timeout(done - now)
+                    now = env._now
                 stats.binds += 1
                 stats.bound_since = now
                 wakeups.bind(stats, threads[id(effect.thread)], now)
@@ -772,8 +865,9 @@ class Simulation:
             elif kind is End:
                 now = env._now
                 wakeups.unbind(stats, now)
-                if rtt:
-                    yield timeout(half)
+                lead = half if claim is None else claim(now, costs.end) - now + half
+                if lead:
+                    yield timeout(lead)
                 now = env._now
                 if feed.frontier < now:
                     feed.ensure(now)

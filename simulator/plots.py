@@ -28,7 +28,7 @@ def plot_sweep(
 
     Args:
         frame: The DataFrame returned by `sweep`.
-        x: Column on the x axis (e.g. ``"workers"`` or ``"worker_batch_size"``).
+        x: Column on the x axis (e.g. ``"loops"`` or ``"worker_batch_size"``).
         y: One subplot per column (e.g. throughput and a latency percentile).
         hue: Column whose values get one line each.
         logy: Columns drawn on a log scale (default: latency columns).

@@ -76,7 +76,18 @@ class GroupStats:
     Memory: two histograms of `BINS` 32-bit counts per group (about 45 KB a tube).
     """
 
-    SCALARS = ("count", "performed", "batches", "busy", "wait_sum", "wait_max", "sojourn_sum", "sojourn_max")
+    SCALARS = (
+        "count",
+        "performed",
+        "batches",
+        "busy",
+        "wait_sum",
+        "wait_max",
+        "sojourn_sum",
+        "sojourn_max",
+        "first_enqueued",
+        "last_finished",
+    )
 
     def __init__(self) -> None:
         self.size = 0
@@ -88,6 +99,8 @@ class GroupStats:
         self.wait_max = np.zeros(0)
         self.sojourn_sum = np.zeros(0)
         self.sojourn_max = np.zeros(0)
+        self.first_enqueued = np.zeros(0)  # earliest enqueue counted (the group's own window starts there)
+        self.last_finished = np.zeros(0)  # latest finish after the warm-up (and ends there)
         self.wait_hist = np.zeros((0, BINS), np.int32)
         self.sojourn_hist = np.zeros((0, BINS), np.int32)
 
@@ -97,7 +110,8 @@ class GroupStats:
             return
         extra = size - self.size
         for name in self.SCALARS:
-            setattr(self, name, np.concatenate((getattr(self, name), np.zeros(extra))))
+            fill = math.inf if name == "first_enqueued" else -math.inf if name == "last_finished" else 0.0
+            setattr(self, name, np.concatenate((getattr(self, name), np.full(extra, fill))))
         self.wait_hist = np.concatenate((self.wait_hist, np.zeros((extra, BINS), np.int32)))
         self.sojourn_hist = np.concatenate((self.sojourn_hist, np.zeros((extra, BINS), np.int32)))
         self.size = size
@@ -111,8 +125,10 @@ class GroupStats:
         for name in self.SCALARS:
             values = getattr(self, name)[:size]
             target = getattr(merged, name)
-            if name.endswith("_max"):
+            if name.endswith("_max") or name == "last_finished":
                 np.maximum.at(target, keys, values)
+            elif name == "first_enqueued":
+                np.minimum.at(target, keys, values)
             else:
                 np.add.at(target, keys, values)
         np.add.at(merged.wait_hist, keys, self.wait_hist[:size])
@@ -128,12 +144,12 @@ class Recorder:
         self.warmup = warmup
         self.enqueued = np.empty(1 << 16)
         self.used = 0
-        self.rows: list[tuple[int, int, float, float, int]] = []  # per batch: group, worker, start, finish, size
+        self.rows: list[tuple[int, int, float, float, int, float]] = []  # per batch: group, loop, start, end, size, cpu
         self.stats = GroupStats()
         self.batches = 0
 
-    def add(self, group: int, worker: int, started: float, finished: float, times: np.ndarray) -> None:
-        """Record one successful ``perform`` of the messages enqueued at ``times``."""
+    def add(self, group: int, worker: int, started: float, finished: float, times: np.ndarray, cpu: float) -> None:
+        """Record one successful ``perform`` of the messages enqueued at ``times`` (``cpu``: its CPU seconds)."""
         count = len(times)
         used = self.used
         if used + count > len(self.enqueued):
@@ -146,20 +162,20 @@ class Recorder:
                 self.enqueued = grown
         self.enqueued[used : used + count] = times
         self.used = used + count
-        self.rows.append((group, worker, started, finished, count))
+        self.rows.append((group, worker, started, finished, count, cpu))
 
-    def _batches(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Per batch: group, worker, started, finished, size."""
+    def _batches(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Per batch: group, worker, started, finished, size, cpu."""
         if not self.rows:
             empty = np.zeros(0, dtype=np.int64)
-            return empty, empty, np.zeros(0), np.zeros(0), empty
+            return empty, empty, np.zeros(0), np.zeros(0), empty, np.zeros(0)
         table = np.array(self.rows, dtype=np.float64)
         ints = table[:, [0, 1, 4]].astype(np.int64)
-        return ints[:, 0], ints[:, 1], table[:, 2], table[:, 3], ints[:, 2]
+        return ints[:, 0], ints[:, 1], table[:, 2], table[:, 3], ints[:, 2], table[:, 5]
 
     def columns(self) -> dict[str, np.ndarray]:
         """The kept trace, one entry per message: group, worker, batch and the three times."""
-        group, worker, started, finished, size = self._batches()
+        group, worker, started, finished, size, cpu = self._batches()
         return {
             "group": np.repeat(group, size),
             "worker": np.repeat(worker, size),
@@ -167,25 +183,27 @@ class Recorder:
             "enqueued_at": self.enqueued[: self.used].copy(),
             "started_at": np.repeat(started, size),
             "finished_at": np.repeat(finished, size),
+            "cpu": np.repeat(cpu, size),
         }
 
     def flush(self) -> None:
         """Fold the buffered batches into the per-group statistics and empty the buffer."""
         if not self.rows:
             return
-        batch_group, _, started, finished, size = self._batches()
+        batch_group, _, started, finished, size, _ = self._batches()
         busy = finished - started
         enqueued = self.enqueued[: self.used]
         row_group = np.repeat(batch_group, size)
         wait = np.repeat(started, size) - enqueued  # started - enqueued, per message
         sojourn = wait + np.repeat(busy, size)
+        kept = enqueued
         if enqueued[0] >= self.warmup:  # all counted (arrivals after the warm-up)
             batch_counted = np.ones(len(size), dtype=bool)
         else:
             counted = enqueued >= self.warmup
             first = np.concatenate(([0], np.cumsum(size)[:-1]))
             batch_counted = np.add.reduceat(counted.astype(np.int64), first) > 0  # batches are never empty
-            row_group, wait, sojourn = row_group[counted], wait[counted], sojourn[counted]
+            row_group, wait, sojourn, kept = row_group[counted], wait[counted], sojourn[counted], enqueued[counted]
         stats = self.stats
         stats.grow(int(batch_group.max()) + 1)
         groups = batch_group[batch_counted]
@@ -195,12 +213,14 @@ class Recorder:
         ]
         stats.batches[: stats.size] += np.bincount(groups, minlength=stats.size)[: stats.size]
         stats.busy[: stats.size] += np.bincount(groups, weights=busy[batch_counted], minlength=stats.size)[: stats.size]
+        np.maximum.at(stats.last_finished, batch_group[late], finished[late])
         if len(row_group):
             stats.count += np.bincount(row_group, minlength=stats.size)
             stats.wait_sum += np.bincount(row_group, weights=wait, minlength=stats.size)
             stats.sojourn_sum += np.bincount(row_group, weights=sojourn, minlength=stats.size)
             np.maximum.at(stats.wait_max, row_group, wait)
             np.maximum.at(stats.sojourn_max, row_group, sojourn)
+            np.minimum.at(stats.first_enqueued, row_group, kept)
             for hist, values in ((stats.wait_hist, wait), (stats.sojourn_hist, sojourn)):
                 codes = row_group * BINS + bin_of(values)
                 if stats.size * BINS <= 1 << 23:  # few tubes: count every cell

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable, Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -74,6 +75,13 @@ class Result:
                 for loop in simulation.loops
             ]
         )
+        self._processes = pd.DataFrame(
+            {
+                "process": [p.index for p in simulation.processes],
+                "loops": [len(p.loops) for p in simulation.processes],
+                "cpu_busy": [p.cpu.busy if p.cpu is not None else 0.0 for p in simulation.processes],
+            }
+        )
         if not self._recorder.keep:
             self._recorder.flush()
 
@@ -90,7 +98,7 @@ class Result:
             raise RuntimeError("this run kept no trace: simulate a Scenario with trace=True")
         columns = self._recorder.columns()
         group = columns["group"]
-        workers = np.array([f"sim:{i}" for i in range(self.scenario.workers)], dtype=object)
+        workers = np.array([f"sim:{i}" for i in range(self.scenario.loops)], dtype=object)
         return to_frame(
             {
                 "handler": self._groups["handler"].to_numpy(dtype=object)[group],
@@ -101,6 +109,7 @@ class Result:
                 "enqueued_at": columns["enqueued_at"],
                 "started_at": columns["started_at"],
                 "finished_at": columns["finished_at"],
+                "cpu": columns["cpu"],
             }
         )
 
@@ -151,7 +160,7 @@ class Result:
         start = self.scenario.warmup
         if self._recorder.keep:
             out = analysis.summary(
-                self.trace, names, start=start, end=self.end, workers=self.scenario.workers, percentiles=percentiles
+                self.trace, names, start=start, end=self.end, loops=self.scenario.loops, percentiles=percentiles
             )
         else:
             out = self._summary_from_stats(names, percentiles)
@@ -181,6 +190,8 @@ class Result:
                 performed=int(stats.performed[code]),
                 batches=int(stats.batches[code]),
                 busy=float(stats.busy[code]),
+                first_enqueued=float(stats.first_enqueued[code]),
+                last_finished=float(stats.last_finished[code]),
             )
             for name in ("wait", "sojourn"):
                 top = float(getattr(stats, f"{name}_max")[code])
@@ -192,9 +203,18 @@ class Result:
             rows.append(row)
         out = pd.DataFrame(
             rows,
-            columns=[*names, "count", "performed", "batches", "busy", *analysis._metric_columns(percentiles)[4:-1]],
+            columns=[
+                *names,
+                "count",
+                "performed",
+                "batches",
+                "busy",
+                "first_enqueued",
+                "last_finished",
+                *analysis._metric_columns(percentiles)[4:-1],
+            ],
         )
-        out = analysis._finish(out, window, self.scenario.workers)
+        out = analysis._finish(out, window, self.scenario.loops, self.scenario.warmup)
         return out[[*names, *analysis._metric_columns(percentiles)]]
 
     def _keys(self, names: list[str]) -> list[tuple[Any, ...]]:
@@ -258,16 +278,34 @@ class Result:
         return pd.concat(parts, ignore_index=True)
 
     @property
-    def workers(self) -> pd.DataFrame:
+    def loops(self) -> pd.DataFrame:
         """Per loop: messages, performs, failures, binds, polls, busy and bound seconds, utilisation."""
         frame = self._loops.copy()
         frame["utilisation"] = frame["busy"] / max(self.end, 1e-12)
         return frame
 
     @property
+    def workers(self) -> pd.DataFrame:
+        """Deprecated name of `loops`."""
+        warnings.warn("Result.workers is now Result.loops", DeprecationWarning, stacklevel=2)
+        return self.loops
+
+    @property
+    def processes(self) -> pd.DataFrame:
+        """Per worker process: its loops, CPU seconds used (library and ``perform``) and CPU utilisation."""
+        frame = self._processes.copy()
+        frame["cpu_utilisation"] = frame["cpu_busy"] / max(self.end, 1e-12)
+        return frame
+
+    @property
+    def cpu_utilisation(self) -> float:
+        """The busiest process's share of time its CPU was busy (1: the CPU limits the loops)."""
+        return float(self._processes["cpu_busy"].max() / max(self.end, 1e-12))
+
+    @property
     def utilisation(self) -> float:
         """Share of all loops' time spent in ``perform`` (failed performs included)."""
-        return float(self._loops["busy"].sum() / (max(self.end, 1e-12) * self.scenario.workers))
+        return float(self._loops["busy"].sum() / (max(self.end, 1e-12) * self.scenario.loops))
 
     @property
     def speed(self) -> float:
@@ -281,14 +319,17 @@ class Result:
         overall = self.summary(())
         row = dict(self.scenario.describe())
         row.update(overall.iloc[0].to_dict())
-        row.update(simulated=self.end, wall=self.wall, loop_utilisation=self.utilisation)
+        row.update(
+            simulated=self.end, wall=self.wall, loop_utilisation=self.utilisation, cpu_utilisation=self.cpu_utilisation
+        )
         return row
 
     def __repr__(self) -> str:
         flag = " SATURATED" if self.saturated else ""
         return (
             f"<Result {self.messages} performed of {self.arrived} arrived in {self.end:.6g} s simulated "
-            f"({self.wall:.3g} s wall), utilisation {self.utilisation:.1%}{flag}>"
+            f"({self.wall:.3g} s wall), loops in perform {self.utilisation:.1%}, "
+            f"busiest CPU {self.cpu_utilisation:.1%}{flag}>"
         )
 
     def _repr_html_(self) -> str:

@@ -8,18 +8,22 @@ notebook can take a production handler and simulate it.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from typing import Any
 
 from sharded_queue import Handler, Settings
 from sharded_queue.core import LoopPolicy
 from sharded_queue.handler import declared_orders, handler_name
 
+from .cpu import LIBRARY, Overhead, check_overhead
 from .workload import (
     Arrivals,
+    Fixed,
     Generated,
     Keyed,
+    Noise,
     Replay,
     Requests,
     ScenarioError,
@@ -76,14 +80,17 @@ class Scenario:
 
     Args:
         workloads: One `Workload` per handler (a single one is accepted too).
-        workers: Number of worker loops (``Worker.loop`` calls) across all processes.
-        processes: Number of worker processes (`Worker` objects) the loops are
-            spread over, round robin; each routes wake-ups to its own loops.
+        loops: Number of worker loops (``Worker.loop`` calls, ``--loops``) across all processes.
+        processes: Number of worker processes (`Worker` objects, ``--processes``) the
+            loops are spread over, round robin; each routes wake-ups to its own
+            loops and has one CPU that its loops share (see `simulator.cpu`).
         settings: The real settings (batch size, coordinator delay, empty
             limit/pause, lease TTL, retries); default: the library defaults,
             not the environment (pass ``sharded_queue.settings`` for that).
-        rtt: Storage round-trip time in seconds; every Redis round trip of the
-            real storage costs one.
+        rtt: Storage round-trip time in seconds (the mean); every Redis round trip
+            of the real storage costs one.
+        rtt_noise: Unit-mean factor of each round trip (`Fixed` by default; `calibrate`
+            sets the measured spread, `Empirical`).
         duration: Simulated seconds; arrivals stop then and so does the run.
         messages: Total requests to register; without ``duration`` the run goes
             on until all of them are performed.
@@ -92,21 +99,33 @@ class Scenario:
         trace: Keep the per-message trace (memory grows with messages); when
             False the summary is computed on the fly from histograms.
         backlog_samples: About how many times per run the per-thread backlog is sampled.
+        overhead: The library's CPU per effect (`simulator.cpu.LIBRARY`, measured on
+            this project's machine); `simulator.cpu.NONE` makes every loop an
+            independent server, as the textbook queues assume.
+        workers: Deprecated name of ``loops``.
     """
 
     workloads: Sequence[Workload] | Workload
-    workers: int = 1
+    loops: int = 1
     processes: int = 1
     settings: Settings = field(default_factory=Settings)
     rtt: float = 0.0
+    rtt_noise: Noise = field(default_factory=Fixed)
     duration: float | None = None
     messages: int | None = None
     warmup: float = 0.0
     seed: int = 0
     trace: bool = True
     backlog_samples: int = 200
+    overhead: Overhead = LIBRARY
+    workers: InitVar[int | None] = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, workers: int | None) -> None:
+        if workers is not None:
+            _deprecated_workers()
+            if self.loops != 1 and self.loops != workers:
+                raise ScenarioError(f"Scenario got loops={self.loops} and workers={workers}: use loops only")
+            object.__setattr__(self, "loops", workers)
         workloads = (self.workloads,) if isinstance(self.workloads, Workload) else tuple(self.workloads)
         object.__setattr__(self, "workloads", workloads)
         self.validate()
@@ -127,13 +146,16 @@ class Scenario:
             if workload.name in names:
                 raise ScenarioError(f"two workloads for handler {workload.name!r}: merge them into one")
             names[workload.name] = workload
-        _count("Scenario workers", self.workers)
+        _count("Scenario loops", self.loops)
         _count("Scenario processes", self.processes)
-        if self.processes > self.workers:
-            raise ScenarioError(f"Scenario processes ({self.processes}) must not outnumber workers ({self.workers})")
+        if self.processes > self.loops:
+            raise ScenarioError(f"Scenario processes ({self.processes}) must not outnumber loops ({self.loops})")
+        check_overhead(self.overhead)
         if not isinstance(self.settings, Settings):
             raise ScenarioError(f"Scenario settings must be sharded_queue.Settings, got {self.settings!r}")
         _positive("Scenario rtt", self.rtt, zero=True)
+        if not hasattr(self.rtt_noise, "sample"):
+            raise ScenarioError(f"Scenario rtt_noise must be a noise model (Fixed, Empirical), got {self.rtt_noise!r}")
         if self.duration is not None:
             _positive("Scenario duration", self.duration)
         if self.messages is not None:
@@ -167,16 +189,23 @@ class Scenario:
     def replace(self, **changes: Any) -> Scenario:
         """A copy with some fields changed; names of `Settings` fields change the settings.
 
-        ``scenario.replace(workers=8, worker_batch_size=32)`` sets ``workers`` on
+        ``scenario.replace(loops=8, worker_batch_size=32)`` sets ``loops`` on
         the scenario and ``worker_batch_size`` on a copy of its settings.
         """
+        if "workers" in changes:
+            _deprecated_workers(stacklevel=4)
+            changes = dict(changes)
+            changes["loops"] = changes.pop("workers")
         own = {f.name for f in dataclasses.fields(self)}
         setting_names = set(self.settings.as_dict())
         mine = {k: v for k, v in changes.items() if k in own}
         theirs = {k: v for k, v in changes.items() if k not in own}
         unknown = set(theirs) - setting_names
         if unknown:
-            raise ScenarioError(f"unknown scenario or settings field(s): {sorted(unknown)}")
+            raise ScenarioError(
+                f"unknown scenario or settings field(s): {sorted(unknown)}; "
+                f"scenario fields: {sorted(own - {'workloads'})}; settings: {sorted(setting_names)}"
+            )
         if theirs:
             mine["settings"] = self.settings.copy(**theirs)
         return dataclasses.replace(self, **mine)
@@ -186,7 +215,7 @@ class Scenario:
         workloads: tuple[Workload, ...] = self.workloads  # type: ignore[assignment]
         policy = self.policy()
         return {
-            "workers": self.workers,
+            "loops": self.loops,
             "processes": self.processes,
             "batch_size": policy.batch_size,
             "coordinator_delay": policy.coordinator_delay,
@@ -196,3 +225,12 @@ class Scenario:
             "arrival_rate": sum((w.arrivals.mean_rate() or 0.0) for w in workloads),
             "seed": self.seed,
         }
+
+
+def _deprecated_workers(stacklevel: int = 4) -> None:
+    warnings.warn(
+        "the simulator's 'workers' is now 'loops' (the library's word: Worker.loop, --loops); "
+        "'workers' will be removed",
+        DeprecationWarning,
+        stacklevel=stacklevel,
+    )

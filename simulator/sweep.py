@@ -1,16 +1,40 @@
-"""`sweep`: many scenarios, one DataFrame (with a progress bar for terminals and Jupyter)."""
+"""`sweep`: many scenarios, one DataFrame; `plan`: the cheapest configuration that meets a goal.
+
+A sweep runs every point of a grid (and each point ``replications`` times
+with other seeds), spread over the machine's cores, with a progress bar for
+terminals and Jupyter. With replications it reports, per metric, the mean
+over the runs and a 95% confidence interval (Student's t).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import math
+import multiprocessing
+import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import pandas as pd
 
 from .engine import simulate
 from .scenario import Scenario
-from .workload import ScenarioError
+from .workload import Deterministic, OnOff, Poisson, ScenarioError
+
+CONFIDENCE = 0.95
+"""Level of the confidence intervals of a replicated sweep."""
+
+# Two-sided 95% Student t quantiles by degrees of freedom (1..30); the normal's beyond.
+_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131)
+_T95 += (2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def t95(degrees: int) -> float:
+    """The 97.5% quantile of Student's t with ``degrees`` degrees of freedom."""
+    return _T95[degrees - 1] if degrees <= len(_T95) else 1.960
 
 
 def grid_points(grid: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -29,53 +53,253 @@ def grid_points(grid: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]])
     return points
 
 
+_JOBS: list[tuple[Scenario, tuple[str, ...]]] = []  # what forked workers simulate, by index
+
+
+def _run(index: int) -> bytes:
+    """Simulate job ``index``; its summary as JSON (no pickled objects cross processes)."""
+    scenario, by = _JOBS[index]
+    result = simulate(scenario)
+    frame = result.summary(by).rename(columns={"utilisation": "perform_share"})
+    frame["utilisation"] = result.utilisation
+    frame["cpu_utilisation"] = result.cpu_utilisation
+    frame["simulated"] = result.end
+    frame["wall"] = result.wall
+    return msgspec.json.encode(frame.to_dict("list"))
+
+
 def sweep(
     base: Scenario | Callable[..., Scenario],
     grid: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]],
     *,
     by: str | Iterable[str] = (),
     progress: bool = True,
+    replications: int = 1,
+    processes: int | None = None,
 ) -> pd.DataFrame:
     """Simulate every point of ``grid`` and gather the summaries in one DataFrame.
 
     Args:
         base: A `Scenario` to vary with `Scenario.replace` (scenario fields such as
-            ``workers``, ``rtt``, ``seed`` and `Settings` fields such as
+            ``loops``, ``processes``, ``rtt``, ``seed`` and `Settings` fields such as
             ``worker_batch_size``, ``coordinator_delay``), or a function taking the
             grid's names as keyword arguments and returning a `Scenario`.
-        grid: ``{"workers": [1, 2, 4], "worker_batch_size": [1, 32]}`` (every
+        grid: ``{"loops": [1, 2, 4], "worker_batch_size": [1, 32]}`` (every
             combination) or a list of such mappings of single values.
         by: Summary grouping per point (`Result.summary`); default one row per point.
         progress: Show a progress bar (``tqdm.auto``: a widget in Jupyter, text elsewhere).
+        replications: Runs per point, with seeds ``seed, seed + 1, ...``; with more
+            than one, each metric is the mean over them with a 95% confidence
+            interval in ``<metric>_low`` and ``<metric>_high``.
+        processes: Worker processes to spread the runs over; default: one per core
+            (runs in this process when that is one, or where ``fork`` is unavailable).
 
     Returns:
         One row per point (and group): the grid's values, the summary columns,
-        ``utilisation`` of the loops, ``simulated`` and ``wall`` seconds.
+        ``utilisation`` of the loops (share of their time in ``perform``),
+        ``cpu_utilisation`` of the busiest worker process, ``simulated`` and ``wall``
+        seconds; with replications also ``replications``, the intervals and
+        ``saturated_share`` (share of the runs flagged saturated; ``saturated``
+        is then whether any was).
     """
+    if isinstance(replications, bool) or not isinstance(replications, int) or replications < 1:
+        raise ScenarioError(f"sweep replications must be an integer >= 1, got {replications!r}")
     points = grid_points(grid)
     scenarios = [base.replace(**point) if isinstance(base, Scenario) else base(**point) for point in points]
     for point, scenario in zip(points, scenarios, strict=True):
         if not isinstance(scenario, Scenario):
             raise ScenarioError(f"sweep: the scenario of {point} is {type(scenario).__name__}, not a Scenario")
+    names = tuple([by] if isinstance(by, str) else by)
+    jobs = [(s.replace(seed=s.seed + r), names) for s in scenarios for r in range(replications)]
+    frames = _simulate_all(jobs, progress, processes)
+    rows = []
+    for position, point in enumerate(points):
+        runs = frames[position * replications : (position + 1) * replications]
+        frame = runs[0] if replications == 1 else _replicated(runs, list(names))
+        for name, value in reversed(point.items()):
+            frame.insert(0, name, [value] * len(frame))
+        rows.append(frame)
+    return pd.concat(rows, ignore_index=True)
+
+
+def _simulate_all(jobs: list[tuple[Scenario, tuple[str, ...]]], progress: bool, processes: int | None) -> list[Any]:
+    """Every job's summary frame, in job order, on several cores when possible."""
     bar: Any = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(points), desc="sweep", unit="run")
-    rows = []
+        bar = tqdm(total=len(jobs), desc="sweep", unit="run")
+    count = min(processes or os.cpu_count() or 1, len(jobs))
+    encoded: list[bytes | None] = [None] * len(jobs)
+    _JOBS[:] = jobs
     try:
-        for point, scenario in zip(points, scenarios, strict=True):
-            result = simulate(scenario)
-            frame = result.summary(by).rename(columns={"utilisation": "perform_share"})
-            for name, value in reversed(point.items()):
-                frame.insert(0, name, [value] * len(frame))
-            frame["utilisation"] = result.utilisation
-            frame["simulated"] = result.end
-            frame["wall"] = result.wall
-            rows.append(frame)
-            if bar is not None:
-                bar.update()
+        if count > 1 and "fork" in multiprocessing.get_all_start_methods():
+            # Forked workers inherit the scenarios (handlers defined in a notebook included):
+            # only job indices go out and JSON comes back.
+            with multiprocessing.get_context("fork").Pool(count) as pool:
+                for index, data in pool.imap_unordered(_indexed, range(len(jobs))):
+                    encoded[index] = data
+                    if bar is not None:
+                        bar.update()
+        else:
+            for index in range(len(jobs)):
+                encoded[index] = _run(index)
+                if bar is not None:
+                    bar.update()
     finally:
+        _JOBS.clear()
         if bar is not None:
             bar.close()
-    return pd.concat(rows, ignore_index=True)
+    return [pd.DataFrame(msgspec.json.decode(data)) for data in encoded if data is not None]
+
+
+def _indexed(index: int) -> tuple[int, bytes]:
+    return index, _run(index)
+
+
+def _replicated(runs: list[pd.DataFrame], names: list[str]) -> pd.DataFrame:
+    """Mean and 95% interval of every metric over the runs of one point (per group)."""
+    stacked = pd.concat(runs, ignore_index=True)
+    numeric = [c for c in stacked.columns if c not in names and c != "saturated" and _numeric(stacked[c])]
+    grouped = stacked.groupby(names, sort=True) if names else stacked.groupby(lambda _: 0)
+    mean = grouped[numeric].mean()
+    spread = grouped[numeric].std(ddof=1)
+    count = grouped.size()
+    half = spread.mul(count.map(lambda n: t95(n - 1) / math.sqrt(n) if n > 1 else math.nan), axis=0)
+    out = mean.copy()
+    for column in numeric:
+        out[f"{column}_low"] = mean[column] - half[column]
+        out[f"{column}_high"] = mean[column] + half[column]
+    saturated = grouped["saturated"].mean()
+    out["saturated"] = saturated > 0
+    out["saturated_share"] = saturated
+    out["replications"] = count
+    return out.reset_index(drop=not names)
+
+
+def _numeric(column: pd.Series) -> bool:
+    return bool(pd.api.types.is_numeric_dtype(column)) and not pd.api.types.is_bool_dtype(column)
+
+
+# --- planning ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What `plan` found: the cheapest configuration meeting the goal, and the table behind it.
+
+    Attributes:
+        choice: The chosen grid values (e.g. ``{"loops": 4, "processes": 1}``), or None
+            when no point of the grid meets the goal.
+        row: The chosen point's row of `table` (means and 95% intervals).
+        table: Every point, replicated, with ``meets``, ordered cheapest first.
+        rate: The arrival rate planned for (per second).
+        p99: The goal on ``sojourn_p99`` (seconds).
+    """
+
+    choice: dict[str, Any] | None
+    row: pd.Series | None
+    table: pd.DataFrame
+    rate: float
+    p99: float
+
+    def __repr__(self) -> str:
+        goal = f"{self.rate:,.0f}/s with p99 sojourn <= {self.p99 * 1000:.0f} ms"
+        if self.choice is None or self.row is None:
+            return f"<Plan: no configuration of the grid meets {goal}>"
+        row = self.row
+        chosen = ", ".join(f"{k}={v}" for k, v in self.choice.items())
+        return (
+            f"<Plan for {goal}: {chosen}; p99 {row['sojourn_p99'] * 1000:.0f} ms "
+            f"(95% CI {row['sojourn_p99_low'] * 1000:.0f}-{row['sojourn_p99_high'] * 1000:.0f} ms), "
+            f"throughput {row['throughput']:,.0f}/s, busiest CPU {row['cpu_utilisation']:.0%}>"
+        )
+
+    def _repr_html_(self) -> str:
+        head = repr(self).replace("<", "&lt;").replace(">", "&gt;")
+        columns = [*self.table.columns[: self.table.columns.get_loc("meets") + 1]]
+        shown = [c for c in columns if not c.endswith(("_low", "_high"))]
+        return f"<p><b>{head}</b></p>" + self.table[shown].to_html(index=False, float_format=lambda x: f"{x:.4g}")
+
+
+def with_rate(scenario: Scenario, rate: float) -> Scenario:
+    """``scenario`` with every workload's arrival rate scaled so that they add up to ``rate``.
+
+    Raises:
+        ScenarioError: an arrival process without a rate to scale (a replay, a backlog).
+    """
+    workloads = scenario.workloads  # type: ignore[union-attr]
+    for workload in workloads:
+        if not isinstance(workload.arrivals, Poisson | Deterministic | OnOff):
+            raise ScenarioError(
+                f"plan(rate=...) scales Poisson, Deterministic or OnOff arrivals; {workload.name} has "
+                f"{type(workload.arrivals).__name__}"
+            )
+    total = sum(w.arrivals.mean_rate() for w in workloads)
+    factor = rate / total
+    scaled = tuple(
+        dataclasses.replace(w, arrivals=dataclasses.replace(w.arrivals, rate=w.arrivals.rate * factor))
+        for w in workloads
+    )
+    return dataclasses.replace(scenario, workloads=scaled)
+
+
+def plan(
+    scenario: Scenario,
+    *,
+    rate: float,
+    p99: float,
+    over: Mapping[str, Sequence[Any]],
+    replications: int = 5,
+    progress: bool = True,
+    processes: int | None = None,
+) -> Plan:
+    """The cheapest configuration of ``over`` that keeps up with ``rate`` within the ``p99`` goal.
+
+    Every point of ``over`` is simulated ``replications`` times (`sweep`). A point
+    meets the goal when no run was flagged saturated, its mean throughput is
+    within 2% of ``rate`` (it keeps up), and the *upper* end of the 95%
+    confidence interval of ``sojourn_p99`` (enqueue to finish) is at most
+    ``p99``. "Cheapest" means fewest loops, then fewest worker processes (a
+    process costs memory and connections, a loop a coroutine), then the lowest
+    p99; the table is in that order.
+
+    Args:
+        scenario: The scenario to plan for (its duration and warm-up set each run's length).
+        rate: Total arrivals per second to plan for (the workloads' rates are scaled).
+        p99: The goal on ``sojourn_p99``, in seconds.
+        over: The grid of candidates, e.g. ``{"loops": [2, 4, 8], "processes": [1, 2]}``;
+            points with more processes than loops are skipped.
+        replications: Runs per point (at least 2, for an interval).
+        progress: Show a progress bar.
+        processes: Cores to use (see `sweep`).
+    """
+    _positive_goal("rate", rate)
+    _positive_goal("p99", p99)
+    if replications < 2:
+        raise ScenarioError(f"plan needs at least 2 replications for an interval, got {replications}")
+    base = with_rate(scenario, rate)
+    points = [p for p in grid_points(over) if _fits(base, p)]
+    if not points:
+        raise ScenarioError(f"plan: no point of {dict(over)} is a valid configuration")
+    table = sweep(base, points, progress=progress, replications=replications, processes=processes)
+    table["meets"] = ~table["saturated"] & (table["throughput"] >= 0.98 * rate) & (table["sojourn_p99_high"] <= p99)
+    loops = table["loops"] if "loops" in table.columns else pd.Series(base.loops, index=table.index)
+    workers = table["processes"] if "processes" in table.columns else pd.Series(base.processes, index=table.index)
+    order = pd.DataFrame({"loops": loops, "processes": workers, "p99": table["sojourn_p99_high"]})
+    table = table.loc[order.sort_values(["loops", "processes", "p99"], kind="stable").index].reset_index(drop=True)
+    met = table[table["meets"]]
+    if met.empty:
+        return Plan(None, None, table, rate, p99)
+    row = met.iloc[0]
+    return Plan({name: row[name] for name in points[0]}, row, table, rate, p99)
+
+
+def _fits(scenario: Scenario, point: Mapping[str, Any]) -> bool:
+    loops = point.get("loops", scenario.loops)
+    return bool(point.get("processes", scenario.processes) <= loops)
+
+
+def _positive_goal(name: str, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+        raise ScenarioError(f"plan {name} must be a number > 0, got {value!r}")

@@ -6,6 +6,8 @@
 * `bulk_service_wait`: mean wait of M/M^(1,B)/1 (Bailey 1954) — one thread,
   one loop, batches of up to ``B`` whose service time does not depend on
   their size; an idle server starts on the first arrival at once.
+* `mm1_sojourn`: mean time in system of M/M/1 — any number of loops of one
+  process whose ``perform`` is all CPU: they share one CPU (`cpu_scenario`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from typing import Any
 import numpy as np
 
 from sharded_queue import Handler, RequestRoute, Route, Settings
+
+from .cpu import NONE
 
 
 def erlang_c(servers: int, offered: float) -> float:
@@ -128,11 +132,12 @@ def mmc_scenario(rho: float, servers: int, messages: int, seed: int = 0, warmup:
 
     return Scenario(
         Workload(KeyThread, Poisson(rho * servers), Service.exponential(1.0), Keyed(RoundRobin(4096))),
-        workers=servers,
+        loops=servers,
         settings=Settings(worker_batch_size=1, worker_empty_limit=1, coordinator_delay=0.0, worker_empty_pause=0.0),
         messages=messages,
         warmup=warmup,
         seed=seed,
+        overhead=NONE,
     )
 
 
@@ -150,14 +155,42 @@ def bulk_scenario(rho: float, batch: int, messages: int, seed: int = 0, warmup: 
 
     return Scenario(
         Workload(KeyThread, Poisson(rho * batch), Service.exponential(1.0), Keyed(Uniform(1))),
-        workers=1,
+        loops=1,
         settings=Settings(
             worker_batch_size=batch, worker_empty_limit=10**9, coordinator_delay=0.0, worker_empty_pause=0.0
         ),
         messages=messages,
         warmup=warmup,
         seed=seed,
+        overhead=NONE,
     )
+
+
+def cpu_scenario(rho: float, loops: int, messages: int, seed: int = 0, warmup: float = 200.0) -> Any:
+    """``loops`` loops of one process sharing a CPU-bound ``perform``: a single server, M/M/1.
+
+    `mmc_scenario` with ``perform`` all CPU (exponential, mean 1) and no library
+    overhead: a loop that holds a message waits for the process's one CPU, so
+    however many loops there are, one message is performed at a time. Work
+    arrives at ``rho`` and the CPU is busy whenever a message is in the system
+    (a free loop takes it at once), so the number in system is that of M/M/1
+    and the mean sojourn (enqueue to finish) is ``1 / (mu - lambda)``
+    (`mm1_sojourn`), not M/M/c's.
+    """
+    import dataclasses
+
+    from .workload import Service
+
+    scenario = mmc_scenario(rho / loops, loops, messages, seed, warmup)  # arrivals at rho, not rho * loops
+    workload = dataclasses.replace(scenario.workloads[0], service=Service.exponential(1.0, cpu=True))
+    return dataclasses.replace(scenario, workloads=(workload,))
+
+
+def mm1_sojourn(arrival_rate: float, service_rate: float) -> float:
+    """Mean time in system of M/M/1: ``1 / (mu - lambda)``."""
+    if not 0 <= arrival_rate < service_rate:
+        raise ValueError(f"M/M/1 needs lambda < mu, got {arrival_rate} >= {service_rate}")
+    return 1.0 / (service_rate - arrival_rate)
 
 
 def fcfs_waits(arrivals: np.ndarray, services: np.ndarray, servers: int) -> np.ndarray:
@@ -230,7 +263,7 @@ def mean_wait(kind: str, rho: float, size: int, messages: int, seed: int, batche
     """
     from .engine import simulate
 
-    build = mmc_scenario if kind == "mmc" else bulk_scenario
+    build = {"mmc": mmc_scenario, "bulk": bulk_scenario, "cpu": cpu_scenario}[kind]
     scenario = build(rho, size, messages, seed)
     latencies = simulate(scenario).latencies()
     by_arrival = latencies.sort_values("enqueued_at", kind="stable")

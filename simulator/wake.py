@@ -31,10 +31,11 @@ if TYPE_CHECKING:
 class SimProcess:
     """One worker process (one `Worker` object): its loops and its wake-up routing."""
 
-    __slots__ = ("bound", "bound_mask", "flushed", "idle", "index", "loops")
+    __slots__ = ("bound", "bound_mask", "cpu", "flushed", "idle", "index", "loops")
 
     def __init__(self, index: int) -> None:
         self.index = index
+        self.cpu: Any = None  # its `simulator.cpu.Cpu`, when CPU is modelled
         self.loops: list[LoopState] = []
         self.bound: dict[SimThread, LoopState] = {}  # loops holding a thread
         self.idle: dict[LoopState, None] = {}  # loops looking for a thread, oldest first

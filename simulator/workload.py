@@ -212,6 +212,35 @@ class Replay:
         return times.size / span if span > 0 else None
 
 
+@dataclass(frozen=True)
+class Registered:
+    """Arrivals registered in bulk: a producer that calls ``register`` every ``every`` seconds
+    with what arrived since, so each call (and its wake-up message to every worker
+    process) carries many requests, all with that call's enqueue time.
+
+    Args:
+        arrivals: When requests arrive at the producer (`Poisson`, ...).
+        every: Seconds between two ``register`` calls.
+    """
+
+    arrivals: Arrivals
+    every: float
+
+    def __post_init__(self) -> None:
+        if not hasattr(self.arrivals, "chunks"):
+            raise ScenarioError(f"Registered arrivals must be an arrival process, got {self.arrivals!r}")
+        _positive("Registered every", self.every)
+
+    def chunks(self, rng: np.random.Generator) -> Iterator[np.ndarray]:
+        """The inner process's times, each moved up to the next call (a multiple of ``every``)."""
+        for chunk in self.arrivals.chunks(rng):
+            yield np.ceil(np.asarray(chunk) / self.every) * self.every
+
+    def mean_rate(self) -> float | None:
+        """The inner process's rate."""
+        return self.arrivals.mean_rate()
+
+
 def Backlog(count: int, at: float = 0.0) -> Replay:
     """``count`` requests all registered at time ``at``: a backlog to drain."""
     _count("Backlog count", count)
@@ -445,18 +474,31 @@ class Empirical:
 class Service:
     """Service time of ``perform`` for a batch of ``n``: ``(per_batch + per_message * n) * noise``.
 
+    Part of it may be CPU: ``(cpu_per_batch + cpu_per_message * n) * noise``
+    holds the worker process's one CPU (other loops of the process wait for
+    it), the rest is waiting (I/O), which overlaps with the other loops. The
+    CPU part runs first, then the wait.
+
     Args:
-        per_batch: Seconds every ``perform`` call costs.
+        per_batch: Seconds every ``perform`` call costs, CPU and waiting together.
         per_message: Seconds each request of the batch adds.
         noise: Unit-mean factor: `Fixed` (default), `Exponential`, `LogNormal`, `Empirical`.
         failure_rate: Probability that a ``perform`` raises (after taking its time),
             which drives the real retry/backoff/bisection logic.
+        cpu_per_batch: The CPU part of ``per_batch`` (at most ``per_batch``).
+        cpu_per_message: The CPU part of ``per_message`` (at most ``per_message``).
+        timer: The waiting part is an asyncio timer (``asyncio.sleep``), which an
+            idle event loop rounds up to the millisecond (see `simulator.cpu`),
+            rather than I/O that ends when a reply arrives.
     """
 
     per_batch: float = 0.0
     per_message: float = 0.0
     noise: Noise = field(default_factory=Fixed)
     failure_rate: float = 0.0
+    cpu_per_batch: float = 0.0
+    cpu_per_message: float = 0.0
+    timer: bool = False
 
     def __post_init__(self) -> None:
         _positive("Service per_batch", self.per_batch, zero=True)
@@ -466,17 +508,36 @@ class Service:
         rate = _positive("Service failure_rate", self.failure_rate, zero=True)
         if rate >= 1:
             raise ScenarioError(f"Service failure_rate must be < 1, got {rate!r}")
+        for part, whole in (("cpu_per_batch", "per_batch"), ("cpu_per_message", "per_message")):
+            value = _positive(f"Service {part}", getattr(self, part), zero=True)
+            if value > getattr(self, whole) * (1 + 1e-9):
+                raise ScenarioError(f"Service {part} ({value!r}) must not exceed {whole} ({getattr(self, whole)!r})")
 
     def mean(self, n: int | np.ndarray) -> Any:
         """Mean service time of a batch of ``n``."""
         return self.per_batch + self.per_message * n
 
+    def mean_cpu(self, n: int | np.ndarray) -> Any:
+        """Mean CPU time of a batch of ``n``."""
+        return self.cpu_per_batch + self.cpu_per_message * n
+
+    @property
+    def uses_cpu(self) -> bool:
+        """Whether ``perform`` holds the process's CPU or sleeps on a timer (not pure I/O)."""
+        return bool(self.cpu_per_batch or self.cpu_per_message or self.timer)
+
     @classmethod
-    def exponential(cls, mean: float, per_message: bool = False) -> Service:
-        """Exponential service of ``mean`` seconds per batch (or per message)."""
+    def exponential(cls, mean: float, per_message: bool = False, cpu: bool = False) -> Service:
+        """Exponential service of ``mean`` seconds per batch (or per message), all CPU when ``cpu``."""
+        share = mean if cpu else 0.0
         if per_message:
-            return cls(per_message=mean, noise=Exponential())
-        return cls(per_batch=mean, noise=Exponential())
+            return cls(per_message=mean, noise=Exponential(), cpu_per_message=share)
+        return cls(per_batch=mean, noise=Exponential(), cpu_per_batch=share)
+
+    @classmethod
+    def cpu_bound(cls, per_batch: float = 0.0, per_message: float = 0.0, noise: Noise | None = None) -> Service:
+        """A ``perform`` that computes all along (no waiting): it holds the process's CPU."""
+        return cls(per_batch, per_message, noise or Fixed(), cpu_per_batch=per_batch, cpu_per_message=per_message)
 
 
 class ServiceSampler:
@@ -494,12 +555,19 @@ class ServiceSampler:
 
     def duration(self, n: int) -> float:
         """Service time of a batch of ``n``."""
-        mean = self.service.per_batch + self.service.per_message * n
+        return self.draw(n)[0]
+
+    def draw(self, n: int) -> tuple[float, float]:
+        """Service time of a batch of ``n`` and its CPU part (the same noise factor)."""
+        service = self.service
+        mean = service.per_batch + service.per_message * n
+        cpu = service.cpu_per_batch + service.cpu_per_message * n
         if self.fixed:
-            return mean
+            return mean, cpu
         if not self._factors:
-            self._factors = self.service.noise.sample(self.rng, self.BLOCK)[::-1].tolist()
-        return mean * self._factors.pop()
+            self._factors = service.noise.sample(self.rng, self.BLOCK)[::-1].tolist()
+        factor = self._factors.pop()
+        return mean * factor, cpu * factor
 
     def fails(self) -> bool:
         """Whether the next ``perform`` raises."""

@@ -30,6 +30,7 @@ from simulator import (
     LogNormal,
     OnOff,
     Poisson,
+    Registered,
     Replay,
     RoundRobin,
     Scenario,
@@ -41,6 +42,7 @@ from simulator import (
     analysis,
     calibrate,
     compare,
+    plan,
     plot_backlog,
     plot_latency,
     plot_sweep,
@@ -48,13 +50,16 @@ from simulator import (
     summary,
     sweep,
 )
+from simulator.cpu import LIBRARY, NONE
 from simulator.theory import (
     WaitEstimate,
     bulk_service_wait,
+    cpu_scenario,
     erlang_c,
     erlang_c_wait,
     fcfs_waits,
     mean_wait,
+    mm1_sojourn,
     mm1_wait,
     mmc_scenario,
 )
@@ -103,6 +108,7 @@ IMMEDIATE = {"coordinator_delay": 0.0, "worker_empty_pause": 0.0}
 
 
 THEORY_PLAN = {
+    "cpu-0.5": [("cpu", 0.5, 4, 300_000, seed) for seed in range(2)],
     "mmc-0.5": [("mmc", 0.5, 2, 40_000, seed) for seed in range(2)],
     "mmc-0.8": [("mmc", 0.8, 2, 40_000, seed) for seed in range(2)],
     "bulk-4": [("bulk", 0.5, 4, 200_000, seed) for seed in range(2)],
@@ -165,6 +171,29 @@ def test_mean_wait_matches_bulk_service_queue(theory_runs: dict[str, Any], batch
     expected = bulk_service_wait(rho * batch, 1.0, batch)
     assert error < 0.01 * expected, "too noisy for a 3% check to mean anything"
     assert mean == pytest.approx(expected, rel=0.03)
+
+
+@pytest.mark.slow
+def test_loops_sharing_a_cpu_bound_perform_are_a_single_server(theory_runs: dict[str, Any]) -> None:
+    """Four loops of one process whose ``perform`` is all CPU (exponential, mean 1 s) at load 0.5:
+    they share the process's one CPU, so the fleet is M/M/1, not M/M/4. Mean sojourn
+    ``1 / (mu - lambda)`` = 2 s, mean wait 1 s, where M/M/4 would wait 0.004 s and sojourn 1.004 s."""
+    mean, error = WaitEstimate.pooled(theory_runs["cpu-0.5"])
+    expected = mm1_sojourn(0.5, 1.0) - 1.0
+    assert error < 0.01 * expected, "too noisy for a 3% check to mean anything"
+    assert mean == pytest.approx(expected, rel=0.03)
+    assert mean > 100 * erlang_c_wait(0.5, 1.0, 4)
+
+
+def test_loops_sharing_a_cpu_are_exactly_one_fcfs_server() -> None:
+    """Path by path: with the simulated arrivals and the service times in the order they started,
+    a single FCFS server gives the very same total wait as the four loops sharing one CPU."""
+    trace = simulate(cpu_scenario(0.7, 4, 20_000, seed=3, warmup=0.0)).trace
+    services = trace.sort_values("started_at")["cpu"].to_numpy()
+    waits = fcfs_waits(np.sort(trace["enqueued_at"].to_numpy()), services, 1)
+    simulated = (trace["started_at"] - trace["enqueued_at"]).to_numpy()
+    assert simulated.sum() == pytest.approx(waits.sum(), rel=1e-9)
+    assert (trace["finished_at"] - trace["started_at"]).to_numpy() == pytest.approx(trace["cpu"].to_numpy())
 
 
 @pytest.mark.parametrize("rho", [0.5, 0.9])
@@ -230,6 +259,7 @@ def test_backlog_drains_in_the_computed_time(count: int, batch: int, rtt: float)
             Workload(OneThread, Backlog(count), Service(per_batch, per_message)),
             settings=settings(worker_batch_size=batch),
             rtt=rtt,
+            overhead=NONE,
         )
     )
     sizes = [batch] * (count // batch) + ([count % batch] if count % batch else [])
@@ -244,6 +274,38 @@ def test_backlog_drains_in_the_computed_time(count: int, batch: int, rtt: float)
     assert batches["started"].to_numpy() == pytest.approx([s for s, _ in expected], abs=1e-12)
     assert result.end == pytest.approx(start, abs=1e-12)  # the run ends when the last batch is performed
     assert result.summary(()).loc[0, "count"] == count
+
+
+def test_backlog_timeline_with_the_librarys_cpu() -> None:
+    """The same drain with the library's CPU (`simulator.cpu.LIBRARY`): each effect first takes
+    its CPU, and an effect that finds the process idle (after a round trip or a perform's
+    wait) pays the wake-up too. Every batch's start is exact."""
+    o, rtt, per_batch, per_message = LIBRARY, 0.002, 0.05, 0.001
+    result = simulate(
+        Scenario(
+            Workload(OneThread, Backlog(300), Service(per_batch, per_message)),
+            settings=settings(worker_batch_size=128),
+            rtt=rtt,
+        )
+    )
+    t = o.poll + o.idle + rtt  # poll: CPU, then one round trip
+    t += o.acquire + o.idle + 2 * rtt  # acquire: script + hide in the index
+    t += o.begin + o.idle  # begin: after the round trip the process was idle
+    idle = 0.0  # the first cycle follows begin in the same callback
+    expected = []
+    for size in (128, 128, 44):
+        t += o.cycle + idle + rtt  # ack+fetch
+        t += o.idle + o.perform + (o.decode + o.perform_per_message) * size  # the reply wakes the process
+        expected.append(t)
+        t += per_batch + per_message * size  # perform's waiting: no CPU
+        idle = o.idle  # the next cycle wakes the process after that wait
+    started = result.trace.groupby("batch")["started_at"].first().to_numpy()
+    assert started == pytest.approx(expected, abs=1e-12)
+    performs = 3 * (o.cycle + o.idle + o.perform) + 300 * (o.decode + o.perform_per_message)
+    acks = 3 * o.idle + o.cycle  # the wake-ups after each perform's wait, and the last ack
+    binding = o.poll + o.acquire + o.begin + 3 * o.idle
+    wakes = o.wake  # the backlog is one registration: one wake-up message
+    assert result.processes["cpu_busy"].iloc[0] == pytest.approx(performs + acks + binding + wakes, rel=1e-9)
 
 
 class Named(Handler):
@@ -263,6 +325,7 @@ def replay(times: list[float], threads: list[str], **changes: Any) -> Scenario:
     return Scenario(
         Workload(Named, Replay(times, shift=False), Service(per_batch=0.01), Keyed(KeySequence(threads))),
         settings=settings(worker_empty_limit=3, worker_empty_pause=0.1, coordinator_delay=1.0),
+        overhead=NONE,
     ).replace(**changes)
 
 
@@ -277,7 +340,7 @@ def test_empty_limit_keeps_a_quiet_thread_bound() -> None:
     """
     result = simulate(replay([0.0, 0.05, 0.5], ["a", "a", "a"]))
     assert list(result.trace["started_at"]) == pytest.approx([0.0, 0.05, 0.5])
-    loop = result.workers.iloc[0]
+    loop = result.loops.iloc[0]
     assert loop["binds"] == 2
     assert loop["bound"] == pytest.approx(0.26 + 0.01)
 
@@ -291,7 +354,7 @@ def test_an_empty_thread_is_released_when_another_waits() -> None:
     trace = result.trace.set_index("thread")
     assert trace.loc["a", "started_at"] == pytest.approx(0.0)
     assert trace.loc["b", "started_at"] == pytest.approx(0.05)
-    assert result.workers.iloc[0]["binds"] == 2
+    assert result.loops.iloc[0]["binds"] == 2
 
 
 def test_one_idle_loop_is_woken_per_registration() -> None:
@@ -302,8 +365,8 @@ def test_one_idle_loop_is_woken_per_registration() -> None:
     for the next poll, at the other loop's coordinator delay or after the first
     loop's batch. With two processes each wakes its own idle loop: both threads
     start within a few round trips."""
-    one = simulate(replay([0.5, 0.51], ["a", "b"], workers=2, rtt=0.1))
-    two = simulate(replay([0.5, 0.51], ["a", "b"], workers=2, processes=2, rtt=0.1))
+    one = simulate(replay([0.5, 0.51], ["a", "b"], loops=2, rtt=0.1))
+    two = simulate(replay([0.5, 0.51], ["a", "b"], loops=2, processes=2, rtt=0.1))
     one_waits = sorted(one.trace["started_at"] - one.trace["enqueued_at"])
     two_waits = sorted(two.trace["started_at"] - two.trace["enqueued_at"])
     assert one_waits[0] == pytest.approx(0.445, abs=0.006)  # woken 0.55, poll -0.65, acquire -0.85, cycle -0.95
@@ -317,15 +380,16 @@ def test_idle_loops_with_zero_delays_wait_for_a_wake_up() -> None:
     result = simulate(
         Scenario(
             Workload(OneThread, Deterministic(1.0), Service(per_batch=0.1)),
-            workers=3,
+            loops=3,
             settings=settings(worker_empty_limit=1, **IMMEDIATE),
             messages=50,
+            overhead=NONE,
         )
     )
     overall = result.summary(()).iloc[0]
     assert overall["count"] == 50
     assert overall["wait_max"] == 0.0
-    assert result.workers["polls"].sum() <= 4 * 50
+    assert result.loops["polls"].sum() <= 4 * 50
 
 
 def test_orders_are_served_by_precedence_and_fifo_within_a_tube() -> None:
@@ -341,7 +405,7 @@ def test_orders_are_served_by_precedence_and_fifo_within_a_tube() -> None:
                 Service(per_batch=0.01, per_message=0.001),
                 Keyed(RoundRobin(400), make=lambda k: Note(user=k, urgent=bool(urgent[k]))),
             ),
-            workers=2,
+            loops=2,
             settings=settings(worker_batch_size=16),
         )
     )
@@ -369,7 +433,7 @@ def test_per_handler_batch_size_and_two_handlers() -> None:
                 Workload(Small, Poisson(50), Service(per_batch=0.01)),
                 Workload(OneThread, Poisson(50), Service(per_batch=0.01)),
             ],
-            workers=2,
+            loops=2,
             settings=settings(worker_batch_size=10),
             duration=30,
         )
@@ -394,7 +458,7 @@ def test_failures_go_through_retries_to_dead_letters() -> None:
     assert result.dead > 0
     assert result.messages + result.dead == result.arrived == 2000
     assert len(result.trace) == result.messages
-    assert result.workers["failures"].sum() > 0
+    assert result.loops["failures"].sum() > 0
 
 
 # --- reproducibility, summaries, saturation --------------------------------------------------
@@ -408,7 +472,7 @@ def zipf_scenario(**changes: Any) -> Scenario:
             Service(per_batch=0.004, per_message=0.0005, noise=LogNormal(0.4)),
             Keyed(Zipf(1000, 1.1), make=lambda k: Note(user=k, urgent=k % 10 == 0)),
         ),
-        workers=4,
+        loops=4,
         settings=settings(coordinator_delay=0.05),
         rtt=0.0005,
         duration=60,
@@ -422,7 +486,7 @@ def test_same_seed_same_trace_other_seed_other_trace() -> None:
     first = simulate(zipf_scenario()).trace
     again = simulate(zipf_scenario()).trace
     other = simulate(zipf_scenario(seed=12)).trace
-    assert list(first.columns) == list(COLUMNS)
+    assert list(first.columns) == [*COLUMNS, "cpu"]
     pd.testing.assert_frame_equal(first, again)
     assert len(first) != len(other) or not first["enqueued_at"].equals(other["enqueued_at"])
 
@@ -454,7 +518,7 @@ def test_summary_columns_and_utilisation() -> None:
     assert overall["utilisation"] == pytest.approx(table["utilisation"].sum())
     assert 0 < overall["utilisation"] < 1
     assert not overall["saturated"]
-    busy = result.workers["busy"].sum() / (result.end * 4)
+    busy = result.loops["busy"].sum() / (result.end * 4)
     assert result.utilisation == pytest.approx(busy)
     assert "<table" in result._repr_html_()
 
@@ -523,7 +587,7 @@ class ZeroBatch(Handler):
     [
         (lambda: Poisson(-1.0), ScenarioError, "Poisson rate"),
         (lambda: Service(per_batch=-0.1), ScenarioError, "per_batch"),
-        (lambda: Scenario(Workload(OneThread, Poisson(1), Service()), workers=0, duration=1), ScenarioError, "workers"),
+        (lambda: Scenario(Workload(OneThread, Poisson(1), Service()), loops=0, duration=1), ScenarioError, "loops"),
         (lambda: Scenario(Workload(OneThread, Poisson(1), Service()), duration=-5), ScenarioError, "duration"),
         (lambda: Scenario(Workload(OneThread, Poisson(1), Service())), ScenarioError, "duration or a message count"),
         (lambda: Scenario(Workload(OneThread, Poisson(1), Service()), duration=1, rtt=math.nan), ScenarioError, "rtt"),
@@ -613,6 +677,20 @@ def test_arrival_processes_have_their_rates() -> None:
     assert list(next(replay.chunks(rng))) == [0.0, 1.0, 2.0]
 
 
+def test_registered_arrivals_come_in_calls() -> None:
+    """A producer registering every 10 ms: every enqueue time is a call's, none moved back,
+    none lost, at most 10 ms late; the twin sees one registration (one wake-up) per call."""
+    rng = np.random.default_rng(0)
+    arrivals = next(Poisson(1000).chunks(np.random.default_rng(0)))
+    called = next(Registered(Poisson(1000), every=0.01).chunks(rng))
+    assert len(called) == len(arrivals)
+    assert np.allclose(called / 0.01, np.round(called / 0.01))
+    assert ((called - arrivals >= 0) & (called - arrivals < 0.01 + 1e-12)).all()
+    assert Registered(Poisson(1000), every=0.01).mean_rate() == 1000
+    result = simulate(Scenario(Workload(OneThread, Registered(Poisson(1000), every=0.01), Service()), duration=2))
+    assert result.trace["enqueued_at"].nunique() <= 201
+
+
 def test_zipf_keys_are_skewed() -> None:
     keys = Zipf(100, 1.0).sample(np.random.default_rng(0), 0, 200_000)
     counts = np.bincount(keys, minlength=100) / 200_000
@@ -662,6 +740,27 @@ def test_summary_of_a_handmade_trace() -> None:
         summary(handmade_trace().drop(columns=["batch"]))
 
 
+def test_each_groups_throughput_is_over_its_own_window() -> None:
+    """Thread "late" works from 10 s to 12 s, "early" from 0 to 2: each performed 2 messages
+    in 2 seconds. Over the run's shared window (12 s) both would read 2/12 per second, their
+    arrivals over it, whatever happened."""
+    trace = (
+        handmade_trace()
+        .iloc[:4]
+        .assign(
+            thread=["early", "early", "late", "late"],
+            batch=[1, 1, 2, 2],
+            enqueued_at=[0.0, 1.0, 10.0, 11.0],
+            started_at=[1.0, 1.0, 11.0, 11.0],
+            finished_at=[2.0, 2.0, 12.0, 12.0],
+        )
+    )
+    table = summary(trace, "thread").set_index("thread")
+    assert table.loc["early", "throughput"] == pytest.approx(1.0)
+    assert table.loc["late", "throughput"] == pytest.approx(1.0)
+    assert summary(trace, ()).iloc[0]["throughput"] == pytest.approx(4 / 12)
+
+
 def test_compare_gives_relative_errors() -> None:
     real = handmade_trace()
     sim = real.assign(started_at=real["started_at"] * 1.1, finished_at=real["finished_at"] * 1.1)
@@ -672,10 +771,16 @@ def test_compare_gives_relative_errors() -> None:
 
 
 def test_calibrate_recovers_the_service_model() -> None:
-    """Fitting a simulated trace gives back the service costs and round trip it was made with."""
+    """Fitting a simulated trace gives back the service costs, the CPU part and the round trip
+    it was made with (the round trip within 10%: the CPU the other loop used during a gap is
+    subtracted as the trace shows it, the library's part of it approximately)."""
     scenario = Scenario(
-        Workload(OneThread, Poisson(900), Service(per_batch=0.004, per_message=0.0002, noise=LogNormal(0.2))),
-        workers=2,
+        Workload(
+            OneThread,
+            Poisson(900),
+            Service(0.004, 0.0002, noise=LogNormal(0.2), cpu_per_batch=0.001, cpu_per_message=0.00005),
+        ),
+        loops=2,
         settings=settings(worker_batch_size=64),
         rtt=0.001,
         duration=60,
@@ -684,20 +789,34 @@ def test_calibrate_recovers_the_service_model() -> None:
     service = fitted.service["one-thread"]
     assert service.per_batch == pytest.approx(0.004, rel=0.05)
     assert service.per_message == pytest.approx(0.0002, rel=0.05)
-    assert fitted.rtt == pytest.approx(0.001, rel=1e-6)
+    assert service.cpu_per_batch == pytest.approx(0.001, rel=0.05)
+    assert service.cpu_per_message == pytest.approx(0.00005, rel=0.05)
+    assert fitted.rtt == pytest.approx(0.001, rel=0.1)
     again = fitted.apply(scenario)
-    assert again.rtt == pytest.approx(0.001) and again.workloads[0].service is service  # type: ignore[index]
+    assert again.rtt == pytest.approx(fitted.rtt) and again.workloads[0].service is service  # type: ignore[index]
+    assert again.overhead == LIBRARY
+
+
+def test_calibration_maps_handler_names_or_refuses() -> None:
+    """A calibration never silently leaves a handler uncalibrated: other names are mapped or refused."""
+    trace = simulate(Scenario(Workload(OneThread, Poisson(50), Service(0.01)), duration=20)).trace
+    fitted = calibrate(trace)
+    other = Scenario(Workload(Small, Poisson(50), Service()), duration=5)
+    with pytest.raises(ScenarioError, match="no fitted service for handler 'small'.*one-thread"):
+        fitted.apply(other)
+    with pytest.raises(ScenarioError, match="no handler"):
+        fitted.apply(other, handlers={"nope": "one-thread"})
+    mapped = fitted.apply(other, handlers={"small": "one-thread"})
+    assert mapped.workloads[0].service is fitted.service["one-thread"]  # type: ignore[index]
 
 
 # --- sweep and plots --------------------------------------------------------------------------
 
 
 def test_sweep_gathers_one_row_per_point() -> None:
-    frame = sweep(
-        zipf_scenario(duration=10, warmup=1), {"workers": [1, 4], "worker_batch_size": [1, 32]}, progress=False
-    )
+    frame = sweep(zipf_scenario(duration=10, warmup=1), {"loops": [1, 4], "worker_batch_size": [1, 32]}, progress=False)
     assert len(frame) == 4
-    assert list(frame.columns[:2]) == ["workers", "worker_batch_size"]
+    assert list(frame.columns[:2]) == ["loops", "worker_batch_size"]
     assert {"throughput", "wait_p99", "saturated", "utilisation", "wall"} <= set(frame.columns)
     by_handler = sweep(
         lambda rate: zipf_scenario(duration=5, warmup=1).replace(seed=rate),
@@ -710,11 +829,61 @@ def test_sweep_gathers_one_row_per_point() -> None:
         sweep(zipf_scenario(), {"wrokers": [1]}, progress=False)
 
 
+def test_sweep_replications_give_means_and_intervals() -> None:
+    """Each point runs with seeds seed, seed + 1, ...: the mean is theirs and the 95% interval
+    brackets it; the runs spread over processes give the same numbers as runs here."""
+    base = zipf_scenario(duration=6, warmup=1)
+    frame = sweep(base, {"loops": [2, 4]}, replications=3, progress=False)
+    assert list(frame["replications"]) == [3, 3]
+    singles = [simulate(base.replace(loops=4, seed=base.seed + r)).summary(()).iloc[0] for r in range(3)]
+    row = frame.set_index("loops").loc[4]
+    assert row["sojourn_p99"] == pytest.approx(np.mean([s["sojourn_p99"] for s in singles]), rel=1e-9)
+    assert row["sojourn_p99_low"] < row["sojourn_p99"] < row["sojourn_p99_high"]
+    half = 4.303 * np.std([s["sojourn_p99"] for s in singles], ddof=1) / math.sqrt(3)
+    assert row["sojourn_p99_high"] - row["sojourn_p99"] == pytest.approx(half, rel=1e-9)
+    serial = sweep(base, {"loops": [2, 4]}, replications=3, progress=False, processes=1)
+    pd.testing.assert_frame_equal(frame.drop(columns=["wall", "wall_low", "wall_high"]),
+                                  serial.drop(columns=["wall", "wall_low", "wall_high"]))  # fmt: skip
+
+
+def test_plan_is_the_cheapest_configuration_that_meets_the_goal() -> None:
+    """Fewest loops, then fewest processes, among the points whose p99 interval is within the goal."""
+    scenario = Scenario(
+        Workload(Spread, Poisson(100), Service(0.02, 0.001, LogNormal(0.5)), Keyed(RoundRobin(8))),
+        rtt=0.0005,
+        duration=15,
+        warmup=2,
+        trace=False,
+    )
+    found = plan(scenario, rate=400, p99=0.2, over={"loops": [2, 4, 6, 8], "processes": [1, 2]}, progress=False)
+    assert found.choice is not None and found.row is not None
+    table = found.table
+    chosen = table.index[table["meets"]][0]
+    assert (table.loc[: chosen - 1, "meets"] == False).all()  # noqa: E712 - every cheaper point misses
+    assert found.choice == {"loops": table.loc[chosen, "loops"], "processes": table.loc[chosen, "processes"]}
+    assert found.row["sojourn_p99_high"] <= 0.2 and found.row["throughput"] == pytest.approx(400, rel=0.02)
+    assert list(table["loops"]) == sorted(table["loops"])
+    assert "Plan for 400/s" in repr(found)
+    hopeless = plan(scenario, rate=400, p99=0.001, over={"loops": [2]}, progress=False)
+    assert hopeless.choice is None and "no configuration" in repr(hopeless)
+
+
+def test_workers_is_a_deprecated_name_of_loops() -> None:
+    workload = Workload(OneThread, Poisson(1), Service())
+    with pytest.warns(DeprecationWarning, match="'workers' is now 'loops'"):
+        old = Scenario(workload, workers=3, duration=1)
+    assert old.loops == 3
+    with pytest.warns(DeprecationWarning, match="'workers' is now 'loops'"):
+        assert old.replace(workers=2).loops == 2
+    with pytest.raises(ScenarioError, match="use loops only"), pytest.warns(DeprecationWarning):
+        Scenario(workload, loops=2, workers=3, duration=1)
+
+
 def test_plots_return_figures() -> None:
     result = simulate(zipf_scenario(duration=10, warmup=1))
-    frame = sweep(zipf_scenario(duration=5, warmup=1), {"workers": [1, 2]}, progress=False)
+    frame = sweep(zipf_scenario(duration=5, warmup=1), {"loops": [1, 2]}, progress=False)
     for figure in (
-        plot_sweep(frame, x="workers"),
+        plot_sweep(frame, x="loops"),
         plot_backlog(result),
         plot_latency({"sim": result.trace, "again": result}, by="order"),
     ):
@@ -756,7 +925,7 @@ def test_a_registration_of_several_threads_wakes_one_idle_loop_per_thread() -> N
     idle loop at once, not one loop now and the others a coordinator delay later."""
     scenario = Scenario(
         Workload(Spread, Backlog(400, at=0.5), Service(per_batch=0.005), Keyed(RoundRobin(8))),
-        workers=8,
+        loops=8,
         settings=settings(coordinator_delay=5.0, worker_batch_size=10),
         rtt=0.0005,
     )

@@ -6,7 +6,7 @@ import pytest
 
 from sharded_queue import Handler, Queue, RequestRoute, Route, Settings, Worker
 from sharded_queue.testing import trace_run
-from sharded_queue.trace import COLUMNS
+from sharded_queue.trace import COLUMNS, OPTIONAL
 
 
 class Traced(Handler):
@@ -24,7 +24,7 @@ class Traced(Handler):
 async def test_backlog_trace_has_schema_and_one_row_per_message(queue: Queue, settings: Settings) -> None:
     requests = [[i % 2, int(i % 3 == 0), i] for i in range(30)]
     trace = await trace_run(Traced, requests, loops=2, queue=queue, settings=settings)
-    assert tuple(trace.columns) == COLUMNS
+    assert tuple(trace.columns) == (*COLUMNS, *OPTIONAL)
     assert len(trace) == 30
     assert sorted(trace.groupby(["thread", "order"]).size().items()) == [
         (("0", "hi"), 5), (("0", "lo"), 10), (("1", "hi"), 5), (("1", "lo"), 10)
@@ -53,3 +53,30 @@ async def test_trace_is_opt_in(queue: Queue) -> None:
     assert worker.recorder is None
     with pytest.raises(RuntimeError, match="trace=True"):
         worker.trace()
+
+
+class Spinning(Handler):
+    """Request ``[thread, spin]``: ``perform`` computes for ``spin`` seconds, then sleeps 20 ms."""
+
+    @classmethod
+    async def route(cls, *requests: list[float]) -> list[RequestRoute]:
+        return [RequestRoute(r, Route(thread=int(r[0]))) for r in requests]
+
+    async def perform(self, *requests: list[float]) -> None:
+        import asyncio
+        import time
+
+        end = time.perf_counter() + sum(r[1] for r in requests)
+        while time.perf_counter() < end:
+            pass
+        await asyncio.sleep(0.02)
+
+
+async def test_cpu_column_counts_each_performs_own_cpu(settings: Settings) -> None:
+    """Loops of one worker share its thread: a batch's ``cpu`` is its own computing (10 ms)
+    or nothing, neither its 20 ms sleep nor what the other loop computed meanwhile."""
+    requests = [[i % 2, 0.01 if i % 2 else 0.0] for i in range(12)]
+    trace = await trace_run(Spinning, requests, loops=2, settings=settings.copy(worker_batch_size=1))
+    cpu = trace.groupby("thread")["cpu"].agg(["min", "max"])
+    assert cpu.loc["1", "min"] >= 0.01 and cpu.loc["1", "max"] < 0.02
+    assert cpu.loc["0", "max"] < 0.005

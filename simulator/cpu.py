@@ -1,0 +1,234 @@
+"""The CPU of a simulated worker process, and what the library spends of it.
+
+All loops of one worker process run on one Python thread, one asyncio event
+loop: the library's own work for each effect (encode, the Lua call, parse,
+decode, bookkeeping) and the CPU part of ``perform`` run one at a time, while
+their I/O waits overlap. So each simulated process has one `Cpu`, a
+first-come-first-served server: a loop that needs CPU queues behind the work
+already claimed (Lindley's recursion, no event of its own), and an effect that
+finds the process idle pays `Overhead.idle` more (the wake-up from
+``epoll_wait``; a busy event loop shares it between replies).
+
+`Cpu.sleep` models the event loop's timer granularity: ``epoll_wait`` rounds
+its timeout up to the millisecond, so an ``asyncio.sleep(0.0005)`` on an idle
+loop takes about 1.1 ms, while on a busy loop it ends at the first wake-up
+after it is due (another loop's reply, a wake-up message, the end of a
+callback).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import heapq
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .workload import ScenarioError, _positive
+
+if TYPE_CHECKING:
+    import simpy
+
+    from .engine import Feed
+
+
+@dataclass(frozen=True)
+class Overhead:
+    """CPU seconds the library spends in a worker process, per effect.
+
+    Each cost is charged to the process's CPU when a loop carries out the
+    effect (all of a storage call's CPU, before its round trip, except the
+    per-message decode, which follows the fetch).
+
+    Attributes:
+        poll: A coordinator poll (`Storage.candidates`).
+        acquire: A lease attempt.
+        begin: Binding a thread (a handler instance, ``start()``, the heartbeat task).
+        cycle: One ack+fetch script call.
+        decode: Per message fetched (payload decoding).
+        perform: The library's part of a ``perform`` call.
+        perform_per_message: Per request passed to ``perform``.
+        end: Releasing a thread (``stop()``, the release script).
+        idle: Extra CPU of an effect that wakes an idle process (the event loop's
+            own iterations, shared between replies when the process is busy).
+        wake: Per wake-up message (one per registration) every worker process receives.
+        trace: What recording a trace adds per ``perform`` (``Worker(trace=True)``).
+        trace_per_message: What recording a trace adds per message.
+        timer_slack: How late past the millisecond an idle event loop's timer fires.
+        timer_resolution: ``epoll_wait``'s resolution: idle timers are rounded up to it.
+    """
+
+    poll: float = 0.0
+    acquire: float = 0.0
+    begin: float = 0.0
+    cycle: float = 0.0
+    decode: float = 0.0
+    perform: float = 0.0
+    perform_per_message: float = 0.0
+    end: float = 0.0
+    idle: float = 0.0
+    wake: float = 0.0
+    trace: float = 0.0
+    trace_per_message: float = 0.0
+    timer_slack: float = 0.0
+    timer_resolution: float = 0.001
+
+    def __post_init__(self) -> None:
+        for item in dataclasses.fields(self):
+            _positive(f"Overhead {item.name}", getattr(self, item.name), zero=True)
+
+    @property
+    def zero(self) -> bool:
+        """Whether the library costs no CPU at all (the textbook queues)."""
+        return all(getattr(self, f.name) == 0 for f in dataclasses.fields(self) if f.name != "timer_resolution")
+
+    def scaled(self, factor: float) -> Overhead:
+        """Every CPU cost times ``factor`` (a faster or slower machine); timer constants unchanged."""
+        _positive("Overhead.scaled factor", factor)
+        timers = ("timer_slack", "timer_resolution")
+        return dataclasses.replace(
+            self, **{f.name: getattr(self, f.name) * factor for f in dataclasses.fields(self) if f.name not in timers}
+        )
+
+
+NONE = Overhead()
+"""No library CPU: every loop an independent server, as the textbook queues assume."""
+
+LIBRARY = Overhead(
+    poll=9.99e-05,
+    acquire=0.000138,
+    begin=1.04e-05,
+    cycle=7.51e-05,
+    decode=7.11e-08,
+    perform=6.28e-06,
+    perform_per_message=3.58e-08,
+    end=0.000144,
+    idle=7.55e-06,
+    wake=2.63e-05,
+    timer_slack=8.84e-05,
+)
+"""The library's CPU on this project's 2-core development machine (Python 3.11, redis-py
+with hiredis, a local redis-server), measured by::
+
+    .venv/bin/python -m benchmarks.bench_overhead
+
+which drains backlogs of a no-op handler with one loop and times each effect with the
+thread's CPU clock, and checks the constants against runs of 2 to 16 loops in one
+process (within 10%, 20% for 16 loops with batches of 128). The machine is shared:
+each constant is the median of three measurements, which move by under 10% (the
+idle and wake-up costs and the tiny decode by up to 2x). Re-measure on the machine you plan for
+and pass your own `Overhead` (or ``LIBRARY.scaled(factor)``)."""
+
+TRACED = dataclasses.replace(LIBRARY, trace=5.15e-06, trace_per_message=4.61e-07)
+"""`LIBRARY` for a worker that records a trace (``Worker(trace=True)``), as the real runs
+`calibrate` learns from do; measured by the same benchmark."""
+
+
+class Cpu:
+    """One worker process's CPU: first come, first served; sleeping loops; wake-up messages.
+
+    Attributes:
+        free: When the work claimed so far is done.
+        busy: CPU seconds claimed so far.
+    """
+
+    __slots__ = ("accounted", "busy", "env", "feed", "free", "half", "overhead", "sequence", "sleepers")
+
+    def __init__(self, env: simpy.Environment, feed: Feed, overhead: Overhead, half: float) -> None:
+        self.env = env
+        self.feed = feed
+        self.overhead = overhead
+        self.half = half  # a wake-up message reaches the process half a round trip after its registration
+        self.free = -math.inf
+        self.busy = 0.0
+        self.accounted = -math.inf  # wake-up messages charged up to this delivery time
+        self.sleepers: list[list[Any]] = []  # heap of [due, sequence, event]
+        self.sequence = 0
+
+    def claim(self, now: float, cost: float) -> float:
+        """A loop needs ``cost`` CPU seconds from ``now``: when it is done (queued behind earlier work)."""
+        if self.overhead.wake:
+            self._messages(now)
+        sleepers = self.sleepers
+        if sleepers:  # the process is awake now: due timers fire
+            self._fire_due(now)
+        free = self.free
+        if free < now:  # idle since ``free``: this effect wakes the event loop from epoll_wait
+            start = now
+            cost += self.overhead.idle
+        else:  # busy (or just done: the same callback goes on)
+            start = free
+        end = start + cost
+        self.free = end
+        self.busy += cost
+        if sleepers and start <= sleepers[0][0] < end:  # due while this callback runs: fires at its end
+            self._fire_later(sleepers[0], end - now)
+        return end
+
+    def sleep(self, now: float, seconds: float) -> Any:
+        """An ``asyncio.sleep(seconds)`` from ``now``: a simpy event (or timeout) that ends it.
+
+        It ends at the first moment after it is due that the event loop is
+        awake: a claim of CPU (a reply, another timer), a wake-up message, the
+        end of the callback running when it is due; else at its own timer,
+        ``epoll_wait``'s timeout rounded up to `Overhead.timer_resolution`, plus
+        `Overhead.timer_slack`, from when the process went idle.
+        """
+        env = self.env
+        due = now + seconds
+        if self.free >= due:  # busy all along: the event loop looks at its timers when due
+            return env.timeout(due - now)
+        overhead = self.overhead
+        idle = max(now, self.free)
+        resolution = overhead.timer_resolution
+        timer = idle + math.ceil((due - idle) / resolution - 1e-9) * resolution + overhead.timer_slack
+        if overhead.wake:
+            message = self.feed.next_registration(due - self.half, timer - self.half)
+            timer = min(timer, message + self.half)
+        event = env.event()
+        self.sequence += 1
+        entry = [due, self.sequence, event]
+        heapq.heappush(self.sleepers, entry)
+        self._fire_later(entry, timer - now)
+        return event
+
+    def _fire_later(self, entry: list[Any], delay: float) -> None:
+        timeout = self.env.timeout(delay)
+        timeout.callbacks.append(functools.partial(self._fire, entry))
+
+    def _fire(self, entry: list[Any], _: Any = None) -> None:
+        event = entry[2]
+        if not event.triggered:
+            event.succeed()
+            self._fire_due(self.env._now)  # the same wake-up serves every timer due by now
+
+    def _fire_due(self, now: float) -> None:
+        sleepers = self.sleepers
+        while sleepers and (sleepers[0][0] <= now or sleepers[0][2].triggered):
+            entry = heapq.heappop(sleepers)
+            if not entry[2].triggered:
+                entry[2].succeed()
+
+    def _messages(self, now: float) -> None:
+        """Charge the wake-up messages delivered since the last claim, in order (Lindley, vectorised)."""
+        until = now - self.half
+        times = self.feed.registrations(self.accounted, until)
+        self.accounted = until
+        count = len(times)
+        if not count:
+            return
+        cost = self.overhead.wake
+        # FIFO with equal costs: done = max(free + k*w, max_j(delivered_j + (k - j) * w)), j = 0..k-1
+        tail = float(np.max(times + self.half + cost * np.arange(count, 0, -1)))
+        self.free = max(self.free + count * cost, tail)
+        self.busy += count * cost
+
+
+def check_overhead(value: Any) -> Overhead:
+    """``value`` if it is an `Overhead`, else a `ScenarioError`."""
+    if not isinstance(value, Overhead):
+        raise ScenarioError(f"Scenario overhead must be an Overhead (e.g. LIBRARY or NONE), got {value!r}")
+    return value

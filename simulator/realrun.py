@@ -1,0 +1,165 @@
+"""Real runs for the accuracy suite: worker loops in their own OS processes, as in production.
+
+`run_workers` starts ``processes`` worker processes (``python -m
+simulator.realrun ...``, each a `Worker` with tracing on serving its share of
+the loops) and registers the requests from this process: open-loop arrivals
+at their offsets once every loop is up, or a backlog all at once *before* the
+workers start (so that registering does not compete with draining for the
+machine's cores: a drain then measures the workers alone). It waits until the
+queue is drained, stops the workers with SIGTERM (a graceful stop:
+each loop acks its batch and releases its thread) and returns their traces
+merged into one. Traces travel as JSON files, never pickle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from sharded_queue import Handler, Queue, Settings, Worker
+from sharded_queue.testing import _arrivals, wait_until
+from sharded_queue.trace import to_frame
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+def split(loops: int, processes: int) -> list[int]:
+    """Loops per process, round robin (as the twin spreads them)."""
+    return [len(range(index, loops, processes)) for index in range(processes)]
+
+
+async def run_workers(
+    handler: type[Handler],
+    spec: dict[str, Any],
+    requests: Sequence[Any],
+    *,
+    url: str,
+    settings: Settings,
+    loops: int,
+    processes: int = 1,
+    at: Sequence[float] | None = None,
+    chunk: int = 1000,
+    timeout: float = 300.0,
+) -> pd.DataFrame:
+    """Run ``requests`` through worker processes and return the merged trace.
+
+    The trace's ``attrs["process_cpu"]`` lists the CPU seconds each worker process
+    used while serving (to check the twin's CPU model against).
+
+    Args:
+        handler: The handler this process registers with (the workers rebuild it from ``spec``).
+        spec: JSON-able description the worker processes rebuild the handler from
+            (`simulator.accuracy.handler_from_spec`).
+        requests: The requests, in registration order.
+        url: The Redis URL (the workers and this process must share it).
+        settings: Settings of the run (key prefix, batch size, delays).
+        loops: Loops in all, spread over ``processes`` round robin.
+        processes: Worker processes.
+        at: Open-loop arrival offsets (seconds from the start), else a backlog.
+        chunk: Requests per `Queue.register` call for a backlog.
+        timeout: Seconds before giving up.
+    """
+    with tempfile.TemporaryDirectory(prefix="sq-realrun-") as directory:
+        children: list[subprocess.Popen[bytes]] = []
+        outputs = []
+        queue = Queue(url, settings=settings)
+        try:
+            if at is None:
+                for first in range(0, len(requests), chunk):
+                    await queue.register(handler, *requests[first : first + chunk])
+            for index, count in enumerate(split(loops, processes)):
+                output = Path(directory) / f"trace-{index}.json"
+                outputs.append(output)
+                children.append(_spawn(spec, url, settings, count, output))
+            await _ready(children, time.monotonic() + 60)
+            if at is not None:
+                await _arrivals(queue, handler, requests, at)
+            await wait_until(lambda: _drained(queue, handler, children), timeout=timeout, interval=0.01)
+            for child in children:
+                child.send_signal(signal.SIGTERM)
+            for child in children:
+                if child.wait(60) != 0:
+                    raise RuntimeError(f"worker process exited with {child.returncode}")
+        finally:
+            await queue.close()
+            for child in children:
+                if child.poll() is None:
+                    child.kill()
+                    child.wait()
+                if child.stdout is not None:
+                    child.stdout.close()
+        columns: dict[str, list[Any]] = {}
+        process_cpu = []
+        for output in outputs:
+            found = msgspec.json.decode(output.read_bytes())
+            process_cpu += found.pop("process_cpu")
+            for name, values in found.items():
+                columns.setdefault(name, []).extend(values)
+    frame = to_frame(columns)
+    frame.attrs["process_cpu"] = process_cpu  # CPU seconds each worker process used while serving
+    return frame
+
+
+async def _drained(queue: Queue, handler: type[Handler], children: list[subprocess.Popen[bytes]]) -> bool:
+    for child in children:
+        if child.poll() is not None:
+            raise RuntimeError(f"worker process exited early with {child.returncode}")
+    return await queue.pending(handler) == 0
+
+
+def _spawn(spec: dict[str, Any], url: str, settings: Settings, loops: int, output: Path) -> subprocess.Popen[bytes]:
+    environment = dict(os.environ)
+    arguments = json.dumps({"spec": spec, "url": url, "settings": settings.as_dict(), "loops": loops})
+    return subprocess.Popen(
+        [sys.executable, "-m", "simulator.realrun", arguments, str(output)],
+        stdout=subprocess.PIPE,
+        env=environment,
+    )
+
+
+async def _ready(children: list[subprocess.Popen[bytes]], deadline: float) -> None:
+    """Wait for every worker's ``ready`` line (all its loops idle, wake-ups subscribed)."""
+    for child in children:
+        assert child.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(child.stdout.readline), max(deadline - time.monotonic(), 1))
+        if line.strip() != b"ready":
+            raise RuntimeError(f"worker process did not start: {line!r}")
+
+
+async def _serve(arguments: dict[str, Any], output: Path) -> None:
+    from .accuracy import handler_from_spec
+
+    logging.getLogger("sharded_queue").setLevel(logging.ERROR)  # the graceful stop's warning is expected
+    handler = handler_from_spec(arguments["spec"])
+    settings = Settings(**arguments["settings"])
+    loops = int(arguments["loops"])
+    queue = Queue(arguments["url"], settings=settings)
+    worker = Worker(queue, handlers=[handler], settings=settings, trace=True)
+    serving = asyncio.create_task(worker.serve(loops))
+    # every loop has polled once: idle (nothing to do yet), or bound to a thread of a backlog
+    await wait_until(lambda: len(worker._idle) + len(worker._bound) >= loops or serving.done(), timeout=60)
+    print("ready", flush=True)
+    cpu = time.process_time()
+    await serving
+    assert worker.recorder is not None
+    columns = dict(worker.recorder.columns)
+    columns["process_cpu"] = [time.process_time() - cpu]  # CPU seconds of this process while serving
+    output.write_bytes(msgspec.json.encode(columns))
+    await queue.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(_serve(json.loads(sys.argv[1]), Path(sys.argv[2])))

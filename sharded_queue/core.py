@@ -17,6 +17,7 @@ from __future__ import annotations
 import enum
 import math
 import random
+import zlib
 from collections.abc import Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -109,6 +110,14 @@ def order_rank(order: str, declared: Sequence[str] | None) -> float:
 def order_key(order: str, declared: Sequence[str] | None) -> tuple[float, bytes]:
     """Sort key giving the same precedence as the storage's order index."""
     return order_rank(order, declared), order.encode()
+
+
+def answering(peers: Sequence[str], thread: ThreadRef) -> str:
+    """Which of ``peers`` (worker ids) answers ``thread``'s wake-ups: the one ranking
+    highest for it (rendezvous hashing), so that one process, not all, polls for it
+    and a worker coming or going moves only its own share of the threads."""
+    key = f"\0{thread.handler}\0{thread.thread}".encode()
+    return max(peers, key=lambda peer: zlib.crc32(peer.encode() + key))
 
 
 # --- time: deferred and recurring requests ------------------------------------

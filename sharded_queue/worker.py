@@ -20,7 +20,6 @@ import socket
 import time
 import traceback
 import warnings
-import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -44,6 +43,7 @@ from .core import (
     Program,
     ThreadRef,
     Wait,
+    answering,
     worker_program,
 )
 from .errors import StorageError, StorageFull
@@ -302,8 +302,7 @@ class Worker:
         peers = self.peers
         if len(peers) < 2 or self.id not in peers:
             return True
-        key = f"\0{thread.handler}\0{thread.thread}".encode()
-        return max(peers, key=lambda peer: zlib.crc32(peer.encode() + key)) == self.id
+        return answering(peers, thread) == self.id
 
     def trace(self) -> Any:
         """The recorded trace as a pandas DataFrame (schema in `sharded_queue.trace`)."""

@@ -26,6 +26,7 @@ from .sweep import Plan, plan, sweep
 from .theory import bulk_service_wait, erlang_c, erlang_c_wait
 from .workload import (
     Backlog,
+    Deferred,
     Deterministic,
     Empirical,
     Exponential,
@@ -36,6 +37,7 @@ from .workload import (
     LogNormal,
     OnOff,
     Poisson,
+    Recurring,
     Registered,
     Replay,
     RoundRobin,
@@ -50,6 +52,7 @@ __all__ = [
     "NONE",
     "Backlog",
     "Calibration",
+    "Deferred",
     "Deterministic",
     "Empirical",
     "Exponential",
@@ -62,6 +65,7 @@ __all__ = [
     "Overhead",
     "Plan",
     "Poisson",
+    "Recurring",
     "Registered",
     "Replay",
     "Result",

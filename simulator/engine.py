@@ -8,18 +8,18 @@ effect                  how the simulator carries it out
 ======================  ==========================================================
 ``Poll``                visible threads (messages, no lease), longest-visible first,
                         up to 16 per handler, like `Storage.candidates`; 1 round trip
-``Acquire``             take the lease; 2 round trips when taken (script + hide in the
-                        index), 3 when the thread turned out empty, 1 when taken by another
+``Acquire``             take the lease (and hide the thread in the index, or unindex it
+                        when empty); 1 round trip
 ``Cycle``               ack ``count`` from the head of the ``order`` tube, then fetch up
                         to ``limit`` from the most urgent non-empty order; 1 round trip
-                        (+1 when the ack carries dead letters)
-``Perform``             the service time of the batch (`Service`), then maybe a failure
+``Perform``             the service time of the batch (`Service`), then maybe a failure; past
+                        the handler's ``timeout`` (``QUEUE_PERFORM_TIMEOUT``) it fails then
 ``Wait``                a pause; a *wakeable* one ends early at the wake-up of the next
                         registration (pub/sub, half a round trip after it)
-``Begin`` / ``End``     bind / release; release is 2 round trips (3 when the thread is empty)
+``Begin`` / ``End``     bind / release; release is 1 round trip
 ======================  ==========================================================
 
-Round-trip counts mirror `sharded_queue.storage.Storage`. A storage call's
+Round-trip counts mirror `sharded_queue.storage.Storage` on a single Redis. A storage call's
 effect happens at once, at its first round trip's server time (half a round
 trip after it is sent), then the loop waits for the rest of its round trips.
 
@@ -68,6 +68,7 @@ from sharded_queue.core import (
     ThreadRef,
     Tube,
     Wait,
+    answering,
     worker_program,
 )
 from sharded_queue.handler import declared_orders
@@ -76,16 +77,19 @@ from .cpu import Cpu
 from .record import Recorder
 from .result import Result
 from .routing import route_positions
-from .scenario import Scenario, Workload
+from .scenario import Scenario, Workload, finite_replay
 from .wake import LoopState, SimProcess, Wakeups
-from .workload import Fixed, Generated, Keyed, Noise, Replay, ScenarioError, ServiceSampler
+from .workload import Fixed, Generated, Keyed, Noise, ScenarioError, ServiceSampler
 
 # Round trips of each `sharded_queue.storage.Storage` call, by outcome.
+# Round trips of the storage calls on a single Redis, where each script also updates the
+# handler's indexes (on a cluster the indexes live in another slot: acquire and release
+# take 2 or 3 round trips there, and a cycle carrying dead letters one more).
 POLL_TRIPS = 1
-ACQUIRE_TRIPS = {1: 2, 0: 3, -1: 1}  # taken: script + ZADD XX; empty: script + ZREM + ZCARD; busy: script
-RELEASE_TRIPS = {True: 2, False: 3}  # left non-empty: script + ZADD; emptied: script + ZREM + ZCARD
+ACQUIRE_TRIPS = {1: 1, 0: 1, -1: 1}  # taken, empty (unindexed), held by another: one script call
+RELEASE_TRIPS = {True: 1, False: 1}  # left non-empty (shown) or emptied (unindexed): one script call
 CYCLE_TRIPS = 1
-DEAD_LETTER_TRIPS = 1  # SADD of the dead-letter index before the cycle script
+DEAD_LETTER_TRIPS = 0  # the cycle script indexes the thread's dead letters itself
 
 
 _EMPTY = np.empty(0)
@@ -193,10 +197,23 @@ class SimTube:
 class SimThread:
     """One (handler, thread): its tubes by precedence, lease and place in the index."""
 
-    __slots__ = ("by_order", "heap", "index", "indexed", "key", "leased", "ref", "released_at", "tubes", "version")
+    __slots__ = (
+        "answerer",
+        "by_order",
+        "heap",
+        "index",
+        "indexed",
+        "key",
+        "leased",
+        "ref",
+        "released_at",
+        "tubes",
+        "version",
+    )
 
     def __init__(self, ref: ThreadRef, heap: list[Any], index: int) -> None:
         self.ref = ref
+        self.answerer = 0  # the worker process that answers its wake-ups (`core.answering`)
         self.index = index  # position in the storage's threads
         self.heap = heap  # its handler's index
         self.key = ref.thread.encode()  # Redis breaks score ties bytewise
@@ -235,7 +252,8 @@ class SimStorage:
     invalidates the entry.
     """
 
-    def __init__(self, workloads: Sequence[Workload]) -> None:
+    def __init__(self, workloads: Sequence[Workload], processes: int = 1) -> None:
+        self.peers = [str(process) for process in range(processes)]  # the worker processes, as ids
         self.handlers = [w.name for w in workloads]
         self.declared = {w.name: declared_orders(w.handler) for w in workloads}
         self.heaps: dict[str, list[tuple[float, bytes, int, SimThread]]] = {name: [] for name in self.handlers}
@@ -259,6 +277,7 @@ class SimStorage:
         thread = self.threads.get(ref)
         if thread is None:
             thread = self.threads[ref] = SimThread(ref, self.heaps[ref.handler], len(self.threads))
+            thread.answerer = int(answering(self.peers, ref)) if len(self.peers) > 1 else 0
             self.thread_list.append(thread)
             self.by_id[id(ref)] = thread
         sim_tube = SimTube(tube, thread, len(self.tubes))
@@ -474,13 +493,27 @@ class Feed:
             threads = self.group_threads[index]
             if len(threads) < need:
                 continue
-            held = process.bound_mask  # threads beyond its end are held by no loop yet
+            held = self.passes(process)  # threads held by its loops, or answered by another process
             free = int(np.count_nonzero(threads >= len(held))) + int(
                 np.count_nonzero(~held[threads[threads < len(held)]])
             )
             if free >= need:
                 return float(self.group_times[index])
         return math.inf
+
+    def passes(self, process: SimProcess) -> np.ndarray:
+        """By thread index: whether a registration on it passes ``process``'s idle loops by,
+        because one of its loops holds the thread or another process answers for it
+        (`sharded_queue.core.answering`, as `Worker.answers`)."""
+        threads = self.storage.thread_list
+        count = len(threads)
+        if len(process.bound_mask) < count:
+            process.bound_mask = np.concatenate((process.bound_mask, np.zeros(count, dtype=bool)))
+        if len(self.storage.peers) == 1:
+            return process.bound_mask
+        if len(process.others) < count:
+            process.others = np.array([thread.answerer != process.index for thread in threads])
+        return process.bound_mask[: len(process.others)] | process.others
 
     def next_on_thread(self, thread: SimThread, at: float) -> float:
         """Enqueue time of the first materialised arrival on ``thread`` after ``at``."""
@@ -499,13 +532,10 @@ class Feed:
         if len(threads) - len(process.bound) <= 32:  # few candidates: ask each
             first = math.inf
             for thread in threads:
-                if thread not in process.bound:
+                if thread not in process.bound and thread.answerer == process.index:
                     first = min(first, self.next_on_thread(thread, at))
             return first
-        count = len(threads)
-        if len(process.bound_mask) < count:
-            process.bound_mask = np.concatenate((process.bound_mask, np.zeros(count, dtype=bool)))
-        held = process.bound_mask
+        held = self.passes(process)
         owners = self.wake_threads
         position = int(self.wake.searchsorted(at, "right"))
         end = len(owners)
@@ -657,10 +687,12 @@ class Simulation:
         workloads: Sequence[Workload] = scenario.workloads  # type: ignore[assignment]
         root = np.random.SeedSequence(scenario.seed)
         feed_seed, service_seed, loop_seed, rtt_seed = root.spawn(4)
-        self.storage = SimStorage(workloads)
+        self.storage = SimStorage(workloads, scenario.processes)
         self.feed = Feed(scenario, self.storage, feed_seed.spawn(len(workloads)))
         service_rngs = [np.random.default_rng(s) for s in service_seed.spawn(len(workloads))]
         self.samplers = {w.name: ServiceSampler(w.service, rng) for w, rng in zip(workloads, service_rngs, strict=True)}
+        default_timeout = scenario.settings.perform_timeout  # as `Worker.timeouts`: the handler's, else the setting
+        self.timeouts = {w.name: w.handler.timeout or default_timeout for w in workloads}
         self.loop_seeds = [int(s.generate_state(1)[0]) for s in loop_seed.spawn(scenario.loops)]
         self.policy = scenario.policy()
         self.rtt = scenario.rtt
@@ -783,6 +815,10 @@ class Simulation:
                 count = len(messages)
                 sampler = samplers[effect.thread.handler]
                 duration, busy = sampler.draw(count)
+                limit = self.timeouts[effect.thread.handler]
+                timed_out = duration > limit
+                if timed_out:  # cancelled at the timeout, or once its CPU part lets the event loop run
+                    duration = max(limit, busy)
                 if claim is None:
                     started = env._now + owed
                     if owed + duration > 0:
@@ -805,7 +841,10 @@ class Simulation:
                     finished = env._now
                 stats.busy += finished - started
                 stats.performs += 1
-                if sampler.failure_rate and sampler.fails():
+                if timed_out:
+                    result = TimeoutError(f"perform did not finish within {limit:g} s and was cancelled")
+                    stats.failures += 1
+                elif sampler.failure_rate and sampler.fails():
                     result = SimulatedFailure(f"simulated failure of a batch of {count}")
                     stats.failures += 1
                 else:
@@ -909,8 +948,9 @@ def _target(scenario: Scenario) -> float:
     """Messages after which a run without a duration is over."""
     target = math.inf if scenario.messages is None else scenario.messages
     workloads: Sequence[Workload] = scenario.workloads  # type: ignore[assignment]
-    if all(isinstance(w.arrivals, Replay) for w in workloads):
-        target = min(target, sum(len(w.arrivals.times) for w in workloads))  # type: ignore[union-attr]
+    replays = [finite_replay(w.arrivals) for w in workloads]
+    if all(replay is not None for replay in replays):
+        target = min(target, sum(len(replay.times) for replay in replays))  # type: ignore[union-attr]
     return target
 
 

@@ -20,10 +20,12 @@ from sharded_queue.handler import declared_orders, handler_name
 from .cpu import LIBRARY, Overhead, check_overhead
 from .workload import (
     Arrivals,
+    Deferred,
     Fixed,
     Generated,
     Keyed,
     Noise,
+    Registered,
     Replay,
     Requests,
     ScenarioError,
@@ -40,7 +42,8 @@ class Workload:
     Args:
         handler: The real `Handler` subclass; its ``route()`` places every request.
         arrivals: When requests are registered (`Poisson`, `Deterministic`,
-            `OnOff`, `Replay`, `Backlog`).
+            `OnOff`, `Replay`, `Backlog`, `Registered`), or join their tube:
+            `Deferred` (``defer=``), `Recurring` (``recurrent=``).
         service: How long ``perform`` takes for a batch (`Service`).
         requests: What the requests are (`Keyed` with a key distribution such as
             `Zipf`, or `Generated`); default: every request is the key 0.
@@ -163,7 +166,7 @@ class Scenario:
         if (
             self.duration is None
             and self.messages is None
-            and not all(isinstance(w.arrivals, Replay) for w in workloads)
+            and not all(finite_replay(w.arrivals) is not None for w in workloads)
         ):
             raise ScenarioError("Scenario needs a duration or a message count (or only finite Replay arrivals)")
         _positive("Scenario warmup", self.warmup, zero=True)
@@ -234,3 +237,10 @@ def _deprecated_workers(stacklevel: int = 4) -> None:
         DeprecationWarning,
         stacklevel=stacklevel,
     )
+
+
+def finite_replay(arrivals: Any) -> Replay | None:
+    """The `Replay` an arrival process ends with (it, or one it is built on), or None."""
+    while isinstance(arrivals, Deferred | Registered):
+        arrivals = arrivals.arrivals
+    return arrivals if isinstance(arrivals, Replay) else None

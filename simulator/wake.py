@@ -4,8 +4,9 @@ In the real worker every loop has its own waker, armed at each ``Poll`` and
 ``Cycle``; a wakeable ``Wait`` ends when it is woken (at once if it was woken
 since it was armed). Every registration is published with the threads it
 touched, and every worker process (`SimProcess`) wakes, for each thread, the
-loop holding it, or else its oldest idle loop (idle: it has polled and since
-done nothing but acquire attempts and waits).
+loop holding it, or else, if it is the process answering for the thread
+(`sharded_queue.core.answering`), its oldest idle loop (idle: it has polled
+and since done nothing but acquire attempts and waits).
 
 The simulator never handles a registration one by one. Arrivals are known in
 advance, and the routing state (which loop holds which thread, which loop is
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 class SimProcess:
     """One worker process (one `Worker` object): its loops and its wake-up routing."""
 
-    __slots__ = ("bound", "bound_mask", "cpu", "flushed", "idle", "index", "loops")
+    __slots__ = ("bound", "bound_mask", "cpu", "flushed", "idle", "index", "loops", "others")
 
     def __init__(self, index: int) -> None:
         self.index = index
@@ -40,6 +41,7 @@ class SimProcess:
         self.bound: dict[SimThread, LoopState] = {}  # loops holding a thread
         self.idle: dict[LoopState, None] = {}  # loops looking for a thread, oldest first
         self.bound_mask = np.zeros(64, dtype=bool)  # by thread index: held by a loop of this process
+        self.others = np.zeros(0, dtype=bool)  # by thread index: another process answers its wake-ups
         self.flushed = -math.inf  # registrations are applied up to here
 
     def first_idle(self) -> LoopState | None:

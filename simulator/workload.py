@@ -241,6 +241,111 @@ class Registered:
         return self.arrivals.mean_rate()
 
 
+@dataclass(frozen=True)
+class Deferred:
+    """Arrivals registered with ``defer=``: each joins its tube ``delay`` seconds (times a
+    draw of ``noise``, mean 1) after it is registered, as `Queue.register` defers them:
+    in due order, and in registration order within a due time.
+
+    In the twin a deferred request's ``enqueued_at`` is its due time, so latencies are
+    counted from when it came due (the real envelope keeps its registration time).
+
+    Args:
+        arrivals: When requests are registered (`Poisson`, ...).
+        delay: Mean delay in seconds.
+        noise: The delay's unit-mean spread (`Fixed`, `Exponential`, ...).
+    """
+
+    arrivals: Arrivals
+    delay: float
+    noise: Noise = field(default_factory=lambda: Fixed())
+
+    def __post_init__(self) -> None:
+        if not hasattr(self.arrivals, "chunks"):
+            raise ScenarioError(f"Deferred arrivals must be an arrival process, got {self.arrivals!r}")
+        _positive("Deferred delay", self.delay, zero=True)
+        if not hasattr(self.noise, "sample"):
+            raise ScenarioError(f"Deferred noise must be a noise (Fixed(), Exponential(), ...), got {self.noise!r}")
+
+    def chunks(self, rng: np.random.Generator) -> Iterator[np.ndarray]:
+        """Due times, sorted: a due time is final once registrations have passed it
+        (a later registration is due later still), so each step yields those."""
+        inner, delays = rng.spawn(2)
+        held = np.empty(0)  # due times not yet final, sorted
+        for chunk in self.arrivals.chunks(inner):
+            registered = np.asarray(chunk, dtype=np.float64)
+            if not len(registered):
+                continue
+            due = registered + self.delay * self.noise.sample(delays, len(registered))
+            # stable: at equal due times, earlier registrations (held ones, then this chunk's order) first
+            merged = np.sort(np.concatenate((held, due)), kind="stable")
+            cut = int(merged.searchsorted(registered[-1], "right"))
+            held = merged[cut:]
+            yield merged[:cut]
+        if len(held):
+            yield held
+
+    def mean_rate(self) -> float | None:
+        """The inner process's rate."""
+        return self.arrivals.mean_rate()
+
+
+@dataclass(frozen=True)
+class Recurring:
+    """A recurring request (``register(..., recurrent=...)``): one arrival per tick of the
+    library's own `sharded_queue.core.Schedule`. For a period, the first tick comes one
+    period after the start; for a cron string, at each match (UTC), simulated time 0
+    being ``start`` seconds since the epoch. Ticks arrive on time: the twin's workers
+    are always there to register them (missed ticks collapse only when none runs).
+
+    Args:
+        every: Seconds, a `timedelta` or a cron string, as ``recurrent=`` takes.
+        start: The epoch second simulated time 0 stands for (cron ticks depend on it).
+    """
+
+    every: Any
+    start: float = 0.0
+
+    def __post_init__(self) -> None:
+        from sharded_queue.core import Schedule
+
+        try:
+            Schedule.of(self.every)
+        except (TypeError, ValueError) as exc:
+            raise ScenarioError(f"Recurring: {exc}") from exc
+        _positive("Recurring start", self.start, zero=True)
+
+    def chunks(self, rng: np.random.Generator) -> Iterator[np.ndarray]:
+        """The ticks, in chunks."""
+        from sharded_queue.core import Schedule
+
+        schedule = Schedule.of(self.every)
+        tick = schedule.first_after(self.start)
+        if schedule.every is not None:  # a period: arithmetic
+            first = tick - self.start
+            while True:
+                yield first + schedule.every * np.arange(CHUNK)
+                first += schedule.every * CHUNK
+        while True:  # cron: the library's own next tick, one at a time
+            ticks = np.empty(1024)
+            for index in range(len(ticks)):
+                ticks[index] = tick - self.start
+                tick = schedule.next_after(tick, tick)
+            yield ticks
+
+    def mean_rate(self) -> float | None:
+        """Ticks per second (for a cron string, averaged over its first 1,024 ticks)."""
+        from sharded_queue.core import Schedule
+
+        schedule = Schedule.of(self.every)
+        if schedule.every is not None:
+            return 1.0 / schedule.every
+        first = tick = schedule.first_after(self.start)
+        for _ in range(1024):
+            tick = schedule.next_after(tick, tick)
+        return 1024 / (tick - first)
+
+
 def Backlog(count: int, at: float = 0.0) -> Replay:
     """``count`` requests all registered at time ``at``: a backlog to drain."""
     _count("Backlog count", count)

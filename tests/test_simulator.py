@@ -23,6 +23,7 @@ from sharded_queue import Handler, RequestRoute, Route, RouteError, Settings, Se
 from sharded_queue.trace import COLUMNS
 from simulator import (
     Backlog,
+    Deferred,
     Deterministic,
     Exponential,
     Generated,
@@ -30,6 +31,7 @@ from simulator import (
     LogNormal,
     OnOff,
     Poisson,
+    Recurring,
     Registered,
     Replay,
     RoundRobin,
@@ -250,8 +252,9 @@ def test_closed_forms() -> None:
 def test_backlog_drains_in_the_computed_time(count: int, batch: int, rtt: float) -> None:
     """One loop, a backlog at t=0, fixed service ``a + b*n``: every batch's start is exact.
 
-    Timeline: Poll (1 round trip), Acquire (2: script + hide), then per batch a
-    Cycle (1) and the perform; the last Cycle acks and finds the thread empty.
+    Timeline: Poll (1 round trip), Acquire (1: the script also hides the thread in
+    the index), then per batch a Cycle (1) and the perform; the last Cycle acks and
+    finds the thread empty.
     """
     per_batch, per_message = 0.05, 0.001
     result = simulate(
@@ -263,7 +266,7 @@ def test_backlog_drains_in_the_computed_time(count: int, batch: int, rtt: float)
         )
     )
     sizes = [batch] * (count // batch) + ([count % batch] if count % batch else [])
-    start = 3 * rtt
+    start = 2 * rtt
     expected = []
     for size in sizes:
         start += rtt  # the cycle that fetches this batch (and acks the previous one)
@@ -289,7 +292,7 @@ def test_backlog_timeline_with_the_librarys_cpu() -> None:
         )
     )
     t = o.poll + o.idle + rtt  # poll: CPU, then one round trip
-    t += o.acquire + o.idle + 2 * rtt  # acquire: script + hide in the index
+    t += o.acquire + o.idle + rtt  # acquire: one script (it hides the thread in the index too)
     t += o.begin + o.idle  # begin: after the round trip the process was idle
     idle = 0.0  # the first cycle follows begin in the same callback
     expected = []
@@ -358,20 +361,25 @@ def test_an_empty_thread_is_released_when_another_waits() -> None:
 
 
 def test_one_idle_loop_is_woken_per_registration() -> None:
-    """Wake-ups name their thread: a worker process wakes the loop holding it, else its
-    oldest idle loop. Round trip 0.1 s, coordinator delay 1 s, two idle loops; "a"
-    is registered at 0.5 and "b" at 0.51. In one process both registrations wake
-    the same (oldest) idle loop, which takes one thread; the other thread waits
-    for the next poll, at the other loop's coordinator delay or after the first
-    loop's batch. With two processes each wakes its own idle loop: both threads
-    start within a few round trips."""
+    """Wake-ups name their thread: a worker process wakes the loop holding it, else, if it
+    answers for the thread (`core.answering`), its oldest idle loop. Round trip 0.1 s,
+    coordinator delay 1 s, two idle loops; "a" is registered at 0.5 and "b" at 0.51.
+    In one process both registrations wake the same (oldest) idle loop, which takes
+    one thread; the other thread waits for the next poll, at the other loop's
+    coordinator delay or after the first loop's batch. With two processes, "a" and
+    "b" are answered by different ones (process 1 and 0): each wakes its own idle
+    loop and both threads start within a few round trips. Threads that one process
+    answers for wake only its loops: "a" and "c" wait as in one process."""
     one = simulate(replay([0.5, 0.51], ["a", "b"], loops=2, rtt=0.1))
     two = simulate(replay([0.5, 0.51], ["a", "b"], loops=2, processes=2, rtt=0.1))
+    same = simulate(replay([0.5, 0.51], ["a", "c"], loops=2, processes=2, rtt=0.1))
     one_waits = sorted(one.trace["started_at"] - one.trace["enqueued_at"])
     two_waits = sorted(two.trace["started_at"] - two.trace["enqueued_at"])
-    assert one_waits[0] == pytest.approx(0.445, abs=0.006)  # woken 0.55, poll -0.65, acquire -0.85, cycle -0.95
+    same_waits = sorted(same.trace["started_at"] - same.trace["enqueued_at"])
+    assert one_waits[0] == pytest.approx(0.345, abs=0.006)  # woken 0.55, poll -0.65, acquire -0.75, cycle -0.85
     assert one_waits[1] > 0.7
     assert two_waits[1] < 0.6
+    assert same_waits[1] > 0.7
 
 
 def test_idle_loops_with_zero_delays_wait_for_a_wake_up() -> None:
@@ -459,6 +467,68 @@ def test_failures_go_through_retries_to_dead_letters() -> None:
     assert result.messages + result.dead == result.arrived == 2000
     assert len(result.trace) == result.messages
     assert result.loops["failures"].sum() > 0
+
+
+class Slow(Handler):
+    """Everything on one thread; ``perform`` may run for 0.5 s at most."""
+
+    name = "slow"
+    timeout = 0.5
+
+    async def perform(self, *requests: int) -> None: ...
+
+
+def test_performs_past_the_timeout_fail_at_the_timeout() -> None:
+    """As the worker cancels a ``perform`` at ``Handler.timeout`` (``QUEUE_PERFORM_TIMEOUT``),
+    a simulated one longer than it fails then: retries, then dead letters. 3 requests, batch
+    1, one attempt each, 2 s performs: three failures of 0.5 s each, back to back."""
+    result = simulate(
+        Scenario(
+            Workload(Slow, Backlog(3), Service(per_batch=2.0)),
+            settings=settings(worker_batch_size=1, retry_attempts=1),
+            overhead=NONE,
+        )
+    )
+    assert (result.dead, result.messages) == (3, 0)
+    assert result.loops["failures"].sum() == 3
+    assert result.loops["busy"].sum() == pytest.approx(1.5)
+    quick = simulate(  # shorter than the timeout: performed
+        Scenario(Workload(Slow, Backlog(3), Service(per_batch=0.4)), settings=settings(worker_batch_size=1))
+    )
+    assert (quick.dead, quick.messages) == (0, 3)
+
+
+def test_deferred_requests_join_their_tube_when_due() -> None:
+    """`Deferred` arrivals enter the tube at registration + delay, in due order: each starts
+    no earlier than its due time, which the twin records as its ``enqueued_at``."""
+    registered = [0.0, 0.1, 0.2, 0.25]
+    fixed = simulate(
+        Scenario(Workload(OneThread, Deferred(Replay(registered, shift=False), 1.0), Service(per_batch=0.01)))
+    )
+    assert sorted(fixed.trace["enqueued_at"]) == pytest.approx([1.0, 1.1, 1.2, 1.25])
+    assert (fixed.trace["started_at"] >= fixed.trace["enqueued_at"]).all()
+    spread = simulate(
+        Scenario(
+            Workload(OneThread, Deferred(Poisson(200), 2.0, Exponential()), Service(per_batch=0.001)),
+            duration=30,
+            seed=4,
+        )
+    )
+    due = spread.trace.sort_values("batch")["enqueued_at"].to_numpy()
+    assert (np.diff(due) >= 0).all()  # one thread: performed in due order
+    assert (spread.trace["started_at"] >= spread.trace["enqueued_at"]).all()
+    assert spread.summary(()).loc[0, "count"] == spread.messages > 4000  # about 200/s over 28 s
+
+
+def test_recurring_requests_arrive_on_the_librarys_ticks() -> None:
+    """`Recurring` arrivals are the ticks of `sharded_queue.core.Schedule`: a period's
+    first tick one period in, a cron string's at each match (here every minute)."""
+    every = simulate(Scenario(Workload(OneThread, Recurring(0.5), Service(per_batch=0.01)), duration=5.2))
+    assert sorted(every.trace["enqueued_at"]) == pytest.approx([0.5 * k for k in range(1, 11)])
+    cron = simulate(Scenario(Workload(OneThread, Recurring("* * * * *"), Service(per_batch=0.01)), duration=301))
+    assert sorted(cron.trace["enqueued_at"]) == pytest.approx([60.0, 120.0, 180.0, 240.0, 300.0])
+    with pytest.raises(ScenarioError, match="not a valid cron"):
+        Recurring("every day")
 
 
 # --- reproducibility, summaries, saturation --------------------------------------------------

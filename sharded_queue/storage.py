@@ -64,10 +64,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import functools
 import math
 import secrets
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -340,13 +340,14 @@ except ImportError:  # pragma: no cover - hiredis comes with redis[hiredis]
 
 
 class Lane:
-    """A connection of one worker loop's own, to a single Redis, for its calls in sequence.
+    """A connection of the storage's own to a single Redis, for one script call at a time.
 
-    Each command through redis-py's client costs about 35 µs of CPU in its retry
-    wrapper, observability hooks and pool bookkeeping, a third of a batch's cost;
-    a loop's calls never overlap, so a connection of its own serves them without
-    any of that. It connects (and reconnects after a failure) on first use, with
-    the client's settings. Failures raise redis-py's errors, translated by the
+    Each command through redis-py's client costs tens of µs of CPU in its retry
+    wrapper, observability hooks and pool bookkeeping: a third of a batch's
+    cost, a quarter of a registration's. `Storage` keeps a free list of lanes,
+    one per call in flight, and sends its scripts over them with none of that.
+    A lane connects (and reconnects after a failure) on first use, with the
+    client's settings. Failures raise redis-py's errors, translated by the
     caller; the worker retries its calls, which are idempotent.
     """
 
@@ -383,6 +384,10 @@ class Lane:
             await connection.disconnect()
 
 
+_LANES: weakref.WeakKeyDictionary[Any, list[Lane]] = weakref.WeakKeyDictionary()
+"""Free lanes by client: storages sharing a client share them."""
+
+
 def stamp_window(settings: Settings) -> int:
     """Seconds a registration's stamp is kept: longer than redis-py may go on retrying it."""
     return math.ceil((CLIENT_RETRIES + 1) * (settings.storage_timeout + CLIENT_BACKOFF_CAP)) + 5
@@ -417,33 +422,26 @@ class Storage:
         self._fire = self._scripts["fire"]
         self._unschedule = self._scripts["unschedule"]
         self._settled: list[str] = []  # stamps of calls that returned: forgotten by the next push
-        self._lane: Lane | None = None
-
-    def for_loop(self) -> Storage:
-        """This storage for one worker loop, whose calls come one at a time: on a single
-        Redis with a connection of its own (`Lane`), elsewhere this storage itself."""
-        if self.cluster or self.fake:
-            return self
-        mine = copy.copy(self)
-        mine._lane = Lane(self.client.connection_pool)
-        return mine
-
-    async def close_loop(self) -> None:
-        """Close what `for_loop` opened."""
-        if self._lane is not None:
-            await self._lane.close()
+        # On a single Redis, scripts go over lanes: connections of their own, one per call in
+        # flight, taken from and given back to a free list that storages sharing the client
+        # share (and `close` closes). None elsewhere.
+        self._lanes: list[Lane] | None = None if self.cluster or self.fake else _LANES.setdefault(client, [])
 
     async def _eval(self, script: Any, keys: Sequence[Any], args: Sequence[Any]) -> Any:
-        """Run a script: on the loop's own connection when it has one, else through the client."""
-        lane = self._lane
-        if lane is None:
+        """Run a script over a lane on a single Redis, else through the client."""
+        lanes = self._lanes
+        if lanes is None:
             return await script(keys=keys, args=args)
+        lane = lanes.pop() if lanes else Lane(self.client.connection_pool)
         command = ("EVALSHA", script.sha, len(keys), *keys, *args)
         try:
-            (reply,) = await lane.send(command)
-        except redis_errors.NoScriptError:
-            await lane.send(("SCRIPT", "LOAD", script.script))
-            (reply,) = await lane.send(command)
+            try:
+                (reply,) = await lane.send(command)
+            except redis_errors.NoScriptError:
+                await lane.send(("SCRIPT", "LOAD", script.script))
+                (reply,) = await lane.send(command)
+        finally:
+            lanes.append(lane)  # reusable even after a failure: it reconnects
         return reply
 
     @classmethod
@@ -452,7 +450,11 @@ class Storage:
         return cls(connect(url or settings.storage_url, settings), settings.key_prefix, stamp_window(settings))
 
     async def close(self) -> None:
-        """Close the client's connections."""
+        """Close the client's connections and lanes (of every storage sharing the client)."""
+        lanes = self._lanes or []
+        while lanes:
+            with contextlib.suppress(Exception):
+                await lanes.pop().close()
         with contextlib.suppress(Exception):
             await self.client.aclose()
 
@@ -544,14 +546,18 @@ class Storage:
     async def _eval_all(self, calls: Sequence[tuple[Any, Sequence[Any], Sequence[Any]]]) -> list[Any]:
         """Run several scripts in one round trip: ``(script, keys, args)`` each."""
         commands = [("EVALSHA", script.sha, len(keys), *keys, *args) for script, keys, args in calls]
-        lane = self._lane
-        if lane is None:
+        lanes = self._lanes
+        if lanes is None:
             return await self._pipeline(lambda pipe: [pipe.execute_command(*command) for command in commands])
+        lane = lanes.pop() if lanes else Lane(self.client.connection_pool)
         try:
-            return await lane.send(*commands)
-        except redis_errors.NoScriptError:
-            await lane.send(*[("SCRIPT", "LOAD", script.script) for script in self._scripts.values()])
-            return await lane.send(*commands)
+            try:
+                return await lane.send(*commands)
+            except redis_errors.NoScriptError:
+                await lane.send(*[("SCRIPT", "LOAD", script.script) for script in self._scripts.values()])
+                return await lane.send(*commands)
+        finally:
+            lanes.append(lane)
 
     async def _pipeline(self, build: Callable[[Any], object]) -> list[Any]:
         """Run the script calls ``build`` queues on a pipeline, loading the scripts if the server lacks them.

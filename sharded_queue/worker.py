@@ -351,7 +351,7 @@ class _Loop:
 
     def __init__(self, worker: Worker, number: int) -> None:
         self.worker = worker
-        self.storage = worker.queue.storage.for_loop()  # heartbeats, concurrent with it, use the queue's
+        self.storage = worker.queue.storage
         self.settings = worker.settings
         self.number = number
         self.name = f"{worker.id}:{number}"
@@ -386,7 +386,6 @@ class _Loop:
                     await asyncio.shield(self._end())
             finally:
                 program.close()
-                await self.storage.close_loop()
 
     async def execute(self, effect: Effect) -> Any:
         if not isinstance(effect, Poll | Wait | Acquire):  # busy: wake-ups must go to another loop
@@ -477,7 +476,7 @@ class _Loop:
         while True:
             await asyncio.sleep(ttl / 3)
             try:
-                renewed = await self.worker.queue.storage.renew(thread, token, ttl)
+                renewed = await self.storage.renew(thread, token, ttl)
             except StorageError as exc:
                 health.failed(exc)
                 continue

@@ -120,9 +120,7 @@ def processes(tmp_path: Path) -> Iterator[Any]:
 
 
 class PollCounting(Storage):
-    """The real storage, counting coordinator polls once they have read the index.
-
-    The count lives in a list that the copies `Storage.for_loop` makes share."""
+    """The real storage, counting coordinator polls once they have read the index."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

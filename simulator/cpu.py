@@ -98,17 +98,17 @@ NONE = Overhead()
 """No library CPU: every loop an independent server, as the textbook queues assume."""
 
 LIBRARY = Overhead(
-    poll=9.99e-05,
-    acquire=0.000138,
+    poll=5.78e-05,
+    acquire=5.83e-05,
     begin=1.04e-05,
-    cycle=7.51e-05,
-    decode=7.11e-08,
-    perform=6.28e-06,
-    perform_per_message=3.58e-08,
-    end=0.000144,
-    idle=7.55e-06,
-    wake=2.63e-05,
-    timer_slack=8.84e-05,
+    cycle=5.53e-05,
+    decode=1.37e-07,
+    perform=1.04e-05,
+    perform_per_message=3.67e-08,
+    end=6.78e-05,
+    idle=5.19e-06,
+    wake=3.19e-05,
+    timer_slack=8.04e-05,
 )
 """The library's CPU on this project's 2-core development machine (Python 3.11, redis-py
 with hiredis, a local redis-server), measured by::
@@ -122,7 +122,7 @@ each constant is the median of three measurements, which move by under 10% (the
 idle and wake-up costs and the tiny decode by up to 2x). Re-measure on the machine you plan for
 and pass your own `Overhead` (or ``LIBRARY.scaled(factor)``)."""
 
-TRACED = dataclasses.replace(LIBRARY, trace=5.15e-06, trace_per_message=4.61e-07)
+TRACED = dataclasses.replace(LIBRARY, trace=5.17e-06, trace_per_message=4.28e-07)
 """`LIBRARY` for a worker that records a trace (``Worker(trace=True)``), as the real runs
 `calibrate` learns from do; measured by the same benchmark."""
 

@@ -84,8 +84,9 @@ from .core import Ack, Candidates, Schedule, ThreadRef, Tube
 from .errors import StorageError, StorageFull, StorageTimeout
 from .settings import Settings, redact_url
 
-CLIENT_RETRIES = 3  # redis-py retries of a command after a connection error or timeout
+CLIENT_RETRIES = 3  # retries of a command after a connection error or timeout (redis-py's, and lanes')
 CLIENT_BACKOFF_CAP = 0.5  # seconds
+_LANE_BACKOFF = ExponentialWithJitterBackoff(base=0.01, cap=CLIENT_BACKOFF_CAP)
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 
 
@@ -429,20 +430,37 @@ class Storage:
 
     async def _eval(self, script: Any, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         """Run a script over a lane on a single Redis, else through the client."""
-        lanes = self._lanes
-        if lanes is None:
+        if self._lanes is None:
             return await script(keys=keys, args=args)
-        lane = lanes.pop() if lanes else Lane(self.client.connection_pool)
-        command = ("EVALSHA", script.sha, len(keys), *keys, *args)
-        try:
-            try:
-                (reply,) = await lane.send(command)
-            except redis_errors.NoScriptError:
-                await lane.send(("SCRIPT", "LOAD", script.script))
-                (reply,) = await lane.send(command)
-        finally:
-            lanes.append(lane)  # reusable even after a failure: it reconnects
+        (reply,) = await self._on_lane([("EVALSHA", script.sha, len(keys), *keys, *args)])
         return reply
+
+    async def _on_lane(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """Send script calls over a free lane and return their replies.
+
+        As redis-py's client would: a connection error or a timeout is retried
+        (`CLIENT_RETRIES` times, with backoff, on a fresh connection) and a
+        missing script is loaded. Every script of the queue may be run twice
+        with the same effect: stamps, sequence numbers, tokens and due times
+        make them idempotent.
+        """
+        lanes = self._lanes
+        assert lanes is not None
+        lane = lanes.pop() if lanes else Lane(self.client.connection_pool)
+        try:
+            for attempt in range(CLIENT_RETRIES + 1):
+                try:
+                    return await lane.send(*commands)
+                except redis_errors.NoScriptError:
+                    await lane.send(*[("SCRIPT", "LOAD", script.script) for script in self._scripts.values()])
+                    return await lane.send(*commands)
+                except (redis_errors.ConnectionError, redis_errors.TimeoutError):
+                    if attempt == CLIENT_RETRIES:
+                        raise
+                    await asyncio.sleep(_LANE_BACKOFF.compute(attempt + 1))
+            raise AssertionError("unreachable")  # pragma: no cover
+        finally:
+            lanes.append(lane)  # reusable after a failure: it reconnects
 
     @classmethod
     def from_settings(cls, settings: Settings, url: str | None = None) -> Storage:
@@ -546,18 +564,9 @@ class Storage:
     async def _eval_all(self, calls: Sequence[tuple[Any, Sequence[Any], Sequence[Any]]]) -> list[Any]:
         """Run several scripts in one round trip: ``(script, keys, args)`` each."""
         commands = [("EVALSHA", script.sha, len(keys), *keys, *args) for script, keys, args in calls]
-        lanes = self._lanes
-        if lanes is None:
+        if self._lanes is None:
             return await self._pipeline(lambda pipe: [pipe.execute_command(*command) for command in commands])
-        lane = lanes.pop() if lanes else Lane(self.client.connection_pool)
-        try:
-            try:
-                return await lane.send(*commands)
-            except redis_errors.NoScriptError:
-                await lane.send(*[("SCRIPT", "LOAD", script.script) for script in self._scripts.values()])
-                return await lane.send(*commands)
-        finally:
-            lanes.append(lane)
+        return await self._on_lane(commands)
 
     async def _pipeline(self, build: Callable[[Any], object]) -> list[Any]:
         """Run the script calls ``build`` queues on a pipeline, loading the scripts if the server lacks them.

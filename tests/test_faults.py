@@ -308,3 +308,17 @@ async def test_one_worker_process_answers_each_wake_up(redis_url: str) -> None:
     await queue.close()
     for storage in storages:
         await storage.close()
+
+
+async def test_register_after_a_redis_restart_reconnects_by_itself(tmp_path: Path) -> None:
+    """Connections broken by a restart are replaced on the next call, which succeeds."""
+    need_redis_server()
+    server = RedisServer(tmp_path)
+    queue = Queue(server.url, settings=chaos_settings())
+    assert await queue.register(ChaosHandler, [0, 0]) == 1
+    server.stop()
+    server.start()  # same port, empty (no persistence)
+    assert await queue.register(ChaosHandler, [0, 1]) == 1
+    assert await queue.pending(ChaosHandler) == 1
+    await queue.close()
+    server.stop()

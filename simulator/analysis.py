@@ -12,8 +12,9 @@ finished_at``). For each group (by default per handler, thread and order):
   simulated), ``batches`` and ``batch_mean`` (mean messages per ``perform``);
 * ``wait`` = ``started_at - enqueued_at`` and ``sojourn`` = ``finished_at -
   enqueued_at``: mean, percentiles and max;
-* ``utilisation``: the share of all loops' time spent performing the group's
-  batches.
+* ``perform_share``: the share of all loops' time spent performing the
+  group's batches (called ``utilisation`` before; a sweep's ``utilisation`` is
+  the loops' own, all groups together).
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def summary(
     percentiles: Sequence[float] = PERCENTILES,
     workers: int | None = None,
 ) -> pd.DataFrame:
-    """Per-group count, throughput, batch size, wait and sojourn percentiles, utilisation.
+    """Per-group count, throughput, batch size, wait and sojourn percentiles, perform share.
 
     Args:
         trace: A trace DataFrame (real or simulated).
@@ -73,7 +74,7 @@ def summary(
         start: Only messages enqueued at or after ``start`` count (a warm-up
             cut); default: the first enqueue time.
         end: End of the window; default: the last finish time.
-        loops: Worker loops, for utilisation; default: distinct ``worker`` values.
+        loops: Worker loops, for ``perform_share``; default: distinct ``worker`` values.
         percentiles: Percentiles (0..100) of wait and sojourn to report.
 
     Returns:
@@ -129,7 +130,7 @@ def _metric_columns(percentiles: Sequence[float]) -> list[str]:
     columns = ["count", "throughput", "batches", "batch_mean"]
     for name in ("wait", "sojourn"):
         columns += [f"{name}_mean", *(f"{name}_p{_label(p)}" for p in percentiles), f"{name}_max"]
-    return [*columns, "utilisation"]
+    return [*columns, "perform_share"]
 
 
 def _finish(out: pd.DataFrame, window: float, loops: int, begin: float = -math.inf) -> pd.DataFrame:
@@ -141,7 +142,7 @@ def _finish(out: pd.DataFrame, window: float, loops: int, begin: float = -math.i
     else:
         out["throughput"] = out["performed"] / window
     out["batch_mean"] = out["count"] / out["batches"].where(out["batches"] > 0)
-    out["utilisation"] = out["busy"] / (max(loops, 1) * window)
+    out["perform_share"] = out["busy"] / (max(loops, 1) * window)
     return out
 
 
@@ -158,7 +159,8 @@ def compare(
         sim: Simulated trace, or its `summary`.
         real: Real trace, or its `summary`.
         by: Grouping (as in `summary`); groups present in only one side are dropped.
-        metrics: Summary columns to compare.
+        metrics: Summary columns to compare (``utilisation``, the old name of
+            ``perform_share``, still works, with a DeprecationWarning).
         **options: Passed to `summary` for traces (``start``, ``loops``...).
 
     Returns:
@@ -166,6 +168,13 @@ def compare(
         ``rel_error`` = ``(sim - real) / real``.
     """
     names = _by(by)
+    if "utilisation" in metrics:
+        warnings.warn(
+            "the summary's 'utilisation' is now 'perform_share' (a sweep's 'utilisation' is the loops' own)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        metrics = ["perform_share" if m == "utilisation" else m for m in metrics]
     left = summary(sim, names, **options) if "enqueued_at" in sim.columns else sim
     right = summary(real, names, **options) if "enqueued_at" in real.columns else real
     missing = [m for m in metrics if m not in left.columns or m not in right.columns]

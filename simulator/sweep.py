@@ -9,6 +9,8 @@ over the runs and a 95% confidence interval (Student's t).
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import inspect
 import itertools
 import math
 import multiprocessing
@@ -53,6 +55,35 @@ def grid_points(grid: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]])
     return points
 
 
+def check_keys(base: Scenario | Callable[..., Scenario], names: Sequence[str]) -> None:
+    """Refuse grid keys that ``base`` cannot vary, listing the ones it can.
+
+    Raises:
+        ScenarioError: an unknown key, with the closest valid one when there is one.
+    """
+    if isinstance(base, Scenario):
+        fields = sorted(f.name for f in dataclasses.fields(base) if f.name != "workloads")
+        settings = sorted(base.settings.as_dict())
+        valid = [*fields, *settings, "workers"]  # workers: the deprecated name of loops
+        listing = f"scenario fields {', '.join(fields)}; settings {', '.join(settings)}"
+    else:
+        try:
+            parameters = inspect.signature(base).parameters.values()
+        except (TypeError, ValueError):  # no signature to check: the call will tell
+            return
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+            return
+        valid = [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        listing = f"the parameters of {getattr(base, '__qualname__', base)}: {', '.join(valid) or 'none'}"
+    unknown = [name for name in names if name not in valid]
+    if unknown:
+        shown = []
+        for name in unknown:
+            close = difflib.get_close_matches(name, valid, n=1)
+            shown.append(f"{name!r} (did you mean {close[0]!r}?)" if close else repr(name))
+        raise ScenarioError(f"sweep: unknown grid key {', '.join(shown)}; the keys are {listing}")
+
+
 _JOBS: list[tuple[Scenario, tuple[str, ...]]] = []  # what forked workers simulate, by index
 
 
@@ -60,7 +91,7 @@ def _run(index: int) -> bytes:
     """Simulate job ``index``; its summary as JSON (no pickled objects cross processes)."""
     scenario, by = _JOBS[index]
     result = simulate(scenario)
-    frame = result.summary(by).rename(columns={"utilisation": "perform_share"})
+    frame = result.summary(by)
     frame["utilisation"] = result.utilisation
     frame["cpu_utilisation"] = result.cpu_utilisation
     frame["simulated"] = result.end
@@ -95,8 +126,10 @@ def sweep(
             (runs in this process when that is one, or where ``fork`` is unavailable).
 
     Returns:
-        One row per point (and group): the grid's values, the summary columns,
-        ``utilisation`` of the loops (share of their time in ``perform``),
+        One row per point (and group): the grid's values, the summary columns
+        (`Result.summary`: seconds for times, messages per second for
+        throughput; ``perform_share`` is the group's share of the loops' time),
+        ``utilisation`` of the loops (share of all their time in ``perform``),
         ``cpu_utilisation`` of the busiest worker process, ``simulated`` and ``wall``
         seconds; with replications also ``replications``, the intervals and
         ``saturated_share`` (share of the runs flagged saturated; ``saturated``
@@ -105,6 +138,7 @@ def sweep(
     if isinstance(replications, bool) or not isinstance(replications, int) or replications < 1:
         raise ScenarioError(f"sweep replications must be an integer >= 1, got {replications!r}")
     points = grid_points(grid)
+    check_keys(base, list(dict.fromkeys(name for point in points for name in point)))
     scenarios = [base.replace(**point) if isinstance(base, Scenario) else base(**point) for point in points]
     for point, scenario in zip(points, scenarios, strict=True):
         if not isinstance(scenario, Scenario):

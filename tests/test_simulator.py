@@ -571,7 +571,7 @@ def test_summary_without_trace_matches_the_trace_summary() -> None:
         exact[["handler", "thread", "order", "count", "batches"]],
         folded[["handler", "thread", "order", "count", "batches"]],
     )
-    for column in ("throughput", "wait_mean", "sojourn_mean", "utilisation", "wait_max"):
+    for column in ("throughput", "wait_mean", "sojourn_mean", "perform_share", "wait_max"):
         assert folded[column].to_numpy() == pytest.approx(exact[column].to_numpy(), rel=1e-9)
     for column in ("wait_p50", "wait_p90", "wait_p99", "sojourn_p50", "sojourn_p99"):
         assert folded[column].to_numpy() == pytest.approx(exact[column].to_numpy(), rel=0.008, abs=1e-6)
@@ -585,8 +585,9 @@ def test_summary_columns_and_utilisation() -> None:
     )
     overall = result.summary(()).iloc[0]
     assert overall["count"] == table["count"].sum()
-    assert overall["utilisation"] == pytest.approx(table["utilisation"].sum())
-    assert 0 < overall["utilisation"] < 1
+    assert "utilisation" not in table.columns  # one name, one meaning: the loops' own is Result.utilisation
+    assert overall["perform_share"] == pytest.approx(table["perform_share"].sum())
+    assert 0 < overall["perform_share"] < 1
     assert not overall["saturated"]
     busy = result.loops["busy"].sum() / (result.end * 4)
     assert result.utilisation == pytest.approx(busy)
@@ -803,9 +804,9 @@ def test_summary_of_a_handmade_trace() -> None:
     assert first["wait_p50"] == 2.0
     assert first["sojourn_max"] == 4.0
     assert first["throughput"] == pytest.approx(3 / 5)
-    assert first["utilisation"] == pytest.approx((2 + 1) / (2 * 5))
+    assert first["perform_share"] == pytest.approx((2 + 1) / (2 * 5))
     overall = summary(handmade_trace(), ()).iloc[0]
-    assert overall["count"] == 5 and overall["utilisation"] == pytest.approx((2 + 1 + 2) / 10)
+    assert overall["count"] == 5 and overall["perform_share"] == pytest.approx((2 + 1 + 2) / 10)
     with pytest.raises(ValueError, match="missing column"):
         summary(handmade_trace().drop(columns=["batch"]))
 
@@ -899,6 +900,41 @@ def test_sweep_gathers_one_row_per_point() -> None:
     assert len(by_handler) == 2
     with pytest.raises(ScenarioError, match="unknown"):
         sweep(zipf_scenario(), {"wrokers": [1]}, progress=False)
+
+
+def test_sweep_keys_are_the_names_describe_uses_and_unknown_ones_are_listed() -> None:
+    """One name per knob: describe() says worker_batch_size, as sweep and Settings do; an unknown
+    key names the closest valid one and lists them all, for a Scenario and for a function."""
+    scenario = zipf_scenario(duration=2, warmup=0)
+    described = scenario.describe()
+    assert "worker_batch_size" in described and "batch_size" not in described
+    scenario.replace(**{name: described[name] for name in described if name != "arrival_rate"})  # all variable
+    with pytest.raises(ScenarioError, match=r"'batch_size' \(did you mean 'worker_batch_size'\?\).*loops.*lease_ttl"):
+        sweep(scenario, {"batch_size": [1, 16]}, progress=False)
+    with pytest.raises(ScenarioError, match=r"'rat' \(did you mean 'rate'\?\); .*: rate$"):
+        sweep(lambda rate: scenario, {"rat": [1]}, progress=False)
+
+
+def test_summary_utilisation_is_now_perform_share() -> None:
+    """The summary's per-group share of the loops' time is perform_share; a sweep's utilisation is
+    the loops' own (Result.utilisation), all groups together; compare() still takes the old name."""
+    scenario = zipf_scenario(duration=6, warmup=1)
+    result = simulate(scenario)
+    row = sweep(scenario, {"loops": [4]}, progress=False).iloc[0]
+    assert row["utilisation"] == pytest.approx(result.utilisation)
+    assert row["perform_share"] == pytest.approx(result.summary(()).iloc[0]["perform_share"])
+    with pytest.warns(DeprecationWarning, match="now 'perform_share'"):
+        table = compare(result.trace, result.trace, by=(), metrics=["utilisation"])
+    assert list(table["metric"]) == ["perform_share"] and table["rel_error"].iloc[0] == 0
+
+
+def test_keyed_without_make_fails_at_construction_naming_the_fix() -> None:
+    """Without make= each key itself is the request: a route() that needs a Note fails clearly,
+    before simulating, and a route() that takes the key as it is still works."""
+    with pytest.raises(ScenarioError, match=r"Keyed without make=.*Notify.route\(\).*'user'.*make=Note\)"):
+        Workload(Notify, Poisson(10), Service(), Keyed(Zipf(100)))
+    assert Workload(Notify, Poisson(10), Service(), Keyed(Zipf(100), make=Note)).requests.make is Note
+    Workload(Spread, Poisson(10), Service(), Keyed(Zipf(100)))  # ints are Spread's requests
 
 
 def test_sweep_replications_give_means_and_intervals() -> None:

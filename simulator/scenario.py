@@ -18,6 +18,7 @@ from sharded_queue.core import LoopPolicy
 from sharded_queue.handler import declared_orders, handler_name
 
 from .cpu import LIBRARY, Overhead, check_overhead
+from .display import scenario_html, scenario_text
 from .routing import check_bare_keys
 from .workload import (
     Arrivals,
@@ -215,6 +216,12 @@ class Scenario:
         if theirs:
             mine["settings"] = self.settings.copy(**theirs)
         return dataclasses.replace(self, **mine)
+
+    def __repr__(self) -> str:
+        return scenario_text(self)
+
+    def _repr_html_(self) -> str:
+        return scenario_html(self)
 
     def describe(self) -> Mapping[str, Any]:
         """The scenario's main numbers, flat, named as the `Scenario` and `Settings` fields

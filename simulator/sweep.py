@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import html
 import inspect
 import itertools
 import math
@@ -22,6 +23,7 @@ from typing import Any
 import msgspec
 import pandas as pd
 
+from .display import duration, html_table, per_second, readable
 from .engine import simulate
 from .scenario import Scenario
 from .workload import Deterministic, OnOff, Poisson, ScenarioError
@@ -238,22 +240,45 @@ class Plan:
     p99: float
 
     def __repr__(self) -> str:
-        goal = f"{self.rate:,.0f}/s with p99 sojourn <= {self.p99 * 1000:.0f} ms"
+        goal = f"{per_second(self.rate)} with p99 sojourn <= {duration(self.p99)}"
         if self.choice is None or self.row is None:
             return f"<Plan: no configuration of the grid meets {goal}>"
         row = self.row
         chosen = ", ".join(f"{k}={v}" for k, v in self.choice.items())
         return (
-            f"<Plan for {goal}: {chosen}; p99 {row['sojourn_p99'] * 1000:.0f} ms "
-            f"(95% CI {row['sojourn_p99_low'] * 1000:.0f}-{row['sojourn_p99_high'] * 1000:.0f} ms), "
-            f"throughput {row['throughput']:,.0f}/s, busiest CPU {row['cpu_utilisation']:.0%}>"
+            f"<Plan for {goal}: {chosen}; p99 {duration(row['sojourn_p99'])} "
+            f"(95% CI {duration(row['sojourn_p99_low'])} to {duration(row['sojourn_p99_high'])}), "
+            f"throughput {per_second(row['throughput'])}, busiest CPU {row['cpu_utilisation']:.0%}>"
         )
 
+    @property
+    def grid(self) -> list[str]:
+        """The names varied (the table's first columns)."""
+        columns = list(self.table.columns)
+        return columns[: columns.index("count")] if "count" in columns else []
+
     def _repr_html_(self) -> str:
-        head = repr(self).replace("<", "&lt;").replace(">", "&gt;")
-        columns = [*self.table.columns[: self.table.columns.get_loc("meets") + 1]]
-        shown = [c for c in columns if not c.endswith(("_low", "_high"))]
-        return f"<p><b>{head}</b></p>" + self.table[shown].to_html(index=False, float_format=lambda x: f"{x:.4g}")
+        head = html.escape(repr(self)[1:-1])
+        shown = [*self.grid, *_PLAN_SHOWN]
+        table = readable(self.table, [c for c in shown if c in self.table.columns])
+        return (
+            f"<p><b>{head}</b></p>{html_table(table)}"
+            "<p><small>cheapest first; means over the replications with the 95% interval of p99 "
+            "(<code>_low</code>, <code>_high</code>); every column: <code>plan.table</code></small></p>"
+        )
+
+
+_PLAN_SHOWN = (
+    "throughput",
+    "sojourn_p50",
+    "sojourn_p99",
+    "sojourn_p99_low",
+    "sojourn_p99_high",
+    "cpu_utilisation",
+    "saturated_share",
+    "meets",
+)
+"""The table columns `Plan` shows in Jupyter."""
 
 
 def with_rate(scenario: Scenario, rate: float) -> Scenario:

@@ -48,6 +48,7 @@ from simulator import (
     plot_backlog,
     plot_latency,
     plot_sweep,
+    readable,
     simulate,
     summary,
     sweep,
@@ -592,6 +593,27 @@ def test_summary_columns_and_utilisation() -> None:
     busy = result.loops["busy"].sum() / (result.end * 4)
     assert result.utilisation == pytest.approx(busy)
     assert "<table" in result._repr_html_()
+
+
+def test_reprs_show_units_and_the_numbers_read_first() -> None:
+    """Result, Scenario and summary tables say what their numbers are: ms, msg/s, %."""
+    scenario = zipf_scenario(duration=6, warmup=1)
+    assert repr(scenario) == (
+        "<Scenario notify: Poisson 400/s, perform 4 ms + 500 µs/msg (LogNormal cv 0.4); 4 loops in 1 process, "
+        "worker_batch_size 128, coordinator_delay 50 ms, rtt 500 µs; 6 s, warm-up 1 s, seed 11>"
+    )
+    assert "<td style='text-align:left'>4 loops in 1 process(es)" in scenario._repr_html_()
+    result = simulate(scenario)
+    overall = result.summary(()).iloc[0]
+    p99 = f"{overall['sojourn_p99'] * 1000:.3g} ms"
+    assert f"sojourn p50 {overall['sojourn_p50'] * 1000:.3g} ms, p99 {p99}; loops" in repr(result)
+    assert f"throughput {overall['throughput']:,.0f}/s" in repr(result)
+    page = result._repr_html_()
+    assert "<th>sojourn_p99 (ms)</th>" in page and "<th>throughput (msg/s)</th>" in page
+    table = readable(result.summary(()), ["count", "wait_p99", "perform_share", "throughput", "saturated"])
+    assert list(table.columns) == ["count", "wait_p99 (ms)", "perform_share (%)", "throughput (msg/s)", "saturated"]
+    assert table["wait_p99 (ms)"].iloc[0] == pytest.approx(overall["wait_p99"] * 1000, rel=1e-2)
+    assert table["perform_share (%)"].iloc[0] == pytest.approx(overall["perform_share"] * 100, rel=1e-2)
 
 
 def test_saturation_is_flagged() -> None:

@@ -48,6 +48,7 @@ from simulator import (
     plot_backlog,
     plot_latency,
     plot_sweep,
+    plots,
     readable,
     simulate,
     summary,
@@ -1019,6 +1020,58 @@ def test_plots_return_figures() -> None:
     ):
         assert isinstance(figure, Figure)
         assert figure.axes
+
+
+def _legend_texts(figure: Figure) -> list[str]:
+    assert not [ax for ax in figure.axes if ax.get_legend() is not None]  # no legend over the data
+    return [text.get_text() for legend in figure.legends for text in legend.get_texts()]
+
+
+def test_figures_have_units_titles_and_legends_off_the_data() -> None:
+    """The rules for figures, checked on the drawn objects: units on the axes (ms for latencies),
+    the caller's title, legends outside the axes, saturation and intervals said in the legend."""
+    base = zipf_scenario(duration=5, warmup=1)
+    frame = sweep(base, {"loops": [1, 4], "worker_batch_size": [1, 32]}, progress=False, replications=2)
+    figure = plot_sweep(frame, x="loops", y=["throughput", "sojourn_p99"], hue="worker_batch_size",
+                        title="the claim", goal={"sojourn_p99": 0.2})  # fmt: skip
+    assert figure.get_suptitle() == "the claim"
+    assert [ax.get_ylabel() for ax in figure.axes] == [
+        "throughput (messages/s)",
+        "p99 sojourn (enqueue to perform end) (ms)",
+    ]
+    texts = _legend_texts(figure)
+    assert {"worker_batch_size 1", "worker_batch_size 32", "goal: 200 ms", "95% interval"} <= set(texts)
+    assert any(text.startswith("saturated") for text in texts) == bool(frame["saturated"].any())
+    p99 = figure.axes[1].get_lines()[0].get_ydata()
+    assert max(p99) == pytest.approx(frame[frame["worker_batch_size"] == 1]["sojourn_p99"].max() * 1000)
+    assert figure.axes[0].get_ylim()[0] == 0  # a rate's axis starts at 0
+
+    many = simulate(zipf_scenario(duration=5, warmup=1).replace(loops=4))  # Zipf keys on 4 threads
+
+    class Wide(Handler):
+        name = "wide"
+
+        @classmethod
+        async def route(cls, *requests: int) -> list[RequestRoute]:
+            return [RequestRoute(r, Route(thread=r % 32)) for r in requests]
+
+    wide = Scenario(Workload(Wide, Poisson(400), Service(0.001), Keyed(RoundRobin(32))), loops=8, duration=2)
+    latency = plot_latency(simulate(wide), by="thread", top=5)
+    texts = _legend_texts(latency)
+    assert len(texts) == 6 and texts[-1] == "27 other threads"
+    assert latency.axes[0].get_xlabel() == "sojourn: enqueue to perform end (ms)"
+    pair = plot_latency({"real": many, "sim": many.trace}, by="order")
+    lines = {line.get_label(): line.get_color() for line in pair.axes[0].get_lines()}
+    assert _legend_texts(pair) == ["real order normal", "sim order normal", "real order urgent", "sim order urgent"]
+    for order in ("normal", "urgent"):  # one hue per order: the real run's dark shade, the twin's light one
+        real, twin = np.array(lines[f"real order {order}"]), np.array(lines[f"sim order {order}"])
+        assert tuple(real) in plots.colormaps["tab20"].colors and twin.sum() > real.sum()
+    assert lines["real order normal"] != lines["real order urgent"]
+
+    backlog = plot_backlog(simulate(wide), top=3)
+    colours = {line.get_label(): line.get_color() for line in backlog.axes[0].get_lines()}
+    assert colours.pop("29 other threads, summed") == plots.OTHERS
+    assert len(colours) == 3 and plots.OTHERS not in colours.values()
 
 
 def test_docs_example_runs(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:

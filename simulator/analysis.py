@@ -147,7 +147,7 @@ def _finish(out: pd.DataFrame, window: float, loops: int, begin: float = -math.i
 
 
 def compare(
-    sim: pd.DataFrame,
+    sim: pd.DataFrame | Sequence[pd.DataFrame],
     real: pd.DataFrame,
     by: str | Iterable[str] = GROUP,
     metrics: Sequence[str] = METRICS,
@@ -155,8 +155,12 @@ def compare(
 ) -> pd.DataFrame:
     """Relative errors of a simulation against a real run, per group and metric.
 
+    The twin is a sample path too: pass several simulated traces (the same
+    scenario with other seeds) to compare their mean, with its 95% confidence
+    interval, rather than one path's draw.
+
     Args:
-        sim: Simulated trace, or its `summary`.
+        sim: Simulated trace, or its `summary`; or a list of them (replications).
         real: Real trace, or its `summary`.
         by: Grouping (as in `summary`); groups present in only one side are dropped.
         metrics: Summary columns to compare (``utilisation``, the old name of
@@ -165,7 +169,9 @@ def compare(
 
     Returns:
         Long format: the group columns, ``metric``, ``sim``, ``real`` and
-        ``rel_error`` = ``(sim - real) / real``.
+        ``rel_error`` = ``(sim - real) / real``; for a list of simulations ``sim``
+        is their mean, with ``replications`` and the 95% intervals ``sim_low``,
+        ``sim_high``, ``rel_error_low`` and ``rel_error_high`` (Student's t).
     """
     names = _by(by)
     if "utilisation" in metrics:
@@ -175,6 +181,8 @@ def compare(
             stacklevel=2,
         )
         metrics = ["perform_share" if m == "utilisation" else m for m in metrics]
+    if not isinstance(sim, pd.DataFrame):
+        return _compare_replications(list(sim), real, names, metrics, options)
     left = summary(sim, names, **options) if "enqueued_at" in sim.columns else sim
     right = summary(real, names, **options) if "enqueued_at" in real.columns else real
     missing = [m for m in metrics if m not in left.columns or m not in right.columns]
@@ -200,6 +208,40 @@ def compare(
     out = pd.concat(rows, ignore_index=True)
     out["rel_error"] = (out["sim"] - out["real"]) / out["real"].where(out["real"] != 0)
     return out
+
+
+def _compare_replications(
+    sims: list[pd.DataFrame], real: pd.DataFrame, names: list[str], metrics: Sequence[str], options: dict[str, Any]
+) -> pd.DataFrame:
+    """`compare` of the mean of several simulations, with 95% intervals."""
+    if not sims:
+        raise ValueError("compare needs at least one simulated trace")
+    right = summary(real, names, **options) if "enqueued_at" in real.columns else real
+    stacked = pd.concat([compare(one, right, names, metrics, **options) for one in sims], ignore_index=True)
+    keys = [*names, "metric"]
+    grouped = stacked.groupby(keys, sort=False, observed=True)
+    out = grouped.agg(sim=("sim", "mean"), real=("real", "first"), replications=("sim", "size")).reset_index()
+    spread = grouped["sim"].std(ddof=1).to_numpy()
+    count = out["replications"].to_numpy()
+    half = np.array([t95(int(n) - 1) / math.sqrt(n) if n > 1 else math.nan for n in count]) * spread
+    out["sim_low"], out["sim_high"] = out["sim"] - half, out["sim"] + half
+    scale = out["real"].where(out["real"] != 0)
+    for column in ("", "_low", "_high"):
+        out[f"rel_error{column}"] = (out[f"sim{column}"] - out["real"]) / scale
+    return out
+
+
+CONFIDENCE = 0.95
+"""Level of the confidence intervals of replicated runs (`compare` of several, `sweep`)."""
+
+# Two-sided 95% Student t quantiles by degrees of freedom (1..30); the normal's beyond.
+_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131)
+_T95 += (2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def t95(degrees: int) -> float:
+    """The 97.5% quantile of Student's t with ``degrees`` degrees of freedom."""
+    return _T95[degrees - 1] if degrees <= len(_T95) else 1.960
 
 
 def backlog(trace: pd.DataFrame, by: str | Iterable[str] = ("handler", "thread"), points: int = 200) -> pd.DataFrame:

@@ -9,6 +9,7 @@ intervals drawn where a replicated sweep has them.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -71,10 +72,9 @@ def label_of(column: str) -> str:
     if found is None:
         return column
     unit = found[0]
-    if column.startswith(("wait_", "sojourn_")):
+    if column.startswith(("wait_", "sojourn_")):  # wait: enqueue to perform start; sojourn: to its end
         kind, stat = column.split("_", 1)
-        what = "wait (enqueue to perform start)" if kind == "wait" else "sojourn (enqueue to perform end)"
-        return f"{stat} {what} ({unit})"
+        return f"{kind} {stat.replace('_', ' ')} ({unit})"
     return f"{column} ({unit})"
 
 
@@ -174,9 +174,17 @@ def plot_sweep(
     if any(f"{m}_low" in frame.columns for m in metrics):
         handles.append(Line2D([], [], color="black", marker="|", linestyle="", markersize=12, label="95% interval"))
     if handles:
-        figure.legend(handles=handles, loc="outside right upper", fontsize="small", frameon=False)
-    figure.suptitle(title or f"{' and '.join(metrics)} against {x}", fontsize="medium")
+        figure.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 5), fontsize="small",
+                      frameon=False)  # fmt: skip
+    width = int(figure.get_figwidth() * 12)  # characters of a medium title per inch
+    figure.suptitle(textwrap.fill(title or f"{' and '.join(metrics)} against {x}", width), fontsize="medium")
     return figure
+
+
+def _axes_title(ax: Any, text: str) -> None:
+    """A title over the axes only (a legend outside on the right never meets it), wrapped to their width."""
+    width = int(ax.get_position().width * ax.figure.get_figwidth() * 12)
+    ax.set_title(textwrap.fill(text, max(width, 30)), fontsize="medium")
 
 
 def values_nonnegative(values: pd.Series) -> bool:
@@ -231,7 +239,7 @@ def plot_backlog(
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     figure.legend(loc="outside right upper", fontsize="small", frameon=False)
-    figure.suptitle(title or f"messages waiting per {by} (the {min(top, len(shown))} highest peaks)", fontsize="medium")
+    _axes_title(ax, title or f"messages waiting per {by} (the {min(top, len(shown))} highest peaks)")
     return figure
 
 
@@ -263,10 +271,10 @@ def plot_latency(
     named: Mapping[str, Any] = traces if isinstance(traces, Mapping) else {"": traces}
     end = "started_at" if metric == "wait" else "finished_at"
     frames = {name: (source.trace if isinstance(source, Result) else source) for name, source in named.items()}
-    latency = {name: (frame[end] - frame["enqueued_at"]) * 1000 for name, frame in frames.items()}
+    frames = {name: frame.assign(_ms=(frame[end] - frame["enqueued_at"]) * 1000) for name, frame in frames.items()}
     first = next(iter(frames))
     if by:
-        tails = latency[first].groupby(frames[first][by], observed=True).quantile(0.99).sort_values(ascending=False)
+        tails = frames[first].groupby(by, observed=True)["_ms"].quantile(0.99).sort_values(ascending=False)
         values = list(tails.index)
         values += sorted(set().union(*(set(f[by].unique()) for f in frames.values())) - set(values), key=str)
     else:
@@ -284,7 +292,7 @@ def plot_latency(
             part = groups.get(value)
             if part is None or part.empty:
                 continue
-            times = np.sort(latency[name].loc[part.index].to_numpy())
+            times = np.sort(part["_ms"].to_numpy())
             ccdf = 1.0 - np.arange(len(times)) / len(times)
             if value in colour:
                 shade = colour[value][0 if position == 0 else 1]
@@ -309,5 +317,5 @@ def plot_latency(
     if handles and any(not str(h.get_label()).startswith("_") for h in handles):
         figure.legend(handles=handles, loc="outside right upper", fontsize="small", frameon=False)
     split = f" per {by}" if by else ""
-    figure.suptitle(title or f"distribution of {metric}{split}", fontsize="medium")
+    _axes_title(ax, title or f"distribution of {metric}{split}")
     return figure

@@ -23,22 +23,12 @@ from typing import Any
 import msgspec
 import pandas as pd
 
+from .analysis import CONFIDENCE as CONFIDENCE  # the level, here as before
+from .analysis import t95
 from .display import duration, html_table, per_second, readable
 from .engine import simulate
 from .scenario import Scenario
 from .workload import Deterministic, OnOff, Poisson, ScenarioError
-
-CONFIDENCE = 0.95
-"""Level of the confidence intervals of a replicated sweep."""
-
-# Two-sided 95% Student t quantiles by degrees of freedom (1..30); the normal's beyond.
-_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131)
-_T95 += (2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
-
-
-def t95(degrees: int) -> float:
-    """The 97.5% quantile of Student's t with ``degrees`` degrees of freedom."""
-    return _T95[degrees - 1] if degrees <= len(_T95) else 1.960
 
 
 def grid_points(grid: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:

@@ -951,6 +951,23 @@ def test_summary_utilisation_is_now_perform_share() -> None:
     assert list(table["metric"]) == ["perform_share"] and table["rel_error"].iloc[0] == 0
 
 
+def test_compare_of_several_twin_paths_is_their_mean_with_an_interval() -> None:
+    """The twin is a sample path: compare() of several seeds gives their mean, the 95% interval
+    (Student's t) and the relative error of each end."""
+    base = zipf_scenario(duration=6, warmup=1)
+    real = simulate(base.replace(seed=50)).trace
+    paths = [simulate(base.replace(seed=seed)).trace for seed in (1, 2, 3)]
+    table = compare(paths, real, by="order", metrics=("sojourn_p99", "throughput")).set_index(["order", "metric"])
+    for order in ("normal", "urgent"):
+        singles = [compare(path, real, by="order", metrics=("sojourn_p99",)) for path in paths]
+        values = [float(one[one["order"] == order]["sim"].iloc[0]) for one in singles]
+        row = table.loc[(order, "sojourn_p99")]
+        assert row["replications"] == 3 and row["sim"] == pytest.approx(np.mean(values))
+        assert row["sim_high"] - row["sim"] == pytest.approx(4.303 * np.std(values, ddof=1) / math.sqrt(3))
+        assert row["rel_error_low"] == pytest.approx((row["sim_low"] - row["real"]) / row["real"])
+        assert row["rel_error_low"] < row["rel_error"] < row["rel_error_high"]
+
+
 def test_keyed_without_make_fails_at_construction_naming_the_fix() -> None:
     """Without make= each key itself is the request: a route() that needs a Note fails clearly,
     before simulating, and a route() that takes the key as it is still works."""
@@ -1037,7 +1054,7 @@ def test_figures_have_units_titles_and_legends_off_the_data() -> None:
     assert figure.get_suptitle() == "the claim"
     assert [ax.get_ylabel() for ax in figure.axes] == [
         "throughput (messages/s)",
-        "p99 sojourn (enqueue to perform end) (ms)",
+        "sojourn p99 (ms)",
     ]
     texts = _legend_texts(figure)
     assert {"worker_batch_size 1", "worker_batch_size 32", "goal: 200 ms", "95% interval"} <= set(texts)

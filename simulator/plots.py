@@ -78,10 +78,17 @@ def label_of(column: str) -> str:
     return f"{column} ({unit})"
 
 
+class _PlainLogFormatter(LogFormatter):
+    """`LogFormatter`'s choice of ticks to label, each written as a plain number (``0.4``, ``20``, ``3000``)."""
+
+    def _num_to_string(self, x: float, vmin: float, vmax: float) -> str:
+        return f"{x:g}"
+
+
 def plain_log_ticks(axis: Axis) -> None:
     """Label a log axis with plain numbers (``20``, ``50``, ``100``) instead of powers of ten."""
-    axis.set_major_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
-    axis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+    axis.set_major_formatter(_PlainLogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+    axis.set_minor_formatter(_PlainLogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
 
 
 def plot_sweep(

@@ -84,12 +84,20 @@ def readable(frame: pd.DataFrame, columns: Sequence[str] | None = None, digits: 
         found = unit_of(str(column))
         if found is not None and pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
             unit, factor = found
-            out[f"{column} ({unit})"] = (values.astype(float) * factor).map(lambda v: _round(v, digits))
+            out[f"{column} ({unit})"] = _whole((values.astype(float) * factor).map(lambda v: _round(v, digits)))
         elif pd.api.types.is_float_dtype(values):
-            out[column] = values.map(lambda v: _round(v, digits))
+            out[column] = _whole(values.map(lambda v: _round(v, digits)))
         else:
             out[column] = values
     return out
+
+
+def _whole(values: pd.Series) -> pd.Series:
+    """Integers when every value is one after rounding (``23139``, not ``23139.0``)."""
+    known = values.dropna()
+    if len(known) and (known == known.round()).all() and (known.abs() < 2**53).all():
+        return values.astype("Int64")
+    return values
 
 
 def _round(value: float, digits: int) -> float:

@@ -326,8 +326,13 @@ class Result:
         )
         return row
 
+    @cached_property
+    def _overall(self) -> pd.Series:
+        """The one-row summary the reprs show (computed once: a long trace takes a while)."""
+        return self.summary(()).iloc[0]
+
     def __repr__(self) -> str:
-        overall = self.summary(()).iloc[0]
+        overall = self._overall
         flag = "; SATURATED: a backlog kept growing" if self.saturated else ""
         return (
             f"<Result: {self.messages:,} of {self.arrived:,} messages performed in {duration(self.end)} simulated "

@@ -354,9 +354,12 @@ class Queue:
         await self.close()
 
     def __repr__(self) -> str:
+        settings = self.settings
         return (
-            f"Queue(storage={self.storage.location!r}, prefix={self.storage.keys.prefix!r}, "
-            f"handlers={sorted(self._registered)!r})"
+            f"<Queue on {self.storage.location}, prefix {self.storage.keys.prefix!r}; registered "
+            f"{', '.join(sorted(self._registered)) or 'nothing yet'}; settings worker_batch_size "
+            f"{settings.worker_batch_size}, coordinator_delay {settings.coordinator_delay:g} s, "
+            f"lease_ttl {settings.lease_ttl:g} s>"
         )
 
 

@@ -93,4 +93,4 @@ class SyncQueue:
         self.close()
 
     def __repr__(self) -> str:
-        return f"Sync{self.queue!r}"
+        return "<SyncQueue" + repr(self.queue).removeprefix("<Queue")

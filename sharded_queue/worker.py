@@ -311,7 +311,14 @@ class Worker:
         return self.recorder.frame()
 
     def __repr__(self) -> str:
-        return f"Worker(id={self.id!r}, storage={self.queue.storage.location!r}, handlers={list(self.specs)!r})"
+        counters, settings = self.counters, self.settings
+        return (
+            f"<Worker {self.id}: {self.running_loops} loops running, {len(self.held)} threads held; "
+            f"performed {counters.performed}, failed attempts {counters.failed}, dead-lettered "
+            f"{counters.dead_lettered}; handlers {', '.join(self.specs) or '-'}; storage "
+            f"{self.queue.storage.location}; worker_batch_size {settings.worker_batch_size}, "
+            f"coordinator_delay {settings.coordinator_delay:g} s>"
+        )
 
     @contextlib.asynccontextmanager
     async def _listening(self) -> AsyncIterator[None]:

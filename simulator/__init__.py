@@ -18,6 +18,7 @@ time, and returns a `Result` with a trace in the shared schema::
 from .analysis import backlog, compare, summary
 from .calibrate import Calibration, calibrate
 from .cpu import LIBRARY, NONE, Overhead
+from .display import readable
 from .engine import SimulatedFailure, simulate
 from .plots import plot_backlog, plot_latency, plot_sweep
 from .result import Result
@@ -87,6 +88,7 @@ __all__ = [
     "plot_backlog",
     "plot_latency",
     "plot_sweep",
+    "readable",
     "simulate",
     "summary",
     "sweep",

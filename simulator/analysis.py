@@ -12,8 +12,9 @@ finished_at``). For each group (by default per handler, thread and order):
   simulated), ``batches`` and ``batch_mean`` (mean messages per ``perform``);
 * ``wait`` = ``started_at - enqueued_at`` and ``sojourn`` = ``finished_at -
   enqueued_at``: mean, percentiles and max;
-* ``utilisation``: the share of all loops' time spent performing the group's
-  batches.
+* ``perform_share``: the share of all loops' time spent performing the
+  group's batches (called ``utilisation`` before; a sweep's ``utilisation`` is
+  the loops' own, all groups together).
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def summary(
     percentiles: Sequence[float] = PERCENTILES,
     workers: int | None = None,
 ) -> pd.DataFrame:
-    """Per-group count, throughput, batch size, wait and sojourn percentiles, utilisation.
+    """Per-group count, throughput, batch size, wait and sojourn percentiles, perform share.
 
     Args:
         trace: A trace DataFrame (real or simulated).
@@ -73,7 +74,7 @@ def summary(
         start: Only messages enqueued at or after ``start`` count (a warm-up
             cut); default: the first enqueue time.
         end: End of the window; default: the last finish time.
-        loops: Worker loops, for utilisation; default: distinct ``worker`` values.
+        loops: Worker loops, for ``perform_share``; default: distinct ``worker`` values.
         percentiles: Percentiles (0..100) of wait and sojourn to report.
 
     Returns:
@@ -129,7 +130,7 @@ def _metric_columns(percentiles: Sequence[float]) -> list[str]:
     columns = ["count", "throughput", "batches", "batch_mean"]
     for name in ("wait", "sojourn"):
         columns += [f"{name}_mean", *(f"{name}_p{_label(p)}" for p in percentiles), f"{name}_max"]
-    return [*columns, "utilisation"]
+    return [*columns, "perform_share"]
 
 
 def _finish(out: pd.DataFrame, window: float, loops: int, begin: float = -math.inf) -> pd.DataFrame:
@@ -141,12 +142,12 @@ def _finish(out: pd.DataFrame, window: float, loops: int, begin: float = -math.i
     else:
         out["throughput"] = out["performed"] / window
     out["batch_mean"] = out["count"] / out["batches"].where(out["batches"] > 0)
-    out["utilisation"] = out["busy"] / (max(loops, 1) * window)
+    out["perform_share"] = out["busy"] / (max(loops, 1) * window)
     return out
 
 
 def compare(
-    sim: pd.DataFrame,
+    sim: pd.DataFrame | Sequence[pd.DataFrame],
     real: pd.DataFrame,
     by: str | Iterable[str] = GROUP,
     metrics: Sequence[str] = METRICS,
@@ -154,18 +155,34 @@ def compare(
 ) -> pd.DataFrame:
     """Relative errors of a simulation against a real run, per group and metric.
 
+    The twin is a sample path too: pass several simulated traces (the same
+    scenario with other seeds) to compare their mean, with its 95% confidence
+    interval, rather than one path's draw.
+
     Args:
-        sim: Simulated trace, or its `summary`.
+        sim: Simulated trace, or its `summary`; or a list of them (replications).
         real: Real trace, or its `summary`.
         by: Grouping (as in `summary`); groups present in only one side are dropped.
-        metrics: Summary columns to compare.
+        metrics: Summary columns to compare (``utilisation``, the old name of
+            ``perform_share``, still works, with a DeprecationWarning).
         **options: Passed to `summary` for traces (``start``, ``loops``...).
 
     Returns:
         Long format: the group columns, ``metric``, ``sim``, ``real`` and
-        ``rel_error`` = ``(sim - real) / real``.
+        ``rel_error`` = ``(sim - real) / real``; for a list of simulations ``sim``
+        is their mean, with ``replications`` and the 95% intervals ``sim_low``,
+        ``sim_high``, ``rel_error_low`` and ``rel_error_high`` (Student's t).
     """
     names = _by(by)
+    if "utilisation" in metrics:
+        warnings.warn(
+            "the summary's 'utilisation' is now 'perform_share' (a sweep's 'utilisation' is the loops' own)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        metrics = ["perform_share" if m == "utilisation" else m for m in metrics]
+    if not isinstance(sim, pd.DataFrame):
+        return _compare_replications(list(sim), real, names, metrics, options)
     left = summary(sim, names, **options) if "enqueued_at" in sim.columns else sim
     right = summary(real, names, **options) if "enqueued_at" in real.columns else real
     missing = [m for m in metrics if m not in left.columns or m not in right.columns]
@@ -191,6 +208,40 @@ def compare(
     out = pd.concat(rows, ignore_index=True)
     out["rel_error"] = (out["sim"] - out["real"]) / out["real"].where(out["real"] != 0)
     return out
+
+
+def _compare_replications(
+    sims: list[pd.DataFrame], real: pd.DataFrame, names: list[str], metrics: Sequence[str], options: dict[str, Any]
+) -> pd.DataFrame:
+    """`compare` of the mean of several simulations, with 95% intervals."""
+    if not sims:
+        raise ValueError("compare needs at least one simulated trace")
+    right = summary(real, names, **options) if "enqueued_at" in real.columns else real
+    stacked = pd.concat([compare(one, right, names, metrics, **options) for one in sims], ignore_index=True)
+    keys = [*names, "metric"]
+    grouped = stacked.groupby(keys, sort=False, observed=True)
+    out = grouped.agg(sim=("sim", "mean"), real=("real", "first"), replications=("sim", "size")).reset_index()
+    spread = grouped["sim"].std(ddof=1).to_numpy()
+    count = out["replications"].to_numpy()
+    half = np.array([t95(int(n) - 1) / math.sqrt(n) if n > 1 else math.nan for n in count]) * spread
+    out["sim_low"], out["sim_high"] = out["sim"] - half, out["sim"] + half
+    scale = out["real"].where(out["real"] != 0)
+    for column in ("", "_low", "_high"):
+        out[f"rel_error{column}"] = (out[f"sim{column}"] - out["real"]) / scale
+    return out
+
+
+CONFIDENCE = 0.95
+"""Level of the confidence intervals of replicated runs (`compare` of several, `sweep`)."""
+
+# Two-sided 95% Student t quantiles by degrees of freedom (1..30); the normal's beyond.
+_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131)
+_T95 += (2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def t95(degrees: int) -> float:
+    """The 97.5% quantile of Student's t with ``degrees`` degrees of freedom."""
+    return _T95[degrees - 1] if degrees <= len(_T95) else 1.960
 
 
 def backlog(trace: pd.DataFrame, by: str | Iterable[str] = ("handler", "thread"), points: int = 200) -> pd.DataFrame:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import math
 import warnings
 from collections.abc import Iterable, Sequence
@@ -14,6 +15,7 @@ import pandas as pd
 from sharded_queue.trace import to_frame
 
 from . import analysis
+from .display import duration, html_table, per_second, readable
 from .record import histogram_quantile
 
 if TYPE_CHECKING:
@@ -324,18 +326,46 @@ class Result:
         )
         return row
 
+    @cached_property
+    def _overall(self) -> pd.Series:
+        """The one-row summary the reprs show (computed once: a long trace takes a while)."""
+        return self.summary(()).iloc[0]
+
     def __repr__(self) -> str:
-        flag = " SATURATED" if self.saturated else ""
+        overall = self._overall
+        flag = "; SATURATED: a backlog kept growing" if self.saturated else ""
         return (
-            f"<Result {self.messages} performed of {self.arrived} arrived in {self.end:.6g} s simulated "
-            f"({self.wall:.3g} s wall), loops in perform {self.utilisation:.1%}, "
-            f"busiest CPU {self.cpu_utilisation:.1%}{flag}>"
+            f"<Result: {self.messages:,} of {self.arrived:,} messages performed in {duration(self.end)} simulated "
+            f"({duration(self.wall)} wall): throughput {per_second(float(overall['throughput']))}, sojourn "
+            f"p50 {duration(float(overall['sojourn_p50']))}, p99 {duration(float(overall['sojourn_p99']))}; "
+            f"loops {self.utilisation:.1%} in perform, busiest CPU {self.cpu_utilisation:.1%}{flag}>"
         )
 
     def _repr_html_(self) -> str:
-        head = self.__repr__().replace("<", "&lt;").replace(">", "&gt;")
-        summary = self.summary(("handler",))
-        return f"<p><b>{head}</b></p>" + summary.to_html(index=False, float_format=lambda x: f"{x:.4g}")
+        head = html.escape(repr(self)[1:-1])
+        by = ("handler", "order") if self._groups["order"].nunique() > 1 else ("handler",)
+        shown = [*by, *_SHOWN]
+        table = readable(self.summary(by), shown)
+        return (
+            f"<p><b>{head}</b></p>{html_table(table)}"
+            f"<p><small>per {' and '.join(by)}; every column and group: <code>result.summary(by)</code>; "
+            "latencies from enqueue: wait to the start of <code>perform</code>, sojourn to its end</small></p>"
+        )
+
+
+_SHOWN = (
+    "count",
+    "throughput",
+    "batch_mean",
+    "wait_p50",
+    "wait_p99",
+    "sojourn_p50",
+    "sojourn_p99",
+    "perform_share",
+    "backlog",
+    "saturated",
+)
+"""The summary columns `Result` shows in Jupyter."""
 
 
 def _pad(values: np.ndarray, size: int) -> np.ndarray:

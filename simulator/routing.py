@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import inspect
+import typing
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sharded_queue import Handler, RequestRoute
 from sharded_queue.core import Tube, check_routes, group_by_tube, order_key
 
 from .workload import ScenarioError
+
+if TYPE_CHECKING:
+    from .workload import Keyed
 
 
 def run_route(handler: type[Handler], requests: Sequence[Any]) -> Any:
@@ -74,3 +79,41 @@ def _positions(routes: Sequence[RequestRoute], requests: Sequence[Any], where: s
     if -1 in positions or len(set(positions)) != len(positions):
         raise ScenarioError(f"{where} returned routes for requests it was not given")
     return positions
+
+
+def check_bare_keys(handler: type[Handler], requests: Keyed) -> None:
+    """Refuse a `Keyed` without ``make=`` whose keys ``route()`` cannot take as requests.
+
+    Without ``make`` every key itself (an int for `Uniform`, `Zipf`, ...) is the
+    request. Rather than let ``route()`` fail in the middle of `simulate` (``'int'
+    object has no attribute 'user_id'``), the first key is routed once here.
+
+    Raises:
+        ScenarioError: ``route()`` raised on a bare key; says what to pass as ``make``.
+    """
+    key = requests.keys.value(0)
+    try:
+        run_route(handler, [key])
+    except Exception as exc:
+        wanted = _annotated_request(handler)
+        make = wanted.__qualname__ if isinstance(wanted, type) and not isinstance(key, wanted) else "<key -> request>"
+        raise ScenarioError(
+            f"Keyed without make= passes each key itself as the request ({key!r}), and "
+            f"{handler.__qualname__}.route() failed on it ({type(exc).__name__}: {exc}): "
+            f"pass make=, e.g. Keyed({type(requests.keys).__name__}(...), make={make})"
+        ) from exc
+
+
+def _annotated_request(handler: type[Handler]) -> Any:
+    """The request type annotated on ``perform``'s or ``route``'s ``*requests``, if any."""
+    for method in (handler.perform, getattr(handler.route, "__func__", handler.route)):
+        star = next((p for p in inspect.signature(method).parameters.values() if p.kind is p.VAR_POSITIONAL), None)
+        if star is None or star.annotation is inspect.Parameter.empty:
+            continue
+        try:
+            found = typing.get_type_hints(method).get(star.name, Any)
+        except Exception:  # an annotation that does not resolve here: no hint, only the error
+            continue
+        if found is not Any:
+            return found
+    return Any

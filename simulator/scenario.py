@@ -18,6 +18,8 @@ from sharded_queue.core import LoopPolicy
 from sharded_queue.handler import declared_orders, handler_name
 
 from .cpu import LIBRARY, Overhead, check_overhead
+from .display import scenario_html, scenario_text
+from .routing import check_bare_keys
 from .workload import (
     Arrivals,
     Deferred,
@@ -66,6 +68,8 @@ class Workload:
             raise ScenarioError(f"Workload service of {name} must be a Service, got {self.service!r}")
         if not isinstance(self.requests, Keyed | Generated):
             raise ScenarioError(f"Workload requests of {name} must be Keyed or Generated, got {self.requests!r}")
+        if isinstance(self.requests, Keyed) and self.requests.make is None:
+            check_bare_keys(self.handler, self.requests)
         for attribute in ("batch_size", "retry_attempts"):
             value = getattr(self.handler, attribute)
             if value is not None:
@@ -213,17 +217,24 @@ class Scenario:
             mine["settings"] = self.settings.copy(**theirs)
         return dataclasses.replace(self, **mine)
 
+    def __repr__(self) -> str:
+        return scenario_text(self)
+
+    def _repr_html_(self) -> str:
+        return scenario_html(self)
+
     def describe(self) -> Mapping[str, Any]:
-        """The scenario's main numbers, flat (used as columns by `sweep`)."""
+        """The scenario's main numbers, flat, named as the `Scenario` and `Settings` fields
+        that `replace` and `sweep` vary (``worker_batch_size``, not ``batch_size``)."""
         workloads: tuple[Workload, ...] = self.workloads  # type: ignore[assignment]
         policy = self.policy()
         return {
             "loops": self.loops,
             "processes": self.processes,
-            "batch_size": policy.batch_size,
+            "worker_batch_size": policy.batch_size,
             "coordinator_delay": policy.coordinator_delay,
-            "empty_limit": policy.empty_limit,
-            "empty_pause": policy.empty_pause,
+            "worker_empty_limit": policy.empty_limit,
+            "worker_empty_pause": policy.empty_pause,
             "rtt": self.rtt,
             "arrival_rate": sum((w.arrivals.mean_rate() or 0.0) for w in workloads),
             "seed": self.seed,

@@ -9,6 +9,9 @@ over the runs and a 95% confidence interval (Student's t).
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import html
+import inspect
 import itertools
 import math
 import multiprocessing
@@ -20,21 +23,12 @@ from typing import Any
 import msgspec
 import pandas as pd
 
+from .analysis import CONFIDENCE as CONFIDENCE  # the level, here as before
+from .analysis import t95
+from .display import duration, html_table, per_second, readable
 from .engine import simulate
 from .scenario import Scenario
 from .workload import Deterministic, OnOff, Poisson, ScenarioError
-
-CONFIDENCE = 0.95
-"""Level of the confidence intervals of a replicated sweep."""
-
-# Two-sided 95% Student t quantiles by degrees of freedom (1..30); the normal's beyond.
-_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131)
-_T95 += (2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
-
-
-def t95(degrees: int) -> float:
-    """The 97.5% quantile of Student's t with ``degrees`` degrees of freedom."""
-    return _T95[degrees - 1] if degrees <= len(_T95) else 1.960
 
 
 def grid_points(grid: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -53,6 +47,35 @@ def grid_points(grid: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]])
     return points
 
 
+def check_keys(base: Scenario | Callable[..., Scenario], names: Sequence[str]) -> None:
+    """Refuse grid keys that ``base`` cannot vary, listing the ones it can.
+
+    Raises:
+        ScenarioError: an unknown key, with the closest valid one when there is one.
+    """
+    if isinstance(base, Scenario):
+        fields = sorted(f.name for f in dataclasses.fields(base) if f.name != "workloads")
+        settings = sorted(base.settings.as_dict())
+        valid = [*fields, *settings, "workers"]  # workers: the deprecated name of loops
+        listing = f"scenario fields {', '.join(fields)}; settings {', '.join(settings)}"
+    else:
+        try:
+            parameters = inspect.signature(base).parameters.values()
+        except (TypeError, ValueError):  # no signature to check: the call will tell
+            return
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+            return
+        valid = [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        listing = f"the parameters of {getattr(base, '__qualname__', base)}: {', '.join(valid) or 'none'}"
+    unknown = [name for name in names if name not in valid]
+    if unknown:
+        shown = []
+        for name in unknown:
+            close = difflib.get_close_matches(name, valid, n=1)
+            shown.append(f"{name!r} (did you mean {close[0]!r}?)" if close else repr(name))
+        raise ScenarioError(f"sweep: unknown grid key {', '.join(shown)}; the keys are {listing}")
+
+
 _JOBS: list[tuple[Scenario, tuple[str, ...]]] = []  # what forked workers simulate, by index
 
 
@@ -60,7 +83,7 @@ def _run(index: int) -> bytes:
     """Simulate job ``index``; its summary as JSON (no pickled objects cross processes)."""
     scenario, by = _JOBS[index]
     result = simulate(scenario)
-    frame = result.summary(by).rename(columns={"utilisation": "perform_share"})
+    frame = result.summary(by)
     frame["utilisation"] = result.utilisation
     frame["cpu_utilisation"] = result.cpu_utilisation
     frame["simulated"] = result.end
@@ -95,8 +118,10 @@ def sweep(
             (runs in this process when that is one, or where ``fork`` is unavailable).
 
     Returns:
-        One row per point (and group): the grid's values, the summary columns,
-        ``utilisation`` of the loops (share of their time in ``perform``),
+        One row per point (and group): the grid's values, the summary columns
+        (`Result.summary`: seconds for times, messages per second for
+        throughput; ``perform_share`` is the group's share of the loops' time),
+        ``utilisation`` of the loops (share of all their time in ``perform``),
         ``cpu_utilisation`` of the busiest worker process, ``simulated`` and ``wall``
         seconds; with replications also ``replications``, the intervals and
         ``saturated_share`` (share of the runs flagged saturated; ``saturated``
@@ -105,6 +130,7 @@ def sweep(
     if isinstance(replications, bool) or not isinstance(replications, int) or replications < 1:
         raise ScenarioError(f"sweep replications must be an integer >= 1, got {replications!r}")
     points = grid_points(grid)
+    check_keys(base, list(dict.fromkeys(name for point in points for name in point)))
     scenarios = [base.replace(**point) if isinstance(base, Scenario) else base(**point) for point in points]
     for point, scenario in zip(points, scenarios, strict=True):
         if not isinstance(scenario, Scenario):
@@ -204,22 +230,45 @@ class Plan:
     p99: float
 
     def __repr__(self) -> str:
-        goal = f"{self.rate:,.0f}/s with p99 sojourn <= {self.p99 * 1000:.0f} ms"
+        goal = f"{per_second(self.rate)} with p99 sojourn <= {duration(self.p99)}"
         if self.choice is None or self.row is None:
             return f"<Plan: no configuration of the grid meets {goal}>"
         row = self.row
         chosen = ", ".join(f"{k}={v}" for k, v in self.choice.items())
         return (
-            f"<Plan for {goal}: {chosen}; p99 {row['sojourn_p99'] * 1000:.0f} ms "
-            f"(95% CI {row['sojourn_p99_low'] * 1000:.0f}-{row['sojourn_p99_high'] * 1000:.0f} ms), "
-            f"throughput {row['throughput']:,.0f}/s, busiest CPU {row['cpu_utilisation']:.0%}>"
+            f"<Plan for {goal}: {chosen}; p99 {duration(row['sojourn_p99'])} "
+            f"(95% CI {duration(row['sojourn_p99_low'])} to {duration(row['sojourn_p99_high'])}), "
+            f"throughput {per_second(row['throughput'])}, busiest CPU {row['cpu_utilisation']:.0%}>"
         )
 
+    @property
+    def grid(self) -> list[str]:
+        """The names varied (the table's first columns)."""
+        columns = list(self.table.columns)
+        return columns[: columns.index("count")] if "count" in columns else []
+
     def _repr_html_(self) -> str:
-        head = repr(self).replace("<", "&lt;").replace(">", "&gt;")
-        columns = [*self.table.columns[: self.table.columns.get_loc("meets") + 1]]
-        shown = [c for c in columns if not c.endswith(("_low", "_high"))]
-        return f"<p><b>{head}</b></p>" + self.table[shown].to_html(index=False, float_format=lambda x: f"{x:.4g}")
+        head = html.escape(repr(self)[1:-1])
+        shown = [*self.grid, *_PLAN_SHOWN]
+        table = readable(self.table, [c for c in shown if c in self.table.columns])
+        return (
+            f"<p><b>{head}</b></p>{html_table(table)}"
+            "<p><small>cheapest first; means over the replications with the 95% interval of p99 "
+            "(<code>_low</code>, <code>_high</code>); every column: <code>plan.table</code></small></p>"
+        )
+
+
+_PLAN_SHOWN = (
+    "throughput",
+    "sojourn_p50",
+    "sojourn_p99",
+    "sojourn_p99_low",
+    "sojourn_p99_high",
+    "cpu_utilisation",
+    "saturated_share",
+    "meets",
+)
+"""The table columns `Plan` shows in Jupyter."""
 
 
 def with_rate(scenario: Scenario, rate: float) -> Scenario:

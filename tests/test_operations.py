@@ -412,8 +412,15 @@ async def test_logs_say_what_happens_and_never_show_credentials(
         f"worker {worker.id} stopped: performed 3, failed attempts 4, dead-lettered 1"
     ]
     assert not [m for m in messages if SECRET in m]
-    assert repr(queue) == f"Queue(storage='{redacted}', prefix='sq', handlers=['ops:flaky'])"
-    assert repr(worker) == f"Worker(id='{worker.id}', storage='{redacted}', handlers=['ops:flaky'])"
+    knobs = f"worker_batch_size {settings.worker_batch_size}, coordinator_delay {settings.coordinator_delay:g} s"
+    assert repr(queue) == (
+        f"<Queue on {redacted}, prefix 'sq'; registered ops:flaky; "
+        f"settings {knobs}, lease_ttl {settings.lease_ttl:g} s>"
+    )
+    assert repr(worker) == (
+        f"<Worker {worker.id}: 0 loops running, 0 threads held; performed 3, failed attempts 4, dead-lettered 1; "
+        f"handlers ops:flaky; storage {redacted}; {knobs}>"
+    )
     assert worker.counters.performed == 3 and worker.counters.dead_lettered == 1
 
 

@@ -48,6 +48,8 @@ from simulator import (
     plot_backlog,
     plot_latency,
     plot_sweep,
+    plots,
+    readable,
     simulate,
     summary,
     sweep,
@@ -571,7 +573,7 @@ def test_summary_without_trace_matches_the_trace_summary() -> None:
         exact[["handler", "thread", "order", "count", "batches"]],
         folded[["handler", "thread", "order", "count", "batches"]],
     )
-    for column in ("throughput", "wait_mean", "sojourn_mean", "utilisation", "wait_max"):
+    for column in ("throughput", "wait_mean", "sojourn_mean", "perform_share", "wait_max"):
         assert folded[column].to_numpy() == pytest.approx(exact[column].to_numpy(), rel=1e-9)
     for column in ("wait_p50", "wait_p90", "wait_p99", "sojourn_p50", "sojourn_p99"):
         assert folded[column].to_numpy() == pytest.approx(exact[column].to_numpy(), rel=0.008, abs=1e-6)
@@ -585,12 +587,34 @@ def test_summary_columns_and_utilisation() -> None:
     )
     overall = result.summary(()).iloc[0]
     assert overall["count"] == table["count"].sum()
-    assert overall["utilisation"] == pytest.approx(table["utilisation"].sum())
-    assert 0 < overall["utilisation"] < 1
+    assert "utilisation" not in table.columns  # one name, one meaning: the loops' own is Result.utilisation
+    assert overall["perform_share"] == pytest.approx(table["perform_share"].sum())
+    assert 0 < overall["perform_share"] < 1
     assert not overall["saturated"]
     busy = result.loops["busy"].sum() / (result.end * 4)
     assert result.utilisation == pytest.approx(busy)
     assert "<table" in result._repr_html_()
+
+
+def test_reprs_show_units_and_the_numbers_read_first() -> None:
+    """Result, Scenario and summary tables say what their numbers are: ms, msg/s, %."""
+    scenario = zipf_scenario(duration=6, warmup=1)
+    assert repr(scenario) == (
+        "<Scenario notify: Poisson 400/s, perform 4 ms + 500 µs/msg (LogNormal cv 0.4); 4 loops in 1 process, "
+        "worker_batch_size 128, coordinator_delay 50 ms, rtt 500 µs; 6 s, warm-up 1 s, seed 11>"
+    )
+    assert "<td style='text-align:left'>4 loops in 1 process(es)" in scenario._repr_html_()
+    result = simulate(scenario)
+    overall = result.summary(()).iloc[0]
+    p99 = f"{overall['sojourn_p99'] * 1000:.3g} ms"
+    assert f"sojourn p50 {overall['sojourn_p50'] * 1000:.3g} ms, p99 {p99}; loops" in repr(result)
+    assert f"throughput {overall['throughput']:,.0f}/s" in repr(result)
+    page = result._repr_html_()
+    assert "<th>sojourn_p99 (ms)</th>" in page and "<th>throughput (msg/s)</th>" in page
+    table = readable(result.summary(()), ["count", "wait_p99", "perform_share", "throughput", "saturated"])
+    assert list(table.columns) == ["count", "wait_p99 (ms)", "perform_share (%)", "throughput (msg/s)", "saturated"]
+    assert table["wait_p99 (ms)"].iloc[0] == pytest.approx(overall["wait_p99"] * 1000, rel=1e-2)
+    assert table["perform_share (%)"].iloc[0] == pytest.approx(overall["perform_share"] * 100, rel=1e-2)
 
 
 def test_saturation_is_flagged() -> None:
@@ -803,9 +827,9 @@ def test_summary_of_a_handmade_trace() -> None:
     assert first["wait_p50"] == 2.0
     assert first["sojourn_max"] == 4.0
     assert first["throughput"] == pytest.approx(3 / 5)
-    assert first["utilisation"] == pytest.approx((2 + 1) / (2 * 5))
+    assert first["perform_share"] == pytest.approx((2 + 1) / (2 * 5))
     overall = summary(handmade_trace(), ()).iloc[0]
-    assert overall["count"] == 5 and overall["utilisation"] == pytest.approx((2 + 1 + 2) / 10)
+    assert overall["count"] == 5 and overall["perform_share"] == pytest.approx((2 + 1 + 2) / 10)
     with pytest.raises(ValueError, match="missing column"):
         summary(handmade_trace().drop(columns=["batch"]))
 
@@ -901,6 +925,58 @@ def test_sweep_gathers_one_row_per_point() -> None:
         sweep(zipf_scenario(), {"wrokers": [1]}, progress=False)
 
 
+def test_sweep_keys_are_the_names_describe_uses_and_unknown_ones_are_listed() -> None:
+    """One name per knob: describe() says worker_batch_size, as sweep and Settings do; an unknown
+    key names the closest valid one and lists them all, for a Scenario and for a function."""
+    scenario = zipf_scenario(duration=2, warmup=0)
+    described = scenario.describe()
+    assert "worker_batch_size" in described and "batch_size" not in described
+    scenario.replace(**{name: described[name] for name in described if name != "arrival_rate"})  # all variable
+    with pytest.raises(ScenarioError, match=r"'batch_size' \(did you mean 'worker_batch_size'\?\).*loops.*lease_ttl"):
+        sweep(scenario, {"batch_size": [1, 16]}, progress=False)
+    with pytest.raises(ScenarioError, match=r"'rat' \(did you mean 'rate'\?\); .*: rate$"):
+        sweep(lambda rate: scenario, {"rat": [1]}, progress=False)
+
+
+def test_summary_utilisation_is_now_perform_share() -> None:
+    """The summary's per-group share of the loops' time is perform_share; a sweep's utilisation is
+    the loops' own (Result.utilisation), all groups together; compare() still takes the old name."""
+    scenario = zipf_scenario(duration=6, warmup=1)
+    result = simulate(scenario)
+    row = sweep(scenario, {"loops": [4]}, progress=False).iloc[0]
+    assert row["utilisation"] == pytest.approx(result.utilisation)
+    assert row["perform_share"] == pytest.approx(result.summary(()).iloc[0]["perform_share"])
+    with pytest.warns(DeprecationWarning, match="now 'perform_share'"):
+        table = compare(result.trace, result.trace, by=(), metrics=["utilisation"])
+    assert list(table["metric"]) == ["perform_share"] and table["rel_error"].iloc[0] == 0
+
+
+def test_compare_of_several_twin_paths_is_their_mean_with_an_interval() -> None:
+    """The twin is a sample path: compare() of several seeds gives their mean, the 95% interval
+    (Student's t) and the relative error of each end."""
+    base = zipf_scenario(duration=6, warmup=1)
+    real = simulate(base.replace(seed=50)).trace
+    paths = [simulate(base.replace(seed=seed)).trace for seed in (1, 2, 3)]
+    table = compare(paths, real, by="order", metrics=("sojourn_p99", "throughput")).set_index(["order", "metric"])
+    for order in ("normal", "urgent"):
+        singles = [compare(path, real, by="order", metrics=("sojourn_p99",)) for path in paths]
+        values = [float(one[one["order"] == order]["sim"].iloc[0]) for one in singles]
+        row = table.loc[(order, "sojourn_p99")]
+        assert row["replications"] == 3 and row["sim"] == pytest.approx(np.mean(values))
+        assert row["sim_high"] - row["sim"] == pytest.approx(4.303 * np.std(values, ddof=1) / math.sqrt(3))
+        assert row["rel_error_low"] == pytest.approx((row["sim_low"] - row["real"]) / row["real"])
+        assert row["rel_error_low"] < row["rel_error"] < row["rel_error_high"]
+
+
+def test_keyed_without_make_fails_at_construction_naming_the_fix() -> None:
+    """Without make= each key itself is the request: a route() that needs a Note fails clearly,
+    before simulating, and a route() that takes the key as it is still works."""
+    with pytest.raises(ScenarioError, match=r"Keyed without make=.*Notify.route\(\).*'user'.*make=Note\)"):
+        Workload(Notify, Poisson(10), Service(), Keyed(Zipf(100)))
+    assert Workload(Notify, Poisson(10), Service(), Keyed(Zipf(100), make=Note)).requests.make is Note
+    Workload(Spread, Poisson(10), Service(), Keyed(Zipf(100)))  # ints are Spread's requests
+
+
 def test_sweep_replications_give_means_and_intervals() -> None:
     """Each point runs with seeds seed, seed + 1, ...: the mean is theirs and the 95% interval
     brackets it; the runs spread over processes give the same numbers as runs here."""
@@ -961,6 +1037,58 @@ def test_plots_return_figures() -> None:
     ):
         assert isinstance(figure, Figure)
         assert figure.axes
+
+
+def _legend_texts(figure: Figure) -> list[str]:
+    assert not [ax for ax in figure.axes if ax.get_legend() is not None]  # no legend over the data
+    return [text.get_text() for legend in figure.legends for text in legend.get_texts()]
+
+
+def test_figures_have_units_titles_and_legends_off_the_data() -> None:
+    """The rules for figures, checked on the drawn objects: units on the axes (ms for latencies),
+    the caller's title, legends outside the axes, saturation and intervals said in the legend."""
+    base = zipf_scenario(duration=5, warmup=1)
+    frame = sweep(base, {"loops": [1, 4], "worker_batch_size": [1, 32]}, progress=False, replications=2)
+    figure = plot_sweep(frame, x="loops", y=["throughput", "sojourn_p99"], hue="worker_batch_size",
+                        title="the claim", goal={"sojourn_p99": 0.2})  # fmt: skip
+    assert figure.get_suptitle() == "the claim"
+    assert [ax.get_ylabel() for ax in figure.axes] == [
+        "throughput (messages/s)",
+        "sojourn p99 (ms)",
+    ]
+    texts = _legend_texts(figure)
+    assert {"worker_batch_size 1", "worker_batch_size 32", "goal: 200 ms", "95% interval"} <= set(texts)
+    assert any(text.startswith("saturated") for text in texts) == bool(frame["saturated"].any())
+    p99 = figure.axes[1].get_lines()[0].get_ydata()
+    assert max(p99) == pytest.approx(frame[frame["worker_batch_size"] == 1]["sojourn_p99"].max() * 1000)
+    assert figure.axes[0].get_ylim()[0] == 0  # a rate's axis starts at 0
+
+    many = simulate(zipf_scenario(duration=5, warmup=1).replace(loops=4))  # Zipf keys on 4 threads
+
+    class Wide(Handler):
+        name = "wide"
+
+        @classmethod
+        async def route(cls, *requests: int) -> list[RequestRoute]:
+            return [RequestRoute(r, Route(thread=r % 32)) for r in requests]
+
+    wide = Scenario(Workload(Wide, Poisson(400), Service(0.001), Keyed(RoundRobin(32))), loops=8, duration=2)
+    latency = plot_latency(simulate(wide), by="thread", top=5)
+    texts = _legend_texts(latency)
+    assert len(texts) == 6 and texts[-1] == "27 other threads"
+    assert latency.axes[0].get_xlabel() == "sojourn: enqueue to perform end (ms)"
+    pair = plot_latency({"real": many, "sim": many.trace}, by="order")
+    lines = {line.get_label(): line.get_color() for line in pair.axes[0].get_lines()}
+    assert _legend_texts(pair) == ["real order normal", "sim order normal", "real order urgent", "sim order urgent"]
+    for order in ("normal", "urgent"):  # one hue per order: the real run's dark shade, the twin's light one
+        real, twin = np.array(lines[f"real order {order}"]), np.array(lines[f"sim order {order}"])
+        assert tuple(real) in plots.colormaps["tab20"].colors and twin.sum() > real.sum()
+    assert lines["real order normal"] != lines["real order urgent"]
+
+    backlog = plot_backlog(simulate(wide), top=3)
+    colours = {line.get_label(): line.get_color() for line in backlog.axes[0].get_lines()}
+    assert colours.pop("29 other threads, summed") == plots.OTHERS
+    assert len(colours) == 3 and plots.OTHERS not in colours.values()
 
 
 def test_docs_example_runs(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:

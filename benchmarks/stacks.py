@@ -16,7 +16,8 @@ from typing import Any
 
 _LINE = re.compile(r":\d+\)$")
 # The event loop and the runner's scaffolding hold every sample: listing them says nothing.
-SCAFFOLDING = ("asyncio/", "<frozen runpy>", "runpy.py", "benchmarks/workload.py", "threading.py", "concurrent/")
+SCAFFOLDING = ("asyncio/", "runpy", "benchmarks/workload.py", "threading.py", "concurrent/", "<module>", "importlib")
+IMPORT = "_find_and_load (<frozen importlib._bootstrap>)"
 
 
 def function_of(frame: str) -> str:
@@ -25,23 +26,34 @@ def function_of(frame: str) -> str:
 
 
 def read(path: Path) -> list[tuple[list[str], int]]:
-    """The stacks of a raw py-spy file, each with its sample count."""
+    """The stacks of a raw py-spy file, each with its sample count, less the process's start-up."""
     stacks = []
     for line in path.read_text().splitlines():
         frames, _, count = line.rpartition(" ")
         if frames and count.isdigit():
-            stacks.append(([function_of(frame) for frame in frames.split(";")], int(count)))
+            functions = [function_of(frame) for frame in frames.split(";")]
+            if not start_up(functions):
+                stacks.append((functions, int(count)))
     return stacks
 
 
-def summarise(path: Path, top: int = 20) -> dict[str, Any]:
+def start_up(frames: list[str]) -> bool:
+    """Whether a stack is the program importing its modules before it runs (its main module's
+    top level importing), which no benchmark times."""
+    main = next((i for i, frame in enumerate(frames) if frame.startswith("<module>") and "runpy" not in frame), None)
+    return main is not None and main + 1 < len(frames) and frames[main + 1] == IMPORT
+
+
+def summarise(path: Path, top: int = 20, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
     """The ``top`` functions by inclusive share, and the ``top`` by self share, of the samples in ``path``.
 
-    Functions of the event loop and the runner's scaffolding are left out of the
-    inclusive list (they hold nearly every sample), not out of the self list
-    (time the event loop spends on itself, ``select`` included, is real cost).
+    Stacks with a frame containing any of ``exclude`` are not counted at all
+    (another thread, work outside the timed region). Functions of the event
+    loop and the runner's scaffolding are left out of the inclusive list (they
+    hold nearly every sample), not out of the self list (time the event loop
+    spends on itself is real cost; ``select`` is also where it waits for Redis).
     """
-    stacks = read(path)
+    stacks = [(frames, count) for frames, count in read(path) if not any(part in f for f in frames for part in exclude)]
     total = sum(count for _, count in stacks) or 1
     inclusive: Counter[str] = Counter()
     innermost: Counter[str] = Counter()

@@ -298,18 +298,26 @@ class Runner:
         self._log.close()
 
 
+PROFILE_RATE = 1000  # py-spy samples per second for the profile suite's raw stacks
+
+
+def profiled(argv: list[str], profile: Path | None) -> list[str]:
+    """``argv`` run under py-spy, which writes ``profile`` when the program quits: raw stacks
+    for `stacks.summarise` (a ``.txt`` path, sampled densely), else a flame graph of a whole run."""
+    if profile is None:
+        return argv
+    py_spy = str(Path(sys.executable).with_name("py-spy"))
+    fmt, rate = ("raw", PROFILE_RATE) if profile.suffix == ".txt" else ("flamegraph", 250)
+    return [py_spy, "record", "-r", str(rate), "-f", fmt, "-o", str(profile), "--", *argv]
+
+
 def lib_runner(logs: Path, url: str, profile: Path | None = None, name: str = LIB) -> Runner:
     argv = [sys.executable, "-m", "benchmarks.lib_runner", url]
-    if profile is not None:  # py-spy samples the runner and writes its stacks when it quits
-        py_spy = str(Path(sys.executable).with_name("py-spy"))
-        # raw stacks (.txt) for `stacks.summarise`, sampled densely; else a flame graph of a whole run
-        fmt, rate = ("raw", "1000") if profile.suffix == ".txt" else ("flamegraph", "250")
-        argv = [py_spy, "record", "-r", rate, "-f", fmt, "-o", str(profile), "--", *argv]
-    return Runner(name, argv, logs, ROOT)
+    return Runner(name, profiled(argv, profile), logs, ROOT)
 
 
-def bare_runner(logs: Path, url: str) -> Runner:
-    return Runner(BARE, [sys.executable, "-m", "benchmarks.bare", url], logs, ROOT)
+def bare_runner(logs: Path, url: str, profile: Path | None = None, name: str = BARE) -> Runner:
+    return Runner(name, profiled([sys.executable, "-m", "benchmarks.bare", url], profile), logs, ROOT)
 
 
 def peer_runner(logs: Path, url: str, python: Path, name: str, settings: dict[str, Any]) -> Runner:
@@ -609,11 +617,13 @@ class Bench:
         ]
 
     def profile(self) -> None:
-        """py-spy profiles of the library's register and process paths (``--only profile``).
+        """py-spy profiles of the register and process paths of the library and of the bare ceiling
+        (``--only profile``).
 
-        A profiled runner of its own does only that workload, ``reps`` times on
-        the throughput sizes (the other runner registers what it drains), so each
-        profile holds one path; `benchmarks.stacks` folds it into functions.
+        A profiled runner of its own does only that workload, ``2 reps + 1`` times
+        on the throughput sizes (an unprofiled one registers what it drains), so
+        each profile holds one path; `benchmarks.stacks` folds it into functions,
+        with each one's share of the samples and its time per message.
         """
         from .stacks import summarise
 
@@ -621,31 +631,35 @@ class Bench:
         if not Path(sys.executable).with_name("py-spy").exists():
             raise SystemExit("the profile suite needs py-spy in this virtualenv: pip install py-spy")
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        print(
-            f"\n[profile] py-spy on the library runner: {2 * c.reps + 1} x register, then {2 * c.reps + 1} x process",
-            flush=True,
-        )
+        calls = 2 * c.reps + 1  # more samples; the first call warms up: connections, scripts
+        print(f"\n[profile] py-spy at {PROFILE_RATE} Hz: {calls} x register, then {calls} x process", flush=True)
         out: dict[str, Any] = {}
         fill = {"op": "fill", "n": c.n, "threads": c.threads, "chunk": c.chunk}
         drain = {"op": "drain", "n": c.n, "threads": c.threads, "loops": c.loops, "batch": c.batch}
-        for workload in ("register", "process"):
-            path = RESULTS / f"profile-{workload}-{stamp}.txt"
-            runner = lib_runner(self.logs, self.server.url, path, name=f"{LIB} profiled")
-            try:
-                for _ in range(2 * c.reps + 1):  # more samples; the first warms up: connections, scripts
-                    self.server.flush()
-                    if workload == "register":
-                        runner.call(fill)
-                    else:
-                        self.runners[LIB].call(fill)
-                        runner.call(drain)
-            finally:
-                runner.close()
-            # the runner's other thread reads its commands; make_jobs builds the input before the clock starts
-            out[workload] = summarise(path, exclude=("threading.py", "make_jobs"))
-            print(f"  {workload}: {out[workload]['samples']:,} samples in {path.relative_to(ROOT)}", flush=True)
-            for row in out[workload]["top"][:12]:
-                print(f"    {row['inclusive']:5.0%} {row['self']:5.0%}  {row['function']}", flush=True)
+        for system, make in ((LIB, lib_runner), (BARE, bare_runner)):
+            for workload in ("register", "process"):
+                path = RESULTS / f"profile-{system.split()[0]}-{workload}-{stamp}.txt"
+                runner = make(self.logs, self.server.url, path, name=f"{system} profiled")
+                try:
+                    for _ in range(calls):
+                        self.server.flush()
+                        if workload == "register":
+                            runner.call(fill)
+                        else:
+                            self.runners[system].call(fill)
+                            runner.call(drain)
+                finally:
+                    runner.close()
+                # the runner's other thread reads its commands; make_jobs builds the input before the clock starts
+                top = summarise(path, exclude=("threading.py", "make_jobs"), rate=PROFILE_RATE, messages=c.n * calls)
+                out[f"{system}, {workload}"] = top
+                print(
+                    f"  {system}, {workload}: {top['samples']:,} samples, {top['us_per_message']:.2f} us per message, "
+                    f"in {path.relative_to(ROOT)}",
+                    flush=True,
+                )
+                for row in top["top"][:12]:
+                    print(f"    {row['inclusive']:5.0%} {row['self']:5.0%}  {row['function']}", flush=True)
         self.results["profile"] = out
 
     def latency(self) -> None:
@@ -999,16 +1013,26 @@ def render(report: dict[str, Any]) -> str:
             "",
         ]
     if "profile" in r:
-        for workload, top in r["profile"].items():
+        for path, top in r["profile"].items():
             lines += [
-                f"Profile of the library's {workload} path (py-spy, {top['samples']:,} samples of the runner "
-                f"process, {top['file']}): share of samples in each function (inclusive) and on top (self):",
+                f"Profile, {path} (py-spy, {top['samples']:,} samples of the runner's main thread, "
+                f"{top['us_per_message']:.2f} us per message, {top['file']}): each function's share of the samples "
+                "and time per message, inclusive and self:",
                 "",
-                "| function | inclusive | self |",
-                "|---|---|---|",
+                "| function | inclusive | self | us per message (inclusive) |",
+                "|---|---|---|---|",
             ]
-            lines += [f"| `{row['function']}` | {row['inclusive']:.0%} | {row['self']:.0%} |" for row in top["top"]]
-            lines.append("")
+            lines += [
+                f"| `{row['function']}` | {row['inclusive']:.0%} | {row['self']:.0%} | {row['us']:.3f} |"
+                for row in top["top"]
+            ]
+            lines += [
+                "",
+                "Most samples on top: "
+                + ", ".join(f"`{row['function']}` {row['self']:.0%}" for row in top["top_self"][:8])
+                + ".",
+                "",
+            ]
     m = report["machine"]
     lines.append(
         f"{m['library']}. Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; {m['os']}; "

@@ -44,7 +44,9 @@ def start_up(frames: list[str]) -> bool:
     return main is not None and main + 1 < len(frames) and frames[main + 1] == IMPORT
 
 
-def summarise(path: Path, top: int = 20, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+def summarise(
+    path: Path, top: int = 20, exclude: tuple[str, ...] = (), rate: float = 100, messages: int = 1
+) -> dict[str, Any]:
     """The ``top`` functions by inclusive share, and the ``top`` by self share, of the samples in ``path``.
 
     Stacks with a frame containing any of ``exclude`` are not counted at all
@@ -52,6 +54,8 @@ def summarise(path: Path, top: int = 20, exclude: tuple[str, ...] = ()) -> dict[
     loop and the runner's scaffolding are left out of the inclusive list (they
     hold nearly every sample), not out of the self list (time the event loop
     spends on itself is real cost; ``select`` is also where it waits for Redis).
+    With py-spy's sampling ``rate`` (per second) and the ``messages`` the run
+    handled, each function also gets its sampled time per message (``us``).
     """
     stacks = [(frames, count) for frames, count in read(path) if not any(part in f for f in frames for part in exclude)]
     total = sum(count for _, count in stacks) or 1
@@ -62,12 +66,16 @@ def summarise(path: Path, top: int = 20, exclude: tuple[str, ...] = ()) -> dict[
             inclusive[function] += count
         innermost[frames[-1]] += count
     shown = [f for f, _ in inclusive.most_common() if not any(part in f for part in SCAFFOLDING)][:top]
+    us = 1e6 / rate / messages  # one sample, in microseconds per message
+
+    def row(function: str) -> dict[str, Any]:
+        share = inclusive[function] / total
+        return {"function": function, "inclusive": share, "self": innermost[function] / total, "us": share * total * us}
+
     return {
         "file": path.name,
         "samples": total,
-        "top": [{"function": f, "inclusive": inclusive[f] / total, "self": innermost[f] / total} for f in shown],
-        "top_self": [
-            {"function": f, "inclusive": inclusive[f] / total, "self": count / total}
-            for f, count in innermost.most_common(top)
-        ],
+        "us_per_message": total * us,
+        "top": [row(f) for f in shown],
+        "top_self": [row(f) for f, _ in innermost.most_common(top)],
     }

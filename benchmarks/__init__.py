@@ -1,7 +1,10 @@
 """Benchmarks of sharded_queue: ``make bench`` (``python -m benchmarks``).
 
 - `benchmarks.bench_queue`: register/process throughput against PyPI
-  ``sharded-queue==0.2.10`` and bare redis-py, idle latency, scaling, worker RSS;
+  ``sharded-queue==0.2.10`` (at its best settings and at its defaults) and the
+  bare redis-py ceiling, worker processes (``--processes 1`` and ``2``) with their
+  CPU per message, Redis Cluster against one Redis, idle latency, scaling,
+  worker RSS; on request the peer's settings grid and py-spy profiles;
 - `benchmarks.bench_faults`: Redis memory per waiting message, and what one
   huge `register` costs other clients;
 - `benchmarks.bench_scheduling`: lateness of deferred requests, and the cost of
@@ -9,7 +12,8 @@
 - `benchmarks.bench_simulator` (when present): the simulator's own benchmarks.
 
 Runners (`lib_runner`, `peer_runner`, `bare`) are subprocesses the suites drive;
-`workload` is the workload and line protocol they share.
+`workload` is the workload and line protocol they share; `stacks` folds py-spy's
+raw stacks into per-function shares.
 """
 
 

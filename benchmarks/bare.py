@@ -1,16 +1,22 @@
 """The bare-metal ceiling: the same workload straight on redis-py, no library.
 
 ``python -m benchmarks.bare REDIS_URL`` speaks the protocol of
-`benchmarks.workload.serve`. What a queue cannot do without, and nothing else:
+`benchmarks.workload.serve`. It talks to Redis through the same client set-up
+as the library (`sharded_queue.storage.connect`: redis-py with hiredis parsing
+and packing). What a queue cannot do without, and nothing else:
 
-- register: encode ``[enqueued_at, job]`` envelopes with msgspec, group them by
-  thread, one non-transactional pipeline of RPUSH per call;
+- register: route each call with the library runner's very ``route()``
+  (`benchmarks.lib_runner.BenchHandler`, the same `Route` and `RequestRoute`
+  objects), group by tube (thread, order), encode ``[enqueued_at, job]``
+  envelopes with msgspec, then one non-transactional pipeline of one RPUSH per
+  tube per call;
 - process: ``loops`` concurrent loops; each takes a thread from a shared list,
   takes its lease (``SET NX PX``), then repeats one Lua call that checks the
   lease, trims the previous batch, renews the lease and reads the next batch;
   decodes with msgspec into the same dataclass; awaits a no-op ``perform``.
 
-No coordinator index, no orders, no heartbeat task, no retries, no dead letters,
+No validation of the routes, no stamps (a retried call may append twice), no
+coordinator index, no orders, no heartbeat task, no retries, no dead letters,
 no wake-ups: this is the floor of the work, the number the library is held to.
 """
 
@@ -25,6 +31,10 @@ from typing import Any
 import msgspec
 import redis.asyncio as aioredis
 
+from sharded_queue import Settings, settings
+from sharded_queue.storage import connect
+
+from .lib_runner import BenchHandler
 from .workload import Counter, Job, chunks, make_jobs, serve
 
 CYCLE = """
@@ -59,23 +69,35 @@ async def _setup(url: str) -> None:
     URL = url
 
 
+def _client() -> aioredis.Redis:
+    """The very client the library's storage makes for this URL (hiredis packing, same timeouts)."""
+    client: aioredis.Redis = connect(URL, Settings())
+    return client
+
+
+def tube_key(thread: str, order: str) -> str:
+    """The list of one tube."""
+    return f"bare:{thread}:{order}"
+
+
 async def fill(command: dict[str, Any]) -> dict[str, Any]:
-    """Register ``n`` jobs: per call, encode, group by thread, one pipeline of RPUSH."""
-    threads = command["threads"]
+    """Register ``n`` jobs: per call, route, group by tube and encode, one pipeline of RPUSH per tube."""
+    BenchHandler.threads = command["threads"]
+    route = BenchHandler.route
     calls = chunks(make_jobs(command["n"]), command["chunk"])
     encode = msgspec.json.Encoder().encode
-    client = aioredis.Redis.from_url(URL)
+    client = _client()
     try:
         await client.ping()
         started, cpu = time.perf_counter(), time.process_time()
         for call in calls:
             now = time.time()
-            groups: defaultdict[int, list[bytes]] = defaultdict(list)
-            for job in call:
-                groups[job.user_id % threads].append(encode((now, job)))
+            groups: defaultdict[tuple[str, str], list[bytes]] = defaultdict(list)
+            for routed in await route(*call):
+                groups[routed.route.thread, routed.route.order].append(encode((now, routed.request)))
             pipe = client.pipeline(transaction=False)
-            for thread, payloads in groups.items():
-                pipe.rpush(f"bare:{thread}", *payloads)
+            for (thread, order), payloads in groups.items():
+                pipe.rpush(tube_key(thread, order), *payloads)
             await pipe.execute()
         seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     finally:
@@ -88,15 +110,16 @@ async def drain(command: dict[str, Any]) -> dict[str, Any]:
     COUNTER.reset(command["n"], command.get("rss_every", 0))
     batch = command["batch"]
     decode = msgspec.json.Decoder(tuple[float, Job]).decode
-    client = aioredis.Redis.from_url(URL)
+    client = _client()
     cycle = client.register_script(CYCLE)
     release = client.register_script(RELEASE)
-    todo = list(range(command["threads"]))
+    tubes = [tube_key(str(thread), settings.default_order) for thread in range(command["threads"])]  # route()'s
+    todo = tubes[:]
 
     async def loop() -> None:
         while todo:
-            thread = todo.pop(0)
-            lease, tube, token = f"bare:{thread}:lease", f"bare:{thread}", secrets.token_hex(16)
+            tube = todo.pop(0)
+            lease, token = f"{tube}:lease", secrets.token_hex(16)
             if not await client.set(lease, token, nx=True, px=LEASE_TTL_MS):
                 continue
             ack = 0
@@ -123,7 +146,7 @@ async def drain(command: dict[str, Any]) -> dict[str, Any]:
         await asyncio.wait_for(loops, 60)
         if not COUNTER.done.is_set():
             raise RuntimeError(f"drain did not finish: {COUNTER.count}/{command['n']} performed")
-        left = sum([await client.llen(f"bare:{thread}") for thread in range(command["threads"])])
+        left = sum([await client.llen(tube) for tube in tubes])
     finally:
         await client.aclose()
     return COUNTER.report(seconds, cpu, left)

@@ -2,7 +2,13 @@
 
 Speaks the JSON-line protocol of `benchmarks.workload.serve`. Leases, heartbeats
 and fencing are always on (they cannot be switched off); settings are the
-library's defaults except the batch size a command asks for.
+library's defaults except the batch size a command asks for and whatever its
+``settings`` object names (`Settings` fields).
+
+`BenchHandler` is also what ``sharded-queue worker benchmarks.lib_runner:BenchHandler``
+runs in the multi-process benchmark, and the ``route()`` the bare register loop
+calls (`benchmarks.bare`); it is stored under the name ``bench:job`` whichever
+module name it was imported under.
 """
 
 from __future__ import annotations
@@ -10,24 +16,26 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 from sharded_queue import Handler, Queue, RequestRoute, Route, Settings, Worker
 
 from .workload import Counter, Job, chunks, make_jobs, serve
 
 COUNTER = Counter()
-THREADS = 16
 STARTS: dict[int, float] = {}
 URL = ""
 
 
 class BenchHandler(Handler):
-    """No-op handler: routes by user id, counts what it performs."""
+    """No-op handler: routes by user id over ``threads`` threads, counts what it performs."""
+
+    name = "bench:job"
+    threads: ClassVar[int] = 16
 
     @classmethod
     async def route(cls, *requests: Job) -> list[RequestRoute]:
-        threads = THREADS
+        threads = cls.threads
         return [RequestRoute(request, Route(thread=request.user_id % threads)) for request in requests]
 
     async def perform(self, *requests: Job) -> None:
@@ -37,9 +45,11 @@ class BenchHandler(Handler):
 class LatencyHandler(Handler):
     """Records when ``perform`` starts for each job (``time.perf_counter``, system-wide on Linux)."""
 
+    name = "bench:latency"
+
     @classmethod
     async def route(cls, *requests: Job) -> list[RequestRoute]:
-        return [RequestRoute(request, Route(thread=request.user_id % THREADS)) for request in requests]
+        return [RequestRoute(request, Route(thread=request.user_id % BenchHandler.threads)) for request in requests]
 
     async def perform(self, *requests: Job) -> None:
         now = time.perf_counter()
@@ -48,8 +58,8 @@ class LatencyHandler(Handler):
         COUNTER.add(len(requests))
 
 
-def _queue(batch: int = 128) -> Queue:
-    return Queue(URL, settings=Settings(worker_batch_size=batch))
+def _queue(batch: int = 128, settings: dict[str, Any] | None = None) -> Queue:
+    return Queue(URL, settings=Settings(**{"worker_batch_size": batch, **(settings or {})}))
 
 
 async def _setup(url: str) -> None:
@@ -59,8 +69,7 @@ async def _setup(url: str) -> None:
 
 async def fill(command: dict[str, Any]) -> dict[str, Any]:
     """Register ``n`` jobs over ``threads`` threads in calls of ``chunk``; time it."""
-    global THREADS
-    THREADS = command["threads"]
+    BenchHandler.threads = command["threads"]
     calls = chunks(make_jobs(command["n"]), command["chunk"])
     async with _queue() as queue:
         await queue.storage.client.ping()  # connect outside the clock
@@ -73,11 +82,10 @@ async def fill(command: dict[str, Any]) -> dict[str, Any]:
 
 async def drain(command: dict[str, Any]) -> dict[str, Any]:
     """Perform the ``n`` waiting jobs with ``loops`` loops of one worker; time until all were performed."""
-    global THREADS
-    THREADS = command["threads"]
+    BenchHandler.threads = command["threads"]
     COUNTER.reset(command["n"], command.get("rss_every", 0))
     assert COUNTER.done is not None
-    async with _queue(command["batch"]) as queue:
+    async with _queue(command["batch"], command.get("settings")) as queue:
         worker = Worker(queue, handlers=[BenchHandler])
         rss_before = COUNTER.samples[:]
         started, cpu = time.perf_counter(), time.process_time()
@@ -100,8 +108,7 @@ _latency: dict[str, Any] = {}
 
 async def latency_start(command: dict[str, Any]) -> dict[str, Any]:
     """Start an idle worker (one loop, default settings) that records perform start times."""
-    global THREADS
-    THREADS = command["threads"]
+    BenchHandler.threads = command["threads"]
     STARTS.clear()
     COUNTER.reset(command["samples"])
     queue = _queue()
@@ -127,8 +134,7 @@ async def latency_collect(command: dict[str, Any]) -> dict[str, Any]:
 
 async def latency_produce(command: dict[str, Any]) -> dict[str, Any]:
     """Register single jobs, ``gap`` seconds apart (uniform in [lo, hi]); return when each call returned."""
-    global THREADS
-    THREADS = command["threads"]
+    BenchHandler.threads = command["threads"]
     rng = random.Random(command.get("seed", 1))
     lo, hi = command["gap"]
     returned: dict[str, float] = {}

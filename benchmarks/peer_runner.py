@@ -7,9 +7,11 @@ a process with this library. Speaks the protocol of ``workload.serve``.
 The peer's documented Redis set-up: ``RedisStorage`` and ``RedisLock`` over a
 ``redis.asyncio.Redis`` with ``decode_responses=True``; one ``Worker`` per
 concurrent loop (a peer worker binds one tube at a time). Its settings are its
-defaults (batch 128, empty limit 16, empty pause 0.1 s, lock TTL 24 h) except
-the batch size a command asks for. The peer has no lease fencing and no
-heartbeat: it prolongs its lock after each batch.
+defaults (batch 128, empty limit 16, empty pause 0.1 s, acquire delay 1 s, lock
+TTL 24 h) except the batch size a command asks for and whatever its ``peer``
+object sets: ``empty_limit``, ``empty_pause``, ``acquire_delay`` (the
+`WorkerSettings` fields this workload touches) and ``lock_timeout``. The peer
+has no lease fencing and no heartbeat: it prolongs its lock after each batch.
 """
 
 # The sharded_queue imported here is the peer, a third-party package, not this project:
@@ -102,8 +104,10 @@ async def drain(command: dict[str, Any]) -> dict[str, Any]:
     client = _client()
     storage = _storage(client)
     queue = Queue(storage)
-    settings = WorkerSettings(batch_size=command["batch"])
-    lock_settings = LockSettings(prefix=f"lock{RUN}_")
+    tuned = dict(command.get("peer", {}))
+    lock_timeout = tuned.pop("lock_timeout", None)
+    settings = WorkerSettings(batch_size=command["batch"], **tuned)
+    lock_settings = LockSettings(prefix=f"lock{RUN}_", **({} if lock_timeout is None else {"timeout": lock_timeout}))
     try:
         await client.ping()
         started, cpu = time.perf_counter(), time.process_time()

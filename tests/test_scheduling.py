@@ -77,9 +77,7 @@ async def test_deferred_request_is_performed_when_due_not_before(queue: Queue, t
     assert timed.performed[1][1] >= due.timestamp()  # on the storage server's clock
 
 
-async def test_deferred_requests_join_the_tail_in_due_then_registration_order(
-    queue: Queue, timed: type[Timed]
-) -> None:
+async def test_deferred_requests_join_the_tail_in_due_then_registration_order(queue: Queue, timed: type[Timed]) -> None:
     now = await queue.storage.server_time()
     at = datetime.fromtimestamp(now + 0.3, UTC)
     await queue.register(timed, "b1", "b2", defer=at)

@@ -98,17 +98,17 @@ NONE = Overhead()
 """No library CPU: every loop an independent server, as the textbook queues assume."""
 
 LIBRARY = Overhead(
-    poll=5.78e-05,
-    acquire=5.83e-05,
-    begin=1.04e-05,
-    cycle=5.53e-05,
-    decode=1.37e-07,
-    perform=1.04e-05,
-    perform_per_message=3.67e-08,
-    end=6.78e-05,
-    idle=5.19e-06,
+    poll=5.13e-05,
+    acquire=5.31e-05,
+    begin=1.16e-05,
+    cycle=4.82e-05,
+    decode=9.81e-08,
+    perform=9.76e-06,
+    perform_per_message=3.49e-08,
+    end=6.56e-05,
+    idle=8.77e-06,
     wake=3.19e-05,
-    timer_slack=8.04e-05,
+    timer_slack=8.09e-05,
 )
 """The library's CPU on this project's 2-core development machine (Python 3.11, redis-py
 with hiredis, a local redis-server), measured by::
@@ -117,12 +117,15 @@ with hiredis, a local redis-server), measured by::
 
 which drains backlogs of a no-op handler with one loop and times each effect with the
 thread's CPU clock, and checks the constants against runs of 2 to 16 loops in one
-process (within 10%, 20% for 16 loops with batches of 128). The machine is shared:
-each constant is the median of three measurements, which move by under 10% (the
-idle and wake-up costs and the tiny decode by up to 2x). Re-measure on the machine you plan for
-and pass your own `Overhead` (or ``LIBRARY.scaled(factor)``)."""
+process. Measured on 2026-11-29 with the machine otherwise quiet (load 0.8): with many
+loops and batches of 16 the constants overstate the thread's CPU by 8-21% (replies
+share the event loop's wake-ups), with 16 loops and batches of 128 they understate it
+by 30%. Each constant is the median of three measurements, which move by under 10%
+(the idle and wake-up costs and the tiny decode by up to 2x); under load they grow
+(10-15% at load 1.6). Re-measure on the machine you plan for and pass your own
+`Overhead` (or ``LIBRARY.scaled(factor)``)."""
 
-TRACED = dataclasses.replace(LIBRARY, trace=5.17e-06, trace_per_message=4.28e-07)
+TRACED = dataclasses.replace(LIBRARY, trace=4.55e-06, trace_per_message=4.07e-07)
 """`LIBRARY` for a worker that records a trace (``Worker(trace=True)``), as the real runs
 `calibrate` learns from do; measured by the same benchmark."""
 

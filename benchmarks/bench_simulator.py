@@ -62,12 +62,12 @@ def arrival_rate() -> float:
     return UTILISATION * LOOPS * BATCH / (PER_BATCH + BATCH * PER_MESSAGE + RTT)
 
 
-def twin(threads: int, duration: float, trace: bool, seed: int = 1) -> Scenario:
-    """The benchmark scenario for the simulator."""
+def twin(threads: int, duration: float, trace: bool, seed: int = 1, every: float = REGISTER_EVERY) -> Scenario:
+    """The benchmark scenario for the simulator (a ``register`` call per ``every`` seconds)."""
     return Scenario(
         Workload(
             router(threads),
-            Registered(Poisson(arrival_rate()), every=REGISTER_EVERY),
+            Registered(Poisson(arrival_rate()), every=every),
             Service(PER_BATCH, PER_MESSAGE, LogNormal(0.3)),
             Keyed(Uniform(10_000)),
         ),
@@ -157,6 +157,8 @@ def main(argv: list[str] | None = None) -> None:
     twin_speed = twin_row("twin: 16 threads, 8 loops, trace off", twin(16, options.duration, trace=False))
     twin_row("twin: 16 threads, 8 loops, trace on", twin(16, options.duration, trace=True))
     twin_row("twin: 8 threads, 8 loops, trace off", twin(8, options.duration, trace=False))
+    few = 5 / rate  # calls of about 5 requests: most touch fewer threads than the idle loops waiting
+    twin_row("twin: 8 threads, 8 loops, calls of ~5", twin(8, options.duration / 10, trace=False, every=few))
     mean_service = UTILISATION * LOOPS / rate
     _, seconds = timed(lambda: per_message_mmc(rate, LOOPS, mean_service, options.mmc_messages))
     mmc_speed = options.mmc_messages / seconds

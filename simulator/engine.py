@@ -394,7 +394,9 @@ class Feed:
         # touches several threads wakes several idle loops (`Worker._on_wake`). Such groups
         # (arrivals sharing an enqueue time: a `Backlog`, a replayed chunk) are kept apart.
         self.group_times = np.empty(0)  # enqueue times shared by arrivals on two or more threads
-        self.group_threads: list[np.ndarray] = []  # the distinct threads of each
+        self.group_threads = np.empty(0, dtype=np.int64)  # the distinct threads of each, one group after another
+        self.group_starts = np.zeros(1, dtype=np.int64)  # group i: group_threads[group_starts[i]:group_starts[i + 1]]
+        self.group_largest = 0  # the most threads of one group
         self.on_groups: Any = None  # called when new groups are materialised
 
     def ensure(self, at: float) -> None:
@@ -465,20 +467,25 @@ class Feed:
             threads = np.concatenate((self.wake_threads[same], threads))
             if len(self.group_times) and self.group_times[-1] == times[0]:
                 self.group_times = self.group_times[:-1]
-                self.group_threads.pop()
+                self.group_starts = self.group_starts[:-1]
+                self.group_threads = self.group_threads[: self.group_starts[-1]]
         shared = np.zeros(len(times), dtype=bool)
         shared[1:] = times[1:] == times[:-1]
         shared[:-1] |= shared[1:]
         if not shared.any():
             return
-        found = []
-        for at in np.unique(times[shared]):
-            distinct = np.unique(threads[times == at])
+        found, groups = [], []
+        for at in np.unique(times[shared]):  # times are in order: each one's arrivals are a slice
+            distinct = np.unique(threads[times.searchsorted(at, "left") : times.searchsorted(at, "right")])
             if len(distinct) > 1:
                 found.append(at)
-                self.group_threads.append(distinct)
+                groups.append(distinct)
         if found:
             self.group_times = np.concatenate((self.group_times, found))
+            self.group_threads = np.concatenate((self.group_threads, *groups))
+            ends = self.group_starts[-1] + np.cumsum([len(group) for group in groups])
+            self.group_starts = np.concatenate((self.group_starts, ends))
+            self.group_largest = max(self.group_largest, *(len(group) for group in groups))
             if self.on_groups is not None:
                 self.on_groups()
 
@@ -489,16 +496,23 @@ class Feed:
     def next_group(self, process: SimProcess, at: float, need: int) -> float:
         """Enqueue time of the first materialised registration after ``at`` that touches
         at least ``need`` (> 1) distinct threads that no loop of ``process`` holds."""
-        for index in range(int(self.group_times.searchsorted(at, "right")), len(self.group_times)):
-            threads = self.group_threads[index]
-            if len(threads) < need:
-                continue
-            held = self.passes(process)  # threads held by its loops, or answered by another process
-            free = int(np.count_nonzero(threads >= len(held))) + int(
-                np.count_nonzero(~held[threads[threads < len(held)]])
-            )
-            if free >= need:
-                return float(self.group_times[index])
+        first, count = int(self.group_times.searchsorted(at, "right")), len(self.group_times)
+        if first == count or need > self.group_largest:
+            return math.inf
+        held = self.passes(process)  # threads held by its loops, or answered by another process
+        step = 16  # groups looked at together, growing: the first is usually near, but may be far
+        while first < count:
+            stop = min(count, first + step)
+            low = self.group_starts[first]
+            threads = self.group_threads[low : self.group_starts[stop]]
+            free = threads >= len(held)
+            known = ~free
+            free[known] = ~held[threads[known]]
+            counts = np.add.reduceat(free, self.group_starts[first:stop] - low, dtype=np.int64)
+            hits = np.flatnonzero(counts >= need)
+            if len(hits):
+                return float(self.group_times[first + int(hits[0])])
+            first, step = stop, step * 4
         return math.inf
 
     def passes(self, process: SimProcess) -> np.ndarray:

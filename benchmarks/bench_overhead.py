@@ -1,297 +1,31 @@
-"""The library's own CPU per effect, measured on a real redis-server: the constants of `simulator.overhead`.
-
-The twin charges every effect a worker loop carries out (poll, acquire, begin,
-cycle with its per-message decode, perform call, end) and every wake-up
-message a worker process receives to the process's one CPU. This benchmark
-measures those costs from the library itself::
+"""The library's own CPU per effect on this machine: a report of `simulator.measure`.
 
     .venv/bin/python -m benchmarks.bench_overhead            # prints the table and the Overhead(...) literal
 
-Each constant is the median of three measurements (``--repeat``): the machine is shared.
-
-How: one worker loop (so the thread's CPU clock sees nothing but that loop)
-drains backlogs of a no-op handler (once with tracing on, for what recording
-a trace adds to each ``perform``) over 4 threads with batch sizes 1, 16 and
-128 from a redis-server it starts on a free loopback port. Each effect is
-charged the thread CPU time (``time.thread_time``) from the end of the
-previous effect to its own end: the core's decision, the storage call
-(encode, send, the event loop's wait, parse) and the bookkeeping around it.
-Cycle and perform costs are fitted as ``a + b * n`` over the batch sizes;
-the others are means. A wake-up message is timed by a subscribed listener
-while another thread publishes. The asyncio timer granularity is measured by
-timing ``asyncio.sleep`` on an idle event loop.
-
-The loop-level measurement is checked against a run of 8 loops in one
-process: the CPU the model predicts from the effect counts against the
-thread's measured CPU.
+The twin charges every effect a worker loop carries out, and every wake-up
+message a worker process receives, to the process's one CPU; how they are
+measured is in `simulator.measure`. This prints each constant with its spread
+over ``--repeat`` measurements (the median of three by default: the machine is
+shared), the asyncio timer's granularity, a check of the constants against
+runs of 2 to 16 loops in one process (the CPU the model predicts from the
+effect counts against the thread's measured CPU), and the `Overhead(...)`
+literal that `simulator.cpu.LIBRARY` holds for the development machine.
+The redis-server is started on a free loopback port unless ``--url`` names one.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import math
 import statistics
 import tempfile
-import threading
-import time
-import uuid
-from collections import defaultdict
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import redis
 
-from sharded_queue import Handler, Queue, RequestRoute, Route, Settings, Worker
-from sharded_queue.core import Batch, Cycle, Effect, Perform
 from sharded_queue.testing import RedisServer
-from sharded_queue.worker import _Loop
-
-THREADS = 4
-
-
-class Noop(Handler):
-    """A no-op ``perform``; requests are ints spread over `THREADS` threads."""
-
-    name = "bench-overhead:noop"
-
-    @classmethod
-    async def route(cls, *requests: int) -> list[RequestRoute]:
-        return [RequestRoute(r, Route(thread=r % THREADS)) for r in requests]
-
-    async def perform(self, *requests: int) -> None:
-        pass
-
-
-class EffectClock:
-    """Charges each effect of the running loops the thread CPU since the previous effect ended,
-    and counts the event loop's iterations (calls of its selector) meanwhile."""
-
-    def __init__(self) -> None:
-        self.samples: list[tuple[str, int, float, int]] = []
-        self.last = math.nan
-        self.last_iterations = 0
-        self.iterations = 0
-        self.original = _Loop.execute
-
-    def __enter__(self) -> EffectClock:
-        clock = self
-        original = self.original
-        selector = asyncio.get_running_loop()._selector  # type: ignore[attr-defined]
-        select = selector.select
-
-        def counting(timeout: float | None = None) -> Any:
-            clock.iterations += 1
-            return select(timeout)
-
-        selector.select = counting
-        self.selector = selector
-
-        async def execute(loop: _Loop, effect: Effect) -> Any:
-            start = time.thread_time()
-            before = start if math.isnan(clock.last) else clock.last
-            result = await original(loop, effect)
-            end = time.thread_time()
-            clock.last = end
-            size = 0
-            if isinstance(effect, Cycle) and isinstance(result, Batch):
-                size = result.size
-            elif isinstance(effect, Perform):
-                size = len(effect.messages)
-            clock.samples.append((type(effect).__name__, size, end - before, clock.iterations - clock.last_iterations))
-            clock.last_iterations = clock.iterations
-            return result
-
-        _Loop.execute = execute  # type: ignore[method-assign]
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        _Loop.execute = self.original  # type: ignore[method-assign]
-        del self.selector.select
-
-
-Sample = tuple[str, int, float, int]
-"""One effect: its kind, batch size (cycles and performs), thread CPU seconds, event loop iterations."""
-
-
-async def drain(
-    url: str, batch: int, messages: int, loops: int, trace: bool = False
-) -> tuple[list[Sample], float, int]:
-    """Drain a backlog of ``messages``: per-effect samples, the thread's total CPU and iterations."""
-    settings = Settings(storage_url=url, key_prefix=f"bench-overhead-{uuid.uuid4().hex[:8]}", worker_batch_size=batch)
-    queue = Queue(url, settings=settings)
-    try:
-        for start in range(0, messages, 1000):
-            await queue.register(Noop, *range(start, min(start + 1000, messages)))
-        worker = Worker(queue, handlers=[Noop], settings=settings, trace=trace)
-        share = messages // loops
-        limits = [share + (messages - share * loops if i == 0 else 0) for i in range(loops)]
-        with EffectClock() as clock:
-            cpu = time.thread_time()
-            await asyncio.gather(*(worker.loop(limit) for limit in limits))
-            cpu = time.thread_time() - cpu
-        return clock.samples, cpu, clock.iterations
-    finally:
-        await queue.close()
-
-
-def fit_line(sizes: Sequence[int], costs: Sequence[float]) -> tuple[float, float]:
-    """Least squares ``cost = a + b * size``."""
-    x = np.asarray(sizes, dtype=float)
-    (a, b), *_ = np.linalg.lstsq(np.column_stack((np.ones_like(x), x)), np.asarray(costs), rcond=None)
-    return float(a), float(b)
-
-
-KINDS = ("Poll", "Acquire", "Begin", "Cycle", "Perform", "End")
-
-
-def effect_costs(samples: list[Sample]) -> dict[str, float]:
-    """The per-effect constants from one loop's samples."""
-    by: dict[str, list[tuple[int, float]]] = defaultdict(list)
-    for name, size, cost, _ in samples:
-        by[name].append((size, cost))
-    cycles = by["Cycle"]
-    cycle, decode = fit_line([n for n, _ in cycles], [c for _, c in cycles])
-    perform, per_message = fit_line([n for n, _ in by["Perform"]], [c for _, c in by["Perform"]])
-    return {
-        "poll": statistics.fmean(c for _, c in by["Poll"]),
-        "acquire": statistics.fmean(c for _, c in by["Acquire"]),
-        "begin": statistics.fmean(c for _, c in by["Begin"]),
-        "cycle": cycle,
-        "decode": decode,
-        "perform": perform,
-        "perform_per_message": per_message,
-        "end": statistics.fmean(c for _, c in by["End"]),
-    }
-
-
-def idle_cost(single: list[Sample], runs: list[tuple[list[Sample], float, int]]) -> tuple[float, float]:
-    """CPU of one event loop iteration, and what an effect costs more when it wakes an idle process.
-
-    One loop's effects each cost their own work plus about three event loop
-    iterations (the wake-up from ``epoll_wait``, the reply, the task's step).
-    With more loops in the process, replies arrive while it is busy and
-    iterations are shared. Regressing each run's CPU below the one-loop costs
-    on the iterations it saved gives the cost of one; an effect that finds the
-    process idle pays the iterations one loop pays beyond those of the busiest
-    runs.
-    """
-    by: dict[str, list[tuple[int, float, int]]] = defaultdict(list)
-    for name, size, cost, iterations in single:
-        by[name].append((size, cost, iterations))
-    lines = {name: fit_line([n for n, _, _ in v], [c for _, c, _ in v]) for name, v in by.items()}
-    iterations_of = {name: statistics.fmean(i for _, _, i in v) for name, v in by.items()}
-    saved_cpu, saved_iterations, per_effect = [], [], []
-    for samples, cpu, iterations in runs:
-        known = [(name, size) for name, size, _, _ in samples if name in lines]  # waits: not in a one-loop drain
-        saved_cpu.append(sum(lines[name][0] + lines[name][1] * size for name, size in known) - cpu)
-        saved_iterations.append(sum(iterations_of[name] for name, _ in known) - iterations)
-        per_effect.append(iterations / len(samples))
-    x, y = np.asarray(saved_iterations), np.asarray(saved_cpu)
-    iteration = float(x @ y / (x @ x))
-    single_iterations = statistics.fmean(i for _, _, _, i in single)
-    return iteration, iteration * (single_iterations - min(per_effect))
-
-
-async def wake_cost(url: str, messages: int = 5000) -> float:
-    """CPU of one wake-up message in a worker process's listener (parse and route), seconds."""
-    settings = Settings(storage_url=url, key_prefix=f"bench-overhead-{uuid.uuid4().hex[:8]}")
-    queue = Queue(url, settings=settings)
-    storage = queue.storage
-    received = 0
-    done = asyncio.Event()
-
-    def on_wake(threads: list[Any]) -> None:
-        nonlocal received
-        received += 1
-        if received == messages:
-            done.set()
-
-    ready = asyncio.Event()
-    listener = asyncio.create_task(storage.listen_wake(on_wake, ready.set))
-    await ready.wait()
-    channel = storage.keys.wake
-    payload = b'[["bench-overhead:noop","3"]]'
-
-    def publish() -> None:
-        client = redis.Redis.from_url(url)
-        for _ in range(messages):
-            client.publish(channel, payload)
-        client.close()
-
-    cpu = time.thread_time()
-    producer = threading.Thread(target=publish)
-    producer.start()
-    await asyncio.wait_for(done.wait(), 120)
-    cpu = time.thread_time() - cpu
-    producer.join()
-    listener.cancel()
-    await asyncio.gather(listener, return_exceptions=True)
-    await queue.close()
-    return cpu / messages
-
-
-async def sleep_times(seconds: float, count: int = 300) -> list[float]:
-    """How long ``asyncio.sleep(seconds)`` takes on an idle event loop."""
-    taken = []
-    for _ in range(count):
-        start = time.perf_counter()
-        await asyncio.sleep(seconds)
-        taken.append(time.perf_counter() - start)
-    return taken
-
-
-async def measure(url: str, messages: int) -> dict[str, Any]:
-    """Every measurement of the module docstring."""
-    await drain(url, 16, 2000, 1)  # warm-up: script loading, first connections, imports
-    single: list[Sample] = []
-    for batch in (1, 16, 128):
-        got, _, _ = await drain(url, batch, messages if batch > 1 else messages // 8, 1)
-        single += got
-    runs = [await drain(url, batch, messages, loops) for loops in (2, 4, 8, 16) for batch in (16, 128)]
-    traced: list[Sample] = []
-    for batch in (1, 16, 128):
-        got, _, _ = await drain(url, batch, messages if batch > 1 else messages // 8, 1, trace=True)
-        traced += got
-    iteration, idle = idle_cost(single, runs)
-    costs = effect_costs(single)
-    for name in ("poll", "acquire", "cycle", "end"):  # the one-loop costs include a wake-up from idle
-        costs[name] -= idle
-    costs["idle"] = idle
-    with_trace = effect_costs(traced)
-    costs["trace"] = with_trace["perform"] - costs["perform"]
-    costs["trace_per_message"] = with_trace["perform_per_message"] - costs["perform_per_message"]
-    costs["wake"] = await wake_cost(url)
-    sleeps = {d: await sleep_times(d) for d in (0.0002, 0.0005, 0.001, 0.0015, 0.003)}
-    slack = statistics.median(statistics.median(t) - math.ceil(d * 1000 - 1e-9) / 1000 for d, t in sleeps.items())
-    single_iterations = statistics.fmean(i for _, _, _, i in single)
-    check = []
-    for (samples, cpu, iterations), (loops, batch) in zip(
-        runs, [(loops, batch) for loops in (2, 4, 8, 16) for batch in (16, 128)], strict=True
-    ):
-        # the share of effects that found the process idle, from the iterations they shared
-        woke = min(1.0, (iterations / len(samples)) / single_iterations)
-        trips = sum(name in ("Poll", "Acquire", "Cycle", "End") for name, *_ in samples)
-        predicted = sum(_predict(costs, name, size) for name, size, _, _ in samples) + costs["idle"] * woke * trips
-        check.append((loops, batch, cpu, predicted, iterations / len(samples)))
-    return {
-        "costs": costs,
-        "sleeps": sleeps,
-        "slack": slack,
-        "check": check,
-        "single_iterations": single_iterations,
-        "iteration": iteration,
-    }
-
-
-def _predict(costs: dict[str, float], name: str, size: int) -> float:
-    if name == "Cycle":
-        return costs["cycle"] + costs["decode"] * size
-    if name == "Perform":
-        return costs["perform"] + costs["perform_per_message"] * size
-    return costs.get(name.lower(), 0.0)
+from simulator.measure import KINDS, measure
 
 
 def main(argv: list[str] | None = None) -> None:

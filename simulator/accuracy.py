@@ -8,7 +8,13 @@ same enqueue times. `compare` then gives, per thread and order, the relative
 error of throughput (drains) and of p50 and p99 latency (sojourn).
 
 Each `Prediction` calibrates the twin on one real run and predicts another
-configuration: more loops, more processes, a higher load, a bigger drain::
+configuration: more loops, more processes, a higher load, a bigger drain.
+
+The twin charges the library's CPU per effect as measured on the project's
+development machine (`simulator.cpu.LIBRARY`); the real runs may be on a
+machine with other costs, so the suite first measures this one's
+(`simulator.measure.measure_overhead`), as a capacity planner measures the
+machines they plan for::
 
     python -m simulator.accuracy                # both tables; spawns its own redis-server
     python -m simulator.accuracy --only predictions --url redis://127.0.0.1:6380/0
@@ -36,8 +42,9 @@ from sharded_queue.testing import RedisServer
 
 from .analysis import compare, summary
 from .calibrate import Calibration, calibrate
-from .cpu import TRACED
+from .cpu import TRACED, Overhead
 from .engine import simulate
+from .measure import measure_overhead
 from .realrun import run_workers
 from .scenario import Scenario, Workload
 from .workload import Keyed, KeySequence, Replay, Service
@@ -64,6 +71,8 @@ class Config:
         processes: Worker processes the loops are spread over.
         perform: ``"sleep"`` (``asyncio.sleep``: waiting), ``"spin"`` (computing:
             the process's CPU) or ``"noop"``.
+        hot: Share of the requests on thread ``"0"``, the hot thread; the rest
+            round robin over the other threads. 0: all threads alike.
     """
 
     name: str
@@ -78,6 +87,7 @@ class Config:
     per_message: float = 0.001
     processes: int = 1
     perform: str = "sleep"
+    hot: float = 0.0
 
     @property
     def mode(self) -> str:
@@ -111,9 +121,14 @@ GRID: tuple[Config, ...] = (
     Config("o4", loops=8, batch=32, threads=32, orders=1, delay=0.05, messages=450, rate=75),
     Config("o5", loops=4, batch=4, threads=2, orders=1, delay=0.05, messages=300, rate=75),
     Config("o6", loops=8, batch=256, threads=8, orders=3, delay=0.1, messages=1600, rate=250),
+    Config("o7", loops=4, batch=16, threads=8, orders=2, delay=0.05, messages=1200, rate=150, hot=0.5),
 )
 """Loops 1-8, batches 1-256, threads 1-32, 1-3 orders, coordinator delay 0-0.2 s,
-backlogs (``b*``) and open-loop arrivals below saturation (``o*``)."""
+backlogs (``b*``) and open-loop arrivals below saturation (``o*``); ``o7`` puts
+half of its requests on one hot thread."""
+
+_GOLDEN = (5**0.5 - 1) / 2
+"""Request ``r`` is on the hot thread when ``frac(r * _GOLDEN) < hot``: spread evenly over time."""
 
 
 class TimedHandler(Handler):
@@ -123,10 +138,18 @@ class TimedHandler(Handler):
     orders_used: ClassVar[int] = 1
     per_batch: ClassVar[float] = 0.0
     per_message: ClassVar[float] = 0.0
+    hot: ClassVar[float] = 0.0
 
     @classmethod
     async def route(cls, *requests: int) -> list[RequestRoute]:
-        return [RequestRoute(r, Route(r % cls.threads, (r // cls.threads) % cls.orders_used)) for r in requests]
+        return [RequestRoute(r, Route(cls.thread_of(r), (r // cls.threads) % cls.orders_used)) for r in requests]
+
+    @classmethod
+    def thread_of(cls, request: int) -> int:
+        """Round robin, or the hot thread ``0`` for a ``hot`` share and round robin over the others."""
+        if not cls.hot:
+            return request % cls.threads
+        return 0 if (request * _GOLDEN) % 1 < cls.hot else 1 + request % (cls.threads - 1)
 
     async def perform(self, *requests: int) -> None:
         await asyncio.sleep(self.per_batch + self.per_message * len(requests))
@@ -165,12 +188,13 @@ def spec_of(config: Config) -> dict[str, Any]:
         "orders_used": config.orders,
         "per_batch": config.per_batch,
         "per_message": config.per_message,
+        "hot": config.hot,
     }
 
 
 def handler_from_spec(spec: dict[str, Any]) -> type[TimedHandler]:
     """The handler class of `spec_of`."""
-    attributes = {key: spec[key] for key in ("threads", "orders_used", "per_batch", "per_message")}
+    attributes = {key: spec[key] for key in ("threads", "orders_used", "per_batch", "per_message", "hot")}
     attributes["name"] = f"accuracy:{spec['name']}"
     return type(f"Timed_{spec['name']}", (PERFORMS[spec["perform"]],), attributes)
 
@@ -198,7 +222,12 @@ async def real_trace(config: Config, url: str, seed: int = 0) -> pd.DataFrame:
 
 
 def twin_trace(
-    config: Config, real: pd.DataFrame, fitted: Calibration | None = None, probe: float = math.nan, seed: int = 1
+    config: Config,
+    real: pd.DataFrame,
+    fitted: Calibration | None = None,
+    probe: float = math.nan,
+    seed: int = 1,
+    overhead: Overhead = TRACED,
 ) -> pd.DataFrame:
     """The simulated trace of ``config``, replaying ``real``'s requests and enqueue times.
 
@@ -209,8 +238,10 @@ def twin_trace(
             same configuration). A prediction passes one fitted on another run.
         probe: Round trip to use when the calibration found none (see `probe_rtt`).
         seed: The twin's seed.
+        overhead: The library's CPU per effect on the machine of the real runs
+            (`simulator.measure.measure_overhead`); ignored when ``fitted`` is given (it carries its own).
     """
-    fitted = fitted or calibrate(real, timer=config.perform == "sleep", overhead=TRACED)
+    fitted = fitted or calibrate(real, timer=config.perform == "sleep", overhead=overhead)
     ordered = real.sort_values("enqueued_at", kind="stable")
     # A backlog is registered before the real workers start: the twin starts with all of it there.
     times = ordered["enqueued_at"].to_numpy() if config.mode == "open" else np.zeros(len(ordered))
@@ -280,6 +311,9 @@ def errors(config: Config, sim: pd.DataFrame, real: pd.DataFrame) -> pd.DataFram
         parts.append(compare(sim, real, by=(), metrics=("throughput",)).assign(order="*"))
         parts.append(compare(sim, real, by=("order",), metrics=("throughput",)))
     parts.append(compare(sim, real, by=("order",), metrics=LATENCY).assign(thread="*"))
+    if config.hot:  # open loop: the hot thread's latency per order is no draw
+        hot = compare(sim, real, by=("thread", "order"), metrics=LATENCY)
+        parts.append(hot[hot["thread"] == "0"])
     table = pd.concat(parts, ignore_index=True)
     table.insert(0, "config", config.name)
     return table
@@ -290,23 +324,23 @@ def _from_first_start(trace: pd.DataFrame) -> pd.DataFrame:
     return trace.assign(enqueued_at=trace["enqueued_at"].clip(lower=trace["started_at"].min()))
 
 
-async def run(config: Config, url: str, runs: int = 1) -> pd.DataFrame:
+async def run(config: Config, url: str, runs: int = 1, overhead: Overhead = TRACED) -> pd.DataFrame:
     """`errors` of ``runs`` real runs of one config (other arrivals each), each against its twin
     calibrated on it; ``real_p50``/``real_p99`` give the real side's run-to-run noise."""
     tables = []
     for number in range(runs):
         real = await real_trace(config, url, seed=number)
-        tables.append(twin_errors(config, real).assign(run=number, **_overall(real)))
+        tables.append(twin_errors(config, real, overhead=overhead).assign(run=number, **_overall(real)))
     return pd.concat(tables, ignore_index=True)
 
 
-async def run_prediction(prediction: Prediction, url: str, runs: int = 1) -> pd.DataFrame:
+async def run_prediction(prediction: Prediction, url: str, runs: int = 1, overhead: Overhead = TRACED) -> pd.DataFrame:
     """`errors` of ``runs`` predicted runs, the twin calibrated each time on a run of the other config."""
     tables = []
     for number in range(runs):
         source = await real_trace(prediction.calibrated, url, seed=number)
         target = await real_trace(prediction.predicted, url, seed=number + 1000)
-        fitted = calibrate(source, timer=prediction.calibrated.perform == "sleep", overhead=TRACED)
+        fitted = calibrate(source, timer=prediction.calibrated.perform == "sleep", overhead=overhead)
         table = twin_errors(prediction.predicted, target, fitted)
         tables.append(table.assign(config=prediction.name, run=number, **_overall(target)))
     return pd.concat(tables, ignore_index=True)
@@ -316,14 +350,16 @@ TWIN_SEEDS = (1, 2, 3)
 """The twin is one sample path too: each real run is compared with the median over these seeds."""
 
 
-def twin_errors(config: Config, real: pd.DataFrame, fitted: Calibration | None = None) -> pd.DataFrame:
+def twin_errors(
+    config: Config, real: pd.DataFrame, fitted: Calibration | None = None, overhead: Overhead = TRACED
+) -> pd.DataFrame:
     """`errors` of ``real`` against its twin, the median over `TWIN_SEEDS` per metric and group.
 
     A coordinator delay makes a drain's end a discrete draw (a loop that found
     no thread waits the whole delay): one twin path against one real path
     would count the twin's own draw as an error.
     """
-    fitted = fitted or calibrate(real, timer=config.perform == "sleep", overhead=TRACED)
+    fitted = fitted or calibrate(real, timer=config.perform == "sleep", overhead=overhead)
     tables = [errors(config, twin_trace(config, real, fitted, seed=seed), real) for seed in TWIN_SEEDS]
     keys = ["config", "metric", *(c for c in ("thread", "order") if c in tables[0].columns)]
     stacked = pd.concat(tables, ignore_index=True)
@@ -350,6 +386,7 @@ def table(results: pd.DataFrame, grid: Sequence[Config] = GRID) -> pd.DataFrame:
             "threads": config.threads,
             "orders": config.orders,
             "delay": config.delay,
+            "hot": config.hot,
             "messages": config.messages,
         }
         row.update(_worst(part))
@@ -395,14 +432,16 @@ def _spread(part: pd.DataFrame) -> float:
     return float((values.max() - values.min()) / np.median(values)) if len(values) > 1 else math.nan
 
 
-async def run_grid(url: str, grid: Sequence[Config] = GRID, runs: int = 1) -> pd.DataFrame:
+async def run_grid(url: str, grid: Sequence[Config] = GRID, runs: int = 1, overhead: Overhead = TRACED) -> pd.DataFrame:
     """`errors` of every config, in one DataFrame."""
-    return pd.concat([await run(config, url, runs) for config in grid], ignore_index=True)
+    return pd.concat([await run(config, url, runs, overhead) for config in grid], ignore_index=True)
 
 
-async def run_predictions(url: str, predictions: Sequence[Prediction] = PREDICTIONS, runs: int = 1) -> pd.DataFrame:
+async def run_predictions(
+    url: str, predictions: Sequence[Prediction] = PREDICTIONS, runs: int = 1, overhead: Overhead = TRACED
+) -> pd.DataFrame:
     """`errors` of every prediction, in one DataFrame."""
-    return pd.concat([await run_prediction(p, url, runs) for p in predictions], ignore_index=True)
+    return pd.concat([await run_prediction(p, url, runs, overhead) for p in predictions], ignore_index=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -411,14 +450,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--url", help="Redis URL; default: spawn a redis-server on a free port")
     parser.add_argument("--only", choices=("grid", "predictions"), help="run one table only")
     parser.add_argument("--runs", type=int, default=3, help="real runs per config (errors: median over them)")
+    parser.add_argument(
+        "--library", action="store_true", help="charge simulator.cpu.TRACED instead of measuring this machine's"
+    )
     arguments = parser.parse_args(argv)
 
     async def both(url: str) -> None:
+        overhead = TRACED if arguments.library else await measure_overhead(url)
+        print(f"{overhead!r}\n", flush=True)
         if arguments.only != "predictions":
-            print(markdown(table(await run_grid(url, runs=arguments.runs))), flush=True)
+            print(markdown(table(await run_grid(url, runs=arguments.runs, overhead=overhead))), flush=True)
             print()
         if arguments.only != "grid":
-            print(markdown(prediction_table(await run_predictions(url, runs=arguments.runs))), flush=True)
+            predictions = await run_predictions(url, runs=arguments.runs, overhead=overhead)
+            print(markdown(prediction_table(predictions)), flush=True)
 
     if arguments.url:
         asyncio.run(both(arguments.url))

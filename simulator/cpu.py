@@ -122,8 +122,10 @@ loops and batches of 16 the constants overstate the thread's CPU by 8-21% (repli
 share the event loop's wake-ups), with 16 loops and batches of 128 they understate it
 by 30%. Each constant is the median of three measurements, which move by under 10%
 (the idle and wake-up costs and the tiny decode by up to 2x); under load they grow
-(10-15% at load 1.6). Re-measure on the machine you plan for and pass your own
-`Overhead` (or ``LIBRARY.scaled(factor)``)."""
+(10-15% at load 1.6). They depend on the machine: another VM of the same size measured
+2.5-3 times as much (dearer system calls). Measure the machine you plan for
+(``await simulator.measure.measure_overhead(url)``) and pass that `Overhead` (or
+``LIBRARY.scaled(factor)``)."""
 
 TRACED = dataclasses.replace(LIBRARY, trace=4.55e-06, trace_per_message=4.07e-07)
 """`LIBRARY` for a worker that records a trace (``Worker(trace=True)``), as the real runs

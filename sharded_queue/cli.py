@@ -43,6 +43,7 @@ from .queue import DeadLetterRecord, Queue
 from .registry import collect_workers
 from .settings import settings
 from .stats import COLUMNS, StatsRow, collect_stats
+from .storage import raise_if_cancelled
 from .worker import Worker
 
 logger = logging.getLogger("sharded_queue.cli")
@@ -281,6 +282,7 @@ async def _stats(arguments: argparse.Namespace, url: str) -> int:
                     print(f"\n{queue.storage.location}, every {arguments.watch:g} s; Ctrl-C to quit", flush=True)
             if not arguments.watch:
                 return 0
+            raise_if_cancelled(asyncio.current_task())  # Ctrl-C cancels; a client may have swallowed it
             await asyncio.sleep(arguments.watch)
     finally:
         await queue.close()

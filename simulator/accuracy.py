@@ -147,7 +147,7 @@ class TimedHandler(Handler):
     @classmethod
     def thread_of(cls, request: int) -> int:
         """Round robin, or the hot thread ``0`` for a ``hot`` share and round robin over the others."""
-        if not cls.hot:
+        if not cls.hot or cls.threads == 1:
             return request % cls.threads
         return 0 if (request * _GOLDEN) % 1 < cls.hot else 1 + request % (cls.threads - 1)
 
@@ -303,7 +303,8 @@ def errors(config: Config, sim: pd.DataFrame, real: pd.DataFrame) -> pd.DataFram
     Latency (sojourn: enqueue to finish) is compared per order, not per thread:
     which threads a loop drains first is a random choice (in the worker and in
     its twin alike), so one thread's latency in a backlog is a draw, while an
-    order's is not.
+    order's is not. A config with a hot thread (open loop) adds that thread's
+    latency per order.
     """
     parts = []
     if config.mode == "backlog":  # registered before the workers started: time counts from their start

@@ -29,6 +29,12 @@ HANDLER = "tests.cli_handlers:Recorder"
 _prefixes = itertools.count()
 
 
+def interruptible() -> None:
+    """In the child: Ctrl-C (SIGINT) as from a terminal, even when this run was started in the
+    background (a shell starts background jobs with SIGINT ignored, and Python keeps it so)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @dataclass
 class Cli:
     """``python -m sharded_queue`` with a key prefix of its own, and what its handler performed."""
@@ -48,7 +54,13 @@ class Cli:
 
     def start(self, *args: str) -> subprocess.Popen[str]:
         return subprocess.Popen(
-            self.command(*args), cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            self.command(*args),
+            cwd=ROOT,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=interruptible,
         )
 
     def performed(self) -> list[tuple[int, str, int]]:

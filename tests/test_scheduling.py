@@ -259,8 +259,9 @@ async def test_no_duplicate_tick_with_three_worker_processes(processes: Processe
     assert await queue.unschedule(ChaosHandler, [0, 999]) == 1
     await queue.close()
     times = tick_times(processes)
-    # one perform per tick: three workers that each registered every tick would triple this
-    assert len(times) <= (times[-1] - times[0]) / 0.2 + 2
+    # one perform per tick: three workers that each registered every tick would triple this (a
+    # chaos retry re-performs a tick now and then, and the span's ends fall anywhere in a period)
+    assert len(times) <= 1.5 * ((times[-1] - times[0]) / 0.2 + 2)
 
 
 async def test_recurring_request_survives_a_killed_worker(processes: Processes) -> None:

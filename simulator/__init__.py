@@ -17,7 +17,7 @@ time, and returns a `Result` with a trace in the shared schema::
 
 from .analysis import backlog, compare, summary
 from .calibrate import Calibration, calibrate
-from .cpu import LIBRARY, NONE, Overhead
+from .cpu import LIBRARY, NONE, Overhead, Pauses
 from .display import readable
 from .engine import SimulatedFailure, simulate
 from .plots import plot_backlog, plot_latency, plot_sweep
@@ -64,6 +64,7 @@ __all__ = [
     "LogNormal",
     "OnOff",
     "Overhead",
+    "Pauses",
     "Plan",
     "Poisson",
     "Recurring",

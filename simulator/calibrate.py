@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from .analysis import check_trace
-from .cpu import LIBRARY, Overhead
+from .cpu import LIBRARY, Overhead, Pauses
 from .scenario import Scenario
 from .workload import Empirical, Fixed, Noise, ScenarioError, Service
 
@@ -28,6 +28,17 @@ an ``asyncio.sleep`` never ends early, and ends late by up to a millisecond when
 the event loop is idle (`simulator.cpu`), so its length is the lower envelope."""
 
 
+PAUSE_MIN = 0.005
+"""A ``perform`` that took this much longer than it can was stopped by a pause of the machine
+(`simulator.cpu.Pauses`): the process was not running (the operating system, the hypervisor,
+a garbage collection). Shorter delays are the event loop's own, which the twin simulates."""
+
+CPU_BOUND_WAIT = 0.001
+"""A ``perform`` whose median wait (duration less CPU) is under this is CPU-bound: the rest of
+its duration is a pause. Pauses are not looked for in a ``perform`` that waits on I/O: its
+waits vary by themselves."""
+
+
 @dataclass(frozen=True)
 class Calibration:
     """What `calibrate` found.
@@ -40,6 +51,7 @@ class Calibration:
         fit: Per handler: ``per_batch``, ``per_message``, their CPU parts, ``cv``
             of the noise, ``batches`` used and ``rtt_samples``.
         overhead: The library's CPU per effect the fit assumed (and `apply` sets).
+        pauses: The machine's pauses seen in the trace (`apply` sets them).
     """
 
     service: Mapping[str, Service]
@@ -47,9 +59,10 @@ class Calibration:
     fit: pd.DataFrame
     overhead: Overhead = LIBRARY
     rtt_noise: Noise = dataclasses.field(default_factory=Fixed)
+    pauses: Pauses = dataclasses.field(default_factory=Pauses)
 
     def apply(self, scenario: Scenario, handlers: Mapping[str, str] | None = None) -> Scenario:
-        """``scenario`` with the fitted service of each handler, the round trip and the overhead.
+        """``scenario`` with the fitted service of each handler, the round trip, the overhead and the pauses.
 
         Args:
             scenario: The scenario to calibrate.
@@ -81,7 +94,12 @@ class Calibration:
         else:
             rtt, noise = self.rtt, self.rtt_noise
         return dataclasses.replace(
-            scenario, workloads=tuple(workloads), rtt=rtt, rtt_noise=noise, overhead=self.overhead
+            scenario,
+            workloads=tuple(workloads),
+            rtt=rtt,
+            rtt_noise=noise,
+            overhead=self.overhead,
+            pauses=self.pauses,
         )
 
 
@@ -109,6 +127,12 @@ def calibrate(
       which the twin simulates itself: their mean is the round trip, their
       spread its noise. What is left is the storage and the operating
       system: a busy machine makes round trips longer than Redis alone.
+    * Pauses: a ``perform`` that ended more than `PAUSE_MIN` later than it
+      can (a timer: its envelope plus the timer's rounding; a CPU-bound one,
+      `CPU_BOUND_WAIT`: its own CPU) was stopped by a pause of the machine.
+      The late ends of all loops, merged where they overlap, give the pauses'
+      rate and lengths (`simulator.cpu.Pauses`), and the pause is taken out of
+      that ``perform``'s duration before its service is fitted.
 
     Args:
         trace: A trace (real, or simulated to check the fit).
@@ -134,13 +158,26 @@ def calibrate(
     batches["duration"] = batches["finished"] - batches["started"]
     services: dict[str, Service] = {}
     rows = []
+    stopped: list[np.ndarray] = []  # [start, end) of each perform's part that a pause took
     for handler, part in batches.groupby("handler", sort=True):
         size = part["size"].to_numpy(dtype=np.float64)
         duration = part["duration"].to_numpy()
         busy = np.minimum(part["cpu"].to_numpy(), duration) if has_cpu else np.zeros_like(duration)
         cpu_batch, cpu_message = _fit(size, busy)
+        wait = duration - busy
         if timer:
-            wait_batch, wait_message = _envelope(size, duration - busy)
+            wait_batch, wait_message = _envelope(size, wait)
+            late = wait - (wait_batch + wait_message * size + overhead.timer_resolution + overhead.timer_slack)
+        elif has_cpu and np.median(wait) < CPU_BOUND_WAIT:
+            late = wait
+        else:
+            late = np.zeros_like(wait)
+        paused = late > PAUSE_MIN
+        if paused.any():
+            finished = part["finished"].to_numpy()[paused]
+            stopped.append(np.column_stack((finished - late[paused], finished)))
+            duration = np.where(paused, duration - late, duration)  # the machine's pause, not perform's time
+        if timer:
             per_batch, per_message = cpu_batch + wait_batch, cpu_message + wait_message
         else:
             per_batch, per_message = _fit(size, duration)
@@ -168,15 +205,41 @@ def calibrate(
                 "batches": len(part),
             }
         )
-    trips = _round_trips(batches, overhead)
+    trips, ends = _round_trips(batches, overhead)
+    if len(trips):  # a round trip far above the usual one: the machine stopped meanwhile
+        late = trips - np.median(trips)
+        paused = late > PAUSE_MIN
+        stopped.append(np.column_stack((ends[paused] - late[paused], ends[paused])))
     fit = pd.DataFrame(rows)
     fit["rtt_samples"] = len(trips)
+    pauses = _pauses(stopped, float(batches["finished"].max() - batches["started"].min()))
     if not len(trips) or trips.mean() <= 0:
-        return Calibration(services, math.nan, fit, overhead)
+        return Calibration(services, math.nan, fit, overhead, pauses=pauses)
     trips = trips[trips <= np.quantile(trips, RTT_TRIM)]
     rtt = float(trips.mean())
     spread = Empirical(trips) if noise and trips.std() > 1e-9 * rtt else Fixed()
-    return Calibration(services, rtt, fit, overhead, spread)
+    return Calibration(services, rtt, fit, overhead, spread, pauses)
+
+
+def _pauses(stopped: list[np.ndarray], span: float) -> Pauses:
+    """The machine's pauses from the stopped parts of performs and round trips: overlapping ones
+    are one pause (several loops stopped by it), as long as the longest of them (where in a
+    perform the pause fell is not known); their rate per second of running time."""
+    intervals = np.concatenate(stopped) if stopped else np.empty((0, 2))
+    if not len(intervals):
+        return Pauses()
+    intervals = intervals[np.argsort(intervals[:, 0], kind="stable")]
+    lengths = []
+    end, longest = intervals[0][1], 0.0
+    for begin, finish in intervals:
+        if begin > end:
+            lengths.append(longest)
+            end, longest = finish, 0.0
+        end = max(end, finish)
+        longest = max(longest, finish - begin)
+    lengths.append(longest)
+    running = span - sum(lengths)
+    return Pauses(rate=len(lengths) / running, lengths=lengths) if running > 0 else Pauses()
 
 
 def _fit(size: np.ndarray, duration: np.ndarray) -> tuple[float, float]:
@@ -206,9 +269,10 @@ def _envelope(size: np.ndarray, wait: np.ndarray) -> tuple[float, float]:
     return float(a), float(b)
 
 
-def _round_trips(batches: pd.DataFrame, overhead: Overhead) -> np.ndarray:
-    """Round trips seen in the trace: gaps between a loop's consecutive batches of one thread when the
-    next was already waiting, less the CPU the loop's process used during the gap (clipped at 0).
+def _round_trips(batches: pd.DataFrame, overhead: Overhead) -> tuple[np.ndarray, np.ndarray]:
+    """Round trips seen in the trace, and when each ended: gaps between a loop's consecutive batches
+    of one thread when the next was already waiting, less the CPU the loop's process used during
+    the gap (clipped at 0).
 
     The process's CPU is every batch's ``perform`` CPU (``cpu`` column, when there)
     and the library's CPU before it (ack+fetch, wake-ups, decode, the call),
@@ -225,7 +289,7 @@ def _round_trips(batches: pd.DataFrame, overhead: Overhead) -> np.ndarray:
     started = ordered["started"].to_numpy()[1:]
     keep = same & (ordered["first_enqueued"].to_numpy()[1:] <= finished)
     if not keep.any():
-        return np.empty(0)
+        return np.empty(0), np.empty(0)
     size = ordered["size"].to_numpy()
     library = overhead.cycle + 2 * overhead.idle + overhead.perform + overhead.trace
     library += (overhead.decode + overhead.perform_per_message + overhead.trace_per_message) * size
@@ -241,7 +305,7 @@ def _round_trips(batches: pd.DataFrame, overhead: Overhead) -> np.ndarray:
         busy = _busy(begins[mine], ends[mine])
         here = gap_process == name
         used[here] = busy(highs[here]) - busy(lows[here])
-    return np.maximum(highs - lows - used, 0.0)
+    return np.maximum(highs - lows - used, 0.0), highs
 
 
 def _busy(begins: np.ndarray, ends: np.ndarray) -> Any:

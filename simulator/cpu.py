@@ -14,15 +14,22 @@ its timeout up to the millisecond, so an ``asyncio.sleep(0.0005)`` on an idle
 loop takes about 1.1 ms, while on a busy loop it ends at the first wake-up
 after it is due (another loop's reply, a wake-up message, the end of a
 callback).
+
+`Pauses` are moments when the machine stops running the worker processes
+altogether (the operating system, the hypervisor, a garbage collection): every
+process's CPU stops for the pause, and work, timers and replies wait for its
+end. `calibrate` measures them from a trace.
 """
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import functools
 import heapq
 import math
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -132,6 +139,83 @@ TRACED = dataclasses.replace(LIBRARY, trace=4.55e-06, trace_per_message=4.07e-07
 `calibrate` learns from do; measured by the same benchmark."""
 
 
+@dataclass(frozen=True)
+class Pauses:
+    """Pauses of the whole machine: for their length no worker process runs.
+
+    They start at random (a Poisson process of ``rate`` per second of running
+    time) and last a length drawn from ``lengths``. All processes stop together
+    (a busy machine, the hypervisor), so more processes do not pause more often.
+
+    Attributes:
+        rate: Pauses per second; 0: none.
+        lengths: Seconds a pause lasts, resampled (the lengths `calibrate` measured).
+    """
+
+    rate: float = 0.0
+    lengths: Sequence[float] | np.ndarray = field(default=(0.0,))
+
+    def __post_init__(self) -> None:
+        _positive("Pauses rate", self.rate, zero=True)
+        lengths = np.asarray(self.lengths, dtype=np.float64).ravel()
+        if lengths.size == 0 or not np.isfinite(lengths).all() or (lengths < 0).any():
+            raise ScenarioError(f"Pauses lengths must be finite seconds >= 0, got {self.lengths!r}")
+        object.__setattr__(self, "lengths", lengths)
+
+    @property
+    def none(self) -> bool:
+        """Whether the machine never pauses."""
+        return self.rate == 0 or not np.any(np.asarray(self.lengths))
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, Pauses)
+            and self.rate == other.rate
+            and np.array_equal(np.asarray(self.lengths), np.asarray(other.lengths))
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.rate, np.asarray(self.lengths).tobytes()))
+
+
+class PauseSchedule:
+    """The pauses of one run: ``[starts[i], ends[i])``, apart and in order, drawn as time goes on."""
+
+    __slots__ = ("ends", "lengths", "mean_gap", "rng", "starts")
+
+    CHUNK = 64
+
+    def __init__(self, pauses: Pauses, rng: np.random.Generator) -> None:
+        self.mean_gap = 1 / pauses.rate
+        self.lengths = np.asarray(pauses.lengths)
+        self.rng = rng
+        self.starts: list[float] = []
+        self.ends: list[float] = [0.0]  # a sentinel: the first gap starts at 0
+        self.starts.append(-1.0)
+        self._draw()
+
+    def until(self, time: float) -> None:
+        """Draw pauses until one starts after ``time``."""
+        while self.starts[-1] <= time:
+            self._draw()
+
+    def _draw(self) -> None:
+        gaps = self.rng.exponential(self.mean_gap, self.CHUNK)
+        lengths = self.rng.choice(self.lengths, self.CHUNK)
+        end = self.ends[-1]
+        for gap, length in zip(gaps.tolist(), lengths.tolist(), strict=True):
+            start = end + gap
+            end = start + length
+            self.starts.append(start)
+            self.ends.append(end)
+
+    def after(self, time: float) -> float:
+        """``time``, or the end of the pause it falls in."""
+        self.until(time)
+        index = bisect.bisect_right(self.ends, time)
+        return self.ends[index] if self.starts[index] <= time else time
+
+
 class Cpu:
     """One worker process's CPU: first come, first served; sleeping loops; wake-up messages.
 
@@ -140,10 +224,28 @@ class Cpu:
         busy: CPU seconds claimed so far.
     """
 
-    __slots__ = ("accounted", "busy", "env", "feed", "free", "half", "overhead", "sequence", "sleepers")
+    __slots__ = (
+        "accounted",
+        "busy",
+        "cursor",
+        "env",
+        "feed",
+        "free",
+        "half",
+        "mark",
+        "overhead",
+        "pauses",
+        "sequence",
+        "sleepers",
+    )
 
-    def __init__(self, env: simpy.Environment, feed: Feed, overhead: Overhead, half: float) -> None:
+    def __init__(
+        self, env: simpy.Environment, feed: Feed, overhead: Overhead, half: float, pauses: PauseSchedule | None = None
+    ) -> None:
         self.env = env
+        self.pauses = pauses  # the machine's, shared by every process's CPU
+        self.cursor = 1  # the first pause that may end after this CPU's next work starts
+        self.mark = 0.0
         self.feed = feed
         self.overhead = overhead
         self.half = half  # a wake-up message reaches the process half a round trip after its registration
@@ -153,8 +255,11 @@ class Cpu:
         self.sleepers: list[list[Any]] = []  # heap of [due, sequence, event]
         self.sequence = 0
 
-    def claim(self, now: float, cost: float) -> float:
-        """A loop needs ``cost`` CPU seconds from ``now``: when it is done (queued behind earlier work)."""
+    def claim(self, now: float, cost: float, tail: float = 0.0) -> float:
+        """A loop needs ``cost`` CPU seconds from ``now``: when it is done (queued behind earlier work).
+
+        With pauses, `mark` is then when the last ``tail`` seconds of it began.
+        """
         if self.overhead.wake:
             self._messages(now)
         sleepers = self.sleepers
@@ -167,11 +272,45 @@ class Cpu:
         else:  # busy (or just done: the same callback goes on)
             start = free
         end = start + cost
+        if self.pauses is not None:
+            start, end = self._paused(start, cost, tail)
         self.free = end
         self.busy += cost
         if sleepers and start <= sleepers[0][0] < end:  # due while this callback runs: fires at its end
             self._fire_later(sleepers[0], end - now)
         return end
+
+    def _paused(self, start: float, cost: float, tail: float) -> tuple[float, float]:
+        """When work of ``cost`` ready at ``start`` runs and ends, the machine's pauses stopping
+        it; `mark`: when its last ``tail`` seconds began."""
+        schedule = self.pauses
+        assert schedule is not None
+        starts, ends = schedule.starts, schedule.ends
+        index = self.cursor  # work starts never go back: pauses before the cursor are over
+        schedule.until(start)
+        while ends[index] <= start:
+            index += 1
+        self.cursor = index
+        if starts[index] <= start:  # paused now: runs at the end of the pause
+            start = ends[index]
+            index += 1
+        self.mark, index = self._through(start, cost - tail, index)
+        end, _ = self._through(self.mark, tail, index)
+        return start, end
+
+    def _through(self, time: float, work: float, index: int) -> tuple[float, int]:
+        """When ``work`` seconds of running from ``time`` are done, the pauses from ``index`` on
+        (none of which started before ``time``) stopping it; and the next pause's index."""
+        schedule = self.pauses
+        assert schedule is not None
+        starts, ends = schedule.starts, schedule.ends
+        end = time + work
+        schedule.until(end)
+        while starts[index] < end:
+            end += ends[index] - starts[index]
+            index += 1
+            schedule.until(end)
+        return end, index
 
     def sleep(self, now: float, seconds: float) -> Any:
         """An ``asyncio.sleep(seconds)`` from ``now``: a simpy event (or timeout) that ends it.
@@ -193,6 +332,8 @@ class Cpu:
         if overhead.wake:
             message = self.feed.next_registration(due - self.half, timer - self.half)
             timer = min(timer, message + self.half)
+        if self.pauses is not None:
+            timer = self.pauses.after(timer)
         event = env.event()
         self.sequence += 1
         entry = [due, self.sequence, event]

@@ -73,7 +73,7 @@ from sharded_queue.core import (
 )
 from sharded_queue.handler import declared_orders
 
-from .cpu import Cpu
+from .cpu import Cpu, PauseSchedule
 from .record import Recorder
 from .result import Result
 from .routing import route_positions
@@ -705,7 +705,7 @@ class Simulation:
         self.env = simpy.Environment()
         workloads: Sequence[Workload] = scenario.workloads  # type: ignore[assignment]
         root = np.random.SeedSequence(scenario.seed)
-        feed_seed, service_seed, loop_seed, rtt_seed = root.spawn(4)
+        feed_seed, service_seed, loop_seed, rtt_seed, pause_seed = root.spawn(5)
         self.storage = SimStorage(workloads, scenario.processes)
         self.feed = Feed(scenario, self.storage, feed_seed.spawn(len(workloads)))
         service_rngs = [np.random.default_rng(s) for s in service_seed.spawn(len(workloads))]
@@ -732,11 +732,13 @@ class Simulation:
         self.feed.low_water = lambda: min(loop.armed_at for loop in self.loops) - half
         self.target = _target(scenario)
         self.overhead = scenario.overhead
-        # Without library CPU or CPU in perform, loops are independent servers: skip the CPU entirely.
-        self.cpu_on = not scenario.overhead.zero or any(w.service.uses_cpu for w in workloads)
+        paused = not scenario.pauses.none
+        # Without library CPU, CPU in perform or pauses, loops are independent servers: skip the CPU entirely.
+        self.cpu_on = not scenario.overhead.zero or any(w.service.uses_cpu for w in workloads) or paused
         if self.cpu_on:
+            pauses = PauseSchedule(scenario.pauses, np.random.default_rng(pause_seed)) if paused else None
             for process in self.processes:
-                process.cpu = Cpu(self.env, self.feed, scenario.overhead, half)
+                process.cpu = Cpu(self.env, self.feed, scenario.overhead, half, pauses)
 
     def run(self) -> Result:
         """Simulate, and return the `Result`."""
@@ -848,8 +850,8 @@ class Simulation:
                     now = env._now
                     library = costs.perform + costs.trace
                     library += (costs.decode + costs.perform_per_message + costs.trace_per_message) * count
-                    done = claim(now, library + busy)
-                    started = done - busy
+                    done = claim(now, library + busy, busy)
+                    started = done - busy if cpu.pauses is None else cpu.mark  # type: ignore[union-attr]
                     waiting = duration - busy
                     if waiting > 0 and sampler.service.timer:
                         if done > now:
@@ -857,7 +859,8 @@ class Simulation:
                         yield cpu.sleep(done, waiting)  # type: ignore[union-attr]
                     elif done + waiting > now:
                         yield timeout(done + waiting - now)
-                    finished = env._now
+                    # the awaiting coroutine resumes once the event loop has run what was queued before it
+                    finished = claim(env._now, 0.0) if waiting > 0 else env._now
                 stats.busy += finished - started
                 stats.performs += 1
                 if timed_out:

@@ -17,7 +17,7 @@ from sharded_queue import Handler, Settings
 from sharded_queue.core import LoopPolicy
 from sharded_queue.handler import declared_orders, handler_name
 
-from .cpu import LIBRARY, Overhead, check_overhead
+from .cpu import LIBRARY, Overhead, Pauses, check_overhead
 from .display import scenario_html, scenario_text
 from .routing import check_bare_keys
 from .workload import (
@@ -109,6 +109,8 @@ class Scenario:
         overhead: The library's CPU per effect (`simulator.cpu.LIBRARY`, measured on
             this project's machine); `simulator.cpu.NONE` makes every loop an
             independent server, as the textbook queues assume.
+        pauses: When the machine stops running the worker processes (`simulator.cpu.Pauses`;
+            none by default; `calibrate` measures them).
         workers: Deprecated name of ``loops``.
     """
 
@@ -125,6 +127,7 @@ class Scenario:
     trace: bool = True
     backlog_samples: int = 200
     overhead: Overhead = LIBRARY
+    pauses: Pauses = field(default_factory=Pauses)
     workers: InitVar[int | None] = None
 
     def __post_init__(self, workers: int | None) -> None:
@@ -158,6 +161,8 @@ class Scenario:
         if self.processes > self.loops:
             raise ScenarioError(f"Scenario processes ({self.processes}) must not outnumber loops ({self.loops})")
         check_overhead(self.overhead)
+        if not isinstance(self.pauses, Pauses):
+            raise ScenarioError(f"Scenario pauses must be a Pauses, got {self.pauses!r}")
         if not isinstance(self.settings, Settings):
             raise ScenarioError(f"Scenario settings must be sharded_queue.Settings, got {self.settings!r}")
         _positive("Scenario rtt", self.rtt, zero=True)

@@ -30,6 +30,7 @@ from simulator import (
     Keyed,
     LogNormal,
     OnOff,
+    Pauses,
     Poisson,
     Recurring,
     Registered,
@@ -198,6 +199,66 @@ def test_loops_sharing_a_cpu_are_exactly_one_fcfs_server() -> None:
     simulated = (trace["started_at"] - trace["enqueued_at"]).to_numpy()
     assert simulated.sum() == pytest.approx(waits.sum(), rel=1e-9)
     assert (trace["finished_at"] - trace["started_at"]).to_numpy() == pytest.approx(trace["cpu"].to_numpy())
+
+
+def test_a_perform_resumes_after_the_cpu_work_queued_before_it() -> None:
+    """Two loops of one process; ``perform`` computes 10 ms, then waits 1 ms. The first loop's
+    wait ends while the other loop computes: its coroutine resumes (and its perform ends) only
+    when the event loop is free again, as in asyncio, never in the middle of another's CPU."""
+    scenario = Scenario(
+        Workload(
+            Notify,
+            Backlog(40),
+            Service(per_batch=0.011, cpu_per_batch=0.010),
+            Keyed(RoundRobin(40), make=lambda k: Note(user=k)),
+        ),
+        loops=2,
+        settings=settings(worker_batch_size=1, **IMMEDIATE),
+        overhead=NONE,
+    )
+    trace = simulate(scenario).trace
+    computing = trace.assign(until=trace["started_at"] + trace["cpu"])
+    for row in trace.itertuples():
+        others = computing[computing["worker"] != row.worker]
+        assert not ((others["started_at"] < row.finished_at) & (row.finished_at < others["until"])).any()
+    assert (trace["finished_at"] - trace["started_at"]).max() == pytest.approx(0.020)  # waited for the other's 10 ms
+
+
+def test_pauses_stretch_a_cpu_bound_drain() -> None:
+    """A machine that pauses ``rate`` times per running second for ``L`` seconds runs a CPU-bound
+    drain of ``T`` CPU seconds in ``T * (1 + rate * L)``; a pause inside a perform lengthens it."""
+    work, rate, length = 100.0, 2.0, 0.05
+    pauses = Pauses(rate=rate, lengths=[length])
+    result = simulate(
+        Scenario(
+            Workload(OneThread, Backlog(10_000), Service(per_batch=0.01, cpu_per_batch=0.01)),
+            settings=settings(worker_batch_size=1),
+            overhead=NONE,
+            pauses=pauses,
+        )
+    )
+    assert result.end == pytest.approx(work * (1 + rate * length), rel=0.03)
+    durations = (result.trace["finished_at"] - result.trace["started_at"]).to_numpy()
+    paused = (durations - 0.01) / length  # how many pauses each perform took
+    assert paused == pytest.approx(np.round(paused), abs=1e-6) and paused.max() >= 1
+
+
+def test_calibrate_finds_the_machines_pauses() -> None:
+    """Pauses seen in a trace (performs that ended later than their CPU allows) are measured:
+    their rate per running second and their lengths; a trace without any shows none."""
+
+    def drain(pauses: Pauses) -> pd.DataFrame:
+        workload = Workload(
+            Notify, Backlog(20_000), Service(0.002, cpu_per_batch=0.002), Keyed(RoundRobin(20_000), make=Note)
+        )
+        scenario = Scenario(workload, loops=2, settings=settings(worker_batch_size=1), overhead=NONE, pauses=pauses)
+        return simulate(scenario).trace
+
+    lengths = [0.02, 0.04]
+    fitted = calibrate(drain(Pauses(rate=2.0, lengths=lengths))).pauses
+    assert fitted.rate == pytest.approx(2.0, rel=0.2)
+    assert set(np.round(fitted.lengths, 6)) == set(lengths)
+    assert calibrate(drain(Pauses())).pauses.none
 
 
 @pytest.mark.parametrize("rho", [0.5, 0.9])
@@ -690,6 +751,13 @@ class ZeroBatch(Handler):
         (lambda: Workload(int, Poisson(1), Service()), ScenarioError, "Handler subclass"),  # type: ignore[arg-type]
         (lambda: Zipf(0), ScenarioError, "Zipf n"),
         (lambda: Service(failure_rate=1.0), ScenarioError, "failure_rate"),
+        (lambda: Pauses(rate=-1.0), ScenarioError, "Pauses rate"),
+        (lambda: Pauses(rate=1.0, lengths=[]), ScenarioError, "Pauses lengths"),
+        (
+            lambda: Scenario(Workload(OneThread, Poisson(1), Service()), duration=1, pauses=0.1),
+            ScenarioError,
+            "a Pauses",
+        ),
     ],
 )
 def test_impossible_values_fail_clearly(build: Any, error: type[Exception], match: str) -> None:

@@ -189,9 +189,8 @@ class PauseSchedule:
         self.mean_gap = 1 / pauses.rate
         self.lengths = np.asarray(pauses.lengths)
         self.rng = rng
-        self.starts: list[float] = []
-        self.ends: list[float] = [0.0]  # a sentinel: the first gap starts at 0
-        self.starts.append(-1.0)
+        self.starts: list[float] = [-1.0]  # a sentinel pause, over at 0: the first gap starts there
+        self.ends: list[float] = [0.0]
         self._draw()
 
     def until(self, time: float) -> None:

@@ -14,6 +14,7 @@ import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 
 if TYPE_CHECKING:
@@ -161,6 +162,8 @@ def scenario_text(scenario: Scenario) -> str:
         f"process{'es' if scenario.processes != 1 else ''}, worker_batch_size {policy.batch_size}, "
         f"coordinator_delay {duration(policy.coordinator_delay)}, rtt {duration(scenario.rtt)}"
     )
+    if not scenario.pauses.none:
+        fleet += f", pauses {scenario.pauses.rate:.3g}/s of {duration(float(np.mean(scenario.pauses.lengths)))}"
     run = []
     if scenario.duration is not None:
         run.append(duration(scenario.duration))

@@ -665,6 +665,7 @@ def test_reprs_show_units_and_the_numbers_read_first() -> None:
         "worker_batch_size 128, coordinator_delay 50 ms, rtt 500 µs; 6 s, warm-up 1 s, seed 11>"
     )
     assert "<td style='text-align:left'>4 loops in 1 process(es)" in scenario._repr_html_()
+    assert "rtt 500 µs, pauses 2/s of 20 ms; 6 s" in repr(scenario.replace(pauses=Pauses(2.0, [0.01, 0.03])))
     result = simulate(scenario)
     overall = result.summary(()).iloc[0]
     p99 = f"{overall['sojourn_p99'] * 1000:.3g} ms"

@@ -104,6 +104,11 @@ class Waker:
         if self._future is None or self._future.done():
             self._future = asyncio.get_running_loop().create_future()
 
+    @property
+    def woken(self) -> bool:
+        """Woken since it was last armed: the loop is on its way to a poll."""
+        return self._future is not None and self._future.done()
+
     def wake(self) -> None:
         """End the current (or next) wakeable wait early."""
         if self._future is not None and not self._future.done():
@@ -279,21 +284,36 @@ class Worker:
             waker.wake()
 
     def _on_wake(self, threads: list[ThreadRef]) -> None:
-        """A registration landed: wake the loop holding each thread, else one idle loop,
-        if this worker is the one that answers for the thread.
+        """A registration landed: wake the loop holding each thread, else one idle loop
+        not woken yet, if this worker is the one that answers for the thread.
 
         Waking one idle loop per thread (not all of them) keeps a burst of
         registrations from turning every idle loop into a coordinator poll; one
         worker process answering (`answers`) keeps it from turning every process
-        into one. The others find the thread at their next poll.
+        into one. The others find the thread at their next poll. A loop already
+        woken is on its way to a poll and will take one thread: a registration
+        of another thread meanwhile wakes the next idle loop, or it would wait
+        for someone's next poll (up to ``coordinator_delay``) while loops idle.
         """
-        idle = iter(list(self._idle))
+        idle = (waker for waker in list(self._idle) if not waker.woken)
         for thread in threads:
             waker = self._bound.get(thread)
             if waker is None and self.answers(thread):
                 waker = next(idle, None)
             if waker is not None:
                 waker.wake()
+
+    def _wake_idle(self) -> None:
+        """Wake the oldest idle loop not woken yet: a loop that bound a thread saw others waiting.
+
+        Wake-ups are not enough on their own: one that lands while the loop it
+        woke is polling wakes that loop again, which takes one thread, and the
+        other thread would wait for someone's next poll (up to
+        ``coordinator_delay``) while loops idle.
+        """
+        waker = next((waker for waker in self._idle if not waker.woken), None)
+        if waker is not None:
+            waker.wake()
 
     def answers(self, thread: ThreadRef) -> bool:
         """Whether this worker answers ``thread``'s wake-ups: the live worker (as of its last
@@ -366,6 +386,7 @@ class _Loop:
         self.since = 0.0
         self.rng = random.Random()
         self.waker = Waker()
+        self.untried = 0  # candidates of the last poll not tried yet
         self.bound: ThreadRef | None = None
         self.token = ""
         self.instance: Handler | None = None
@@ -405,14 +426,19 @@ class _Loop:
             case Poll():
                 self.waker.arm()
                 self.worker._idle[self.waker] = None
-                return await self._poll()
+                found = await self._poll()
+                self.untried = len(found)
+                return found
             case Acquire(thread):
                 token = lease_token(self.name, since := time.time())  # names the holder, for inspection
                 ttl = self.settings.lease_ttl
+                self.untried -= 1
                 if await self._retrying(lambda: self.storage.acquire(thread, token, ttl)):
                     self.token = token
                     self.worker._idle.pop(self.waker, None)
                     self.since = since
+                    if self.untried > 0:  # more threads wait than this loop takes: another idle loop may
+                        self.worker._wake_idle()
                     return True
                 return False
             case Wait(seconds, wakeable):

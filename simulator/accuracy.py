@@ -44,7 +44,7 @@ from .analysis import compare, summary
 from .calibrate import Calibration, calibrate
 from .cpu import TRACED, Overhead
 from .engine import simulate
-from .measure import measure_overhead
+from .measure import measure_overhead, measure_rtt
 from .realrun import run_workers
 from .scenario import Scenario, Workload
 from .workload import Keyed, KeySequence, Replay, Service
@@ -236,7 +236,8 @@ def twin_trace(
         real: The real run of ``config`` whose arrivals are replayed.
         fitted: The calibration to use; default: calibrated on ``real`` itself (the
             same configuration). A prediction passes one fitted on another run.
-        probe: Round trip to use when the calibration found none (see `probe_rtt`).
+        probe: Round trip to use when the calibration found none (no back-to-back batches:
+            `simulator.measure.measure_rtt`); default 0.
         seed: The twin's seed.
         overhead: The library's CPU per effect on the machine of the real runs
             (`simulator.measure.measure_overhead`); ignored when ``fitted`` is given (it carries its own).
@@ -325,24 +326,29 @@ def _from_first_start(trace: pd.DataFrame) -> pd.DataFrame:
     return trace.assign(enqueued_at=trace["enqueued_at"].clip(lower=trace["started_at"].min()))
 
 
-async def run(config: Config, url: str, runs: int = 1, overhead: Overhead = TRACED) -> pd.DataFrame:
+async def run(
+    config: Config, url: str, runs: int = 1, overhead: Overhead = TRACED, probe: float = math.nan
+) -> pd.DataFrame:
     """`errors` of ``runs`` real runs of one config (other arrivals each), each against its twin
     calibrated on it; ``real_p50``/``real_p99`` give the real side's run-to-run noise."""
     tables = []
     for number in range(runs):
         real = await real_trace(config, url, seed=number)
-        tables.append(twin_errors(config, real, overhead=overhead).assign(run=number, **_overall(real)))
+        table = twin_errors(config, real, overhead=overhead, probe=probe)
+        tables.append(table.assign(run=number, **_overall(real)))
     return pd.concat(tables, ignore_index=True)
 
 
-async def run_prediction(prediction: Prediction, url: str, runs: int = 1, overhead: Overhead = TRACED) -> pd.DataFrame:
+async def run_prediction(
+    prediction: Prediction, url: str, runs: int = 1, overhead: Overhead = TRACED, probe: float = math.nan
+) -> pd.DataFrame:
     """`errors` of ``runs`` predicted runs, the twin calibrated each time on a run of the other config."""
     tables = []
     for number in range(runs):
         source = await real_trace(prediction.calibrated, url, seed=number)
         target = await real_trace(prediction.predicted, url, seed=number + 1000)
         fitted = calibrate(source, timer=prediction.calibrated.perform == "sleep", overhead=overhead)
-        table = twin_errors(prediction.predicted, target, fitted)
+        table = twin_errors(prediction.predicted, target, fitted, probe=probe)
         tables.append(table.assign(config=prediction.name, run=number, **_overall(target)))
     return pd.concat(tables, ignore_index=True)
 
@@ -352,7 +358,11 @@ TWIN_SEEDS = (1, 2, 3)
 
 
 def twin_errors(
-    config: Config, real: pd.DataFrame, fitted: Calibration | None = None, overhead: Overhead = TRACED
+    config: Config,
+    real: pd.DataFrame,
+    fitted: Calibration | None = None,
+    overhead: Overhead = TRACED,
+    probe: float = math.nan,
 ) -> pd.DataFrame:
     """`errors` of ``real`` against its twin, the median over `TWIN_SEEDS` per metric and group.
 
@@ -361,7 +371,7 @@ def twin_errors(
     would count the twin's own draw as an error.
     """
     fitted = fitted or calibrate(real, timer=config.perform == "sleep", overhead=overhead)
-    tables = [errors(config, twin_trace(config, real, fitted, seed=seed), real) for seed in TWIN_SEEDS]
+    tables = [errors(config, twin_trace(config, real, fitted, probe, seed), real) for seed in TWIN_SEEDS]
     keys = ["config", "metric", *(c for c in ("thread", "order") if c in tables[0].columns)]
     stacked = pd.concat(tables, ignore_index=True)
     return stacked.groupby(keys, sort=False, dropna=False)[["sim", "real", "rel_error"]].median().reset_index()
@@ -433,16 +443,22 @@ def _spread(part: pd.DataFrame) -> float:
     return float((values.max() - values.min()) / np.median(values)) if len(values) > 1 else math.nan
 
 
-async def run_grid(url: str, grid: Sequence[Config] = GRID, runs: int = 1, overhead: Overhead = TRACED) -> pd.DataFrame:
+async def run_grid(
+    url: str, grid: Sequence[Config] = GRID, runs: int = 1, overhead: Overhead = TRACED, probe: float = math.nan
+) -> pd.DataFrame:
     """`errors` of every config, in one DataFrame."""
-    return pd.concat([await run(config, url, runs, overhead) for config in grid], ignore_index=True)
+    return pd.concat([await run(config, url, runs, overhead, probe) for config in grid], ignore_index=True)
 
 
 async def run_predictions(
-    url: str, predictions: Sequence[Prediction] = PREDICTIONS, runs: int = 1, overhead: Overhead = TRACED
+    url: str,
+    predictions: Sequence[Prediction] = PREDICTIONS,
+    runs: int = 1,
+    overhead: Overhead = TRACED,
+    probe: float = math.nan,
 ) -> pd.DataFrame:
     """`errors` of every prediction, in one DataFrame."""
-    return pd.concat([await run_prediction(p, url, runs, overhead) for p in predictions], ignore_index=True)
+    return pd.concat([await run_prediction(p, url, runs, overhead, probe) for p in predictions], ignore_index=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -458,12 +474,14 @@ def main(argv: list[str] | None = None) -> None:
 
     async def both(url: str) -> None:
         overhead = TRACED if arguments.library else await measure_overhead(url)
-        print(f"{overhead!r}\n", flush=True)
+        probe = await measure_rtt(url)
+        print(f"{overhead!r}\nround trip {probe * 1e3:.3f} ms\n", flush=True)
         if arguments.only != "predictions":
-            print(markdown(table(await run_grid(url, runs=arguments.runs, overhead=overhead))), flush=True)
+            grid = await run_grid(url, runs=arguments.runs, overhead=overhead, probe=probe)
+            print(markdown(table(grid)), flush=True)
             print()
         if arguments.only != "grid":
-            predictions = await run_predictions(url, runs=arguments.runs, overhead=overhead)
+            predictions = await run_predictions(url, runs=arguments.runs, overhead=overhead, probe=probe)
             print(markdown(prediction_table(predictions)), flush=True)
 
     if arguments.url:

@@ -390,14 +390,8 @@ class Feed:
         self.wake_threads = np.empty(0, dtype=np.int64)  # the thread (index) of each
         self.dropped = np.zeros(0, dtype=np.int64)  # per tube: arrivals dropped from ``wake``
         self.low_water = lambda: -math.inf  # earliest wake-up lookup any loop may still make
-        # One `Queue.register` call gives its requests one enqueue time, and a registration that
-        # touches several threads wakes several idle loops (`Worker._on_wake`). Such groups
-        # (arrivals sharing an enqueue time: a `Backlog`, a replayed chunk) are kept apart.
-        self.group_times = np.empty(0)  # enqueue times shared by arrivals on two or more threads
-        self.group_threads = np.empty(0, dtype=np.int64)  # the distinct threads of each, one group after another
-        self.group_starts = np.zeros(1, dtype=np.int64)  # group i: group_threads[group_starts[i]:group_starts[i + 1]]
-        self.group_largest = 0  # the most threads of one group
-        self.on_groups: Any = None  # called when new groups are materialised
+        # One `Queue.register` call gives its requests one enqueue time: arrivals sharing one are
+        # one registration, which wakes an idle loop per thread it touches (`Worker._on_wake`).
 
     def ensure(self, at: float) -> None:
         """Make sure every arrival up to time ``at`` is in its tube."""
@@ -454,66 +448,9 @@ class Feed:
                 self.dropped = np.concatenate((self.dropped, np.zeros(len(dropped) - len(self.dropped), np.int64)))
             self.dropped[: len(dropped)] += dropped
         threads = self.storage.tube_thread[tubes]
-        self._remember_groups(times, threads)
         self.wake = np.concatenate((self.wake[drop:], times))
         self.wake_tubes = np.concatenate((self.wake_tubes[drop:], tubes))
         self.wake_threads = np.concatenate((self.wake_threads[drop:], threads))
-
-    def _remember_groups(self, times: np.ndarray, threads: np.ndarray) -> None:
-        """Record the enqueue times shared by new arrivals on two or more threads."""
-        if len(self.wake) and len(times) and times[0] == self.wake[-1]:  # a group across two steps
-            same = self.wake == times[0]
-            times = np.concatenate((self.wake[same], times))
-            threads = np.concatenate((self.wake_threads[same], threads))
-            if len(self.group_times) and self.group_times[-1] == times[0]:
-                self.group_times = self.group_times[:-1]
-                self.group_starts = self.group_starts[:-1]
-                self.group_threads = self.group_threads[: self.group_starts[-1]]
-        shared = np.zeros(len(times), dtype=bool)
-        shared[1:] = times[1:] == times[:-1]
-        shared[:-1] |= shared[1:]
-        if not shared.any():
-            return
-        found, groups = [], []
-        for at in np.unique(times[shared]):  # times are in order: each one's arrivals are a slice
-            distinct = np.unique(threads[times.searchsorted(at, "left") : times.searchsorted(at, "right")])
-            if len(distinct) > 1:
-                found.append(at)
-                groups.append(distinct)
-        if found:
-            self.group_times = np.concatenate((self.group_times, found))
-            self.group_threads = np.concatenate((self.group_threads, *groups))
-            ends = self.group_starts[-1] + np.cumsum([len(group) for group in groups])
-            self.group_starts = np.concatenate((self.group_starts, ends))
-            self.group_largest = max(self.group_largest, *(len(group) for group in groups))
-            if self.on_groups is not None:
-                self.on_groups()
-
-    def groups_after(self, at: float) -> bool:
-        """Whether a materialised registration of several threads comes after ``at``."""
-        return bool(len(self.group_times)) and float(self.group_times[-1]) > at
-
-    def next_group(self, process: SimProcess, at: float, need: int) -> float:
-        """Enqueue time of the first materialised registration after ``at`` that touches
-        at least ``need`` (> 1) distinct threads that no loop of ``process`` holds."""
-        first, count = int(self.group_times.searchsorted(at, "right")), len(self.group_times)
-        if first == count or need > self.group_largest:
-            return math.inf
-        held = self.passes(process)  # threads held by its loops, or answered by another process
-        step = 16  # groups looked at together, growing: the first is usually near, but may be far
-        while first < count:
-            stop = min(count, first + step)
-            low = self.group_starts[first]
-            threads = self.group_threads[low : self.group_starts[stop]]
-            free = threads >= len(held)
-            known = ~free
-            free[known] = ~held[threads[known]]
-            counts = np.add.reduceat(free, self.group_starts[first:stop] - low, dtype=np.int64)
-            hits = np.flatnonzero(counts >= need)
-            if len(hits):
-                return float(self.group_times[first + int(hits[0])])
-            first, step = stop, step * 4
-        return math.inf
 
     def passes(self, process: SimProcess) -> np.ndarray:
         """By thread index: whether a registration on it passes ``process``'s idle loops by,
@@ -558,6 +495,32 @@ class Feed:
             if free.any():
                 return float(self.wake[position + int(np.argmax(free))])
             position += 64
+        return math.inf
+
+    def next_touch(self, process: SimProcess, at: float, count: int) -> float:
+        """Enqueue time of the registration after ``at`` that brings the ``count``-th touch of a
+        thread no loop of ``process`` holds (one touch per registration and thread): the one
+        that wakes the ``count``-th of its idle loops not woken yet."""
+        if count == 1:
+            return self.next_unheld(process, at)
+        held = self.passes(process)
+        owners, times = self.wake_threads, self.wake
+        position, end = int(times.searchsorted(at, "right")), len(owners)
+        touched: set[int] = set()  # threads of the registration at ``last``
+        last = math.nan
+        step = 64
+        while position < end:
+            chunk = owners[position : position + step]
+            for offset in np.flatnonzero(~held[chunk]).tolist():
+                time, thread = float(times[position + offset]), int(chunk[offset])
+                if time != last:
+                    last, touched = time, set()
+                if thread not in touched:
+                    touched.add(thread)
+                    count -= 1
+                    if not count:
+                        return time
+            position, step = position + step, step * 2
         return math.inf
 
     def registrations(self, after: float, until: float) -> np.ndarray:
@@ -728,7 +691,6 @@ class Simulation:
         self.samples: list[tuple[float, np.ndarray, np.ndarray]] = []
         half = scenario.rtt / 2
         self.wakeups = Wakeups(self.env, self.feed, half, self.processes)
-        self.feed.on_groups = self.wakeups.groups_added
         self.feed.low_water = lambda: min(loop.armed_at for loop in self.loops) - half
         self.target = _target(scenario)
         self.overhead = scenario.overhead
@@ -796,6 +758,7 @@ class Simulation:
         result: Any = None
         fetched: SimTube | None = None
         owed = 0.0  # a fetch's round trip, waited together with the perform that follows it
+        untried = 0  # candidates of the last poll not tried yet
         while True:
             effect: Any = send(result)  # dispatched on its exact type below (faster than match)
             kind = type(effect)
@@ -887,6 +850,7 @@ class Simulation:
                 if feed.frontier < now:
                     feed.ensure(now)
                 result = storage.candidates(now)
+                untried = len(result)
                 if rtt:
                     yield timeout(POLL_TRIPS * rtt - half)
             elif kind is Acquire:
@@ -900,8 +864,11 @@ class Simulation:
                 if rtt:
                     yield timeout(ACQUIRE_TRIPS[code] * rtt - half)
                 result = code == 1
+                untried -= 1
                 if result:
                     wakeups.acquired(stats, env._now)
+                    if untried > 0:  # as the Worker: other threads wait, wake another idle loop
+                        wakeups.wake_idle(stats.process, env._now)
             elif kind is Wait:
                 result = None
                 if effect.wakeable and effect.seconds == 0 and spins:

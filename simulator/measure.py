@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 import redis
+import redis.asyncio
 
 from sharded_queue import Handler, Queue, RequestRoute, Route, Settings, Worker
 from sharded_queue.core import Batch, Cycle, Effect, Perform
@@ -303,3 +304,24 @@ async def measure_overhead(url: str, messages: int = 40_000, repeat: int = 1) ->
     slack = statistics.median(run["slack"] for run in runs)
     names = {field.name for field in dataclasses.fields(Overhead)}
     return Overhead(**{name: max(0.0, value) for name, value in costs.items() if name in names}, timer_slack=slack)
+
+
+async def measure_rtt(url: str, count: int = 300, gap: float = 0.002) -> float:
+    """Median round trip of a ``PING`` from an idle event loop (``gap`` seconds apart), seconds.
+
+    What a round trip costs a worker waiting for its next message: for a twin whose
+    calibration saw no back-to-back batches to measure one from (`calibrate`'s ``rtt``
+    is NaN), e.g. sparse arrivals over many threads.
+    """
+    client = redis.asyncio.Redis.from_url(url)
+    try:
+        await client.ping()  # connect
+        taken = []
+        for _ in range(count):
+            start = time.perf_counter()
+            await client.ping()
+            taken.append(time.perf_counter() - start)
+            await asyncio.sleep(gap)
+    finally:
+        await client.aclose()
+    return statistics.median(taken)

@@ -5,15 +5,18 @@ In the real worker every loop has its own waker, armed at each ``Poll`` and
 since it was armed). Every registration is published with the threads it
 touched, and every worker process (`SimProcess`) wakes, for each thread, the
 loop holding it, or else, if it is the process answering for the thread
-(`sharded_queue.core.answering`), its oldest idle loop (idle: it has polled
-and since done nothing but acquire attempts and waits).
+(`sharded_queue.core.answering`), its oldest idle loop not woken yet (idle: it
+has polled and since done nothing but acquire attempts and waits; woken: on
+its way to its next poll).
 
 The simulator never handles a registration one by one. Arrivals are known in
-advance, and the routing state (which loop holds which thread, which loop is
-the oldest idle) only changes at loop events, so for each armed loop it looks
-up the first registration that would wake it under the current state, and
-recomputes that when the state changes. A waiting loop gets a simpy timer at
-that moment.
+advance, and the routing state (which loop holds which thread, which loops are
+idle, in which order, armed when) only changes at loop events. Between them,
+each touch of a thread that no loop holds wakes the oldest idle loop not woken
+yet: an idle loop with ``k`` such loops ahead of it is woken by the
+``k + 1``-th touch. So for each armed loop the twin looks up the first
+registration that would wake it under the current state, and recomputes that
+when the state changes. A waiting loop gets a simpy timer at that moment.
 """
 
 from __future__ import annotations
@@ -43,22 +46,6 @@ class SimProcess:
         self.bound_mask = np.zeros(64, dtype=bool)  # by thread index: held by a loop of this process
         self.others = np.zeros(0, dtype=bool)  # by thread index: another process answers its wake-ups
         self.flushed = -math.inf  # registrations are applied up to here
-
-    def first_idle(self) -> LoopState | None:
-        """The loop a registration of an unheld thread wakes."""
-        return next(iter(self.idle), None)
-
-    def idle_rank(self, loop: LoopState) -> int | None:
-        """Position of ``loop`` among the idle loops (0: the oldest), None when not idle.
-
-        A registration touching ``k`` threads that no loop of this process holds
-        wakes the ``k`` oldest idle loops (`Worker._on_wake`): the loop at rank
-        ``r`` is woken by a registration touching more than ``r`` of them.
-        """
-        for rank, other in enumerate(self.idle):
-            if other is loop:
-                return rank
-        return None
 
 
 class LoopState:
@@ -193,20 +180,25 @@ class Wakeups:
         if loop.thread is not None:
             wake = self.feed.next_on_thread(loop.thread, start) + half
         process = loop.process
-        first = next(iter(process.idle), None)
-        rank = 0 if first is loop else (process.idle_rank(loop) if self.feed.groups_after(start) else None)
-        if rank == 0:
-            wake = min(wake, self.feed.next_unheld(process, start) + half)
-        elif rank is not None:  # only a registration of several threads reaches it: no look-ahead
-            wake = min(wake, self.feed.next_group(process, start, rank + 1) + half)
-            if wake == math.inf and loop.thread is None:
-                loop.next_wake = loop.checked = math.inf  # looked at again by `groups_added` or a change
-                loop.timer += 1
-                return
+        if loop in process.idle:
+            ahead = self._ahead(loop, start + half)
+            wake = min(wake, self.feed.next_touch(process, start, ahead + 1) + half)
         loop.next_wake = wake
         loop.checked = wake if wake != math.inf else max(self.feed.frontier + half, start + half)
         if loop.event is not None:
             self._schedule(loop)
+
+    def _ahead(self, loop: LoopState, at: float) -> int:
+        """How many idle loops older than ``loop`` a registration delivered after ``at`` finds
+        not woken yet: each takes a touch of an unheld thread before ``loop`` does."""
+        count = 0
+        for other in loop.process.idle:
+            if other is loop:
+                break
+            self._due(other, at)
+            if other.woken_at > at:
+                count += 1
+        return count
 
     def _schedule(self, loop: LoopState) -> None:
         """Set the waiting loop's timer: its wake-up, or a look further ahead."""
@@ -260,19 +252,20 @@ class Wakeups:
             loop.next_wake = math.inf
             loop.checked = max(at, loop.armed_at)
 
-    def groups_added(self) -> None:
-        """New registrations of several threads were materialised: waiting idle loops look again."""
-        for process in self.processes:
-            for rank, loop in enumerate(process.idle):
-                if rank and loop.event is not None and loop.woken_at == math.inf and loop.armed_at != -math.inf:
-                    self._compute(loop, max(loop.armed_at, self.env._now))
-
     def poll(self, loop: LoopState, at: float) -> None:
-        """``Poll``: arm, and join the idle loops (keeping its place if already there)."""
+        """``Poll``: arm, and join the idle loops (keeping its place if already there: armed
+        again, it is not woken, so the idle loops after it wait for one more touch)."""
         process = loop.process
         self._flush(process, at)
         process.idle[loop] = None
         self.arm(loop, at)
+        for other in self._after(loop):
+            self._changed(at, other)
+
+    def _after(self, loop: LoopState) -> list[LoopState]:
+        """The idle loops younger than ``loop``."""
+        idle = list(loop.process.idle)
+        return idle[idle.index(loop) + 1 :] if loop in loop.process.idle else []
 
     def acquired(self, loop: LoopState, at: float) -> None:
         """A successful ``Acquire``, or any effect but ``Poll``/``Wait``/``Acquire``: the loop is no longer idle."""
@@ -280,12 +273,24 @@ class Wakeups:
         if loop not in process.idle:
             return
         self._flush(process, at)
-        after = list(process.idle)
-        after = after[after.index(loop) + 1 :]
+        after = self._after(loop)
         del process.idle[loop]
         self._changed(at, loop)
-        for other in after if self.feed.groups_after(at - self.half) else after[:1]:  # each moves up a rank
+        for other in after:  # one loop fewer ahead of them
             self._changed(at, other)
+
+    def wake_idle(self, process: SimProcess, at: float) -> None:
+        """``Worker._wake_idle``: a loop that bound a thread saw others waiting; the oldest idle
+        loop of its process not woken yet is woken now."""
+        self._flush(process, at)
+        for loop in process.idle:
+            if loop.armed_at != -math.inf and loop.woken_at > at:
+                loop.woken_at = at
+                if loop.event is not None:
+                    self._end_wait(loop)
+                for other in self._after(loop):  # one loop fewer ahead of them
+                    self._changed(at, other)
+                return
 
     def bind(self, loop: LoopState, thread: SimThread, at: float) -> None:
         """``Begin``: the loop holds ``thread``; its registrations wake this loop."""
@@ -297,7 +302,7 @@ class Wakeups:
             process.bound_mask = np.concatenate((process.bound_mask, np.zeros(thread.index + 64, dtype=bool)))
         process.bound_mask[thread.index] = True
         self._changed(at, loop)
-        for other in list(process.idle) if self.feed.groups_after(at - self.half) else [process.first_idle()]:
+        for other in list(process.idle):
             self._changed(at, other)  # the threads no loop holds changed, for every idle loop
 
     def unbind(self, loop: LoopState, at: float) -> None:
@@ -311,5 +316,5 @@ class Wakeups:
         process.bound_mask[thread.index] = False
         loop.thread = None
         self._changed(at, loop)
-        for other in list(process.idle) if self.feed.groups_after(at - self.half) else [process.first_idle()]:
+        for other in list(process.idle):
             self._changed(at, other)  # the threads no loop holds changed, for every idle loop

@@ -15,6 +15,7 @@ from sharded_queue import Handler, Queue, RequestRoute, Route, Settings, Storage
 from sharded_queue.core import Ack
 from sharded_queue.storage import TubeWrite
 from sharded_queue.testing import drain, wait_until
+from sharded_queue.worker import Waker
 from tests.conftest import PollCounting
 
 
@@ -314,6 +315,40 @@ async def test_registration_wakes_one_idle_loop_not_all(storage: Storage, settin
     assert counting.polls == 5
     worker.stop()
     await asyncio.wait_for(asyncio.gather(*loops), 10)
+
+
+async def test_wake_ups_in_quick_succession_wake_distinct_idle_loops(queue: Queue, settings: Settings) -> None:
+    """Registrations of two threads nobody holds, the second before the loop woken by the first
+    has polled: each wakes its own idle loop (the first is on its way to one thread only),
+    so neither thread waits for a coordinator delay while loops idle."""
+    worker = Worker(queue, handlers=[CountingHandler], settings=settings.copy(coordinator_delay=60))
+    name = queue.spec(CountingHandler).name
+    idle = [Waker(), Waker(), Waker()]  # three idle loops, oldest first, each armed at its poll
+    for waker in idle:
+        waker.arm()
+        worker._idle[waker] = None
+    worker._on_wake([ThreadRef(name, "1")])
+    worker._on_wake([ThreadRef(name, "2")])  # the first woken loop has not polled yet
+    assert [waker.woken for waker in idle] == [True, True, False]
+    idle[0].arm()  # its poll: armed again, it is the first to wake once more
+    worker._on_wake([ThreadRef(name, "3")])
+    assert [waker.woken for waker in idle] == [True, True, False]
+
+
+async def test_a_loop_that_binds_a_thread_wakes_another_for_the_rest(storage: Storage, settings: Settings) -> None:
+    """A poll that finds more threads than its loop takes wakes the next idle loop: a thread
+    never waits for a coordinator delay while loops idle, even when its own wake-up went
+    to a loop that takes another thread (here every wake-up goes to the oldest idle loop)."""
+    CountingHandler.performed = []
+    counting = PollCounting(storage.client, storage.keys.prefix)
+    queue = Queue(counting, settings=settings.copy(coordinator_delay=60))
+    worker = Worker(queue, handlers=[CountingHandler])
+    worker._on_wake = lambda threads: next(iter(worker._idle)).wake()  # type: ignore[method-assign]
+    loops = [asyncio.create_task(worker.loop(1)) for _ in range(2)]
+    await wait_until(lambda: counting.polls == 2, timeout=10)  # both idle on a 60 s delay
+    await queue.register(CountingHandler, 1, 2)  # threads "1" and "2": one wake-up, for the oldest loop
+    assert await asyncio.wait_for(asyncio.gather(*loops), 10) == [1, 1]
+    assert sorted(CountingHandler.performed) == [1, 2]
 
 
 async def test_retried_registration_appends_once(queue: Queue) -> None:

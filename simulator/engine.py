@@ -508,11 +508,14 @@ class Feed:
         position, end = int(times.searchsorted(at, "right")), len(owners)
         touched: set[int] = set()  # threads of the registration at ``last``
         last = math.nan
-        step = 64
+        step = 16  # a few first (usually enough), then growing chunks, skipping passed threads in numpy
         while position < end:
             chunk = owners[position : position + step]
-            for offset in np.flatnonzero(~held[chunk]).tolist():
-                time, thread = float(times[position + offset]), int(chunk[offset])
+            for offset in np.flatnonzero(~held[chunk]).tolist() if step > 16 else range(len(chunk)):
+                thread = int(chunk[offset])
+                if held[thread]:
+                    continue
+                time = float(times[position + offset])
                 if time != last:
                     last, touched = time, set()
                 if thread not in touched:
@@ -520,7 +523,7 @@ class Feed:
                     count -= 1
                     if not count:
                         return time
-            position, step = position + step, step * 2
+            position, step = position + step, step * 4
         return math.inf
 
     def registrations(self, after: float, until: float) -> np.ndarray:

@@ -20,7 +20,7 @@ import socket
 import time
 import traceback
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .core import (
@@ -295,7 +295,7 @@ class Worker:
         of another thread meanwhile wakes the next idle loop, or it would wait
         for someone's next poll (up to ``coordinator_delay``) while loops idle.
         """
-        idle = (waker for waker in list(self._idle) if not waker.woken)
+        idle = self._unwoken()
         for thread in threads:
             waker = self._bound.get(thread)
             if waker is None and self.answers(thread):
@@ -311,9 +311,13 @@ class Worker:
         other thread would wait for someone's next poll (up to
         ``coordinator_delay``) while loops idle.
         """
-        waker = next((waker for waker in self._idle if not waker.woken), None)
+        waker = next(self._unwoken(), None)
         if waker is not None:
             waker.wake()
+
+    def _unwoken(self) -> Iterator[Waker]:
+        """The idle loops' wakers not woken yet, oldest first."""
+        return (waker for waker in list(self._idle) if not waker.woken)
 
     def answers(self, thread: ThreadRef) -> bool:
         """Whether this worker answers ``thread``'s wake-ups: the live worker (as of its last

@@ -517,6 +517,8 @@ class _Loop:
             except StorageError as exc:
                 health.failed(exc)
                 continue
+            finally:  # a client may turn the cancellation at `_end` into an error or a reply
+                raise_if_cancelled(asyncio.current_task())
             health.answered()
             if not renewed:
                 logger.warning("lease of %s/%s lost; its batch will not be acked", thread.handler, thread.thread)

@@ -16,12 +16,6 @@ from .cpu import LIBRARY, Overhead, Pauses
 from .scenario import Scenario
 from .workload import Empirical, Fixed, Noise, ScenarioError, Service
 
-RTT_TRIM = 0.9
-"""Round trips above this quantile of those seen are left out of the fit: a loop finds its next
-batch already waiting (the only gaps that show a round trip) mostly when things were slow, so
-the longest gaps are pauses of the whole process (garbage collection, the operating system),
-not round trips, and would make every simulated round trip slower."""
-
 TIMER_QUANTILE = 0.02
 """With ``timer=True``, the quantile of a batch size's waits taken as the timer's own length:
 an ``asyncio.sleep`` never ends early, and ends late by up to a millisecond when
@@ -45,13 +39,18 @@ class Calibration:
 
     Attributes:
         service: A fitted `Service` per handler name (as stored in the trace).
-        rtt: Estimated mean storage round trip (seconds), or NaN when the trace has no
+        rtt: Estimated storage round trip (seconds), or NaN when the trace has no
             back-to-back batches to measure it from.
-        rtt_noise: The measured spread of the round trips (`Empirical`, unit mean).
+        rtt_noise: Unit-mean factor of each round trip; `calibrate` leaves it `Fixed`
+            (the spread of the measured gaps is the machine's contention, see `calibrate`).
         fit: Per handler: ``per_batch``, ``per_message``, their CPU parts, ``cv``
             of the noise, ``batches`` used and ``rtt_samples``.
         overhead: The library's CPU per effect the fit assumed (and `apply` sets).
         pauses: The machine's pauses seen in the trace (`apply` sets them).
+        cores: The cores of the machine the trace was recorded on, when the trace says
+            (``attrs["machine"]``, as `simulator.realrun` records it); None: unknown.
+        background: CPU seconds the other programs on those cores used per message
+            performed (the producer, a local storage server); `apply` sets both.
     """
 
     service: Mapping[str, Service]
@@ -60,9 +59,12 @@ class Calibration:
     overhead: Overhead = LIBRARY
     rtt_noise: Noise = dataclasses.field(default_factory=Fixed)
     pauses: Pauses = dataclasses.field(default_factory=Pauses)
+    cores: int | None = None
+    background: float = 0.0
 
     def apply(self, scenario: Scenario, handlers: Mapping[str, str] | None = None) -> Scenario:
-        """``scenario`` with the fitted service of each handler, the round trip, the overhead and the pauses.
+        """``scenario`` with the fitted service of each handler, the round trip, the overhead, the
+        pauses, and the machine's cores and background when the trace gave them.
 
         Args:
             scenario: The scenario to calibrate.
@@ -100,6 +102,8 @@ class Calibration:
             rtt_noise=noise,
             overhead=self.overhead,
             pauses=self.pauses,
+            cores=scenario.cores if self.cores is None else self.cores,
+            background=scenario.background if self.cores is None else self.background,
         )
 
 
@@ -124,9 +128,17 @@ def calibrate(
       (the next batch already waiting: one ack+fetch round trip), less the
       CPU its process spent meanwhile on this and its other loops (their
       ``perform`` CPU from the ``cpu`` column, the library's from ``overhead``),
-      which the twin simulates itself: their mean is the round trip, their
-      spread its noise. What is left is the storage and the operating
-      system: a busy machine makes round trips longer than Redis alone.
+      which the twin simulates itself: their median is the round trip, `Fixed`.
+      Their long tail is the machine's contention (other processes on the
+      cores, a busy storage server), which holds for a while and hits every
+      loop together; the twin simulates its causes (the processes' CPU, the
+      cores, pauses), and a spread drawn afresh for every round trip would
+      add up on every message's path of several round trips: on 0.5 ms
+      sleeps at 1200/s it put the p99 60-170% too high.
+    * The machine: a trace recorded by `simulator.realrun` says how many cores
+      the machine had and how much CPU the other programs on them used (the
+      producer, a local storage server): per message performed, that is the
+      scenario's ``background``.
     * Pauses: a ``perform`` that ended more than `PAUSE_MIN` later than it
       can (a timer: its envelope plus the timer's rounding; a CPU-bound one,
       `CPU_BOUND_WAIT`: its own CPU) was stopped by a pause of the machine.
@@ -136,7 +148,7 @@ def calibrate(
 
     Args:
         trace: A trace (real, or simulated to check the fit).
-        noise: Keep the measured noise (`Empirical`) instead of `Fixed`.
+        noise: Keep the measured noise of ``perform`` (`Empirical`) instead of `Fixed`.
         timer: ``perform`` waits by sleeping (``asyncio.sleep``), not on I/O.
         overhead: The library's CPU per effect on the machine the trace comes from.
     """
@@ -213,12 +225,18 @@ def calibrate(
     fit = pd.DataFrame(rows)
     fit["rtt_samples"] = len(trips)
     pauses = _pauses(stopped, float(batches["finished"].max() - batches["started"].min()))
-    if not len(trips) or trips.mean() <= 0:
-        return Calibration(services, math.nan, fit, overhead, pauses=pauses)
-    trips = trips[trips <= np.quantile(trips, RTT_TRIM)]
-    rtt = float(trips.mean())
-    spread = Empirical(trips) if noise and trips.std() > 1e-9 * rtt else Fixed()
-    return Calibration(services, rtt, fit, overhead, spread, pauses)
+    machine = _machine(trace)
+    if not len(trips) or np.median(trips) <= 0:
+        return Calibration(services, math.nan, fit, overhead, pauses=pauses, **machine)
+    return Calibration(services, float(np.median(trips)), fit, overhead, pauses=pauses, **machine)
+
+
+def _machine(trace: pd.DataFrame) -> dict[str, Any]:
+    """The machine's cores and the other programs' CPU per message, from ``trace.attrs["machine"]``."""
+    machine = trace.attrs.get("machine")
+    if not machine:
+        return {}
+    return {"cores": int(machine["cores"]), "background": float(machine["other_cpu"]) / len(trace)}
 
 
 def _pauses(stopped: list[np.ndarray], span: float) -> Pauses:

@@ -15,6 +15,11 @@ loop takes about 1.1 ms, while on a busy loop it ends at the first wake-up
 after it is due (another loop's reply, a wake-up message, the end of a
 callback).
 
+`Cores` are the machine's: with fewer cores than busy processes, a process
+whose work is ready waits for a core (first come, first served), and other
+programs on the same machine (the producer, a storage server: per message
+performed, `Scenario.background`) take their share of them.
+
 `Pauses` are moments when the machine stops running the worker processes
 altogether (the operating system, the hypervisor, a garbage collection): every
 process's CPU stops for the pause, and work, timers and replies wait for its
@@ -215,6 +220,30 @@ class PauseSchedule:
         return self.ends[index] if self.starts[index] <= time else time
 
 
+class Cores:
+    """The machine's cores, shared by the worker processes' CPUs: first come, first served.
+
+    A process runs its work on the core it ran on when it goes on at once, else on the
+    core free first; a core is then busy until that work is done. Work is placed in the
+    order it is claimed (simulated time), so a core's free time only grows.
+    """
+
+    __slots__ = ("free",)
+
+    def __init__(self, count: int) -> None:
+        self.free = [-math.inf] * count
+
+    def run(self, ready: float, cost: float, core: int) -> tuple[float, int]:
+        """Work of ``cost`` seconds ready at ``ready``, last run on ``core`` (-1: none):
+        when it starts, and on which core."""
+        free = self.free
+        if core < 0 or free[core] != ready:  # not going on where it left off: the first free core
+            core = free.index(min(free))
+        start = free[core] if free[core] > ready else ready
+        free[core] = start + cost
+        return start, core
+
+
 class Cpu:
     """One worker process's CPU: first come, first served; sleeping loops; wake-up messages.
 
@@ -226,6 +255,8 @@ class Cpu:
     __slots__ = (
         "accounted",
         "busy",
+        "core",
+        "cores",
         "cursor",
         "env",
         "feed",
@@ -239,10 +270,18 @@ class Cpu:
     )
 
     def __init__(
-        self, env: simpy.Environment, feed: Feed, overhead: Overhead, half: float, pauses: PauseSchedule | None = None
+        self,
+        env: simpy.Environment,
+        feed: Feed,
+        overhead: Overhead,
+        half: float,
+        pauses: PauseSchedule | None = None,
+        cores: Cores | None = None,
     ) -> None:
         self.env = env
         self.pauses = pauses  # the machine's, shared by every process's CPU
+        self.cores = cores  # the machine's too; None: a core of its own
+        self.core = -1  # the core this process last ran on
         self.cursor = 1  # the first pause that may end after this CPU's next work starts
         self.mark = 0.0
         self.feed = feed
@@ -270,9 +309,14 @@ class Cpu:
             cost += self.overhead.idle
         else:  # busy (or just done: the same callback goes on)
             start = free
+        cores = self.cores
+        if cores is not None:  # waits for a core
+            start, self.core = cores.run(start, cost, self.core)
         end = start + cost
         if self.pauses is not None:
             start, end = self._paused(start, cost, tail)
+            if cores is not None:
+                cores.free[self.core] = end
         self.free = end
         self.busy += cost
         if sleepers and start <= sleepers[0][0] < end:  # due while this callback runs: fires at its end

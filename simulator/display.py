@@ -164,6 +164,10 @@ def scenario_text(scenario: Scenario) -> str:
     )
     if not scenario.pauses.none:
         fleet += f", pauses {scenario.pauses.rate:.3g}/s of {duration(float(np.mean(scenario.pauses.lengths)))}"
+    if scenario.cores is not None:
+        fleet += f", {scenario.cores} core{'s' if scenario.cores != 1 else ''}"
+        if scenario.background:
+            fleet += f" (others {duration(scenario.background)}/message)"
     run = []
     if scenario.duration is not None:
         run.append(duration(scenario.duration))

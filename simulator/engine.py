@@ -73,7 +73,7 @@ from sharded_queue.core import (
 )
 from sharded_queue.handler import declared_orders
 
-from .cpu import Cpu, PauseSchedule
+from .cpu import Cores, Cpu, PauseSchedule
 from .record import Recorder
 from .result import Result
 from .routing import route_positions
@@ -700,10 +700,13 @@ class Simulation:
         paused = not scenario.pauses.none
         # Without library CPU, CPU in perform or pauses, loops are independent servers: skip the CPU entirely.
         self.cpu_on = not scenario.overhead.zero or any(w.service.uses_cpu for w in workloads) or paused
+        # The machine's cores, when fewer than the processes may want: shared by their CPUs and the background.
+        self.cores = Cores(scenario.cores) if self.cpu_on and scenario.cores is not None else None
+        self.background = scenario.background if self.cores is not None else 0.0
         if self.cpu_on:
             pauses = PauseSchedule(scenario.pauses, np.random.default_rng(pause_seed)) if paused else None
             for process in self.processes:
-                process.cpu = Cpu(self.env, self.feed, scenario.overhead, half, pauses)
+                process.cpu = Cpu(self.env, self.feed, scenario.overhead, half, pauses, self.cores)
 
     def run(self) -> Result:
         """Simulate, and return the `Result`."""
@@ -754,6 +757,7 @@ class Simulation:
         cpu: Cpu | None = stats.process.cpu
         claim = cpu.claim if cpu is not None else None
         costs = self.overhead
+        background = self.background
         # A zero wait re-polls at once, as in the Worker, when a poll takes time; else it waits for a wake-up.
         spins = bool(mean_rtt or (claim is not None and costs.poll and costs.cycle))
         program = worker_program(self.policy, None, rng)
@@ -817,6 +821,8 @@ class Simulation:
                     library = costs.perform + costs.trace
                     library += (costs.decode + costs.perform_per_message + costs.trace_per_message) * count
                     done = claim(now, library + busy, busy)
+                    if background:  # the other programs' share of the machine for these messages
+                        self.cores.run(now, background * count, -1)  # type: ignore[union-attr]
                     started = done - busy if cpu.pauses is None else cpu.mark  # type: ignore[union-attr]
                     waiting = duration - busy
                     if waiting > 0 and sampler.service.timer:

@@ -25,8 +25,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import msgspec
+import redis.asyncio
 
 from sharded_queue import Handler, Queue, Settings, Worker
 from sharded_queue.testing import _arrivals, wait_until
@@ -57,7 +59,11 @@ async def run_workers(
     """Run ``requests`` through worker processes and return the merged trace.
 
     The trace's ``attrs["process_cpu"]`` lists the CPU seconds each worker process
-    used while serving (to check the twin's CPU model against).
+    used while serving (to check the twin's CPU model against); ``attrs["machine"]``
+    gives this machine's ``cores`` and the CPU seconds the other programs on them
+    used meanwhile (``other_cpu``: this process registering, and the storage server
+    when it is local), which `calibrate` turns into `Scenario.cores` and
+    `Scenario.background`.
 
     Args:
         handler: The handler this process registers with (the workers rebuild it from ``spec``).
@@ -85,9 +91,11 @@ async def run_workers(
                 outputs.append(output)
                 children.append(_spawn(spec, url, settings, count, output))
             await _ready(children, time.monotonic() + 60)
+            other = await _other_cpu(url)
             if at is not None:
                 await _arrivals(queue, handler, requests, at)
             await wait_until(lambda: _drained(queue, handler, children), timeout=timeout, interval=0.01)
+            other = await _other_cpu(url) - other
             for child in children:
                 child.send_signal(signal.SIGTERM)
             for child in children:
@@ -110,7 +118,22 @@ async def run_workers(
                 columns.setdefault(name, []).extend(values)
     frame = to_frame(columns)
     frame.attrs["process_cpu"] = process_cpu  # CPU seconds each worker process used while serving
+    frame.attrs["machine"] = {"cores": len(os.sched_getaffinity(0)), "other_cpu": other}
     return frame
+
+
+async def _other_cpu(url: str) -> float:
+    """CPU seconds used so far by the other programs on this machine's cores: this process
+    (registering) and the storage server when it is local (``INFO cpu``)."""
+    used = time.process_time()
+    if urlsplit(url).hostname in ("127.0.0.1", "localhost", "::1"):
+        client = redis.asyncio.Redis.from_url(url)
+        try:
+            info = await client.info("cpu")
+        finally:
+            await client.aclose()
+        used += float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+    return used
 
 
 async def _drained(queue: Queue, handler: type[Handler], children: list[subprocess.Popen[bytes]]) -> bool:

@@ -111,6 +111,11 @@ class Scenario:
             independent server, as the textbook queues assume.
         pauses: When the machine stops running the worker processes (`simulator.cpu.Pauses`;
             none by default; `calibrate` measures them).
+        cores: The cores of the machine the worker processes share (`simulator.cpu.Cores`);
+            None (the default): each process has a core of its own. With fewer cores
+            than busy processes, work waits for a core.
+        background: CPU seconds that other programs on those cores spend per message
+            performed (a producer or a storage server on the same machine); needs ``cores``.
         workers: Deprecated name of ``loops``.
     """
 
@@ -128,6 +133,8 @@ class Scenario:
     backlog_samples: int = 200
     overhead: Overhead = LIBRARY
     pauses: Pauses = field(default_factory=Pauses)
+    cores: int | None = None
+    background: float = 0.0
     workers: InitVar[int | None] = None
 
     def __post_init__(self, workers: int | None) -> None:
@@ -163,6 +170,13 @@ class Scenario:
         check_overhead(self.overhead)
         if not isinstance(self.pauses, Pauses):
             raise ScenarioError(f"Scenario pauses must be a Pauses, got {self.pauses!r}")
+        if self.cores is not None:
+            _count("Scenario cores", self.cores)
+        _positive("Scenario background", self.background, zero=True)
+        if self.background and self.cores is None:
+            raise ScenarioError(
+                f"Scenario background ({self.background:g} s per message) runs on the machine's cores: set cores too"
+            )
         if not isinstance(self.settings, Settings):
             raise ScenarioError(f"Scenario settings must be sharded_queue.Settings, got {self.settings!r}")
         _positive("Scenario rtt", self.rtt, zero=True)

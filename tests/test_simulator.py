@@ -8,6 +8,7 @@ seeds on every core. Everything is seeded, hence deterministic.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import math
 import multiprocessing
 import os
@@ -199,6 +200,45 @@ def test_loops_sharing_a_cpu_are_exactly_one_fcfs_server() -> None:
     simulated = (trace["started_at"] - trace["enqueued_at"]).to_numpy()
     assert simulated.sum() == pytest.approx(waits.sum(), rel=1e-9)
     assert (trace["finished_at"] - trace["started_at"]).to_numpy() == pytest.approx(trace["cpu"].to_numpy())
+
+
+def _spinning_drain(cores: int | None, background: float = 0.0) -> Any:
+    """Four processes of one loop each drain 400 messages over 4 threads; ``perform`` computes 10 ms."""
+    workload = Workload(
+        Notify, Backlog(400), Service(per_batch=0.01, cpu_per_batch=0.01), Keyed(RoundRobin(400), make=Note)
+    )
+    scenario = Scenario(
+        workload,
+        loops=4,
+        processes=4,
+        settings=settings(worker_batch_size=1, **IMMEDIATE),
+        overhead=NONE,
+        cores=cores,
+        background=background,
+    )
+    return simulate(scenario)
+
+
+@pytest.mark.parametrize(
+    ("cores", "background", "seconds"), [(None, 0.0, 1.0), (4, 0.0, 1.0), (2, 0.0, 2.0), (1, 0.0, 4.0), (2, 0.01, 4.0)]
+)
+def test_processes_share_the_machines_cores(cores: int | None, background: float, seconds: float) -> None:
+    """Four CPU-bound processes drain 4 CPU seconds in 4 / min(4, cores) seconds; other programs
+    taking 10 ms of the cores per message (``background``) double the work the cores do."""
+    assert _spinning_drain(cores, background).end == pytest.approx(seconds, rel=0.01)
+
+
+def test_processes_on_one_core_are_exactly_one_fcfs_server() -> None:
+    """Path by path: four processes of one loop each, their ``perform`` all CPU, on one core give
+    the very same total wait as a single FCFS server fed the simulated arrivals and services."""
+    scenario = dataclasses.replace(cpu_scenario(0.7, 4, 20_000, seed=3, warmup=0.0), processes=4, cores=1)
+    trace = simulate(scenario).trace
+    services = trace.sort_values("started_at")["cpu"].to_numpy()
+    waits = fcfs_waits(np.sort(trace["enqueued_at"].to_numpy()), services, 1)
+    simulated = (trace["started_at"] - trace["enqueued_at"]).to_numpy()
+    assert simulated.sum() == pytest.approx(waits.sum(), rel=1e-9)
+    separate = simulate(dataclasses.replace(scenario, cores=None)).trace  # a core each: far less waiting
+    assert (separate["started_at"] - separate["enqueued_at"]).sum() < simulated.sum() / 2
 
 
 def test_a_perform_resumes_after_the_cpu_work_queued_before_it() -> None:
@@ -668,6 +708,7 @@ def test_reprs_show_units_and_the_numbers_read_first() -> None:
     )
     assert "<td style='text-align:left'>4 loops in 1 process(es)" in scenario._repr_html_()
     assert "rtt 500 µs, pauses 2/s of 20 ms; 6 s" in repr(scenario.replace(pauses=Pauses(2.0, [0.01, 0.03])))
+    assert "rtt 500 µs, 2 cores (others 300 µs/message); 6 s" in repr(scenario.replace(cores=2, background=3e-4))
     result = simulate(scenario)
     overall = result.summary(()).iloc[0]
     p99 = f"{overall['sojourn_p99'] * 1000:.3g} ms"
@@ -760,6 +801,18 @@ class ZeroBatch(Handler):
             lambda: Scenario(Workload(OneThread, Poisson(1), Service()), duration=1, pauses=0.1),
             ScenarioError,
             "a Pauses",
+        ),
+        (lambda: Scenario(Workload(OneThread, Poisson(1), Service()), duration=1, cores=0), ScenarioError, "cores"),
+        (lambda: Scenario(Workload(OneThread, Poisson(1), Service()), duration=1, cores=1.5), ScenarioError, "cores"),
+        (
+            lambda: Scenario(Workload(OneThread, Poisson(1), Service()), duration=1, cores=1, background=-1e-3),
+            ScenarioError,
+            "background",
+        ),
+        (
+            lambda: Scenario(Workload(OneThread, Poisson(1), Service()), duration=1, background=1e-3),
+            ScenarioError,
+            "set cores too",
         ),
     ],
 )
@@ -975,6 +1028,20 @@ def test_calibration_maps_handler_names_or_refuses() -> None:
         fitted.apply(other, handlers={"nope": "one-thread"})
     mapped = fitted.apply(other, handlers={"small": "one-thread"})
     assert mapped.workloads[0].service is fitted.service["one-thread"]  # type: ignore[index]
+
+
+def test_calibrate_takes_the_machine_a_real_run_recorded() -> None:
+    """A trace that says its machine (``attrs["machine"]``, as `simulator.realrun` records it)
+    calibrates the scenario's cores and the other programs' CPU per message; one that does not
+    leaves the scenario's own, as a trace from production does."""
+    trace = simulate(Scenario(Workload(OneThread, Poisson(50), Service(0.01)), duration=20)).trace
+    target = Scenario(Workload(OneThread, Poisson(50), Service()), duration=5, cores=8)
+    assert calibrate(trace).apply(target).cores == 8
+    trace.attrs["machine"] = {"cores": 2, "other_cpu": len(trace) * 3e-4}
+    fitted = calibrate(trace)
+    assert fitted.cores == 2 and fitted.background == pytest.approx(3e-4)
+    applied = fitted.apply(target)
+    assert applied.cores == 2 and applied.background == pytest.approx(3e-4)
 
 
 # --- sweep and plots --------------------------------------------------------------------------

@@ -134,7 +134,7 @@ def calibrate(
       loop together; the twin simulates its causes (the processes' CPU, the
       cores, pauses), and a spread drawn afresh for every round trip would
       add up on every message's path of several round trips: on 0.5 ms
-      sleeps at 1200/s it put the p99 60-170% too high.
+      sleeps at 1200/s it put the p99 50-170% too high.
     * The machine: a trace recorded by `simulator.realrun` says how many cores
       the machine had and how much CPU the other programs on them used (the
       producer, a local storage server): per message performed, that is the

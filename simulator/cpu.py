@@ -225,13 +225,21 @@ class Cores:
 
     A process runs its work on the core it ran on when it goes on at once, else on the
     core free first; a core is then busy until that work is done. Work is placed in the
-    order it is claimed (simulated time), so a core's free time only grows.
+    order it is claimed (simulated time), so a core's free time only grows. The other
+    programs' work (`background`) runs one piece at a time, as one more process.
     """
 
-    __slots__ = ("free",)
+    __slots__ = ("free", "others", "others_core")
 
     def __init__(self, count: int) -> None:
         self.free = [-math.inf] * count
+        self.others = -math.inf  # when the other programs' work claimed so far is done
+        self.others_core = -1
+
+    def background(self, ready: float, cost: float) -> None:
+        """Other programs need ``cost`` CPU seconds from ``ready`` (after their earlier work)."""
+        start, self.others_core = self.run(max(ready, self.others), cost, self.others_core)
+        self.others = start + cost
 
     def run(self, ready: float, cost: float, core: int) -> tuple[float, int]:
         """Work of ``cost`` seconds ready at ``ready``, last run on ``core`` (-1: none):

@@ -822,7 +822,7 @@ class Simulation:
                     library += (costs.decode + costs.perform_per_message + costs.trace_per_message) * count
                     done = claim(now, library + busy, busy)
                     if background:  # the other programs' share of the machine for these messages
-                        self.cores.run(now, background * count, -1)  # type: ignore[union-attr]
+                        self.cores.background(now, background * count)  # type: ignore[union-attr]
                     started = done - busy if cpu.pauses is None else cpu.mark  # type: ignore[union-attr]
                     waiting = duration - busy
                     if waiting > 0 and sampler.service.timer:

@@ -115,7 +115,8 @@ class Scenario:
             None (the default): each process has a core of its own. With fewer cores
             than busy processes, work waits for a core.
         background: CPU seconds that other programs on those cores spend per message
-            performed (a producer or a storage server on the same machine); needs ``cores``.
+            performed (a producer or a storage server on the same machine), run as one
+            more process; needs ``cores``.
         workers: Deprecated name of ``loops``.
     """
 

@@ -96,8 +96,8 @@ class Scenario:
             not the environment (pass ``sharded_queue.settings`` for that).
         rtt: Storage round-trip time in seconds (the mean); every Redis round trip
             of the real storage costs one.
-        rtt_noise: Unit-mean factor of each round trip (`Fixed` by default; `calibrate`
-            sets the measured spread, `Empirical`).
+        rtt_noise: Unit-mean factor of each round trip (`Fixed` by default, as `calibrate`
+            leaves it; `Empirical` resamples measured factors).
         duration: Simulated seconds; arrivals stop then and so does the run.
         messages: Total requests to register; without ``duration`` the run goes
             on until all of them are performed.

@@ -218,17 +218,15 @@ def calibrate(
             }
         )
     trips, ends = _round_trips(batches, overhead)
+    rtt = float(np.median(trips)) if len(trips) else math.nan
     if len(trips):  # a round trip far above the usual one: the machine stopped meanwhile
-        late = trips - np.median(trips)
+        late = trips - rtt
         paused = late > PAUSE_MIN
         stopped.append(np.column_stack((ends[paused] - late[paused], ends[paused])))
     fit = pd.DataFrame(rows)
     fit["rtt_samples"] = len(trips)
     pauses = _pauses(stopped, float(batches["finished"].max() - batches["started"].min()))
-    machine = _machine(trace)
-    if not len(trips) or np.median(trips) <= 0:
-        return Calibration(services, math.nan, fit, overhead, pauses=pauses, **machine)
-    return Calibration(services, float(np.median(trips)), fit, overhead, pauses=pauses, **machine)
+    return Calibration(services, rtt if rtt > 0 else math.nan, fit, overhead, pauses=pauses, **_machine(trace))
 
 
 def _machine(trace: pd.DataFrame) -> dict[str, Any]:

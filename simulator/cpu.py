@@ -135,7 +135,10 @@ share the event loop's wake-ups), with 16 loops and batches of 128 they understa
 by 30%. Each constant is the median of three measurements, which move by under 10%
 (the idle and wake-up costs and the tiny decode by up to 2x); under load they grow
 (10-15% at load 1.6). They depend on the machine: another VM of the same size measured
-2.5-3 times as much (dearer system calls). Measure the machine you plan for
+2.5-3 times as much (dearer system calls). ``idle`` here came from a regression on the
+event loop's iterations; the benchmark now takes it from the busy drains (`measure.idle_cost`),
+which on one measurement of the CI machine put it at 46 µs against the regression's 32
+(and each round trip's cost 14 µs lower). Measure the machine you plan for
 (``await simulator.measure.measure_overhead(url)``) and pass that `Overhead` (or
 ``LIBRARY.scaled(factor)``)."""
 

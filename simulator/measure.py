@@ -17,9 +17,10 @@ parse) and the bookkeeping around it. Cycle and perform costs are fitted as
 ``a + b * n`` over the batch sizes; the others are means. A wake-up message is
 timed by a subscribed listener while another thread publishes. The asyncio
 timer granularity is measured by timing ``asyncio.sleep`` on an idle event
-loop. Runs of 2 to 16 loops in one process give what an effect that finds the
-process idle costs more, and check the constants: the CPU the model predicts
-from the effect counts against the thread's measured CPU.
+loop. Drains of 4 to 16 loops in one process keep it busy: what their round
+trips cost less than one loop's is what an effect that finds the process idle
+costs more (`idle_cost`). Drains of 2 to 16 loops check the constants: the CPU
+the model predicts from the effect counts against the thread's measured CPU.
 """
 
 from __future__ import annotations
@@ -163,32 +164,47 @@ def effect_costs(samples: list[Sample]) -> dict[str, float]:
     }
 
 
-def idle_cost(single: list[Sample], runs: list[tuple[list[Sample], float, int]]) -> tuple[float, float]:
-    """CPU of one event loop iteration, and what an effect costs more when it wakes an idle process.
+BUSY_LOOPS = 4
+"""Drains with this many loops (one per thread and more) keep the process busy: replies find it running."""
 
-    One loop's effects each cost their own work plus about three event loop
-    iterations (the wake-up from ``epoll_wait``, the reply, the task's step).
-    With more loops in the process, replies arrive while it is busy and
-    iterations are shared. Regressing each run's CPU below the one-loop costs
-    on the iterations it saved gives the cost of one; an effect that finds the
-    process idle pays the iterations one loop pays beyond those of the busiest
-    runs.
-    """
+TRIPS = ("Poll", "Acquire", "Cycle", "End")
+"""The effects with a round trip: with one loop, each one's reply wakes the idle process."""
+
+
+def iteration_cost(single: list[Sample], runs: list[tuple[list[Sample], float, int]]) -> float:
+    """CPU of one event loop iteration (for the report): each run's CPU below the one-loop costs,
+    regressed on the iterations it saved."""
     by: dict[str, list[tuple[int, float, int]]] = defaultdict(list)
     for name, size, cost, iterations in single:
         by[name].append((size, cost, iterations))
     lines = {name: fit_line([n for n, _, _ in v], [c for _, c, _ in v]) for name, v in by.items()}
     iterations_of = {name: statistics.fmean(i for _, _, i in v) for name, v in by.items()}
-    saved_cpu, saved_iterations, per_effect = [], [], []
+    saved_cpu, saved_iterations = [], []
     for samples, cpu, iterations in runs:
         known = [(name, size) for name, size, _, _ in samples if name in lines]  # waits: not in a one-loop drain
         saved_cpu.append(sum(lines[name][0] + lines[name][1] * size for name, size in known) - cpu)
         saved_iterations.append(sum(iterations_of[name] for name, _ in known) - iterations)
-        per_effect.append(iterations / len(samples))
     x, y = np.asarray(saved_iterations), np.asarray(saved_cpu)
-    iteration = float(x @ y / (x @ x))
-    single_iterations = statistics.fmean(i for _, _, _, i in single)
-    return iteration, iteration * (single_iterations - min(per_effect))
+    return float(x @ y / (x @ x))
+
+
+def idle_cost(costs: dict[str, float], busy: list[tuple[list[Sample], float, int]]) -> float:
+    """What a round trip's effect costs more when its reply wakes an idle process.
+
+    One loop's process is idle at every reply: its effects' costs (``costs``)
+    include the wake-up from ``epoll_wait``. Drains that keep the process busy
+    (``busy``: `BUSY_LOOPS` loops and more) share the event loop's iterations
+    between replies: what their CPU falls short of the one-loop costs, per
+    round trip, is the wake-up. Measured directly on the busy runs, it makes
+    the constants fit a busy process's CPU, which is what limits a drain.
+    """
+    predicted = actual = 0.0
+    trips = 0
+    for samples, cpu, _ in busy:
+        predicted += sum(_predict(costs, name, size) for name, size, _, _ in samples)
+        actual += cpu
+        trips += sum(name in TRIPS for name, *_ in samples)
+    return max(0.0, (predicted - actual) / trips)
 
 
 async def wake_cost(url: str, messages: int = 5000) -> float:
@@ -246,13 +262,14 @@ async def measure(url: str, messages: int) -> dict[str, Any]:
     for batch in (1, 16, 128):
         got, _, _ = await drain(url, batch, messages if batch > 1 else messages // 8, 1)
         single += got
-    runs = [await drain(url, batch, messages, loops) for loops in (2, 4, 8, 16) for batch in (16, 128)]
+    shapes = [(loops, batch) for loops in (2, 4, 8, 16) for batch in (16, 128)]
+    runs = [await drain(url, batch, messages, loops) for loops, batch in shapes]
     traced: list[Sample] = []
     for batch in (1, 16, 128):
         got, _, _ = await drain(url, batch, messages if batch > 1 else messages // 8, 1, trace=True)
         traced += got
-    iteration, idle = idle_cost(single, runs)
     costs = effect_costs(single)
+    idle = idle_cost(costs, [run for run, (loops, _) in zip(runs, shapes, strict=True) if loops >= BUSY_LOOPS])
     for name in ("poll", "acquire", "cycle", "end"):  # the one-loop costs include a wake-up from idle
         costs[name] -= idle
     costs["idle"] = idle
@@ -263,13 +280,13 @@ async def measure(url: str, messages: int) -> dict[str, Any]:
     sleeps = {d: await sleep_times(d) for d in (0.0002, 0.0005, 0.001, 0.0015, 0.003)}
     slack = statistics.median(statistics.median(t) - math.ceil(d * 1000 - 1e-9) / 1000 for d, t in sleeps.items())
     single_iterations = statistics.fmean(i for _, _, _, i in single)
+    per_effect = [iterations / len(samples) for (samples, _, iterations), (loops, _) in zip(runs, shapes, strict=True)]
+    floor = min(share for share, (loops, _) in zip(per_effect, shapes, strict=True) if loops >= BUSY_LOOPS)
     check = []
-    for (samples, cpu, iterations), (loops, batch) in zip(
-        runs, [(loops, batch) for loops in (2, 4, 8, 16) for batch in (16, 128)], strict=True
-    ):
-        # the share of effects that found the process idle, from the iterations they shared
-        woke = min(1.0, (iterations / len(samples)) / single_iterations)
-        trips = sum(name in ("Poll", "Acquire", "Cycle", "End") for name, *_ in samples)
+    for (samples, cpu, iterations), (loops, batch) in zip(runs, shapes, strict=True):
+        # the share of effects that found the process idle: from the busy runs' iterations to one loop's
+        woke = min(1.0, max(0.0, (iterations / len(samples) - floor) / (single_iterations - floor)))
+        trips = sum(name in TRIPS for name, *_ in samples)
         predicted = sum(_predict(costs, name, size) for name, size, _, _ in samples) + costs["idle"] * woke * trips
         check.append((loops, batch, cpu, predicted, iterations / len(samples)))
     return {
@@ -278,7 +295,7 @@ async def measure(url: str, messages: int) -> dict[str, Any]:
         "slack": slack,
         "check": check,
         "single_iterations": single_iterations,
-        "iteration": iteration,
+        "iteration": iteration_cost(single, runs),
     }
 
 

@@ -1283,3 +1283,18 @@ def test_throughput_after_a_warm_up_counts_the_backlog_drained() -> None:
     for kept in (True, False):
         row = simulate(scenario.replace(trace=kept)).summary(()).iloc[0]
         assert row["saturated"] and row["throughput"] == pytest.approx(100, rel=0.02), (kept, row["throughput"])
+
+
+def test_idle_cost_is_what_busy_drains_save_per_round_trip() -> None:
+    """`simulator.measure.idle_cost`: the one-loop costs, less the busy drains' CPU, per round trip."""
+    from simulator.measure import idle_cost
+
+    costs = {"poll": 150e-6, "acquire": 150e-6, "begin": 30e-6, "cycle": 120e-6, "decode": 1e-6}
+    costs |= {"perform": 20e-6, "perform_per_message": 0.5e-6, "end": 200e-6}
+    samples = [("Poll", 0, 0.0, 1), ("Acquire", 0, 0.0, 1), ("Begin", 0, 0.0, 0)]
+    samples += [("Cycle", 16, 0.0, 1), ("Perform", 16, 0.0, 0)] * 50 + [("End", 0, 0.0, 1)]
+    one_loop = 150e-6 * 2 + 30e-6 + 50 * (120e-6 + 16e-6 + 20e-6 + 8e-6) + 200e-6
+    trips = 1 + 1 + 50 + 1
+    busy = [(samples, one_loop - trips * 40e-6, 0), (samples, one_loop - trips * 60e-6, 0)]
+    assert idle_cost(costs, busy) == pytest.approx(50e-6)
+    assert idle_cost(costs, [(samples, one_loop * 2, 0)]) == 0.0  # busier than one loop: no saving, not negative

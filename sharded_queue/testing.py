@@ -152,7 +152,7 @@ async def is_drained(worker: Worker) -> bool:
     return True
 
 
-async def drain(worker: Worker, loops: int = 1, timeout: float = 60.0, feed: Awaitable[None] | None = None) -> int:
+async def drain(worker: Worker, loops: int = 1, timeout: float = 60.0, feed: Awaitable[object] | None = None) -> int:
     """Run ``loops`` loops of ``worker`` until its handlers' tubes are empty, then stop them.
 
     Args:
@@ -186,7 +186,7 @@ async def drain(worker: Worker, loops: int = 1, timeout: float = 60.0, feed: Awa
         worker.control.stopping = False
 
 
-async def _as_count(feed: Awaitable[None]) -> int:
+async def _as_count(feed: Awaitable[object]) -> int:
     await feed
     return 0
 
@@ -230,7 +230,7 @@ async def trace_run(
     queue = queue or fresh_queue(settings)
     worker = Worker(queue, handlers=[handler], settings=settings, trace=True)
     if at is None:
-        feed = _backlog(queue, handler, requests, chunk)
+        feed: Awaitable[object] = _backlog(queue, handler, requests, chunk)
     elif len(at) != len(requests):
         raise ValueError(f"{len(at)} arrival times for {len(requests)} requests")
     else:
@@ -246,10 +246,10 @@ async def _backlog(queue: Queue, handler: type[Handler], requests: Sequence[Any]
         await queue.register(handler, *requests[start : start + chunk])
 
 
-async def _arrivals(queue: Queue, handler: type[Handler], requests: Sequence[Any], at: Sequence[float]) -> None:
-    """Register each request at its offset; requests due together go in one call."""
+async def _arrivals(queue: Queue, handler: type[Handler], requests: Sequence[Any], at: Sequence[float]) -> int:
+    """Register each request at its offset; requests due together go in one call. Returns the calls."""
     start = time.monotonic()
-    index = 0
+    index = calls = 0
     while index < len(requests):
         delay = at[index] - (time.monotonic() - start)
         if delay > 0:
@@ -260,3 +260,5 @@ async def _arrivals(queue: Queue, handler: type[Handler], requests: Sequence[Any
             end += 1
         await queue.register(handler, *requests[index : max(end, index + 1)])
         index = max(end, index + 1)
+        calls += 1
+    return calls

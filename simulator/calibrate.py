@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from .analysis import check_trace
-from .cpu import LIBRARY, Overhead, Pauses
+from .cpu import LIBRARY, REGISTER_COMMANDS, Overhead, Pauses
 from .scenario import Scenario
 from .workload import Empirical, Fixed, Noise, ScenarioError, Service
 
@@ -51,6 +51,9 @@ class Calibration:
             (``attrs["machine"]``, as `simulator.realrun` records it); None: unknown.
         background: CPU seconds the other programs on those cores used per message
             performed (the producer, a local storage server); `apply` sets both.
+        storage_cpu: CPU seconds a local storage server spent per command, when the trace
+            says (`Scenario.storage_cpu`; `apply` sets it); ``rtt`` is then the rest of a
+            round trip. 0: not known.
     """
 
     service: Mapping[str, Service]
@@ -61,10 +64,11 @@ class Calibration:
     pauses: Pauses = dataclasses.field(default_factory=Pauses)
     cores: int | None = None
     background: float = 0.0
+    storage_cpu: float = 0.0
 
     def apply(self, scenario: Scenario, handlers: Mapping[str, str] | None = None) -> Scenario:
         """``scenario`` with the fitted service of each handler, the round trip, the overhead, the
-        pauses, and the machine's cores and background when the trace gave them.
+        pauses, and the machine's cores, background and storage server when the trace gave them.
 
         Args:
             scenario: The scenario to calibrate.
@@ -104,6 +108,7 @@ class Calibration:
             pauses=self.pauses,
             cores=scenario.cores if self.cores is None else self.cores,
             background=scenario.background if self.cores is None else self.background,
+            storage_cpu=self.storage_cpu or scenario.storage_cpu,
         )
 
 
@@ -138,7 +143,11 @@ def calibrate(
     * The machine: a trace recorded by `simulator.realrun` says how many cores
       the machine had and how much CPU the other programs on them used (the
       producer, a local storage server): per message performed, that is the
-      scenario's ``background``.
+      scenario's ``background``. When it gives the storage server's own CPU,
+      that is spread over the commands the run sent it (a cycle per batch, an
+      acquire and a release per thread bound, `simulator.cpu.REGISTER_COMMANDS`
+      per registration) as ``storage_cpu``: the twin then queues every command
+      at the server, and its time per command is taken out of the round trip.
     * Pauses: a ``perform`` that ended more than `PAUSE_MIN` later than it
       can (a timer: its envelope plus the timer's rounding; a CPU-bound one,
       `CPU_BOUND_WAIT`: its own CPU) was stopped by a pause of the machine.
@@ -219,6 +228,7 @@ def calibrate(
         )
     trips, ends = _round_trips(batches, overhead)
     rtt = float(np.median(trips)) if len(trips) else math.nan
+    machine = _machine(trace, batches)
     if len(trips):  # a round trip far above the usual one: the machine stopped meanwhile
         late = trips - rtt
         paused = late > PAUSE_MIN
@@ -226,15 +236,26 @@ def calibrate(
     fit = pd.DataFrame(rows)
     fit["rtt_samples"] = len(trips)
     pauses = _pauses(stopped, float(batches["finished"].max() - batches["started"].min()))
-    return Calibration(services, rtt if rtt > 0 else math.nan, fit, overhead, pauses=pauses, **_machine(trace))
+    # the storage server's time per command is simulated at the server: the rest is the round trip
+    rtt = max(rtt - machine.get("storage_cpu", 0.0), 0.0) if rtt > 0 else math.nan
+    return Calibration(services, rtt, fit, overhead, pauses=pauses, **machine)
 
 
-def _machine(trace: pd.DataFrame) -> dict[str, Any]:
-    """The machine's cores and the other programs' CPU per message, from ``trace.attrs["machine"]``."""
+def _machine(trace: pd.DataFrame, batches: pd.DataFrame) -> dict[str, Any]:
+    """The machine's cores, the other programs' CPU per message and the storage server's per
+    command, from ``trace.attrs["machine"]``."""
     machine = trace.attrs.get("machine")
     if not machine:
         return {}
-    return {"cores": int(machine["cores"]), "background": float(machine["other_cpu"]) / len(trace)}
+    storage = float(machine.get("storage_cpu", 0.0))
+    found = {"cores": int(machine["cores"]), "background": float(machine["other_cpu"]) / len(trace)}
+    if storage > 0:
+        ordered = batches.sort_values(["worker", "started"], kind="stable")
+        loop, thread = ordered["worker"].to_numpy(), ordered["thread"].to_numpy()
+        binds = 1 + int(np.count_nonzero((loop[1:] != loop[:-1]) | (thread[1:] != thread[:-1])))
+        commands = len(batches) + 2 * binds + REGISTER_COMMANDS * int(machine.get("registrations", 0))
+        found["storage_cpu"] = storage / commands
+    return found
 
 
 def _pauses(stopped: list[np.ndarray], span: float) -> Pauses:

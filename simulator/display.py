@@ -162,6 +162,8 @@ def scenario_text(scenario: Scenario) -> str:
         f"process{'es' if scenario.processes != 1 else ''}, worker_batch_size {policy.batch_size}, "
         f"coordinator_delay {duration(policy.coordinator_delay)}, rtt {duration(scenario.rtt)}"
     )
+    if scenario.storage_cpu:
+        fleet += f", storage {duration(scenario.storage_cpu)}/command"
     if not scenario.pauses.none:
         fleet += f", pauses {scenario.pauses.rate:.3g}/s of {duration(float(np.mean(scenario.pauses.lengths)))}"
     if scenario.cores is not None:

@@ -22,6 +22,9 @@ effect                  how the simulator carries it out
 Round-trip counts mirror `sharded_queue.storage.Storage` on a single Redis. A storage call's
 effect happens at once, at its first round trip's server time (half a round
 trip after it is sent), then the loop waits for the rest of its round trips.
+With `Scenario.storage_cpu` the server is busy for that long per command, one
+command at a time (`simulator.cpu.StorageServer`): the loop also waits for the
+commands queued there before its own, registrations included.
 
 Arrivals cost no events: they are generated in bulk, routed, and appended to
 the tubes ahead of simulated time; a tube knows what has arrived at time ``t``
@@ -73,7 +76,7 @@ from sharded_queue.core import (
 )
 from sharded_queue.handler import declared_orders
 
-from .cpu import Cores, Cpu, PauseSchedule
+from .cpu import Cores, Cpu, PauseSchedule, StorageServer
 from .record import Recorder
 from .result import Result
 from .routing import route_positions
@@ -703,6 +706,7 @@ class Simulation:
         # The machine's cores, when fewer than the processes may want: shared by their CPUs and the background.
         self.cores = Cores(scenario.cores) if self.cpu_on and scenario.cores is not None else None
         self.background = scenario.background if self.cores is not None else 0.0
+        self.server = StorageServer(self.feed, scenario.storage_cpu, half) if scenario.storage_cpu else None
         if self.cpu_on:
             pauses = PauseSchedule(scenario.pauses, np.random.default_rng(pause_seed)) if paused else None
             for process in self.processes:
@@ -758,6 +762,7 @@ class Simulation:
         claim = cpu.claim if cpu is not None else None
         costs = self.overhead
         background = self.background
+        server = self.server
         # A zero wait re-polls at once, as in the Worker, when a poll takes time; else it waits for a wake-up.
         spins = bool(mean_rtt or (claim is not None and costs.poll and costs.cycle))
         program = worker_program(self.policy, None, rng)
@@ -796,6 +801,8 @@ class Simulation:
                     self._finish(len(ack.dead))
                     trips += DEAD_LETTER_TRIPS
                 wait = sent - now + trips * rtt
+                if server is not None:
+                    wait += server.call(at)
                 if wait:
                     if reply is None:
                         yield timeout(wait)
@@ -860,8 +867,9 @@ class Simulation:
                     feed.ensure(now)
                 result = storage.candidates(now)
                 untried = len(result)
-                if rtt:
-                    yield timeout(POLL_TRIPS * rtt - half)
+                rest = POLL_TRIPS * rtt - half + (server.call(now) if server is not None else 0.0)
+                if rest:
+                    yield timeout(rest)
             elif kind is Acquire:
                 lead = half if claim is None else claim(env._now, costs.acquire) - env._now + half
                 if lead:
@@ -870,8 +878,9 @@ class Simulation:
                 if feed.frontier < now:
                     feed.ensure(now)
                 code = storage.acquire(threads[id(effect.thread)], now)
-                if rtt:
-                    yield timeout(ACQUIRE_TRIPS[code] * rtt - half)
+                rest = ACQUIRE_TRIPS[code] * rtt - half + (server.call(now) if server is not None else 0.0)
+                if rest:
+                    yield timeout(rest)
                 result = code == 1
                 untried -= 1
                 if result:
@@ -911,8 +920,9 @@ class Simulation:
                 left = storage.release(threads[id(effect.thread)], now)
                 stats.bound += now - stats.bound_since
                 stats.bound_since = math.nan
-                if rtt:
-                    yield timeout(RELEASE_TRIPS[left] * rtt - half)
+                rest = RELEASE_TRIPS[left] * rtt - half + (server.call(now) if server is not None else 0.0)
+                if rest:
+                    yield timeout(rest)
                 result = None
             else:  # pragma: no cover
                 raise TypeError(f"unknown effect {effect!r}")

@@ -62,8 +62,9 @@ async def run_workers(
     used while serving (to check the twin's CPU model against); ``attrs["machine"]``
     gives this machine's ``cores`` and the CPU seconds the other programs on them
     used meanwhile (``other_cpu``: this process registering, and the storage server
-    when it is local), which `calibrate` turns into `Scenario.cores` and
-    `Scenario.background`.
+    when it is local, of which that server's own is ``storage_cpu``) and the
+    ``registrations`` (`Queue.register` calls) made meanwhile, which `calibrate`
+    turns into `Scenario.cores`, `Scenario.background` and `Scenario.storage_cpu`.
 
     Args:
         handler: The handler this process registers with (the workers rebuild it from ``spec``).
@@ -91,11 +92,10 @@ async def run_workers(
                 outputs.append(output)
                 children.append(_spawn(spec, url, settings, count, output))
             await _ready(children, time.monotonic() + 60)
-            other = await _other_cpu(url)
-            if at is not None:
-                await _arrivals(queue, handler, requests, at)
+            before = await _other_cpu(url)
+            registrations = 0 if at is None else await _arrivals(queue, handler, requests, at)
             await wait_until(lambda: _drained(queue, handler, children), timeout=timeout, interval=0.01)
-            other = await _other_cpu(url) - other
+            machine = {name: value - before[name] for name, value in (await _other_cpu(url)).items()}
             for child in children:
                 child.send_signal(signal.SIGTERM)
             for child in children:
@@ -118,21 +118,23 @@ async def run_workers(
                 columns.setdefault(name, []).extend(values)
     frame = to_frame(columns)
     frame.attrs["process_cpu"] = process_cpu  # CPU seconds each worker process used while serving
-    frame.attrs["machine"] = {"cores": len(os.sched_getaffinity(0)), "other_cpu": other}
+    frame.attrs["machine"] = {"cores": len(os.sched_getaffinity(0)), "registrations": registrations, **machine}
     return frame
 
 
-async def _other_cpu(url: str) -> float:
-    """CPU seconds used so far by the other programs on this machine's cores: this process
-    (registering) and the storage server when it is local (``INFO cpu``)."""
-    used = time.process_time()
+async def _other_cpu(url: str) -> dict[str, float]:
+    """CPU seconds used so far by the other programs on this machine's cores (``other_cpu``):
+    this process (registering) and the storage server when it is local, whose own share
+    is then ``storage_cpu`` (``INFO cpu``)."""
+    used = {"other_cpu": time.process_time()}
     if urlsplit(url).hostname in ("127.0.0.1", "localhost", "::1"):
         client = redis.asyncio.Redis.from_url(url)
         try:
             info = await client.info("cpu")
         finally:
             await client.aclose()
-        used += float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+        used["storage_cpu"] = float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+        used["other_cpu"] += used["storage_cpu"]
     return used
 
 

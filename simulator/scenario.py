@@ -98,6 +98,11 @@ class Scenario:
             of the real storage costs one.
         rtt_noise: Unit-mean factor of each round trip (`Fixed` by default, as `calibrate`
             leaves it; `Empirical` resamples measured factors).
+        storage_cpu: Seconds the storage server spends on each command; 0 (the default):
+            the round trip is all there is. Otherwise Redis is one server that runs
+            commands one at a time (`simulator.cpu.StorageServer`): every storage call
+            and every registration queues there, so round trips grow with the load;
+            ``rtt`` is then the rest of a round trip (network and client).
         duration: Simulated seconds; arrivals stop then and so does the run.
         messages: Total requests to register; without ``duration`` the run goes
             on until all of them are performed.
@@ -126,6 +131,7 @@ class Scenario:
     settings: Settings = field(default_factory=Settings)
     rtt: float = 0.0
     rtt_noise: Noise = field(default_factory=Fixed)
+    storage_cpu: float = 0.0
     duration: float | None = None
     messages: int | None = None
     warmup: float = 0.0
@@ -181,6 +187,7 @@ class Scenario:
         if not isinstance(self.settings, Settings):
             raise ScenarioError(f"Scenario settings must be sharded_queue.Settings, got {self.settings!r}")
         _positive("Scenario rtt", self.rtt, zero=True)
+        _positive("Scenario storage_cpu", self.storage_cpu, zero=True)
         if not hasattr(self.rtt_noise, "sample"):
             raise ScenarioError(f"Scenario rtt_noise must be a noise model (Fixed, Empirical), got {self.rtt_noise!r}")
         if self.duration is not None:

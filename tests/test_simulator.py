@@ -228,6 +228,58 @@ def test_processes_share_the_machines_cores(cores: int | None, background: float
     assert _spinning_drain(cores, background).end == pytest.approx(seconds, rel=0.01)
 
 
+def _server_drain(loops: int, storage_cpu: float, rtt: float = 0.0) -> Any:
+    """``loops`` loops drain 2,000 messages of a no-op handler over 4 threads, a message a batch."""
+    workload = Workload(Notify, Backlog(2000), Service(), Keyed(RoundRobin(2000), make=Note))
+    scenario = Scenario(
+        workload,
+        loops=loops,
+        settings=settings(worker_batch_size=1, **IMMEDIATE),
+        overhead=NONE,
+        rtt=rtt,
+        storage_cpu=storage_cpu,
+    )
+    return simulate(scenario)
+
+
+def test_the_storage_server_runs_one_command_at_a_time() -> None:
+    """With ``storage_cpu``, every command queues at one server: a drain of 2,000 one-message
+    batches lasts as long as its commands (a cycle per batch, the polls, and per thread bound
+    an acquire, the empty cycle that ends it and a release) take the server, one after the
+    other, however many loops; while 4 loops that only wait a round trip drain 4 times as fast."""
+    for loops in (1, 4):
+        result = _server_drain(loops, 0.001)
+        counts = result.loops[["performs", "polls", "binds"]].sum()
+        commands = counts["performs"] + counts["polls"] + 3 * counts["binds"]
+        assert result.end == pytest.approx(commands * 0.001, rel=0.01)
+    assert _server_drain(4, 0.0, rtt=0.001).end == pytest.approx(result.end / 4, rel=0.05)
+
+
+def test_registrations_keep_the_storage_server_busy() -> None:
+    """Each registration takes `REGISTER_COMMANDS` commands of the server: at 400 registrations
+    a second and 1 ms a command, they take 80% of it and the loop's fetches wait behind them."""
+    from simulator.cpu import REGISTER_COMMANDS
+
+    assert REGISTER_COMMANDS == 2
+
+    def sojourn(storage_cpu: float) -> float:
+        scenario = Scenario(
+            Workload(OneThread, Poisson(400), Service()),
+            settings=settings(worker_batch_size=1, **IMMEDIATE),
+            overhead=NONE,
+            rtt=0.0001,
+            storage_cpu=storage_cpu,
+            duration=20,
+            warmup=2,
+            seed=4,
+        )
+        trace = simulate(scenario).trace
+        return float((trace["finished_at"] - trace["enqueued_at"]).mean())
+
+    light, heavy = sojourn(0.0001), sojourn(0.001)
+    assert light < 0.001 < 0.003 < heavy
+
+
 def test_processes_on_one_core_are_exactly_one_fcfs_server() -> None:
     """Path by path: four processes of one loop each, their ``perform`` all CPU, on one core give
     the very same total wait as a single FCFS server fed the simulated arrivals and services."""
@@ -814,6 +866,11 @@ class ZeroBatch(Handler):
             ScenarioError,
             "set cores too",
         ),
+        (
+            lambda: Scenario(Workload(OneThread, Poisson(1), Service()), duration=1, storage_cpu=-1e-4),
+            ScenarioError,
+            "storage_cpu",
+        ),
     ],
 )
 def test_impossible_values_fail_clearly(build: Any, error: type[Exception], match: str) -> None:
@@ -1039,9 +1096,31 @@ def test_calibrate_takes_the_machine_a_real_run_recorded() -> None:
     assert calibrate(trace).apply(target).cores == 8
     trace.attrs["machine"] = {"cores": 2, "other_cpu": len(trace) * 3e-4}
     fitted = calibrate(trace)
-    assert fitted.cores == 2 and fitted.background == pytest.approx(3e-4)
+    assert fitted.cores == 2 and fitted.background == pytest.approx(3e-4) and fitted.storage_cpu == 0.0
     applied = fitted.apply(target)
-    assert applied.cores == 2 and applied.background == pytest.approx(3e-4)
+    assert applied.cores == 2 and applied.background == pytest.approx(3e-4) and applied.storage_cpu == 0.0
+
+
+def test_calibrate_spreads_the_storage_servers_cpu_over_its_commands() -> None:
+    """A trace that gives the storage server's own CPU (``storage_cpu``) and the registrations
+    made: that CPU over the commands sent (a cycle per batch, an acquire and a release per
+    thread bound, two per registration) is the server's time per command, which leaves the
+    round trip (the background keeps it: the server's CPU is taken from the cores)."""
+    from simulator.cpu import REGISTER_COMMANDS
+
+    workload = Workload(Notify, Poisson(100), Service(0.002), Keyed(RoundRobin(8), make=Note))
+    scenario = Scenario(workload, loops=2, duration=20)
+    trace = simulate(scenario.replace(rtt=0.001, worker_batch_size=4)).trace
+    plain = calibrate(trace)
+    batches = trace.groupby(["worker", "batch"]).first().reset_index().sort_values(["worker", "started_at"])
+    runs = batches.groupby("worker")["thread"].apply(lambda t: int((t != t.shift()).sum())).sum()
+    commands = len(batches) + 2 * runs + REGISTER_COMMANDS * len(trace)
+    trace.attrs["machine"] = {"cores": 2, "other_cpu": 1.0, "storage_cpu": commands * 1e-4, "registrations": len(trace)}
+    fitted = calibrate(trace)
+    assert fitted.storage_cpu == pytest.approx(1e-4)
+    assert fitted.background == pytest.approx(1.0 / len(trace))
+    assert fitted.rtt == pytest.approx(plain.rtt - 1e-4)
+    assert fitted.apply(scenario).storage_cpu == pytest.approx(1e-4)
 
 
 # --- sweep and plots --------------------------------------------------------------------------
@@ -1298,3 +1377,4 @@ def test_idle_cost_is_what_busy_drains_save_per_round_trip() -> None:
     busy = [(samples, one_loop - trips * 40e-6, 0), (samples, one_loop - trips * 60e-6, 0)]
     assert idle_cost(costs, busy) == pytest.approx(50e-6)
     assert idle_cost(costs, [(samples, one_loop * 2, 0)]) == 0.0  # busier than one loop: no saving, not negative
+

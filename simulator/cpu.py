@@ -459,18 +459,48 @@ class Cpu:
                 entry[2].succeed()
 
     def _messages(self, now: float) -> None:
-        """Charge the wake-up messages delivered since the last claim, in order (Lindley, vectorised)."""
+        """Charge the wake-up messages delivered since the last claim, in order (Lindley: a loop for
+        a few, vectorised for more).
+
+        `Overhead.wake` is measured on an idle listener: each message wakes the event
+        loop. One that finds the process busy shares the running iteration, and costs
+        `Overhead.idle` less, as an effect does.
+        """
         until = now - self.half
         times = self.feed.registrations(self.accounted, until)
         self.accounted = until
         count = len(times)
         if not count:
             return
-        cost = self.overhead.wake
-        # FIFO with equal costs: done = max(free + k*w, max_j(delivered_j + (k - j) * w)), j = 0..k-1
-        tail = float(np.max(times + self.half + cost * np.arange(count, 0, -1)))
-        self.free = max(self.free + count * cost, tail)
-        self.busy += count * cost
+        overhead = self.overhead
+        wake = overhead.wake
+        shared = max(wake - overhead.idle, 0.0)
+        if count <= 16:  # the usual case: a few messages, in order, without arrays
+            free, half, total = self.free, self.half, 0.0
+            for time in times.tolist():
+                arrival = time + half
+                cost = shared if free >= arrival else wake
+                free = (free if free > arrival else arrival) + cost
+                total += cost
+            self.free = free
+            self.busy += total
+            return
+        delivered = times + self.half
+        if shared == wake:  # FIFO, equal costs: done = max(free + k*w, max_j(delivered_j + (k - j) * w))
+            tail = float(np.max(delivered + wake * np.arange(count, 0, -1)))
+            self.free = max(self.free + count * wake, tail)
+            self.busy += count * wake
+            return
+        # at full cost, message k is done at prefix_k + max(free, max_{j<=k}(delivered_j - prefix_{j-1}));
+        # those delivered before the one ahead of them was done found the process busy
+        prefix = wake * np.arange(1, count + 1)
+        done = prefix + np.maximum(self.free, np.maximum.accumulate(delivered - (prefix - wake)))
+        ahead = np.concatenate(([self.free], done[:-1]))
+        costs = np.where(delivered <= ahead, shared, wake)
+        prefix = np.cumsum(costs)
+        total = float(prefix[-1])
+        self.free = max(self.free + total, float(np.max(delivered - (prefix - costs))) + total)
+        self.busy += total
 
 
 def check_overhead(value: Any) -> Overhead:

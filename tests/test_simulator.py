@@ -1378,3 +1378,37 @@ def test_idle_cost_is_what_busy_drains_save_per_round_trip() -> None:
     assert idle_cost(costs, busy) == pytest.approx(50e-6)
     assert idle_cost(costs, [(samples, one_loop * 2, 0)]) == 0.0  # busier than one loop: no saving, not negative
 
+
+class _Registrations:
+    """A feed of wake-up messages at fixed times, for `Cpu` alone."""
+
+    def __init__(self, times: list[float]) -> None:
+        self.times = np.asarray(times)
+
+    def registrations(self, after: float, until: float) -> np.ndarray:
+        return self.times[(self.times > after) & (self.times <= until)]
+
+
+@pytest.mark.parametrize(
+    ("times", "free", "busy", "end"),
+    [
+        ([0.0, 1.0, 2.0], -math.inf, 3 * 100e-6, 2.0 + 100e-6),  # apart: each wakes the idle process
+        ([0.0, 0.0, 0.0], -math.inf, 100e-6 + 2 * 60e-6, 220e-6),  # a burst: the first wakes it, the others share
+        ([0.0, 0.0, 0.0], 1.0, 3 * 60e-6, 1.0 + 180e-6),  # the process is busy: all share its wake-up
+        (list(np.arange(20.0)), -math.inf, 20 * 100e-6, 19.0 + 100e-6),  # more than a few: vectorised
+        ([0.0] * 20, -math.inf, 100e-6 + 19 * 60e-6, 100e-6 + 19 * 60e-6),
+        ([0.0] * 20, 1.0, 20 * 60e-6, 1.0 + 20 * 60e-6),
+    ],
+)
+def test_a_wake_up_message_that_finds_the_process_busy_costs_idle_less(
+    times: list[float], free: float, busy: float, end: float
+) -> None:
+    """Wake-up messages cost `Overhead.wake` (an idle listener's) when they wake the process, and
+    `Overhead.idle` less when it is busy; they are handled in order, first come first served."""
+    from simulator.cpu import Cpu, Overhead
+
+    cpu = Cpu(None, _Registrations(times), Overhead(wake=100e-6, idle=40e-6), half=0.0)  # type: ignore[arg-type]
+    cpu.free = free
+    cpu._messages(100.0)
+    assert cpu.busy == pytest.approx(busy)
+    assert cpu.free == pytest.approx(end)

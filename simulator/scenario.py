@@ -98,11 +98,6 @@ class Scenario:
             of the real storage costs one.
         rtt_noise: Unit-mean factor of each round trip (`Fixed` by default, as `calibrate`
             leaves it; `Empirical` resamples measured factors).
-        storage_cpu: Seconds the storage server spends on each command; 0 (the default):
-            the round trip is all there is. Otherwise Redis is one server that runs
-            commands one at a time (`simulator.cpu.StorageServer`): every storage call
-            and every registration queues there, so round trips grow with the load;
-            ``rtt`` is then the rest of a round trip (network and client).
         duration: Simulated seconds; arrivals stop then and so does the run.
         messages: Total requests to register; without ``duration`` the run goes
             on until all of them are performed.
@@ -122,6 +117,11 @@ class Scenario:
         background: CPU seconds that other programs on those cores spend per message
             performed (a producer or a storage server on the same machine), run as one
             more process; needs ``cores``.
+        storage_cpu: Seconds the storage server spends on each command; 0 (the default):
+            the round trip is all there is. Otherwise Redis is one server that runs
+            commands one at a time (`simulator.cpu.StorageServer`): every storage call
+            and every registration queues there, so round trips grow with the load;
+            ``rtt`` is then the rest of a round trip (network and client).
         workers: Deprecated name of ``loops``.
     """
 
@@ -131,7 +131,6 @@ class Scenario:
     settings: Settings = field(default_factory=Settings)
     rtt: float = 0.0
     rtt_noise: Noise = field(default_factory=Fixed)
-    storage_cpu: float = 0.0
     duration: float | None = None
     messages: int | None = None
     warmup: float = 0.0
@@ -142,6 +141,7 @@ class Scenario:
     pauses: Pauses = field(default_factory=Pauses)
     cores: int | None = None
     background: float = 0.0
+    storage_cpu: float = 0.0
     workers: InitVar[int | None] = None
 
     def __post_init__(self, workers: int | None) -> None:

@@ -761,6 +761,7 @@ def test_reprs_show_units_and_the_numbers_read_first() -> None:
     assert "<td style='text-align:left'>4 loops in 1 process(es)" in scenario._repr_html_()
     assert "rtt 500 µs, pauses 2/s of 20 ms; 6 s" in repr(scenario.replace(pauses=Pauses(2.0, [0.01, 0.03])))
     assert "rtt 500 µs, 2 cores (others 300 µs/message); 6 s" in repr(scenario.replace(cores=2, background=3e-4))
+    assert "rtt 500 µs, storage 120 µs/command; 6 s" in repr(scenario.replace(storage_cpu=1.2e-4))
     result = simulate(scenario)
     overall = result.summary(()).iloc[0]
     p99 = f"{overall['sojourn_p99'] * 1000:.3g} ms"

@@ -486,11 +486,6 @@ class Cpu:
             self.busy += total
             return
         delivered = times + self.half
-        if shared == wake:  # FIFO, equal costs: done = max(free + k*w, max_j(delivered_j + (k - j) * w))
-            tail = float(np.max(delivered + wake * np.arange(count, 0, -1)))
-            self.free = max(self.free + count * wake, tail)
-            self.busy += count * wake
-            return
         # at full cost, message k is done at prefix_k + max(free, max_{j<=k}(delivered_j - prefix_{j-1}));
         # those delivered before the one ahead of them was done found the process busy
         prefix = wake * np.arange(1, count + 1)

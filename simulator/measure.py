@@ -270,8 +270,8 @@ async def measure(url: str, messages: int) -> dict[str, Any]:
         traced += got
     costs = effect_costs(single)
     idle = idle_cost(costs, [run for run, (loops, _) in zip(runs, shapes, strict=True) if loops >= BUSY_LOOPS])
-    for name in ("poll", "acquire", "cycle", "end"):  # the one-loop costs include a wake-up from idle
-        costs[name] -= idle
+    for name in TRIPS:  # the one-loop costs include a wake-up from idle
+        costs[name.lower()] -= idle
     costs["idle"] = idle
     with_trace = effect_costs(traced)
     costs["trace"] = with_trace["perform"] - costs["perform"]

@@ -280,15 +280,15 @@ async def measure(url: str, messages: int) -> dict[str, Any]:
     sleeps = {d: await sleep_times(d) for d in (0.0002, 0.0005, 0.001, 0.0015, 0.003)}
     slack = statistics.median(statistics.median(t) - math.ceil(d * 1000 - 1e-9) / 1000 for d, t in sleeps.items())
     single_iterations = statistics.fmean(i for _, _, _, i in single)
-    per_effect = [iterations / len(samples) for (samples, _, iterations), (loops, _) in zip(runs, shapes, strict=True)]
+    per_effect = [iterations / len(samples) for samples, _, iterations in runs]
     floor = min(share for share, (loops, _) in zip(per_effect, shapes, strict=True) if loops >= BUSY_LOOPS)
     check = []
-    for (samples, cpu, iterations), (loops, batch) in zip(runs, shapes, strict=True):
+    for (samples, cpu, _), (loops, batch), share in zip(runs, shapes, per_effect, strict=True):
         # the share of effects that found the process idle: from the busy runs' iterations to one loop's
-        woke = min(1.0, max(0.0, (iterations / len(samples) - floor) / (single_iterations - floor)))
+        woke = min(1.0, max(0.0, (share - floor) / (single_iterations - floor)))
         trips = sum(name in TRIPS for name, *_ in samples)
         predicted = sum(_predict(costs, name, size) for name, size, _, _ in samples) + costs["idle"] * woke * trips
-        check.append((loops, batch, cpu, predicted, iterations / len(samples)))
+        check.append((loops, batch, cpu, predicted, share))
     return {
         "costs": costs,
         "sleeps": sleeps,

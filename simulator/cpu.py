@@ -315,10 +315,10 @@ class Cpu:
         "core",
         "cores",
         "cursor",
+        "delivery",
         "env",
         "feed",
         "free",
-        "half",
         "mark",
         "overhead",
         "pauses",
@@ -331,7 +331,7 @@ class Cpu:
         env: simpy.Environment,
         feed: Feed,
         overhead: Overhead,
-        half: float,
+        delivery: float,
         pauses: PauseSchedule | None = None,
         cores: Cores | None = None,
     ) -> None:
@@ -343,7 +343,7 @@ class Cpu:
         self.mark = 0.0
         self.feed = feed
         self.overhead = overhead
-        self.half = half  # a wake-up message reaches the process half a round trip after its registration
+        self.delivery = delivery  # a wake-up message reaches the process this long after its registration
         self.free = -math.inf
         self.busy = 0.0
         self.accounted = -math.inf  # wake-up messages charged up to this delivery time
@@ -430,8 +430,8 @@ class Cpu:
         resolution = overhead.timer_resolution
         timer = idle + math.ceil((due - idle) / resolution - 1e-9) * resolution + overhead.timer_slack
         if overhead.wake:
-            message = self.feed.next_registration(due - self.half, timer - self.half)
-            timer = min(timer, message + self.half)
+            message = self.feed.next_registration(due - self.delivery, timer - self.delivery)
+            timer = min(timer, message + self.delivery)
         if self.pauses is not None:
             timer = self.pauses.after(timer)
         event = env.event()
@@ -466,7 +466,7 @@ class Cpu:
         loop. One that finds the process busy shares the running iteration, and costs
         `Overhead.idle` less, as an effect does.
         """
-        until = now - self.half
+        until = now - self.delivery
         times = self.feed.registrations(self.accounted, until)
         self.accounted = until
         count = len(times)
@@ -476,16 +476,16 @@ class Cpu:
         wake = overhead.wake
         shared = max(wake - overhead.idle, 0.0)
         if count <= 16:  # the usual case: a few messages, in order, without arrays
-            free, half, total = self.free, self.half, 0.0
+            free, delivery, total = self.free, self.delivery, 0.0
             for time in times.tolist():
-                arrival = time + half
+                arrival = time + delivery
                 cost = shared if free >= arrival else wake
                 free = (free if free > arrival else arrival) + cost
                 total += cost
             self.free = free
             self.busy += total
             return
-        delivered = times + self.half
+        delivered = times + self.delivery
         # at full cost, message k is done at prefix_k + max(free, max_{j<=k}(delivered_j - prefix_{j-1}));
         # those delivered before the one ahead of them was done found the process busy
         prefix = wake * np.arange(1, count + 1)

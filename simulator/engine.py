@@ -15,7 +15,8 @@ effect                  how the simulator carries it out
 ``Perform``             the service time of the batch (`Service`), then maybe a failure; past
                         the handler's ``timeout`` (``QUEUE_PERFORM_TIMEOUT``) it fails then
 ``Wait``                a pause; a *wakeable* one ends early at the wake-up of the next
-                        registration (pub/sub, half a round trip after it)
+                        registration (pub/sub: a round trip after it, and the storage
+                        server's time to run it)
 ``Begin`` / ``End``     bind / release; release is 1 round trip
 ======================  ==========================================================
 
@@ -76,7 +77,7 @@ from sharded_queue.core import (
 )
 from sharded_queue.handler import declared_orders
 
-from .cpu import Cores, Cpu, PauseSchedule, StorageServer
+from .cpu import REGISTER_COMMANDS, Cores, Cpu, PauseSchedule, StorageServer
 from .record import Recorder
 from .result import Result
 from .routing import route_positions
@@ -696,8 +697,11 @@ class Simulation:
             loop.process.loops.append(loop)
         self.samples: list[tuple[float, np.ndarray, np.ndarray]] = []
         half = scenario.rtt / 2
-        self.wakeups = Wakeups(self.env, self.feed, half, self.processes)
-        self.feed.low_water = lambda: min(loop.armed_at for loop in self.loops) - half
+        # A wake-up message is published by the storage server once it has run the registration
+        # (`REGISTER_COMMANDS`, without the queue there), then travels on to the worker processes.
+        delivery = scenario.rtt + REGISTER_COMMANDS * scenario.storage_cpu
+        self.wakeups = Wakeups(self.env, self.feed, delivery, self.processes)
+        self.feed.low_water = lambda: min(loop.armed_at for loop in self.loops) - delivery
         self.target = _target(scenario)
         self.overhead = scenario.overhead
         paused = not scenario.pauses.none
@@ -710,7 +714,7 @@ class Simulation:
         if self.cpu_on:
             pauses = PauseSchedule(scenario.pauses, np.random.default_rng(pause_seed)) if paused else None
             for process in self.processes:
-                process.cpu = Cpu(self.env, self.feed, scenario.overhead, half, pauses, self.cores)
+                process.cpu = Cpu(self.env, self.feed, scenario.overhead, delivery, pauses, self.cores)
 
     def run(self) -> Result:
         """Simulate, and return the `Result`."""

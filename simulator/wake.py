@@ -106,10 +106,10 @@ class Wakeups:
     needs its timer), lazily otherwise.
     """
 
-    def __init__(self, env: simpy.Environment, feed: Feed, half: float, processes: list[SimProcess]) -> None:
+    def __init__(self, env: simpy.Environment, feed: Feed, delivery: float, processes: list[SimProcess]) -> None:
         self.env = env
         self.feed = feed
-        self.half = half  # pub/sub delivery: half a round trip after the registration
+        self.delivery = delivery  # pub/sub: a wake-up message reaches the processes this long after its registration
         self.processes = processes
 
     # --- the waker of one loop ----------------------------------------------------
@@ -159,8 +159,8 @@ class Wakeups:
         if loop.woken_at != math.inf or loop.armed_at == -math.inf:
             return
         if loop.next_wake == math.inf and loop.checked < at:
-            if self.feed.frontier < at - self.half:
-                self.feed.ensure(at - self.half)
+            if self.feed.frontier < at - self.delivery:
+                self.feed.ensure(at - self.delivery)
             self._compute(loop, loop.checked)
         if loop.next_wake <= at:
             loop.woken_at = loop.next_wake
@@ -174,17 +174,17 @@ class Wakeups:
         """
         if loop.woken_at != math.inf:
             return
-        half = self.half
-        start = max(since, loop.armed_at) - half  # enqueue times delivered after ``since``
+        delivery = self.delivery
+        start = max(since, loop.armed_at) - delivery  # enqueue times delivered after ``since``
         wake = math.inf
         if loop.thread is not None:
-            wake = self.feed.next_on_thread(loop.thread, start) + half
+            wake = self.feed.next_on_thread(loop.thread, start) + delivery
         process = loop.process
         if loop in process.idle:
-            ahead = self._ahead(loop, start + half)
-            wake = min(wake, self.feed.next_touch(process, start, ahead + 1) + half)
+            ahead = self._ahead(loop, start + delivery)
+            wake = min(wake, self.feed.next_touch(process, start, ahead + 1) + delivery)
         loop.next_wake = wake
-        loop.checked = wake if wake != math.inf else max(self.feed.frontier + half, start + half)
+        loop.checked = wake if wake != math.inf else max(self.feed.frontier + delivery, start + delivery)
         if loop.event is not None:
             self._schedule(loop)
 

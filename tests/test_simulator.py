@@ -518,9 +518,10 @@ def test_an_empty_thread_is_released_when_another_waits() -> None:
 def test_one_idle_loop_is_woken_per_registration() -> None:
     """Wake-ups name their thread: a worker process wakes the loop holding it, else, if it
     answers for the thread (`core.answering`), its oldest idle loop not woken yet. Round
-    trip 0.1 s, coordinator delay 1 s, two idle loops; "a" is registered at 0.5 and "b"
-    at 0.51. In one process both registrations wake the same (oldest) idle loop, which
-    is polling again (armed, not woken) when "b" comes; it takes one thread, and, having
+    trip 0.1 s (a wake-up message arrives a round trip after its registration), coordinator
+    delay 1 s, two idle loops; "a" is registered at 0.5 and "b" at 0.51. In one process
+    both registrations wake the same (oldest) idle loop, which is polling again (armed,
+    not woken) when "b" comes; it takes one thread, and, having
     seen the other waiting, wakes the other loop (`Worker._wake_idle`), which takes it
     two round trips later. With two processes, "a" and "b" are answered by different
     ones (process 1 and 0): each wakes its own idle loop and both threads start within
@@ -533,10 +534,25 @@ def test_one_idle_loop_is_woken_per_registration() -> None:
     one_waits = sorted(one.trace["started_at"] - one.trace["enqueued_at"])
     two_waits = sorted(two.trace["started_at"] - two.trace["enqueued_at"])
     same_waits = sorted(same.trace["started_at"] - same.trace["enqueued_at"])
-    assert one_waits[0] == pytest.approx(0.345, abs=0.006)  # woken 0.55, poll -0.65, acquire -0.75, cycle -0.85
-    assert one_waits[1] == pytest.approx(0.545, abs=0.006)  # woken 0.75, poll -0.85, acquire -0.95, cycle -1.05
+    assert one_waits[0] == pytest.approx(0.395, abs=0.006)  # woken 0.6, poll -0.7, acquire -0.8, cycle -0.9
+    assert one_waits[1] == pytest.approx(0.595, abs=0.006)  # woken 0.8, poll -0.9, acquire -1.0, cycle -1.1
     assert two_waits[1] < 0.6
     assert same_waits[1] > 0.7
+
+
+def test_a_wake_up_leaves_the_storage_server_after_the_registration_it_announces() -> None:
+    """Redis publishes a registration's wake-up once it has run the registration
+    (`REGISTER_COMMANDS` commands), and the message then travels on to the workers. One
+    idle loop, round trip 0.1 s; with the server busy 10 ms a command the loop is woken
+    20 ms later, and its poll, acquire and cycle take 10 ms more each."""
+    from simulator.cpu import REGISTER_COMMANDS
+
+    def wait(result: Any) -> float:
+        return float(result.trace["started_at"].iloc[0] - result.trace["enqueued_at"].iloc[0])
+
+    plain = simulate(replay([0.5], ["a"], rtt=0.1))
+    served = simulate(replay([0.5], ["a"], rtt=0.1, storage_cpu=0.01))
+    assert wait(served) - wait(plain) == pytest.approx((REGISTER_COMMANDS + 3) * 0.01)
 
 
 def test_idle_loops_with_zero_delays_wait_for_a_wake_up() -> None:
@@ -1408,7 +1424,7 @@ def test_a_wake_up_message_that_finds_the_process_busy_costs_idle_less(
     `Overhead.idle` less when it is busy; they are handled in order, first come first served."""
     from simulator.cpu import Cpu, Overhead
 
-    cpu = Cpu(None, _Registrations(times), Overhead(wake=100e-6, idle=40e-6), half=0.0)  # type: ignore[arg-type]
+    cpu = Cpu(None, _Registrations(times), Overhead(wake=100e-6, idle=40e-6), delivery=0.0)  # type: ignore[arg-type]
     cpu.free = free
     cpu._messages(100.0)
     assert cpu.busy == pytest.approx(busy)

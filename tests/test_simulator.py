@@ -521,13 +521,13 @@ def test_one_idle_loop_is_woken_per_registration() -> None:
     trip 0.1 s (a wake-up message arrives a round trip after its registration), coordinator
     delay 1 s, two idle loops; "a" is registered at 0.5 and "b" at 0.51. In one process
     both registrations wake the same (oldest) idle loop, which is polling again (armed,
-    not woken) when "b" comes; it takes one thread, and, having
-    seen the other waiting, wakes the other loop (`Worker._wake_idle`), which takes it
-    two round trips later. With two processes, "a" and "b" are answered by different
-    ones (process 1 and 0): each wakes its own idle loop and both threads start within
-    a few round trips. Threads that one process answers for wake only its loops, and
-    a loop wakes only loops of its own process: "a" and "c" wait for the other
-    process's coordinator delay."""
+    not woken) when "b" comes; it takes one thread, and, having seen the other waiting,
+    wakes the other loop (`Worker._wake_idle`), which takes it two round trips later.
+    With two processes, "a" and "b" are answered by different ones (process 1 and 0):
+    each wakes its own idle loop and both threads start within a few round trips.
+    Threads that one process answers for wake only its loops, and a loop wakes only
+    loops of its own process: "a" and "c" wait for the other process's coordinator
+    delay."""
     one = simulate(replay([0.5, 0.51], ["a", "b"], loops=2, rtt=0.1))
     two = simulate(replay([0.5, 0.51], ["a", "b"], loops=2, processes=2, rtt=0.1))
     same = simulate(replay([0.5, 0.51], ["a", "c"], loops=2, processes=2, rtt=0.1))

@@ -14,7 +14,8 @@ The twin charges the library's CPU per effect as measured on the project's
 development machine (`simulator.cpu.LIBRARY`); the real runs may be on a
 machine with other costs, so the suite first measures this one's
 (`simulator.measure.measure_overhead`), as a capacity planner measures the
-machines they plan for::
+machines they plan for, and each calibration follows the machine's speed
+during the run it is fitted on (`fit`: `calibrate` with ``run``)::
 
     python -m simulator.accuracy                # both tables; spawns its own redis-server
     python -m simulator.accuracy --only predictions --url redis://127.0.0.1:6380/0
@@ -221,28 +222,16 @@ async def real_trace(config: Config, url: str, seed: int = 0) -> pd.DataFrame:
     )
 
 
-def twin_trace(
-    config: Config,
-    real: pd.DataFrame,
-    fitted: Calibration | None = None,
-    probe: float = math.nan,
-    seed: int = 1,
-    overhead: Overhead = TRACED,
-) -> pd.DataFrame:
-    """The simulated trace of ``config``, replaying ``real``'s requests and enqueue times.
+def replay(config: Config, real: pd.DataFrame, probe: float = math.nan, seed: int = 1) -> Scenario:
+    """``config`` as a scenario replaying ``real``'s requests at its enqueue times, not yet calibrated.
 
     Args:
         config: The configuration to simulate (loops, processes, batch size, delay).
         real: The real run of ``config`` whose arrivals are replayed.
-        fitted: The calibration to use; default: calibrated on ``real`` itself (the
-            same configuration). A prediction passes one fitted on another run.
-        probe: Round trip to use when the calibration found none (no back-to-back batches:
+        probe: Round trip to use when the calibration finds none (no back-to-back batches:
             `simulator.measure.measure_rtt`); default 0.
         seed: The twin's seed.
-        overhead: The library's CPU per effect on the machine of the real runs
-            (`simulator.measure.measure_overhead`); ignored when ``fitted`` is given (it carries its own).
     """
-    fitted = fitted or calibrate(real, timer=config.perform == "sleep", overhead=overhead)
     ordered = real.sort_values("enqueued_at", kind="stable")
     # A backlog is registered before the real workers start: the twin starts with all of it there.
     times = ordered["enqueued_at"].to_numpy() if config.mode == "open" else np.zeros(len(ordered))
@@ -252,7 +241,7 @@ def twin_trace(
         Service(),
         Keyed(KeySequence(np.arange(len(ordered)))),  # request i was registered i-th, as in `real_trace`
     )
-    scenario = Scenario(
+    return Scenario(
         workload,
         loops=config.loops,
         processes=config.processes,
@@ -260,8 +249,38 @@ def twin_trace(
         rtt=0.0 if math.isnan(probe) else probe,
         seed=seed,
     )
+
+
+def fit(config: Config, real: pd.DataFrame, overhead: Overhead = TRACED, probe: float = math.nan) -> Calibration:
+    """`calibrate` on a real run of ``config``, following the machine's speed during it."""
+    return calibrate(real, timer=config.perform == "sleep", overhead=overhead, run=replay(config, real, probe))
+
+
+def twin_trace(
+    config: Config,
+    real: pd.DataFrame,
+    fitted: Calibration | None = None,
+    probe: float = math.nan,
+    seed: int = 1,
+    overhead: Overhead = TRACED,
+) -> pd.DataFrame:
+    """The simulated trace of ``config``, replaying ``real``'s requests and enqueue times (`replay`).
+
+    Args:
+        config: The configuration to simulate.
+        real: The real run of ``config`` whose arrivals are replayed.
+        fitted: The calibration to use; default: `fit` on ``real`` itself (the
+            same configuration). A prediction passes one fitted on another run.
+        probe: Round trip to use when the calibration found none; default 0.
+        seed: The twin's seed.
+        overhead: The library's CPU per effect on the machine of the real runs
+            (`simulator.measure.measure_overhead`); ignored when ``fitted`` is given (it carries its own).
+    """
+    fitted = fitted or fit(config, real, overhead, probe)
+    scenario = replay(config, real, probe, seed)
     source = next(iter(fitted.service))  # one handler per run: the calibration's, whatever its run's name
-    return simulate(fitted.apply(scenario, handlers={workload.name: source})).trace
+    name = scenario.workloads[0].name  # type: ignore[index]
+    return simulate(fitted.apply(scenario, handlers={name: source})).trace
 
 
 @dataclass(frozen=True)
@@ -347,7 +366,7 @@ async def run_prediction(
     for number in range(runs):
         source = await real_trace(prediction.calibrated, url, seed=number)
         target = await real_trace(prediction.predicted, url, seed=number + 1000)
-        fitted = calibrate(source, timer=prediction.calibrated.perform == "sleep", overhead=overhead)
+        fitted = fit(prediction.calibrated, source, overhead, probe)
         table = twin_errors(prediction.predicted, target, fitted, probe=probe)
         tables.append(table.assign(config=prediction.name, run=number, **_overall(target)))
     return pd.concat(tables, ignore_index=True)
@@ -370,7 +389,7 @@ def twin_errors(
     no thread waits the whole delay): one twin path against one real path
     would count the twin's own draw as an error.
     """
-    fitted = fitted or calibrate(real, timer=config.perform == "sleep", overhead=overhead)
+    fitted = fitted or fit(config, real, overhead, probe)
     tables = [errors(config, twin_trace(config, real, fitted, probe, seed), real) for seed in TWIN_SEEDS]
     keys = ["config", "metric", *(c for c in ("thread", "order") if c in tables[0].columns)]
     stacked = pd.concat(tables, ignore_index=True)

@@ -13,6 +13,7 @@ import pandas as pd
 
 from .analysis import check_trace
 from .cpu import LIBRARY, REGISTER_COMMANDS, Overhead, Pauses
+from .engine import simulate
 from .scenario import Scenario
 from .workload import Empirical, Fixed, Noise, ScenarioError, Service
 
@@ -31,6 +32,18 @@ CPU_BOUND_WAIT = 0.001
 """A ``perform`` whose median wait (duration less CPU) is under this is CPU-bound: the rest of
 its duration is a pause. Pauses are not looked for in a ``perform`` that waits on I/O: its
 waits vary by themselves."""
+
+SPEED_PERFORM_SHARE = 0.25
+"""`calibrate` follows the machine's speed (``run=``) only where ``perform``'s own CPU is
+under this share of the worker processes' CPU. Above it the library's part is the small
+difference of two large numbers: on CPU-bound performs here its factor came out
+1.1-2.1 from one run to the next, and moved the predicted p50 by up to 45 points."""
+
+SPEED_BUSY = 0.3
+"""... and only where the worker processes were busy at least this share of the run (their CPU
+seconds over their count times the span from the first ``perform`` to the last). An idle
+process pays to wake up, which the twin leaves out: in the accuracy grid's sleeping runs here
+(processes 1-13% busy) the factor was that cost, 1.2-4.9, not the machine's speed."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +67,8 @@ class Calibration:
         storage_cpu: CPU seconds a local storage server spent per command, when the trace
             says (`Scenario.storage_cpu`; `apply` sets it); ``rtt`` is then the rest of a
             round trip. 0: not known.
+        speed: The factor `calibrate` scaled ``overhead`` by to follow the machine's speed
+            during the trace (``run=``); 1: not scaled.
     """
 
     service: Mapping[str, Service]
@@ -65,6 +80,7 @@ class Calibration:
     cores: int | None = None
     background: float = 0.0
     storage_cpu: float = 0.0
+    speed: float = 1.0
 
     def apply(self, scenario: Scenario, handlers: Mapping[str, str] | None = None) -> Scenario:
         """``scenario`` with the fitted service of each handler, the round trip, the overhead, the
@@ -113,7 +129,11 @@ class Calibration:
 
 
 def calibrate(
-    trace: pd.DataFrame, noise: bool = True, timer: bool = False, overhead: Overhead = LIBRARY
+    trace: pd.DataFrame,
+    noise: bool = True,
+    timer: bool = False,
+    overhead: Overhead = LIBRARY,
+    run: Scenario | None = None,
 ) -> Calibration:
     """Fit ``perform`` time, its CPU part and the round trip, per handler, from a trace.
 
@@ -154,13 +174,50 @@ def calibrate(
       The late ends of all loops, merged where they overlap, give the pauses'
       rate and lengths (`simulator.cpu.Pauses`), and the pause is taken out of
       that ``perform``'s duration before its service is fitted.
+    * The machine's speed, given ``run``: the twin replays the trace's own run
+      and the library's costs are scaled (`Overhead.scaled`, ``speed``) so that
+      its worker processes use the CPU the real ones did (``attrs["process_cpu"]``,
+      as `simulator.realrun` records it), less ``perform``'s; then everything
+      above is fitted again. ``overhead`` is measured once
+      (`simulator.measure.measure_overhead`), but a shared machine's speed
+      moves within minutes (here a no-op drain ran at 200,000 and 355,000
+      messages a second in consecutive runs): the speed during the run
+      calibrated on is the best guess for the run predicted next. Only where
+      the processes were busy (`SPEED_BUSY`) and ``perform``'s CPU is under
+      `SPEED_PERFORM_SHARE` of theirs: the library's work then is most of it.
 
     Args:
         trace: A trace (real, or simulated to check the fit).
         noise: Keep the measured noise of ``perform`` (`Empirical`) instead of `Fixed`.
         timer: ``perform`` waits by sleeping (``asyncio.sleep``), not on I/O.
         overhead: The library's CPU per effect on the machine the trace comes from.
+        run: The trace's own run as a scenario (its handlers, loops, processes,
+            settings, and requests at the trace's enqueue times): follow the
+            machine's speed, as above. None: take ``overhead`` as it is.
     """
+    fitted = _calibrate(trace, noise, timer, overhead)
+    factor = _speed(trace, fitted, run) if run is not None else None
+    if factor is None:
+        return fitted
+    return dataclasses.replace(_calibrate(trace, noise, timer, overhead.scaled(factor)), speed=factor)
+
+
+def _speed(trace: pd.DataFrame, fitted: Calibration, run: Scenario) -> float | None:
+    """What the library's costs are times the fitted ones during ``trace``: its worker processes'
+    CPU against the twin's, each less ``perform``'s; None where the trace cannot say."""
+    used = float(sum(trace.attrs.get("process_cpu", ())))
+    performed = 0.0
+    if "cpu" in trace.columns and bool(trace["cpu"].notna().all()):
+        performed = float(trace.groupby(["worker", "batch"], observed=True)["cpu"].first().sum())
+    span = float(trace["finished_at"].max() - trace["started_at"].min())
+    processes = len(trace.attrs.get("process_cpu", ()))
+    if used <= 0 or performed >= SPEED_PERFORM_SHARE * used or used < SPEED_BUSY * processes * span:
+        return None
+    twin = float(simulate(fitted.apply(run)).processes["cpu_busy"].sum()) - performed
+    return (used - performed) / twin if twin > 0 else None
+
+
+def _calibrate(trace: pd.DataFrame, noise: bool, timer: bool, overhead: Overhead) -> Calibration:
     check_trace(trace)
     if trace.empty:
         raise ValueError("cannot calibrate from an empty trace")

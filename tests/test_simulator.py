@@ -56,6 +56,7 @@ from simulator import (
     summary,
     sweep,
 )
+from simulator.calibrate import SPEED_BUSY, SPEED_PERFORM_SHARE
 from simulator.cpu import LIBRARY, NONE
 from simulator.theory import (
     WaitEstimate,
@@ -1138,6 +1139,45 @@ def test_calibrate_spreads_the_storage_servers_cpu_over_its_commands() -> None:
     assert fitted.background == pytest.approx(1.0 / len(trace))
     assert fitted.rtt == pytest.approx(plain.rtt - 1e-4)
     assert fitted.apply(scenario).storage_cpu == pytest.approx(1e-4)
+
+
+def test_calibrate_follows_the_machines_speed_during_the_run() -> None:
+    """Given the trace's own run (``run=``), `calibrate` scales the library's costs so that the
+    twin's worker processes use the CPU the traced ones did (``attrs["process_cpu"]``): a drain on
+    a machine twice as slow as ``overhead`` says gives back a factor of 2 and the slow drain's
+    throughput. It leaves them as they are without that CPU, where ``perform``'s own CPU is most
+    of it (`SPEED_PERFORM_SHARE`) and where the processes were mostly idle (`SPEED_BUSY`)."""
+
+    def throughput(scenario: Scenario) -> float:
+        return float(simulate(scenario).summary(by=())["throughput"].iloc[0])
+
+    drain = Workload(Notify, Backlog(20_000), Service(), Keyed(RoundRobin(8), make=Note))
+    run = Scenario(drain, loops=4, rtt=0.0002, settings=settings(worker_batch_size=64))
+    slow = simulate(run.replace(overhead=LIBRARY.scaled(2)))
+    trace = slow.trace
+    assert calibrate(trace, run=run).speed == 1.0  # the trace does not say its processes' CPU
+    trace.attrs["process_cpu"] = list(slow.processes["cpu_busy"])
+    assert calibrate(trace).speed == 1.0  # nor is the run given
+    fitted = calibrate(trace, run=run)
+    assert fitted.speed == pytest.approx(2, rel=0.1)
+    assert fitted.overhead.cycle == pytest.approx(2 * LIBRARY.cycle, rel=0.1)
+    slow_throughput = float(slow.summary(by=())["throughput"].iloc[0])
+    assert throughput(fitted.apply(run)) == pytest.approx(slow_throughput, rel=0.05)
+    assert throughput(calibrate(trace).apply(run)) > 1.3 * slow_throughput  # not followed: far too fast
+
+    spinning = run.replace(workloads=dataclasses.replace(drain, service=Service.cpu_bound(0.0005)))
+    busy = simulate(spinning.replace(overhead=LIBRARY.scaled(2)))
+    used = list(busy.processes["cpu_busy"])
+    assert busy.trace.groupby(["worker", "batch"])["cpu"].first().sum() > SPEED_PERFORM_SHARE * sum(used)
+    busy.trace.attrs["process_cpu"] = used
+    assert calibrate(busy.trace, run=spinning).speed == 1.0
+
+    sparse = Scenario(Workload(OneThread, Poisson(50), Service(0.01)), duration=20)
+    idle = simulate(sparse.replace(overhead=LIBRARY.scaled(2)))
+    used = list(idle.processes["cpu_busy"])
+    assert sum(used) < SPEED_BUSY * (idle.trace["finished_at"].max() - idle.trace["started_at"].min())
+    idle.trace.attrs["process_cpu"] = used
+    assert calibrate(idle.trace, run=sparse).speed == 1.0
 
 
 # --- sweep and plots --------------------------------------------------------------------------

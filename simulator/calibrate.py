@@ -40,8 +40,9 @@ difference of two large numbers: on CPU-bound performs here its factor came out
 1.1-2.1 from one run to the next, and moved the predicted p50 by up to 45 points."""
 
 SPEED_BUSY = 0.3
-"""... and only where the worker processes were busy at least this share of the run (their CPU
-seconds over their count times the span from the first ``perform`` to the last). An idle
+"""`calibrate` follows the machine's speed only where the worker processes were busy at least
+this share of the run (their CPU seconds over their count times the span from the first
+``perform`` to the last). An idle
 process pays to wake up, which the twin leaves out: in the accuracy grid's sleeping runs here
 (processes 1-13% busy) the factor was that cost, 1.2-4.9, not the machine's speed."""
 
@@ -194,6 +195,10 @@ def calibrate(
         run: The trace's own run as a scenario (its handlers, loops, processes,
             settings, and requests at the trace's enqueue times): follow the
             machine's speed, as above. None: take ``overhead`` as it is.
+
+    Raises:
+        ValueError: the trace is empty, or ``run`` is given and the trace does not say its
+            worker processes' CPU.
     """
     fitted = _calibrate(trace, noise, timer, overhead)
     factor = _speed(trace, fitted, run) if run is not None else None
@@ -205,12 +210,17 @@ def calibrate(
 def _speed(trace: pd.DataFrame, fitted: Calibration, run: Scenario) -> float | None:
     """What the library's costs are times the fitted ones during ``trace``: its worker processes'
     CPU against the twin's, each less ``perform``'s; None where the trace cannot say."""
-    used = float(sum(trace.attrs.get("process_cpu", ())))
+    if not trace.attrs.get("process_cpu"):
+        raise ValueError(
+            "calibrate(run=...): the trace does not say its worker processes' CPU seconds"
+            ' (attrs["process_cpu"], as simulator.realrun records it); leave run out'
+        )
+    used = float(sum(trace.attrs["process_cpu"]))
     performed = 0.0
     if "cpu" in trace.columns and bool(trace["cpu"].notna().all()):
         performed = float(trace.groupby(["worker", "batch"], observed=True)["cpu"].first().sum())
     span = float(trace["finished_at"].max() - trace["started_at"].min())
-    processes = len(trace.attrs.get("process_cpu", ()))
+    processes = len(trace.attrs["process_cpu"])
     if used <= 0 or performed >= SPEED_PERFORM_SHARE * used or used < SPEED_BUSY * processes * span:
         return None
     twin = float(simulate(fitted.apply(run)).processes["cpu_busy"].sum()) - performed

@@ -1145,8 +1145,8 @@ def test_calibrate_follows_the_machines_speed_during_the_run() -> None:
     """Given the trace's own run (``run=``), `calibrate` scales the library's costs so that the
     twin's worker processes use the CPU the traced ones did (``attrs["process_cpu"]``): a drain on
     a machine twice as slow as ``overhead`` says gives back a factor of 2 and the slow drain's
-    throughput. It leaves them as they are without that CPU, where ``perform``'s own CPU is most
-    of it (`SPEED_PERFORM_SHARE`) and where the processes were mostly idle (`SPEED_BUSY`)."""
+    throughput. A trace without that CPU is refused; where ``perform``'s own CPU is most of it
+    (`SPEED_PERFORM_SHARE`) or the processes were mostly idle (`SPEED_BUSY`) the costs are kept."""
 
     def throughput(scenario: Scenario) -> float:
         return float(simulate(scenario).summary(by=())["throughput"].iloc[0])
@@ -1155,7 +1155,8 @@ def test_calibrate_follows_the_machines_speed_during_the_run() -> None:
     run = Scenario(drain, loops=4, rtt=0.0002, settings=settings(worker_batch_size=64))
     slow = simulate(run.replace(overhead=LIBRARY.scaled(2)))
     trace = slow.trace
-    assert calibrate(trace, run=run).speed == 1.0  # the trace does not say its processes' CPU
+    with pytest.raises(ValueError, match=r"does not say its worker processes' CPU.*process_cpu"):
+        calibrate(trace, run=run)
     trace.attrs["process_cpu"] = list(slow.processes["cpu_busy"])
     assert calibrate(trace).speed == 1.0  # nor is the run given
     fitted = calibrate(trace, run=run)

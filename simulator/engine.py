@@ -507,9 +507,17 @@ class Feed:
         that wakes the ``count``-th of its idle loops not woken yet."""
         if count == 1:
             return self.next_unheld(process, at)
+        found = self.touches(process, at, count)
+        return found[-1] if len(found) == count else math.inf
+
+    def touches(self, process: SimProcess, at: float, count: int) -> list[float]:
+        """Enqueue times of the first ``count`` touches after ``at`` of threads no loop of
+        ``process`` holds (fewer when the materialised arrivals have fewer): `next_touch` of
+        1, 2, ... ``count`` in one scan."""
         held = self.passes(process)
         owners, times = self.wake_threads, self.wake
         position, end = int(times.searchsorted(at, "right")), len(owners)
+        found: list[float] = []
         touched: set[int] = set()  # threads of the registration at ``last``
         last = math.nan
         step = 16  # a few first (usually enough), then growing chunks, skipping passed threads in numpy
@@ -524,11 +532,11 @@ class Feed:
                     last, touched = time, set()
                 if thread not in touched:
                     touched.add(thread)
-                    count -= 1
-                    if not count:
-                        return time
+                    found.append(time)
+                    if len(found) == count:
+                        return found
             position, step = position + step, step * 4
-        return math.inf
+        return found
 
     def registrations(self, after: float, until: float) -> np.ndarray:
         """Distinct enqueue times in ``(after, until]``: one `Queue.register` call, one wake-up message each."""

@@ -16,7 +16,8 @@ each touch of a thread that no loop holds wakes the oldest idle loop not woken
 yet: an idle loop with ``k`` such loops ahead of it is woken by the
 ``k + 1``-th touch. So for each armed loop the twin looks up the first
 registration that would wake it under the current state, and recomputes that
-when the state changes. A waiting loop gets a simpy timer at that moment.
+when the state changes (for all the waiting idle loops of a process in one
+scan). A waiting loop gets a simpy timer at that moment.
 """
 
 from __future__ import annotations
@@ -252,6 +253,49 @@ class Wakeups:
             loop.next_wake = math.inf
             loop.checked = max(at, loop.armed_at)
 
+    def _changed_idle(self, at: float, loops: list[LoopState]) -> None:
+        """`_changed` for each of ``loops``, idle loops of one process: the waiting ones look up
+        their wake-ups in one scan of the registrations (`Feed.touches`), not one each. As in
+        `_compute`, the ``k``-th idle loop not woken is woken by the ``k``-th touch of a thread
+        no loop holds (`_ahead`: every loop is flushed to ``at``, so woken by then or not at all)."""
+        waiting: set[LoopState] = set()
+        for loop in loops:
+            if loop.woken_at != math.inf or loop.armed_at == -math.inf:
+                continue
+            if loop.event is None:
+                loop.next_wake = math.inf
+                loop.checked = max(at, loop.armed_at)
+            else:
+                waiting.add(loop)
+        if not waiting:
+            return
+        ranked: list[tuple[LoopState, int]] = []
+        ahead = 0
+        for loop in loops[0].process.idle:
+            if loop in waiting:
+                ranked.append((loop, ahead))
+                if len(ranked) == len(waiting):
+                    break
+            self._due(loop, at)
+            if loop.woken_at > at:
+                ahead += 1
+        delivery = self.delivery
+        start = at - delivery  # every loop was armed by ``at``: registrations delivered after it
+        process = loops[0].process
+        counted = ranked[-1][1] + 1
+        found = self.feed.touches(process, start, counted) if counted > 1 else []
+        for loop, rank in ranked:
+            if rank == 0:
+                touch = self.feed.next_unheld(process, start)
+            else:
+                touch = found[rank] if rank < len(found) else math.inf
+            wake = touch + delivery
+            if loop.thread is not None:
+                wake = min(wake, self.feed.next_on_thread(loop.thread, start) + delivery)
+            loop.next_wake = wake
+            loop.checked = wake if wake != math.inf else max(self.feed.frontier + delivery, at)
+            self._schedule(loop)
+
     def poll(self, loop: LoopState, at: float) -> None:
         """``Poll``: arm, and join the idle loops (keeping its place if already there: armed
         again, it is not woken, so the idle loops after it wait for one more touch)."""
@@ -259,8 +303,7 @@ class Wakeups:
         self._flush(process, at)
         process.idle[loop] = None
         self.arm(loop, at)
-        for other in self._after(loop):
-            self._changed(at, other)
+        self._changed_idle(at, self._after(loop))
 
     def _after(self, loop: LoopState) -> list[LoopState]:
         """The idle loops younger than ``loop``."""
@@ -276,8 +319,7 @@ class Wakeups:
         after = self._after(loop)
         del process.idle[loop]
         self._changed(at, loop)
-        for other in after:  # one loop fewer ahead of them
-            self._changed(at, other)
+        self._changed_idle(at, after)  # one loop fewer ahead of them
 
     def wake_idle(self, process: SimProcess, at: float) -> None:
         """``Worker._wake_idle``: a loop that bound a thread saw others waiting; the oldest idle
@@ -288,8 +330,7 @@ class Wakeups:
                 loop.woken_at = at
                 if loop.event is not None:
                     self._end_wait(loop)
-                for other in self._after(loop):  # one loop fewer ahead of them
-                    self._changed(at, other)
+                self._changed_idle(at, self._after(loop))  # one loop fewer ahead of them
                 return
 
     def bind(self, loop: LoopState, thread: SimThread, at: float) -> None:
@@ -302,8 +343,7 @@ class Wakeups:
             process.bound_mask = np.concatenate((process.bound_mask, np.zeros(thread.index + 64, dtype=bool)))
         process.bound_mask[thread.index] = True
         self._changed(at, loop)
-        for other in list(process.idle):
-            self._changed(at, other)  # the threads no loop holds changed, for every idle loop
+        self._changed_idle(at, list(process.idle))  # the threads no loop holds changed, for every idle loop
 
     def unbind(self, loop: LoopState, at: float) -> None:
         """``End``: the loop lets go of its thread."""
@@ -316,5 +356,4 @@ class Wakeups:
         process.bound_mask[thread.index] = False
         loop.thread = None
         self._changed(at, loop)
-        for other in list(process.idle):
-            self._changed(at, other)  # the threads no loop holds changed, for every idle loop
+        self._changed_idle(at, list(process.idle))  # the threads no loop holds changed, for every idle loop

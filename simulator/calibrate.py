@@ -42,9 +42,9 @@ difference of two large numbers: on CPU-bound performs here its factor came out
 SPEED_BUSY = 0.3
 """`calibrate` follows the machine's speed only where the worker processes were busy at least
 this share of the run (their CPU seconds over their count times the span from the first
-``perform`` to the last). An idle
-process pays to wake up, which the twin leaves out: in the accuracy grid's sleeping runs here
-(processes 1-13% busy) the factor was that cost, 1.2-4.9, not the machine's speed."""
+``perform`` to the last). An idle process pays to wake up, which the twin leaves out: in the
+accuracy grid's sleeping runs here (processes 1-13% busy) the factor was that cost, 1.2-4.9,
+not the machine's speed."""
 
 
 @dataclass(frozen=True)

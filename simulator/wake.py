@@ -175,15 +175,21 @@ class Wakeups:
         """
         if loop.woken_at != math.inf:
             return
-        delivery = self.delivery
-        start = max(since, loop.armed_at) - delivery  # enqueue times delivered after ``since``
-        wake = math.inf
-        if loop.thread is not None:
-            wake = self.feed.next_on_thread(loop.thread, start) + delivery
+        start = max(since, loop.armed_at) - self.delivery  # enqueue times delivered after ``since``
+        touch = math.inf
         process = loop.process
         if loop in process.idle:
-            ahead = self._ahead(loop, start + delivery)
-            wake = min(wake, self.feed.next_touch(process, start, ahead + 1) + delivery)
+            touch = self.feed.next_touch(process, start, self._ahead(loop, start + self.delivery) + 1)
+        self._found(loop, start, touch)
+
+    def _found(self, loop: LoopState, start: float, touch: float) -> None:
+        """Set the loop's next wake-up from ``start`` on (enqueue times): the first registration on
+        the thread it holds, or ``touch``, the one that wakes it as an idle loop; a waiting loop
+        gets its timer."""
+        delivery = self.delivery
+        wake = touch + delivery
+        if loop.thread is not None:
+            wake = min(wake, self.feed.next_on_thread(loop.thread, start) + delivery)
         loop.next_wake = wake
         loop.checked = wake if wake != math.inf else max(self.feed.frontier + delivery, start + delivery)
         if loop.event is not None:
@@ -269,9 +275,10 @@ class Wakeups:
                 waiting.add(loop)
         if not waiting:
             return
+        process = loops[0].process
         ranked: list[tuple[LoopState, int]] = []
         ahead = 0
-        for loop in loops[0].process.idle:
+        for loop in process.idle:
             if loop in waiting:
                 ranked.append((loop, ahead))
                 if len(ranked) == len(waiting):
@@ -279,22 +286,15 @@ class Wakeups:
             self._due(loop, at)
             if loop.woken_at > at:
                 ahead += 1
-        delivery = self.delivery
-        start = at - delivery  # every loop was armed by ``at``: registrations delivered after it
-        process = loops[0].process
+        start = at - self.delivery  # every loop was armed by ``at``: registrations delivered after it
         counted = ranked[-1][1] + 1
-        found = self.feed.touches(process, start, counted) if counted > 1 else []
+        touches = self.feed.touches(process, start, counted) if counted > 1 else []
         for loop, rank in ranked:
             if rank == 0:
                 touch = self.feed.next_unheld(process, start)
             else:
-                touch = found[rank] if rank < len(found) else math.inf
-            wake = touch + delivery
-            if loop.thread is not None:
-                wake = min(wake, self.feed.next_on_thread(loop.thread, start) + delivery)
-            loop.next_wake = wake
-            loop.checked = wake if wake != math.inf else max(self.feed.frontier + delivery, at)
-            self._schedule(loop)
+                touch = touches[rank] if rank < len(touches) else math.inf
+            self._found(loop, start, touch)
 
     def poll(self, loop: LoopState, at: float) -> None:
         """``Poll``: arm, and join the idle loops (keeping its place if already there: armed

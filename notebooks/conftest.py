@@ -14,8 +14,17 @@ import pytest
 from sharded_queue.testing import RedisServer
 from tests.conftest import CI
 
+SLOW = {"cpu_and_io.ipynb", "tradeoffs.ipynb", "capacity_planning.ipynb"}
+"""The large notebooks: run by ``make test-all`` (marked slow), not by the quick ``make test``."""
+
 _server: RedisServer | None = None
 _directory: tempfile.TemporaryDirectory[str] | None = None
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in SLOW:
+            item.add_marker(pytest.mark.slow)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

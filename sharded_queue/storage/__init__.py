@@ -80,9 +80,10 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 
-from .core import Ack, Candidates, Schedule, ThreadRef, Tube
-from .errors import StorageError, StorageFull, StorageTimeout
-from .settings import Settings, redact_url
+from ..core import Ack, Candidates, Schedule, ThreadRef, Tube
+from ..errors import StorageError, StorageFull, StorageTimeout
+from ..settings import Settings, redact_url
+from .transport import InitializedCluster, Lane, fast_path, hiredis_packing
 
 CLIENT_RETRIES = 3  # retries of a command after a connection error or timeout (redis-py's, and lanes')
 CLIENT_BACKOFF_CAP = 0.5  # seconds
@@ -242,7 +243,7 @@ def _script(name: str, flags: bool = True) -> str:
     ``flags=False`` drops the ``#!lua flags=...`` line, for fakeredis, which
     does not parse it (and has no ``maxmemory`` for it to matter).
     """
-    lua = resources.files(__package__).joinpath("lua")
+    lua = resources.files("sharded_queue").joinpath("lua")
     body = lua.joinpath(f"{name}.lua").read_text()
     shebang = ""
     if body.startswith("#!"):
@@ -254,8 +255,12 @@ def _script(name: str, flags: bool = True) -> str:
 _EMBEDDED_SERVER: Any = None
 
 
-def connect(url: str | None, settings: Settings) -> Any:
-    """A redis-py asyncio client for ``url``; ``None`` is the process-wide embedded fakeredis."""
+def connect(url: str | None, settings: Settings, fast: bool | None = None) -> Any:
+    """A redis-py asyncio client for ``url``; ``None`` is the process-wide embedded fakeredis.
+
+    ``fast`` packs commands with hiredis (`transport.hiredis_packing`); by default when
+    `transport.fast_path` holds.
+    """
     if url is None:
         import fakeredis
 
@@ -275,144 +280,9 @@ def connect(url: str | None, settings: Settings) -> Any:
     if scheme not in ("redis", "rediss", "unix"):
         raise ValueError(f"storage URL {redact_url(url)!r}: unknown scheme {scheme!r}")
     client = aioredis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=retry)
-    client.connection_pool.connection_class = hiredis_packing(client.connection_pool.connection_class)
+    if fast if fast is not None else fast_path():
+        client.connection_pool.connection_class = hiredis_packing(client.connection_pool.connection_class)
     return client
-
-
-class InitializedCluster(RedisCluster):
-    """redis-py's cluster client, initialized (under its own lock) before any command's routing.
-
-    redis-py 8.1 routes a command before it initializes the client, so many first
-    commands at once (a SyncQueue used from 16 threads, say) made some fail
-    mid-connect ("'NoneType' object has no attribute 'writelines'"). Only this
-    ordering changes; the client is used through `Storage` like any other.
-    """
-
-    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
-        if self._initialize:
-            await self.initialize()
-        return await super().execute_command(*args, **kwargs)
-
-
-def hiredis_packing(connection_class: type[Any]) -> type[Any]:
-    """``connection_class`` packing commands with hiredis (C) when it is installed.
-
-    redis-py's sync connections pack with hiredis; its asyncio ones always pack
-    in Python, copying every argument into a growing buffer. Same bytes on the
-    wire; arguments hiredis refuses go through redis-py's own rules.
-    """
-    if hiredis is None:
-        return connection_class
-    packing = _PACKING.get(connection_class)
-    if packing is None:
-        packing = type(f"Hiredis{connection_class.__name__}", (_HiredisPacking, connection_class), {})
-        _PACKING[connection_class] = packing
-    return packing
-
-
-class _HiredisPacking:
-    def pack_command(self, *args: Any) -> list[bytes]:
-        return [_pack(args)]
-
-    def pack_commands(self, commands: Any) -> list[bytes]:
-        return [b"".join([_pack(tuple(command)) for command in commands])]
-
-    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-        """redis-py's, without the ``asyncio.wait_for`` it puts around every write.
-
-        On Python 3.11 that makes a Task per command (a tenth of a batch's CPU) and
-        may swallow a cancellation. The socket timeout still bounds a write that
-        has to wait for the socket (a full send buffer).
-        """
-        writer = getattr(self, "_writer", None)
-        if writer is None or not self.is_connected or (check_health and self.health_check_interval):  # type: ignore[attr-defined]
-            await super().send_packed_command(command, check_health)  # type: ignore[misc]
-            return
-        if isinstance(command, str):
-            command = command.encode()
-        if isinstance(command, bytes):
-            command = [command]
-        try:
-            writer.writelines(command)
-            if writer.transport.get_write_buffer_size():
-                async with asyncio.timeout(self.socket_timeout):  # type: ignore[attr-defined]
-                    await writer.drain()
-        except TimeoutError:
-            await self.disconnect(nowait=True)  # type: ignore[attr-defined]
-            raise redis_errors.TimeoutError("Timeout writing to socket") from None
-        except OSError as exc:
-            await self.disconnect(nowait=True)  # type: ignore[attr-defined]
-            raise redis_errors.ConnectionError(f"Error while writing to socket: {exc}") from exc
-        except BaseException:
-            await self.disconnect(nowait=True)  # type: ignore[attr-defined]
-            raise
-
-
-def _pack(args: tuple[Any, ...]) -> bytes:
-    first = args[0]
-    if isinstance(first, str):
-        if " " in first:  # redis-py sends 'SCRIPT LOAD' and the like as one argument
-            args = (*first.split(), *args[1:])
-    elif b" " in first:
-        args = (*first.split(), *args[1:])
-    try:
-        packed: bytes = hiredis.pack_command(args)
-        return packed
-    except TypeError:  # bytearray, memoryview, or a bad type: redis-py's rules (DataError)
-        return b"".join(HiredisRespSerializer().pack(*args))
-
-
-_PACKING: dict[type[Any], type[Any]] = {}
-try:
-    import hiredis
-    from redis.connection import HiredisRespSerializer
-except ImportError:  # pragma: no cover - hiredis comes with redis[hiredis]
-    hiredis = None  # type: ignore[assignment]
-
-
-class Lane:
-    """A connection of the storage's own to a single Redis, for one script call at a time.
-
-    Each command through redis-py's client costs tens of µs of CPU in its retry
-    wrapper, observability hooks and pool bookkeeping: a third of a batch's
-    cost, a quarter of a registration's. `Storage` keeps a free list of lanes,
-    one per call in flight, and sends its scripts over them with none of that.
-    A lane connects (and reconnects after a failure) on first use, with the
-    client's settings. Failures raise redis-py's errors, translated by the
-    caller; the worker retries its calls, which are idempotent.
-    """
-
-    def __init__(self, pool: Any) -> None:
-        self._pool = pool
-        self._connection: Any = None
-
-    async def send(self, *commands: tuple[Any, ...]) -> list[Any]:
-        """Send ``commands`` in one write and return their replies (the first error reply raises)."""
-        connection = self._connection
-        if connection is None:
-            connection = self._connection = self._pool.make_connection()
-        replies: list[Any] = []
-        try:
-            await connection.send_packed_command(b"".join([_pack(command) for command in commands]), False)
-            for _ in commands:
-                try:
-                    replies.append(await connection.read_response())
-                except redis_errors.ResponseError as error:  # the connection is fine: read on
-                    replies.append(error)
-        except BaseException:  # a reply may be left unread: this connection is done
-            self._connection = None
-            await connection.disconnect(nowait=True)
-            raise
-        for reply in replies:
-            if isinstance(reply, redis_errors.ResponseError):
-                raise reply
-        return replies
-
-    async def close(self) -> None:
-        """Close the connection, if open."""
-        connection, self._connection = self._connection, None
-        if connection is not None:
-            await connection.disconnect()
 
 
 _LANES: weakref.WeakKeyDictionary[Any, list[Lane]] = weakref.WeakKeyDictionary()
@@ -433,9 +303,11 @@ class Storage:
         prefix: Key prefix; two prefixes never see each other.
         stamp_window: Seconds a registration's stamp is kept, so that a client
             retry of it within that time appends nothing twice (`stamp_window`).
+        fast: Send scripts over lanes on a single Redis (`transport.Lane`); by
+            default when `transport.fast_path` holds. False is redis-py's public path.
     """
 
-    def __init__(self, client: Any, prefix: str = "sq", stamp_window: int = 60) -> None:
+    def __init__(self, client: Any, prefix: str = "sq", stamp_window: int = 60, fast: bool | None = None) -> None:
         self.client = client
         self.keys = Keys(prefix)
         self.cluster = isinstance(client, RedisCluster)
@@ -455,8 +327,10 @@ class Storage:
         self._settled: list[str] = []  # stamps of calls that returned: forgotten by the next push
         # On a single Redis, scripts go over lanes: connections of their own, one per call in
         # flight, taken from and given back to a free list that storages sharing the client
-        # share (and `close` closes). None elsewhere.
-        self._lanes: list[Lane] | None = None if self.cluster or self.fake else _LANES.setdefault(client, [])
+        # share (and `close` closes). None elsewhere, and off `transport.fast_path`.
+        self._lanes: list[Lane] | None = None
+        if not (self.cluster or self.fake) and (fast if fast is not None else fast_path()):
+            self._lanes = _LANES.setdefault(client, [])
 
     async def _eval(self, script: Any, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         """Run a script over a lane on a single Redis, else through the client."""
@@ -493,9 +367,10 @@ class Storage:
             lanes.append(lane)  # reusable after a failure: it reconnects
 
     @classmethod
-    def from_settings(cls, settings: Settings, url: str | None = None) -> Storage:
-        """Storage at ``url`` (default ``settings.storage_url``, else embedded)."""
-        return cls(connect(url or settings.storage_url, settings), settings.key_prefix, stamp_window(settings))
+    def from_settings(cls, settings: Settings, url: str | None = None, fast: bool | None = None) -> Storage:
+        """Storage at ``url`` (default ``settings.storage_url``, else embedded); ``fast`` as for `Storage`."""
+        client = connect(url or settings.storage_url, settings, fast)
+        return cls(client, settings.key_prefix, stamp_window(settings), fast)
 
     async def close(self) -> None:
         """Close the client's connections and lanes (of every storage sharing the client)."""

@@ -135,6 +135,9 @@ class Worker:
         settings: Settings to use instead of the queue's.
         trace: Record one row per performed message (see `Worker.trace`).
         metrics: Export Prometheus metrics into this `Metrics` (off by default).
+        observer: Called as ``observer(effect, result)`` after each effect a loop
+            carried out (`sharded_queue.core`), in the loop's task: for
+            instruments that time the library per effect. Off by default.
 
     While any of its loops runs, a worker keeps a heartbeat record in storage
     under `id` (see `Queue.workers`), and its loops' leases name it.
@@ -153,8 +156,10 @@ class Worker:
         settings: Settings | None = None,
         trace: bool = False,
         metrics: Metrics | None = None,
+        observer: Callable[[Effect, Any], None] | None = None,
     ) -> None:
         self.queue = queue
+        self.observer = observer
         self.settings = settings or queue.settings
         chosen = list(handlers) if handlers is not None else queue.handlers
         if not chosen:
@@ -187,6 +192,11 @@ class Worker:
         self.health = StorageHealth()
         self.id = f"{self.identity}-{secrets.token_hex(3)}"  # pids are reused, hosts cloned
         self.peers: list[str] = []  # live workers' ids at the last heartbeat: wake-ups are shared out
+
+    @property
+    def ready_loops(self) -> int:
+        """How many loops are running and have asked the coordinator at least once (idle or holding a thread)."""
+        return len(self._idle) + len(self._bound)
 
     def policy(self) -> LoopPolicy:
         """The loop policy from current settings and the handlers' overrides."""
@@ -403,6 +413,7 @@ class _Loop:
         result: Any = None
         task = asyncio.current_task()
         assert task is not None
+        observer = self.worker.observer
         try:
             while True:
                 try:
@@ -411,6 +422,8 @@ class _Loop:
                     return int(stop.value)
                 result = await self.execute(effect)
                 raise_if_cancelled(task)
+                if observer is not None:
+                    observer(effect, result)
         finally:
             self.worker._idle.pop(self.waker, None)
             try:

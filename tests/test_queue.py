@@ -396,3 +396,24 @@ async def test_many_first_registrations_at_once_on_a_fresh_client(backend: str, 
         assert stored == [1] * 16
         assert await queue.pending(CountingHandler) == 16
         await queue.close()
+
+
+async def test_observer_sees_every_effect_and_ready_counts_loops(queue: Queue) -> None:
+    """The public hooks instruments use: ``observer(effect, result)`` after each effect, ``ready_loops``."""
+    from sharded_queue.core import Acquire, Begin, Cycle, End, Perform, Poll
+
+    seen: list[tuple[str, object]] = []
+    await queue.register(NotifyHandler, *[NotifyRequest(i) for i in range(3, 12, 3)])  # thread 0
+    worker = Worker(queue, observer=lambda effect, result: seen.append((type(effect).__name__, result)))
+    assert worker.ready_loops == 0
+    assert await asyncio.wait_for(worker.loop(3), 20) == 3
+    kinds = [kind for kind, _ in seen]
+    assert kinds[:3] == [Poll.__name__, Acquire.__name__, Begin.__name__]
+    assert kinds[-1] == End.__name__
+    assert [result for kind, result in seen if kind == Perform.__name__] == [None]  # performed once, no error
+    assert Cycle.__name__ in kinds
+    idle = asyncio.create_task(worker.loop())
+    await wait_until(lambda: worker.ready_loops == 1)
+    idle.cancel()
+    await asyncio.gather(idle, return_exceptions=True)
+    assert worker.ready_loops == 0

@@ -5,6 +5,7 @@ The public names are listed in ``__all__``; every other module is private.
 """
 
 from .core import ThreadRef, Tube
+from .deadletters import DeadLetterRecord
 from .errors import (
     DecodeError,
     QueueError,
@@ -18,7 +19,7 @@ from .errors import (
 )
 from .handler import Handler, RequestRoute, Route
 from .metrics import Metrics
-from .queue import DeadLetterRecord, Queue
+from .queue import Queue
 from .settings import Settings, settings
 from .storage import Storage
 from .sync import SyncQueue

@@ -36,10 +36,11 @@ from typing import Any, ClassVar
 
 import msgspec
 
+from .deadletters import DeadLetterRecord
 from .errors import QueueError, StorageError
 from .handler import Handler, RequestRoute, Route
 from .metrics import Metrics
-from .queue import DeadLetterRecord, Queue
+from .queue import Queue
 from .registry import collect_workers
 from .settings import settings
 from .stats import COLUMNS, StatsRow, collect_stats

@@ -8,91 +8,16 @@ and performs batches of them.
 from __future__ import annotations
 
 import inspect
+import math
 import typing
 from collections.abc import Sequence
-from typing import Any, ClassVar, NamedTuple
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
-import msgspec
+from .core.routing import RequestRoute, Route, check_name
+from .serializer import Codec
 
-from .settings import settings
-
-
-class _RouteFields(NamedTuple):
-    thread: str
-    order: str
-
-
-class Route(_RouteFields):
-    """Where a request goes: a thread (strict FIFO, one worker at a time) and an order.
-
-    An immutable (thread, order) pair; made once per registered request, so it
-    is a tuple for speed.
-
-    Args:
-        thread: Thread name; ints are normalised with ``str()``. Defaults to
-            ``settings.default_thread`` at call time.
-        order: Order (priority) inside the thread; see `Handler.orders`.
-            Defaults to ``settings.default_order`` at call time.
-    """
-
-    __slots__ = ()
-
-    def __new__(cls, thread: str | int | None = None, order: str | int | None = None) -> Route:
-        if thread is None:
-            thread = settings.default_thread
-        if order is None:
-            order = settings.default_order
-        # Most requests of a registration share a few routes: hand out one
-        # instance per (thread, order). Only ints and strs are keys (True == 1).
-        plain = type(thread) in _PLAIN and type(order) in _PLAIN and cls is Route
-        if plain:
-            route = _ROUTES.get((thread, order))
-            if route is not None:
-                return route
-        route = tuple.__new__(cls, (_part("thread", thread, ""), _part("order", order, "")))
-        if plain:
-            if len(_ROUTES) >= _ROUTES_MAX:
-                _ROUTES.clear()
-            _ROUTES[thread, order] = route
-        return route
-
-    def __repr__(self) -> str:
-        return f"Route(thread={self.thread!r}, order={self.order!r})"
-
-
-_PLAIN = (int, str)
-_ROUTES: dict[tuple[object, object], Route] = {}
-_ROUTES_MAX = 4096
-
-
-def _part(what: str, value: object, default: str) -> str:
-    """A route part: the default for None, ``str()`` of an int, a checked str (fast path first)."""
-    if value is None:
-        return default
-    if type(value) is int:
-        return str(value)
-    if type(value) is str and value and "{" not in value and "}" not in value:
-        return value
-    return _name(what, value)
-
-
-def _name(what: str, value: object) -> str:
-    if isinstance(value, bool) or not isinstance(value, str | int):
-        raise TypeError(f"Route {what} must be a str or int, got {type(value).__name__}: {value!r}")
-    text = str(value)
-    if not text or "{" in text or "}" in text:
-        raise ValueError(f"Route {what} must be non-empty and free of '{{' and '}}', got {text!r}")
-    return text
-
-
-class RequestRoute(msgspec.Struct, frozen=True):
-    """A request together with its `Route`; ``route()`` returns one per request.
-
-    A frozen msgspec ``Struct``: made once per registered request, in C.
-    """
-
-    request: Any
-    route: Route
+__all__ = ["Handler", "HandlerSpec", "RequestRoute", "Route", "handler_name"]
 
 
 class Handler:
@@ -186,7 +111,39 @@ def declared_orders(handler: type[Handler]) -> tuple[str, ...] | None:
     """``handler.orders`` normalised to strings, or None when undeclared."""
     if handler.orders is None:
         return None
-    orders = tuple(_name("order", order) for order in handler.orders)
+    orders = tuple(check_name("order", order) for order in handler.orders)
     if len(set(orders)) != len(orders) or not orders:
         raise ValueError(f"{handler.__qualname__}.orders must be non-empty and unique: {orders!r}")
     return orders
+
+
+@dataclass(frozen=True)
+class HandlerSpec:
+    """What the queue knows about a handler class, computed once."""
+
+    name: str
+    handler: type[Handler]
+    codec: Codec
+    orders: tuple[str, ...] | None
+
+    @classmethod
+    def of(cls, handler: type[Handler]) -> HandlerSpec:
+        """Inspect ``handler``: its stored name, request codec, declared orders and overrides.
+
+        Raises:
+            TypeError: a method is not a coroutine function, or ``route`` not a classmethod.
+            ValueError: ``batch_size`` or ``retry_attempts`` is set but not an int >= 1,
+                or ``timeout`` is set but not a finite number > 0.
+        """
+        name = handler_name(handler)
+        check_methods(handler)
+        for attribute in ("batch_size", "retry_attempts"):
+            value = getattr(handler, attribute)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{handler.__qualname__}.{attribute} must be an int >= 1 or None, got {value!r}")
+        timeout = handler.timeout
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < math.inf
+        ):
+            raise ValueError(f"{handler.__qualname__}.timeout must be a number of seconds > 0 or None, got {timeout!r}")
+        return cls(name, handler, Codec(request_type(handler)), declared_orders(handler))

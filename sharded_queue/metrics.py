@@ -23,28 +23,21 @@ name                                   type       what
 Depth and lag are the totals of `sharded_queue.stats`, sampled by the worker
 (one set of reads per ``sample_interval``), so every worker process exports
 the same queue-wide values: aggregate them with ``max``, not ``sum``.
+
+This module is a leaf: it imports nothing of the library, and is handed plain
+numbers by the worker.
 """
 
 from __future__ import annotations
 
-import asyncio
 import bisect
-import logging
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
-
-from .core import Envelopes
-from .errors import StorageError
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
     from prometheus_client.core import Metric
-
-    from .core import Message
-    from .storage import Storage
-
-logger = logging.getLogger("sharded_queue")
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 PERFORM_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
@@ -124,13 +117,20 @@ class Metrics:
 
     # --- what the worker reports (only when metrics are on) ---
 
-    def record_batch(self, handler: str, messages: Sequence[Message], started: float, finished: float) -> None:
-        """A ``perform`` call returned: count it and observe its size, duration and sojourns."""
-        count = len(messages)
+    def declare(self, handlers: Iterable[str]) -> None:
+        """Make every counter series of ``handlers`` exist from the start, at 0."""
+        for handler in handlers:
+            for metric in (self.performed, self.failed, self.dead_lettered):
+                metric.labels(handler)
+
+    def record_batch(
+        self, handler: str, count: int, enqueued: Sequence[float], started: float, finished: float
+    ) -> None:
+        """A ``perform`` call of ``count`` messages (enqueued at ``enqueued``) returned: count it
+        and observe its size, duration and sojourns."""
         self.performed.labels(handler).inc(count)
         self.batch_size.labels(handler).observe(count)
         self.perform_seconds.labels(handler).observe(finished - started)
-        enqueued = messages.enqueued_times() if isinstance(messages, Envelopes) else [m.enqueued_at for m in messages]
         self.sojourn_seconds.observe_batch(handler, finished, enqueued)
 
     def record_failure(self, handler: str, started: float, finished: float) -> None:
@@ -142,25 +142,10 @@ class Metrics:
         """``count`` messages went to the dead letters."""
         self.dead_lettered.labels(handler).inc(count)
 
-    async def sample(self, storage: Storage, handlers: Sequence[str], stop: asyncio.Event) -> None:
-        """Set the depth and lag gauges of ``handlers`` every ``sample_interval`` until ``stop`` is set."""
-        from .registry import wait_or_stop
-        from .stats import collect_stats
-
-        for handler in handlers:  # every series exists from the start, at 0
-            for metric in (self.performed, self.failed, self.dead_lettered):
-                metric.labels(handler)
-        while not stop.is_set():
-            try:
-                rows = await collect_stats(storage, handlers)
-            except StorageError as exc:  # the loops report outages; keep the last values
-                logger.debug("metrics: sampling depth and lag failed: %s", exc)
-            else:
-                for row in rows:
-                    if row.thread is None:  # the handler's total
-                        self.depth.labels(row.handler).set(row.depth)
-                        self.lag_seconds.labels(row.handler).set(row.lag or 0.0)
-            await wait_or_stop(stop, self.sample_interval)
+    def record_backlog(self, handler: str, depth: int, lag: float | None) -> None:
+        """A sample of ``handler``'s queue-wide depth and lag (seconds, None when nothing waits)."""
+        self.depth.labels(handler).set(depth)
+        self.lag_seconds.labels(handler).set(lag or 0.0)
 
 
 class BatchHistogram:

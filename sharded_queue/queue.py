@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from .core import Schedule, Tube, check_routes, due_when, group_by_tube, order_rank
+from .deadletters import DeadLetterRecord
 from .errors import StorageError
-from .handler import Handler, check_methods, declared_orders, handler_name, request_type
+from .handler import Handler, HandlerSpec
 from .registry import collect_workers, workers_frame
-from .serializer import Codec
 from .settings import Settings
 from .settings import settings as default_settings
 from .stats import collect_stats, stats_frame
@@ -23,88 +21,6 @@ from .storage import Storage, StoredSchedule, TubeWrite
 
 if TYPE_CHECKING:
     import pandas as pd
-
-
-@dataclass(frozen=True)
-class DeadLetterRecord:
-    """A message that was not performed: its payload, the error and where it came from.
-
-    Attributes:
-        handler, thread, order: Where the message was.
-        payload: The stored envelope, byte for byte.
-        error_type, error, traceback: What went wrong (a `DecodeError` for a
-            payload that could not be decoded).
-        attempts: How many times it was performed (0 if it never decoded).
-        failed_at: When it was dead-lettered (seconds since the epoch).
-    """
-
-    handler: str
-    thread: str
-    order: str
-    payload: bytes
-    error_type: str
-    error: str
-    traceback: str
-    attempts: int
-    failed_at: float
-
-    def encode(self) -> bytes:
-        """The record as stored: JSON, the payload as text (or hex if not UTF-8)."""
-        data: dict[str, Any] = {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "payload"}
-        try:
-            data["payload"] = self.payload.decode()
-        except UnicodeDecodeError:
-            data["payload_hex"] = self.payload.hex()
-        return msgspec.json.encode(data)
-
-    @classmethod
-    def decode(cls, raw: bytes) -> DeadLetterRecord:
-        """A record from its stored JSON."""
-        data = msgspec.json.decode(raw)
-        payload = data["payload"].encode() if "payload" in data else bytes.fromhex(data["payload_hex"])
-        return cls(
-            handler=data["handler"],
-            thread=data["thread"],
-            order=data["order"],
-            payload=payload,
-            error_type=data["error_type"],
-            error=data["error"],
-            traceback=data["traceback"],
-            attempts=data["attempts"],
-            failed_at=data["failed_at"],
-        )
-
-
-@dataclass(frozen=True)
-class HandlerSpec:
-    """What the queue knows about a handler class, computed once."""
-
-    name: str
-    handler: type[Handler]
-    codec: Codec
-    orders: tuple[str, ...] | None
-
-    @classmethod
-    def of(cls, handler: type[Handler]) -> HandlerSpec:
-        """Inspect ``handler``: its stored name, request codec, declared orders and overrides.
-
-        Raises:
-            TypeError: a method is not a coroutine function, or ``route`` not a classmethod.
-            ValueError: ``batch_size`` or ``retry_attempts`` is set but not an int >= 1,
-                or ``timeout`` is set but not a finite number > 0.
-        """
-        name = handler_name(handler)
-        check_methods(handler)
-        for attribute in ("batch_size", "retry_attempts"):
-            value = getattr(handler, attribute)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"{handler.__qualname__}.{attribute} must be an int >= 1 or None, got {value!r}")
-        timeout = handler.timeout
-        if timeout is not None and (
-            isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < math.inf
-        ):
-            raise ValueError(f"{handler.__qualname__}.timeout must be a number of seconds > 0 or None, got {timeout!r}")
-        return cls(name, handler, Codec(request_type(handler)), declared_orders(handler))
 
 
 class Queue:

@@ -7,9 +7,8 @@ living ``lease_ttl`` without renewal. A worker whose loops all return deletes
 its record at once; a killed one disappears when the record expires. Record
 times (``started_at``, ``heartbeat_at``) are the storage server's clock.
 
-A lease token names its holder, ``<worker id>:<loop>@<since ms>/<random>``, so
-inspection shows which loop holds a thread and since when. ``since`` is the
-holder's own clock: it is shown, never compared.
+A lease token names its holder (`sharded_queue.leases`), so inspection shows
+which loop holds a thread and since when.
 """
 
 from __future__ import annotations
@@ -17,20 +16,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import msgspec
 
+from .core import ThreadRef
 from .errors import StorageError
+from .health import StorageHealth
+from .settings import Settings
 from .storage import Storage
 
 if TYPE_CHECKING:
     import pandas as pd
-
-    from .worker import Worker
 
 logger = logging.getLogger("sharded_queue")
 
@@ -47,20 +46,6 @@ WORKER_COLUMNS = (
 )
 
 
-def lease_token(holder: str, since: float) -> str:
-    """A lease token naming ``holder`` (worker id and loop) and when it took the lease (its clock)."""
-    return f"{holder}@{int(since * 1000)}/{secrets.token_hex(8)}"
-
-
-def parse_lease_token(token: str) -> tuple[str, float | None]:
-    """``(holder, since)`` of a lease token; a token of another format is its own holder."""
-    named, slash, _ = token.rpartition("/")
-    holder, at, since = named.rpartition("@")
-    if not (slash and at and since.isdigit()):
-        return token, None
-    return holder, int(since) / 1000
-
-
 @dataclass(slots=True)
 class Counters:
     """What one worker did since it was created.
@@ -74,6 +59,27 @@ class Counters:
     performed: int = 0
     failed: int = 0
     dead_lettered: int = 0
+
+
+@dataclass(slots=True)
+class WorkerState:
+    """What one worker's heartbeat record tells, kept current by the worker (the registry reads only this).
+
+    Attributes:
+        id: ``host:pid-suffix``.
+        handlers: Names of the handlers it runs.
+        counters: What it did.
+        held: Threads its loops hold: loop number and since when (the worker's clock).
+        running_loops: Loops running now.
+        peers: Live workers' ids as of its last heartbeat (wake-ups are shared out among them).
+    """
+
+    id: str
+    handlers: list[str]
+    counters: Counters = field(default_factory=Counters)
+    held: dict[ThreadRef, tuple[int, float]] = field(default_factory=dict)
+    running_loops: int = 0
+    peers: list[str] = field(default_factory=list)
 
 
 class WorkerInfo(msgspec.Struct, frozen=True):
@@ -101,13 +107,13 @@ class WorkerInfo(msgspec.Struct, frozen=True):
     heartbeat_at: float = 0.0
 
 
-def encode_record(worker: Worker) -> bytes:
+def encode_record(worker: WorkerState) -> bytes:
     """The heartbeat record of ``worker`` now."""
     counters = worker.counters
     held = [(ref.handler, ref.thread, loop, since) for ref, (loop, since) in list(worker.held.items())]
     record = WorkerInfo(
         worker.id,
-        list(worker.specs),
+        list(worker.handlers),
         worker.running_loops,
         counters.performed,
         counters.failed,
@@ -146,12 +152,31 @@ def workers_frame(workers: list[WorkerInfo]) -> pd.DataFrame:
 
 
 class Presence:
-    """Keeps one worker's record in the registry while any of its loops runs."""
+    """Keeps one worker's record in the registry while any of its loops runs.
 
-    def __init__(self, worker: Worker) -> None:
+    Args:
+        worker: The worker's state, which the record is made of.
+        storage: Where the registry is.
+        settings: For ``lease_ttl``: the record lives that long, renewed every third of it.
+        health: Where storage failures are reported.
+        companion: Run alongside the heartbeat, from the first loop's start until
+            the last one returns, given the event that is set then (a sampler).
+    """
+
+    def __init__(
+        self,
+        worker: WorkerState,
+        storage: Storage,
+        settings: Settings,
+        health: StorageHealth,
+        companion: Callable[[asyncio.Event], Awaitable[None]] | None = None,
+    ) -> None:
         self.worker = worker
-        self._task: asyncio.Task[None] | None = None
-        self._sampler: asyncio.Task[None] | None = None
+        self.storage = storage
+        self.settings = settings
+        self.health = health
+        self.companion = companion
+        self._tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
 
     @contextlib.asynccontextmanager
@@ -159,12 +184,11 @@ class Presence:
         """Count one running loop; the first starts the heartbeat, the last removes the record."""
         worker = self.worker
         worker.running_loops += 1
-        if self._task is None:
+        if not self._tasks:
             self._stop = asyncio.Event()
-            self._task = asyncio.create_task(self._beat(self._stop))
-            if worker.metrics is not None:
-                sample = worker.metrics.sample(worker.queue.storage, list(worker.specs), self._stop)
-                self._sampler = asyncio.create_task(sample)
+            self._tasks.append(asyncio.create_task(self._beat(self._stop)))
+            if self.companion is not None:
+                self._tasks.append(asyncio.create_task(_run(self.companion, self._stop)))
         try:
             yield
         finally:
@@ -173,8 +197,7 @@ class Presence:
                 await self._leave()
 
     async def _leave(self) -> None:
-        tasks = [task for task in (self._task, self._sampler) if task is not None]
-        self._task = self._sampler = None
+        tasks, self._tasks = self._tasks, []
         self._stop.set()  # also ends them should a client library swallow their cancellation
         for task in tasks:
             task.cancel()
@@ -185,7 +208,7 @@ class Presence:
                 logger.error("worker %s: %s failed", self.worker.id, task.get_coro(), exc_info=task.exception())
         worker = self.worker
         try:
-            await worker.queue.storage.remove_worker(worker.id)
+            await self.storage.remove_worker(worker.id)
         except StorageError as exc:  # it expires by itself
             logger.debug("worker %s could not remove its record: %s", worker.id, exc)
         counters = worker.counters
@@ -199,24 +222,27 @@ class Presence:
 
     async def _beat(self, stop: asyncio.Event) -> None:
         worker = self.worker
-        storage = worker.queue.storage
+        storage = self.storage
         logger.info(
             "worker %s started: handlers %s, %d loops, storage %s",
             worker.id,
-            ", ".join(worker.specs),
+            ", ".join(worker.handlers),
             worker.running_loops,
             storage.location,
         )
-        handlers = list(worker.specs)
         while not stop.is_set():
-            ttl = worker.settings.lease_ttl
+            ttl = self.settings.lease_ttl
             try:
-                _, worker.peers = await storage.beat_worker(worker.id, encode_record(worker), ttl, handlers)
+                _, worker.peers = await storage.beat_worker(worker.id, encode_record(worker), ttl, worker.handlers)
             except StorageError as exc:  # retried at the next beat
-                worker.health.failed(exc)
+                self.health.failed(exc)
             else:
-                worker.health.answered()
+                self.health.answered()
             await wait_or_stop(stop, ttl / 3)
+
+
+async def _run(companion: Callable[[asyncio.Event], Awaitable[None]], stop: asyncio.Event) -> None:
+    await companion(stop)
 
 
 async def wait_or_stop(stop: asyncio.Event, seconds: float) -> None:

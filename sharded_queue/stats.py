@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from .registry import parse_lease_token
+from .leases import parse_lease_token
 from .storage import Storage, ThreadSnapshot
 
 if TYPE_CHECKING:

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import math
 import os
 import random
 import secrets
@@ -30,27 +31,35 @@ from .core import (
     Acquire,
     Batch,
     Begin,
-    Candidates,
     Control,
     Cycle,
     Effect,
     End,
     Envelopes,
+    Fire,
     LoopPolicy,
     Lost,
+    MoveDue,
     Perform,
     Poll,
+    PollResult,
     Program,
     ThreadRef,
     Wait,
-    answering,
+    answers,
+    enqueued_times,
+    wake_targets,
     worker_program,
 )
-from .errors import StorageError, StorageFull
-from .handler import Handler
-from .queue import DeadLetterRecord, HandlerSpec, Queue
-from .registry import Counters, Presence, lease_token
+from .deadletters import DeadLetterRecord
+from .errors import StorageError
+from .handler import Handler, HandlerSpec
+from .health import StorageHealth
+from .leases import lease_token
+from .queue import Queue
+from .registry import Counters, Presence, WorkerState, wait_or_stop
 from .settings import Settings
+from .stats import collect_stats
 from .storage import raise_if_cancelled
 from .trace import CpuTimed, TraceRecorder
 
@@ -61,36 +70,6 @@ logger = logging.getLogger("sharded_queue")
 
 T = TypeVar("T")
 _loop_ids = itertools.count(1)
-
-
-class StorageHealth:
-    """Logs a storage outage once: a WARNING when calls start failing, an INFO when one answers again.
-
-    Shared by a worker's loops, its heartbeats and its wake-up listener, so an
-    outage is two lines, not one per retry.
-    """
-
-    def __init__(self) -> None:
-        self.failing_since: float | None = None
-
-    def failed(self, exc: StorageError) -> None:
-        """A storage call failed (it will be retried)."""
-        if self.failing_since is None:
-            self.failing_since = time.monotonic()
-            if isinstance(exc, StorageFull):
-                logger.warning(
-                    "storage is full (maxmemory reached): registrations are refused until workers drain it; "
-                    "retrying the refused write: %s",
-                    exc,
-                )
-            else:
-                logger.warning("storage is failing; retrying with backoff until it answers: %s", exc)
-
-    def answered(self) -> None:
-        """A storage call succeeded."""
-        if self.failing_since is not None:
-            logger.info("storage recovered after %.1f s", time.monotonic() - self.failing_since)
-            self.failing_since = None
 
 
 class Waker:
@@ -176,10 +155,6 @@ class Worker:
                 stacklevel=2,
             )
         self.metrics = metrics
-        self.counters = Counters()
-        self.held: dict[ThreadRef, tuple[int, float]] = {}  # threads bound by this worker's loops: loop, since
-        self.running_loops = 0
-        self._presence = Presence(self)
         self.control = Control()
         self.recorder = TraceRecorder() if trace else None
         self._bound: dict[ThreadRef, Waker] = {}  # loops holding a thread, by thread
@@ -191,7 +166,29 @@ class Worker:
         self.identity = f"{socket.gethostname()}:{os.getpid()}"
         self.health = StorageHealth()
         self.id = f"{self.identity}-{secrets.token_hex(3)}"  # pids are reused, hosts cloned
-        self.peers: list[str] = []  # live workers' ids at the last heartbeat: wake-ups are shared out
+        self.state = WorkerState(self.id, list(self.specs))
+        sampler = self._sample_metrics if metrics is not None else None
+        self._presence = Presence(self.state, queue.storage, self.settings, self.health, sampler)
+
+    @property
+    def counters(self) -> Counters:
+        """What this worker did since it was created."""
+        return self.state.counters
+
+    @property
+    def held(self) -> dict[ThreadRef, tuple[int, float]]:
+        """Threads bound by this worker's loops: loop number, since when (this worker's clock)."""
+        return self.state.held
+
+    @property
+    def running_loops(self) -> int:
+        """Loops running now."""
+        return self.state.running_loops
+
+    @property
+    def peers(self) -> list[str]:
+        """Live workers' ids at the last heartbeat: wake-ups are shared out among them."""
+        return self.state.peers
 
     @property
     def ready_loops(self) -> int:
@@ -200,13 +197,7 @@ class Worker:
 
     def policy(self) -> LoopPolicy:
         """The loop policy from current settings and the handlers' overrides."""
-        return LoopPolicy.from_settings(
-            self.settings,
-            batch_sizes={n: s.handler.batch_size for n, s in self.specs.items() if s.handler.batch_size is not None},
-            attempts={
-                n: s.handler.retry_attempts for n, s in self.specs.items() if s.handler.retry_attempts is not None
-            },
-        )
+        return LoopPolicy.for_handlers(self.settings, {name: spec.handler for name, spec in self.specs.items()})
 
     async def loop(self, limit: int | None = None) -> int:
         """Perform messages until ``limit`` were taken off the queue, or forever.
@@ -221,11 +212,6 @@ class Worker:
         program = worker_program(self.policy(), limit, random.Random(), self.control)
         async with self._presence.running(), self._listening():
             return await _Loop(self, next(_loop_ids)).run(program)
-
-    def timeouts(self) -> dict[str, float]:
-        """Seconds a ``perform`` call of each handler may run: its ``timeout``, else the setting."""
-        default = self.settings.perform_timeout
-        return {name: spec.handler.timeout or default for name, spec in self.specs.items()}
 
     async def serve(self, loops: int = 1, limit: int | None = None, *, burst: bool = False) -> int:
         """Run ``loops`` loops until they reach ``limit`` each, or a signal, or `stop`.
@@ -294,33 +280,12 @@ class Worker:
             waker.wake()
 
     def _on_wake(self, threads: list[ThreadRef]) -> None:
-        """A registration landed: wake the loop holding each thread, else one idle loop
-        not woken yet, if this worker is the one that answers for the thread.
-
-        Waking one idle loop per thread (not all of them) keeps a burst of
-        registrations from turning every idle loop into a coordinator poll; one
-        worker process answering (`answers`) keeps it from turning every process
-        into one. The others find the thread at their next poll. A loop already
-        woken is on its way to a poll and will take one thread: a registration
-        of another thread meanwhile wakes the next idle loop, or it would wait
-        for someone's next poll (up to ``coordinator_delay``) while loops idle.
-        """
-        idle = self._unwoken()
-        for thread in threads:
-            waker = self._bound.get(thread)
-            if waker is None and self.answers(thread):
-                waker = next(idle, None)
-            if waker is not None:
-                waker.wake()
+        """A registration landed: wake the loops `core.wake_targets` names."""
+        for waker in wake_targets(threads, self._bound.get, self.answers, self._unwoken()):
+            waker.wake()
 
     def _wake_idle(self) -> None:
-        """Wake the oldest idle loop not woken yet: a loop that bound a thread saw others waiting.
-
-        Wake-ups are not enough on their own: one that lands while the loop it
-        woke is polling wakes that loop again, which takes one thread, and the
-        other thread would wait for someone's next poll (up to
-        ``coordinator_delay``) while loops idle.
-        """
+        """Wake the oldest idle loop not woken yet (`core.Acquire.wake_next`)."""
         waker = next(self._unwoken(), None)
         if waker is not None:
             waker.wake()
@@ -330,13 +295,25 @@ class Worker:
         return (waker for waker in list(self._idle) if not waker.woken)
 
     def answers(self, thread: ThreadRef) -> bool:
-        """Whether this worker answers ``thread``'s wake-ups: the live worker (as of its last
-        heartbeat) ranking highest for the thread (rendezvous hashing). While its view of the
-        live workers lacks itself (not yet beaten), it answers everything."""
-        peers = self.peers
-        if len(peers) < 2 or self.id not in peers:
-            return True
-        return answering(peers, thread) == self.id
+        """Whether this worker answers ``thread``'s wake-ups (`core.answers`)."""
+        return answers(self.peers, self.id, thread)
+
+    async def _sample_metrics(self, stop: asyncio.Event) -> None:
+        """Hand the metrics the handlers' depth and lag every ``sample_interval`` until ``stop``."""
+        metrics = self.metrics
+        assert metrics is not None
+        handlers = list(self.specs)
+        metrics.declare(handlers)
+        while not stop.is_set():
+            try:
+                rows = await collect_stats(self.queue.storage, handlers)
+            except StorageError as exc:  # the loops report outages; keep the last values
+                logger.debug("metrics: sampling depth and lag failed: %s", exc)
+            else:
+                for row in rows:
+                    if row.thread is None:  # the handler's total
+                        metrics.record_backlog(row.handler, row.depth, row.lag)
+            await wait_or_stop(stop, metrics.sample_interval)
 
     def trace(self) -> Any:
         """The recorded trace as a pandas DataFrame (schema in `sharded_queue.trace`)."""
@@ -396,11 +373,9 @@ class _Loop:
         self.settings = worker.settings
         self.number = number
         self.name = f"{worker.id}:{number}"
-        self.timeouts = worker.timeouts()
         self.since = 0.0
         self.rng = random.Random()
         self.waker = Waker()
-        self.untried = 0  # candidates of the last poll not tried yet
         self.bound: ThreadRef | None = None
         self.token = ""
         self.instance: Handler | None = None
@@ -443,45 +418,41 @@ class _Loop:
             case Poll():
                 self.waker.arm()
                 self.worker._idle[self.waker] = None
-                found = await self._poll()
-                self.untried = len(found)
-                return found
-            case Acquire(thread):
-                token = lease_token(self.name, since := time.time())  # names the holder, for inspection
-                ttl = self.settings.lease_ttl
-                self.untried -= 1
-                if await self._retrying(lambda: self.storage.acquire(thread, token, ttl)):
-                    self.token = token
-                    self.worker._idle.pop(self.waker, None)
-                    self.since = since
-                    if self.untried > 0:  # more threads wait than this loop takes: another idle loop may
-                        self.worker._wake_idle()
-                    return True
-                return False
+                return await self._poll()
+            case Acquire():
+                return await self._acquire(effect)
             case Wait(seconds, wakeable):
                 await self.waker.wait(seconds, wakeable)
                 return None
             case Begin(thread):
-                await self._begin(thread)
-                return None
+                return await self._begin(thread)
             case End():
                 await self._end()
                 return None
+            case MoveDue(thread):
+                return await self._retrying(lambda: self.storage.move_due(thread))
+            case Fire(thread, ticks):
+                return await self._retrying(lambda: self.storage.fire(thread, ticks))
         raise TypeError(f"unknown effect {effect!r}")  # pragma: no cover
 
-    async def _poll(self) -> Candidates:
-        """The coordinator's candidates, after moving deferred and recurring requests that are due."""
+    async def _poll(self) -> PollResult:
+        """The coordinator's candidates, and the threads with requests due."""
         handlers = list(self.worker.specs)
-        found, due = await self._retrying(lambda: self.storage.candidates(handlers, CANDIDATES_PER_HANDLER))
-        if not due:
-            return found
-        count = 0
-        for thread in due:
-            count += await self._retrying(lambda: self.storage.move_due(thread))  # noqa: B023 - awaited at once
-        found, _ = await self._retrying(lambda: self.storage.candidates(handlers, CANDIDATES_PER_HANDLER))
-        return Candidates(found, found.due_in, count)
+        return await self._retrying(lambda: self.storage.candidates(handlers, CANDIDATES_PER_HANDLER))
 
-    async def _begin(self, thread: ThreadRef) -> None:
+    async def _acquire(self, effect: Acquire) -> bool:
+        token = lease_token(self.name, since := time.time())  # names the holder, for inspection
+        ttl = self.settings.lease_ttl
+        if not await self._retrying(lambda: self.storage.acquire(effect.thread, token, ttl)):
+            return False
+        self.token = token
+        self.worker._idle.pop(self.waker, None)
+        self.since = since
+        if effect.wake_next:
+            self.worker._wake_idle()
+        return True
+
+    async def _begin(self, thread: ThreadRef) -> bool:
         self.bound = thread
         self.worker._bound[thread] = self.waker
         self.worker.held[thread] = (self.number, self.since)
@@ -492,11 +463,10 @@ class _Loop:
         try:
             await self.instance.start()
         except Exception:
-            # Give the thread back untouched; the next Cycle sees no lease (LOST) and the program re-binds.
             logger.exception("%s start() failed on thread %s; thread released", thread.handler, thread.thread)
-            self.instance = None
-            await self._end()
-            await asyncio.sleep(self.worker.policy().backoff(1, self.rng))
+            self.instance = None  # End releases the thread without stop()
+            return False
+        return True
 
     async def _end(self) -> None:
         thread, self.bound = self.bound, None
@@ -539,8 +509,6 @@ class _Loop:
 
     async def _cycle(self, effect: Cycle) -> Batch | Lost | None:
         thread, ack = effect.thread, effect.ack
-        if self.bound != thread:  # released after a failed start()
-            return LOST
         dead = self._dead_records(thread, ack) if ack is not None and ack.dead else []
         if ack is not None:
             self.seq += 1
@@ -586,9 +554,9 @@ class _Loop:
         worker = self.worker
         handler = effect.thread.handler
         messages = effect.messages
-        timeout = self.timeouts[handler]
+        timeout = effect.timeout
         started = time.time()
-        deadline = asyncio.timeout(timeout)
+        deadline = asyncio.timeout(timeout if timeout < math.inf else None)
         timed: CpuTimed | None = None
         try:
             requests = messages.requests() if isinstance(messages, Envelopes) else [m.request for m in messages]
@@ -612,7 +580,7 @@ class _Loop:
         if worker.metrics is not None or worker.recorder is not None:
             finished = time.time()
             if worker.metrics is not None:
-                worker.metrics.record_batch(handler, messages, started, finished)
+                worker.metrics.record_batch(handler, len(messages), enqueued_times(messages), started, finished)
             if worker.recorder is not None:
                 cpu = timed.cpu if timed is not None else float("nan")
                 worker.recorder.record(effect.thread, self.batch_order, self.name, messages, started, finished, cpu)

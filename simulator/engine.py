@@ -69,6 +69,7 @@ from sharded_queue.core import (
     Message,
     Perform,
     Poll,
+    PollResult,
     ThreadRef,
     Tube,
     Wait,
@@ -688,8 +689,6 @@ class Simulation:
         self.feed = Feed(scenario, self.storage, feed_seed.spawn(len(workloads)))
         service_rngs = [np.random.default_rng(s) for s in service_seed.spawn(len(workloads))]
         self.samplers = {w.name: ServiceSampler(w.service, rng) for w, rng in zip(workloads, service_rngs, strict=True)}
-        default_timeout = scenario.settings.perform_timeout  # as `Worker.timeouts`: the handler's, else the setting
-        self.timeouts = {w.name: w.handler.timeout or default_timeout for w in workloads}
         self.loop_seeds = [int(s.generate_state(1)[0]) for s in loop_seed.spawn(scenario.loops)]
         self.policy = scenario.policy()
         self.rtt = scenario.rtt
@@ -782,7 +781,6 @@ class Simulation:
         result: Any = None
         fetched: SimTube | None = None
         owed = 0.0  # a fetch's round trip, waited together with the perform that follows it
-        untried = 0  # candidates of the last poll not tried yet
         while True:
             effect: Any = send(result)  # dispatched on its exact type below (faster than match)
             kind = type(effect)
@@ -825,7 +823,7 @@ class Simulation:
                 count = len(messages)
                 sampler = samplers[effect.thread.handler]
                 duration, busy = sampler.draw(count)
-                limit = self.timeouts[effect.thread.handler]
+                limit = effect.timeout
                 timed_out = duration > limit
                 if timed_out:  # cancelled at the timeout, or once its CPU part lets the event loop run
                     duration = max(limit, busy)
@@ -877,8 +875,7 @@ class Simulation:
                 now = env._now
                 if feed.frontier < now:
                     feed.ensure(now)
-                result = storage.candidates(now)
-                untried = len(result)
+                result = PollResult(storage.candidates(now))
                 rest = POLL_TRIPS * rtt - half + (server.call(now) if server is not None else 0.0)
                 if rest:
                     yield timeout(rest)
@@ -894,10 +891,9 @@ class Simulation:
                 if rest:
                     yield timeout(rest)
                 result = code == 1
-                untried -= 1
                 if result:
                     wakeups.acquired(stats, env._now)
-                    if untried > 0:  # as the Worker: other threads wait, wake another idle loop
+                    if effect.wake_next:  # the program saw other threads waiting: wake another idle loop
                         wakeups.wake_idle(stats.process, env._now)
             elif kind is Wait:
                 result = None
@@ -919,7 +915,7 @@ class Simulation:
                 stats.binds += 1
                 stats.bound_since = now
                 wakeups.bind(stats, threads[id(effect.thread)], now)
-                result = None
+                result = True  # a simulated start() succeeds
             elif kind is End:
                 now = env._now
                 wakeups.unbind(stats, now)

@@ -213,12 +213,7 @@ class Scenario:
 
     def policy(self) -> LoopPolicy:
         """The loop policy the real `Worker` would use for these settings and handlers."""
-        handlers = self.handlers
-        return LoopPolicy.from_settings(
-            self.settings,
-            batch_sizes={handler_name(h): h.batch_size for h in handlers if h.batch_size},
-            attempts={handler_name(h): h.retry_attempts for h in handlers if h.retry_attempts},
-        )
+        return LoopPolicy.for_handlers(self.settings, {handler_name(h): h for h in self.handlers})
 
     def replace(self, **changes: Any) -> Scenario:
         """A copy with some fields changed; names of `Settings` fields change the settings.

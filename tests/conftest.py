@@ -18,8 +18,8 @@ import fakeredis
 import pytest
 import redis
 
-from sharded_queue import Queue, Settings, Storage, ThreadRef
-from sharded_queue.core import Candidates
+from sharded_queue import Queue, Settings, Storage
+from sharded_queue.core import PollResult
 from sharded_queue.testing import RedisServer, free_cluster_port
 
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -130,7 +130,7 @@ class PollCounting(Storage):
     def polls(self) -> int:
         return len(self.poll_log)
 
-    async def candidates(self, handlers: Sequence[str], count: int) -> tuple[Candidates, list[ThreadRef]]:
+    async def candidates(self, handlers: Sequence[str], count: int) -> PollResult:
         found = await super().candidates(handlers, count)
         self.poll_log.append(None)
         return found

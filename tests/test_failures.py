@@ -16,6 +16,7 @@ from sharded_queue.core import (
     LoopPolicy,
     Perform,
     Poll,
+    PollResult,
     worker_program,
 )
 from sharded_queue.errors import LeaseLost
@@ -194,9 +195,9 @@ def test_lease_losses_halve_the_head_then_dead_letter_it() -> None:
     thread = ThreadRef("h", "0")
     program = worker_program(policy, limit=None)
     assert isinstance(next(program), Poll)
-    assert isinstance(program.send([thread]), Acquire)
+    assert isinstance(program.send(PollResult([thread])), Acquire)
     assert isinstance(program.send(True), Begin)
-    cycle = program.send(None)
+    cycle = program.send(True)  # start() succeeded
     sizes = []
     for losses in range(2, 7):  # each head performed below is lost again before its ack
         batch = Batch("0", 8, Envelopes([(0.0, n) for n in range(8)]), losses=losses)

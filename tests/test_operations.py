@@ -28,7 +28,7 @@ from sharded_queue import (
     StorageFull,
     Worker,
 )
-from sharded_queue.registry import lease_token, parse_lease_token
+from sharded_queue.leases import lease_token, parse_lease_token
 from sharded_queue.stats import COLUMNS, collect_stats
 from sharded_queue.testing import RedisServer, drain, fresh_queue, wait_until
 from tests.conftest import need_redis_server
@@ -261,7 +261,7 @@ async def test_the_setting_bounds_performs_of_handlers_without_a_timeout(setting
     queue = fresh_queue(settings.copy(perform_timeout=0.2))
     await queue.register(Slow, 1)
     worker = Worker(queue)
-    assert worker.timeouts() == {queue.spec(Slow).name: 0.2}
+    assert worker.policy().timeout_for(queue.spec(Slow).name) == 0.2
     await drain(worker, timeout=30)
     (letter,) = await queue.dead_letters(Slow)
     assert letter.error_type == "TimeoutError" and "0.2 s" in letter.error

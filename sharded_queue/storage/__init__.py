@@ -80,7 +80,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 
-from ..core import Ack, Candidates, Schedule, ThreadRef, Tube
+from ..core import Ack, DueMoves, DueTick, PollResult, Schedule, ThreadRef, Tick, Tube
 from ..errors import StorageError, StorageFull, StorageTimeout
 from ..settings import Settings, redact_url
 from .transport import InitializedCluster, Lane, fast_path, hiredis_packing
@@ -493,13 +493,13 @@ class Storage:
 
     # --- coordinator --------------------------------------------------------
 
-    async def candidates(self, handlers: Sequence[str], count: int) -> tuple[Candidates, list[ThreadRef]]:
+    async def candidates(self, handlers: Sequence[str], count: int) -> PollResult:
         """What a coordinator poll sees, on the server's clock (one round trip).
 
         Returns:
             Up to ``count`` threads per handler visible now, longest-visible
             first, with the seconds until the next deferred or recurring request
-            is due; and the threads with requests due now, for `move_due`.
+            is due, and the threads with requests due now, for `move_due`.
         """
         calls = [(self._candidates, [self.keys.index(h), self.keys.due_index(h)], [count]) for h in handlers]
         with translate_errors():
@@ -515,11 +515,11 @@ class Storage:
             if later:
                 due_in = min(due_in, float(later))
         found.sort(key=lambda item: item[0])
-        return Candidates((ref for _, ref in found), due_in), due
+        return PollResult([ref for _, ref in found], due_in, due)
 
-    async def move_due(self, ref: ThreadRef, limit: int = 1000) -> int:
-        """Move ``ref``'s deferred requests that are due to their tubes' tails, and register
-        its recurring requests' due ticks (each once, whoever else tries). Returns how many."""
+    async def move_due(self, ref: ThreadRef, limit: int = 1000) -> DueMoves:
+        """Move ``ref``'s deferred requests that are due to their tubes' tails (up to ``limit``),
+        and find its recurring requests whose tick is due, for `fire` (`core.next_ticks`)."""
         keys = self.keys
         thread_keys = [
             keys.deferred(ref),
@@ -532,33 +532,48 @@ class Storage:
             moved, _, fire, now = await self._on_thread(
                 self._due, ref, thread_keys, [keys.tube_prefix(ref), limit], index=True
             )
-            fired = 0
-            for i in range(0, len(fire), 3):
-                member, due, raw = fire[i : i + 3]
-                schedule = msgspec.json.decode(raw, type=StoredSchedule)
-                next_due = schedule.schedule().next_after(float(due), float(now))
+            await self._after_moving(ref, int(moved))
+        ticks = []
+        for i in range(0, len(fire), 3):
+            member, due, raw = fire[i : i + 3]
+            stored = msgspec.json.decode(raw, type=StoredSchedule)
+            ticks.append(DueTick(member, float(due), due, stored.schedule(), stored.rank, stored.unique))
+        return DueMoves(int(moved), ticks, float(now))
+
+    async def fire(self, ref: ThreadRef, ticks: Sequence[Tick]) -> int:
+        """Register each recurring tick once (whoever else tries) and move its schedule to the
+        next tick. Returns how many this call registered."""
+        keys = self.keys
+        fired = 0
+        with translate_errors():
+            for tick in ticks:
                 fired += await self._on_thread(
                     self._fire,
                     ref,
                     [keys.recurring(ref), keys.orders(ref), keys.deferred(ref)],
                     [
                         keys.tube_prefix(ref),
-                        member,
-                        due,
-                        repr(next_due),
-                        schedule.rank,
-                        1 if schedule.unique else 0,
+                        tick.member,
+                        tick.stored_due,
+                        repr(tick.next_due),
+                        tick.rank,
+                        1 if tick.unique else 0,
                         keys.marks_prefix(ref),
                     ],
                     index=True,
                 )
-            if self.cluster and moved + fired:
-                await self._eval(self._index, [keys.index(ref.handler)], ["add", 0, ref.thread])
-            if self.cluster:
-                await self._reindex_due(ref)
-            if moved + fired:  # like a registration: wake the loop holding the thread, else an idle one
-                await self.client.publish(keys.wake, msgspec.json.encode([[ref.handler, ref.thread]]))
-        return int(moved) + fired
+            await self._after_moving(ref, fired)
+        return fired
+
+    async def _after_moving(self, ref: ThreadRef, count: int) -> None:
+        """After ``count`` due requests joined ``ref``'s tubes: index it on a cluster (one server's
+        scripts did), re-score its due entry, and wake the loop holding it, else an idle one."""
+        if self.cluster and count:
+            await self._eval(self._index, [self.keys.index(ref.handler)], ["add", 0, ref.thread])
+        if self.cluster:
+            await self._reindex_due(ref)
+        if count:
+            await self.client.publish(self.keys.wake, msgspec.json.encode([[ref.handler, ref.thread]]))
 
     async def _reindex_due(self, ref: ThreadRef) -> None:
         """Score a cluster's due index entry of ``ref`` by its earliest due: remove, re-check, re-add

@@ -141,6 +141,7 @@ def theory_runs() -> dict[str, list[WaitEstimate]]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # the theory runs take a minute on two idle cores, more on busy ones
 @pytest.mark.parametrize("rho", [0.5, 0.8])
 def test_mean_wait_matches_erlang_c(theory_runs: dict[str, Any], rho: float) -> None:
     """Batch 1, no delays, a thread per message: the fleet is M/M/c.
@@ -169,6 +170,7 @@ def test_mean_wait_matches_erlang_c(theory_runs: dict[str, Any], rho: float) -> 
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # the theory runs take a minute on two idle cores, more on busy ones
 @pytest.mark.parametrize(("batch", "rho"), [(4, 0.5), (16, 0.5)])
 def test_mean_wait_matches_bulk_service_queue(theory_runs: dict[str, Any], batch: int, rho: float) -> None:
     """One thread, one loop, batches up to B, service independent of the batch size,
@@ -181,6 +183,7 @@ def test_mean_wait_matches_bulk_service_queue(theory_runs: dict[str, Any], batch
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # the theory runs take a minute on two idle cores, more on busy ones
 def test_loops_sharing_a_cpu_bound_perform_are_a_single_server(theory_runs: dict[str, Any]) -> None:
     """Four loops of one process whose ``perform`` is all CPU (exponential, mean 1 s) at load 0.5:
     they share the process's one CPU, so the fleet is M/M/1, not M/M/4. Mean sojourn

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from .core import Schedule, Tube, check_routes, due_when, group_by_tube, order_rank
+from .core import RequestRoute, Schedule, Tube, check_routes, due_when, group_by_tube, order_rank
 from .deadletters import DeadLetterRecord
 from .errors import StorageError
 from .handler import Handler, HandlerSpec
@@ -102,39 +102,44 @@ class Queue:
                 says how many requests earlier chunks stored.
         """
         spec = self.spec(handler)
-        when = due_when(defer)
-        schedule = None if recurrent is None else Schedule.of(recurrent)
-        if schedule is not None and defer is not None:
-            raise ValueError("recurrent= and defer= together: a recurring request starts at its first tick")
-        if not isinstance(if_not_exists, bool):
-            raise TypeError(f"if_not_exists= takes a bool, got {if_not_exists!r}")
+        when, schedule = _timing(defer, if_not_exists, recurrent)
         if not requests:
             return 0
         routes = check_routes(requests, await handler.route(*requests), f"{handler.__qualname__}.route()")
-        now = time.time()  # the client's clock: for traces only, never compared by the storage
         if schedule is not None:
-            first = schedule.first_after(await self.storage.server_time())
-            when = f"@{first!r}"
+            when = f"@{schedule.first_after(await self.storage.server_time())!r}"
+        chunks = self._chunks(spec, routes, if_not_exists, when, schedule)
+        if spec.name not in self._registered:  # once per handler and Queue: names for stats, never imported
+            await self.storage.add_handlers([spec.name])
+        stored = await self._push(spec.name, chunks, len(requests))
+        self._registered.setdefault(spec.name, handler)
+        return stored
+
+    def _chunks(
+        self, spec: HandlerSpec, routes: list[RequestRoute], unique: bool, when: str, schedule: Schedule | None
+    ) -> list[list[TubeWrite]]:
+        """Every write of a registration, encoded, in chunks of ``register_chunk`` requests."""
+        now = time.time()  # the client's clock: for traces only, never compared by the storage
         size = self.settings.register_chunk
-        chunks = [
+        return [
             [
-                self._write(spec, tube, spec.codec.encode(batch, now), if_not_exists, when, schedule)
+                self._write(spec, tube, spec.codec.encode(batch, now), unique, when, schedule)
                 for tube, batch in group_by_tube(spec.name, routes[start : start + size]).items()
             ]
             for start in range(0, len(routes), size)
         ]
-        if spec.name not in self._registered:  # once per handler and Queue: names for stats, never imported
-            await self.storage.add_handlers([spec.name])
+
+    async def _push(self, handler: str, chunks: list[list[TubeWrite]], total: int) -> int:
+        """Push the chunks in order; a failure says how many requests earlier chunks stored."""
         stored = 0
         for writes in chunks:
             try:
-                stored += await self.storage.push(spec.name, writes)
+                stored += await self.storage.push(handler, writes)
             except StorageError as exc:
                 if stored:
                     exc.stored = stored
-                    exc.add_note(f"the first {stored} of {len(requests)} requests were stored")
+                    exc.add_note(f"the first {stored} of {total} requests were stored")
                 raise
-        self._registered.setdefault(spec.name, handler)
         return stored
 
     @staticmethod
@@ -282,3 +287,16 @@ class Queue:
 def _chunks(threads: list[str], size: int = 1000) -> list[list[str]]:
     """Threads in pipelines of ``size``: a fixed number of round trips per thousand threads."""
     return [threads[start : start + size] for start in range(0, len(threads), size)]
+
+
+def _timing(
+    defer: float | timedelta | datetime | None, if_not_exists: object, recurrent: float | timedelta | str | None
+) -> tuple[str, Schedule | None]:
+    """`Queue.register`'s ``defer`` (`core.due_when`) and ``recurrent`` (`Schedule`), checked."""
+    when = due_when(defer)
+    schedule = None if recurrent is None else Schedule.of(recurrent)
+    if schedule is not None and defer is not None:
+        raise ValueError("recurrent= and defer= together: a recurring request starts at its first tick")
+    if not isinstance(if_not_exists, bool):
+        raise TypeError(f"if_not_exists= takes a bool, got {if_not_exists!r}")
+    return when, schedule

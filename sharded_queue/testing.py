@@ -171,7 +171,7 @@ async def drain(worker: Worker, loops: int = 1, timeout: float = 60.0, feed: Awa
     tasks = [asyncio.create_task(worker.loop()) for _ in range(loops)]
     if feed is not None:
         # start feeding once every loop is up and looking for work, as in a running system
-        await wait_until(lambda: len(worker._idle) >= loops or any(t.done() for t in tasks), timeout=timeout)
+        await wait_until(lambda: len(worker.wakeups.idle) >= loops or any(t.done() for t in tasks), timeout=timeout)
         tasks.append(asyncio.create_task(_as_count(feed)))
     fed = tasks[-1] if feed is not None else None
     try:

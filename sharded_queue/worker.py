@@ -9,59 +9,36 @@ retry, bisect) live in `sharded_queue.core`, shared with the simulator.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
-import math
 import os
 import random
 import secrets
 import signal
 import socket
-import time
-import traceback
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .core import (
-    CANDIDATES_PER_HANDLER,
-    LOST,
-    Ack,
-    Acquire,
-    Batch,
-    Begin,
     Control,
-    Cycle,
     Effect,
-    End,
-    Envelopes,
-    Fire,
     LoopPolicy,
-    Lost,
-    MoveDue,
-    Perform,
-    Poll,
-    PollResult,
-    Program,
     ThreadRef,
-    Wait,
     answers,
-    enqueued_times,
-    wake_targets,
     worker_program,
 )
-from .deadletters import DeadLetterRecord
 from .errors import StorageError
 from .handler import Handler, HandlerSpec
 from .health import StorageHealth
-from .leases import lease_token
+from .loop import Loop
 from .queue import Queue
 from .registry import Counters, Presence, WorkerState, wait_or_stop
 from .settings import Settings
 from .stats import collect_stats
-from .storage import raise_if_cancelled
-from .trace import CpuTimed, TraceRecorder
+from .storage import Storage
+from .trace import TraceRecorder
+from .waking import Wakeups
 
 if TYPE_CHECKING:
     from .metrics import Metrics
@@ -70,37 +47,6 @@ logger = logging.getLogger("sharded_queue")
 
 T = TypeVar("T")
 _loop_ids = itertools.count(1)
-
-
-class Waker:
-    """One loop's wake-up: a wake between arming and waiting is not lost."""
-
-    def __init__(self) -> None:
-        self._future: asyncio.Future[None] | None = None
-
-    def arm(self) -> None:
-        """Take a fresh wake-up *before* looking for work, so none that follows is missed."""
-        if self._future is None or self._future.done():
-            self._future = asyncio.get_running_loop().create_future()
-
-    @property
-    def woken(self) -> bool:
-        """Woken since it was last armed: the loop is on its way to a poll."""
-        return self._future is not None and self._future.done()
-
-    def wake(self) -> None:
-        """End the current (or next) wakeable wait early."""
-        if self._future is not None and not self._future.done():
-            self._future.set_result(None)
-
-    async def wait(self, seconds: float, wakeable: bool = True) -> None:
-        """Sleep ``seconds``, or less if woken (when ``wakeable``)."""
-        if not wakeable or self._future is None:
-            await asyncio.sleep(seconds)
-            return
-        # asyncio.wait, not wait_for: Python 3.11's wait_for returns normally when
-        # cancelled just as its future completes, swallowing the cancellation
-        await asyncio.wait({self._future}, timeout=seconds)
 
 
 class Worker:
@@ -157,11 +103,7 @@ class Worker:
         self.metrics = metrics
         self.control = Control()
         self.recorder = TraceRecorder() if trace else None
-        self._bound: dict[ThreadRef, Waker] = {}  # loops holding a thread, by thread
-        self._idle: dict[Waker, None] = {}  # loops polling or waiting for work (not performing)
-        self._listeners = 0
-        self._listener: asyncio.Task[None] | None = None
-        self._subscribed = asyncio.Event()
+        self.wakeups = Wakeups(self.answers)
         self._loops: set[asyncio.Task[Any]] = set()
         self.identity = f"{socket.gethostname()}:{os.getpid()}"
         self.health = StorageHealth()
@@ -169,6 +111,11 @@ class Worker:
         self.state = WorkerState(self.id, list(self.specs))
         sampler = self._sample_metrics if metrics is not None else None
         self._presence = Presence(self.state, queue.storage, self.settings, self.health, sampler)
+
+    @property
+    def storage(self) -> Storage:
+        """The queue's storage."""
+        return self.queue.storage
 
     @property
     def counters(self) -> Counters:
@@ -193,7 +140,7 @@ class Worker:
     @property
     def ready_loops(self) -> int:
         """How many loops are running and have asked the coordinator at least once (idle or holding a thread)."""
-        return len(self._idle) + len(self._bound)
+        return self.wakeups.ready
 
     def policy(self) -> LoopPolicy:
         """The loop policy from current settings and the handlers' overrides."""
@@ -210,8 +157,9 @@ class Worker:
         if limit is not None and limit < 0:
             raise ValueError(f"limit must be >= 0 or None, got {limit}")
         program = worker_program(self.policy(), limit, random.Random(), self.control)
-        async with self._presence.running(), self._listening():
-            return await _Loop(self, next(_loop_ids)).run(program)
+        listening = self.wakeups.listening(self.queue.storage, self.health, self.settings.storage_timeout)
+        async with self._presence.running(), listening:
+            return await Loop(self, next(_loop_ids)).run(program)
 
     async def serve(self, loops: int = 1, limit: int | None = None, *, burst: bool = False) -> int:
         """Run ``loops`` loops until they reach ``limit`` each, or a signal, or `stop`.
@@ -276,23 +224,7 @@ class Worker:
     def stop(self) -> None:
         """Ask every loop to finish its batch, ack it, release its thread and return."""
         self.control.stopping = True
-        for waker in [*self._bound.values(), *self._idle]:
-            waker.wake()
-
-    def _on_wake(self, threads: list[ThreadRef]) -> None:
-        """A registration landed: wake the loops `core.wake_targets` names."""
-        for waker in wake_targets(threads, self._bound.get, self.answers, self._unwoken()):
-            waker.wake()
-
-    def _wake_idle(self) -> None:
-        """Wake the oldest idle loop not woken yet (`core.Acquire.wake_next`)."""
-        waker = next(self._unwoken(), None)
-        if waker is not None:
-            waker.wake()
-
-    def _unwoken(self) -> Iterator[Waker]:
-        """The idle loops' wakers not woken yet, oldest first."""
-        return (waker for waker in list(self._idle) if not waker.woken)
+        self.wakeups.wake_all()
 
     def answers(self, thread: ThreadRef) -> bool:
         """Whether this worker answers ``thread``'s wake-ups (`core.answers`)."""
@@ -330,291 +262,3 @@ class Worker:
             f"{self.queue.storage.location}; worker_batch_size {settings.worker_batch_size}, "
             f"coordinator_delay {settings.coordinator_delay:g} s>"
         )
-
-    @contextlib.asynccontextmanager
-    async def _listening(self) -> AsyncIterator[None]:
-        """Keep one wake-up subscription open while any loop of this worker runs."""
-        self._listeners += 1
-        if self._listener is None:
-            self._subscribed = asyncio.Event()
-            self._listener = asyncio.create_task(self._listen(self._subscribed))
-        try:
-            with contextlib.suppress(TimeoutError):  # without wake-ups loops still poll every coordinator_delay
-                async with asyncio.timeout(self.settings.storage_timeout):
-                    await self._subscribed.wait()
-            yield
-        finally:
-            self._listeners -= 1
-            if self._listeners == 0 and self._listener is not None:
-                listener, self._listener = self._listener, None
-                listener.cancel()
-                await asyncio.wait({listener})  # never swallows a cancellation of this task
-
-    async def _listen(self, ready: asyncio.Event) -> None:
-        storage = self.queue.storage
-        while True:
-            try:
-                await storage.listen_wake(self._on_wake, ready.set)
-            except StorageError as exc:  # loops still work without wake-ups, on coordinator_delay
-                self.health.failed(exc)
-            except Exception as exc:  # never let wake-ups die: loops would fall back to polling
-                logger.warning("wake-up subscription failed, retrying: %r", exc)
-            raise_if_cancelled(asyncio.current_task())
-            ready.set()
-            await asyncio.sleep(1.0)
-
-
-class _Loop:
-    """One running loop: carries out the effects of one worker program."""
-
-    def __init__(self, worker: Worker, number: int) -> None:
-        self.worker = worker
-        self.storage = worker.queue.storage
-        self.settings = worker.settings
-        self.number = number
-        self.name = f"{worker.id}:{number}"
-        self.since = 0.0
-        self.rng = random.Random()
-        self.waker = Waker()
-        self.bound: ThreadRef | None = None
-        self.token = ""
-        self.instance: Handler | None = None
-        self.heartbeat: asyncio.Task[None] | None = None
-        self.raw: list[bytes] = []
-        self.batch_order = ""
-        self.seq = 0
-
-    async def run(self, program: Program) -> int:
-        result: Any = None
-        task = asyncio.current_task()
-        assert task is not None
-        observer = self.worker.observer
-        try:
-            while True:
-                try:
-                    effect = program.send(result)
-                except StopIteration as stop:
-                    return int(stop.value)
-                result = await self.execute(effect)
-                raise_if_cancelled(task)
-                if observer is not None:
-                    observer(effect, result)
-        finally:
-            self.worker._idle.pop(self.waker, None)
-            try:
-                if self.bound is not None:  # cancelled or failed while bound: unacked batch stays
-                    await asyncio.shield(self._end())
-            finally:
-                program.close()
-
-    async def execute(self, effect: Effect) -> Any:
-        if not isinstance(effect, Poll | Wait | Acquire):  # busy: wake-ups must go to another loop
-            self.worker._idle.pop(self.waker, None)
-        match effect:
-            case Cycle():
-                return await self._cycle(effect)
-            case Perform():
-                return await self._perform(effect)
-            case Poll():
-                self.waker.arm()
-                self.worker._idle[self.waker] = None
-                return await self._poll()
-            case Acquire():
-                return await self._acquire(effect)
-            case Wait(seconds, wakeable):
-                await self.waker.wait(seconds, wakeable)
-                return None
-            case Begin(thread):
-                return await self._begin(thread)
-            case End():
-                await self._end()
-                return None
-            case MoveDue(thread):
-                return await self._retrying(lambda: self.storage.move_due(thread))
-            case Fire(thread, ticks):
-                return await self._retrying(lambda: self.storage.fire(thread, ticks))
-        raise TypeError(f"unknown effect {effect!r}")  # pragma: no cover
-
-    async def _poll(self) -> PollResult:
-        """The coordinator's candidates, and the threads with requests due."""
-        handlers = list(self.worker.specs)
-        return await self._retrying(lambda: self.storage.candidates(handlers, CANDIDATES_PER_HANDLER))
-
-    async def _acquire(self, effect: Acquire) -> bool:
-        token = lease_token(self.name, since := time.time())  # names the holder, for inspection
-        ttl = self.settings.lease_ttl
-        if not await self._retrying(lambda: self.storage.acquire(effect.thread, token, ttl)):
-            return False
-        self.token = token
-        self.worker._idle.pop(self.waker, None)
-        self.since = since
-        if effect.wake_next:
-            self.worker._wake_idle()
-        return True
-
-    async def _begin(self, thread: ThreadRef) -> bool:
-        self.bound = thread
-        self.worker._bound[thread] = self.waker
-        self.worker.held[thread] = (self.number, self.since)
-        logger.debug("%s bound %s/%s", self.name, thread.handler, thread.thread)
-        self.seq = 0
-        self.heartbeat = asyncio.create_task(self._heartbeat(thread, self.token))
-        self.instance = self.worker.specs[thread.handler].handler()
-        try:
-            await self.instance.start()
-        except Exception:
-            logger.exception("%s start() failed on thread %s; thread released", thread.handler, thread.thread)
-            self.instance = None  # End releases the thread without stop()
-            return False
-        return True
-
-    async def _end(self) -> None:
-        thread, self.bound = self.bound, None
-        if thread is None:
-            return
-        self.worker._bound.pop(thread, None)
-        self.worker.held.pop(thread, None)
-        if self.heartbeat is not None:
-            self.heartbeat.cancel()
-            await asyncio.wait({self.heartbeat})  # never swallows a cancellation of this loop
-        try:
-            if self.instance is not None:
-                await self.instance.stop()
-        except Exception:
-            logger.exception("%s stop() failed on thread %s", thread.handler, thread.thread)
-        finally:
-            self.instance = None
-            try:
-                await self.storage.release(thread, self.token)
-            except StorageError as exc:  # the lease expires by itself
-                logger.warning("could not release thread %s/%s: %s", thread.handler, thread.thread, exc)
-            logger.debug("%s released %s/%s", self.name, thread.handler, thread.thread)
-
-    async def _heartbeat(self, thread: ThreadRef, token: str) -> None:
-        ttl = self.settings.lease_ttl
-        health = self.worker.health
-        while True:
-            await asyncio.sleep(ttl / 3)
-            try:
-                renewed = await self.storage.renew(thread, token, ttl)
-            except StorageError as exc:
-                health.failed(exc)
-                continue
-            finally:  # a client may turn the cancellation at `_end` into an error or a reply
-                raise_if_cancelled(asyncio.current_task())
-            health.answered()
-            if not renewed:
-                logger.warning("lease of %s/%s lost; its batch will not be acked", thread.handler, thread.thread)
-                return
-
-    async def _cycle(self, effect: Cycle) -> Batch | Lost | None:
-        thread, ack = effect.thread, effect.ack
-        dead = self._dead_records(thread, ack) if ack is not None and ack.dead else []
-        if ack is not None:
-            self.seq += 1
-        seq = self.seq
-        self.waker.arm()
-        reply = await self._retrying(
-            lambda: self.storage.cycle(thread, self.token, self.settings.lease_ttl, ack, seq, dead, effect.limit)
-        )
-        if reply is False:
-            logger.warning("lease of %s/%s lost: batch not acked, thread left", thread.handler, thread.thread)
-            return LOST
-        if ack is not None and ack.dead:
-            self._dead_lettered(thread, ack)
-        if reply is None:
-            return None
-        assert isinstance(reply, tuple)
-        order, self.raw, losses = reply
-        self.batch_order = order
-        return self._decode(thread, order, self.raw, losses)
-
-    def _decode(self, thread: ThreadRef, order: str, payloads: list[bytes], losses: int) -> Batch:
-        messages, bad = self.worker.specs[thread.handler].codec.decode_batch(payloads)
-        return Batch(order, len(payloads), messages, bad, losses)  # bad ones are logged once dead-lettered
-
-    def _dead_lettered(self, thread: ThreadRef, ack: Ack) -> None:
-        """The ack moved ``ack.dead`` to the dead letters: log each, count them."""
-        for dead in ack.dead:
-            logger.error(
-                "dead letter: %s thread %s order %s: %s: %s (after %d attempts)",
-                thread.handler,
-                thread.thread,
-                ack.order,
-                type(dead.error).__qualname__,
-                dead.error,
-                dead.attempts,
-            )
-        self.worker.counters.dead_lettered += len(ack.dead)
-        if self.worker.metrics is not None:
-            self.worker.metrics.record_dead_letters(thread.handler, len(ack.dead))
-
-    async def _perform(self, effect: Perform) -> BaseException | None:
-        assert self.instance is not None
-        worker = self.worker
-        handler = effect.thread.handler
-        messages = effect.messages
-        timeout = effect.timeout
-        started = time.time()
-        deadline = asyncio.timeout(timeout if timeout < math.inf else None)
-        timed: CpuTimed | None = None
-        try:
-            requests = messages.requests() if isinstance(messages, Envelopes) else [m.request for m in messages]
-            async with deadline:
-                if worker.recorder is None:
-                    await self.instance.perform(*requests)
-                else:  # tracing: count perform's own CPU time too
-                    timed = CpuTimed(self.instance.perform(*requests))
-                    await timed
-        except Exception as exc:
-            error = exc
-            if isinstance(exc, TimeoutError) and deadline.expired():
-                error = TimeoutError(f"perform did not finish within {timeout:g} s and was cancelled")
-                error.__cause__ = exc
-            logger.warning("%s.perform failed on thread %s: %r", handler, effect.thread.thread, error)
-            worker.counters.failed += 1
-            if worker.metrics is not None:
-                worker.metrics.record_failure(handler, started, time.time())
-            return error
-        worker.counters.performed += len(messages)
-        if worker.metrics is not None or worker.recorder is not None:
-            finished = time.time()
-            if worker.metrics is not None:
-                worker.metrics.record_batch(handler, len(messages), enqueued_times(messages), started, finished)
-            if worker.recorder is not None:
-                cpu = timed.cpu if timed is not None else float("nan")
-                worker.recorder.record(effect.thread, self.batch_order, self.name, messages, started, finished, cpu)
-        return None
-
-    def _dead_records(self, thread: ThreadRef, ack: Ack) -> list[bytes]:
-        now = time.time()
-        return [
-            DeadLetterRecord(
-                handler=thread.handler,
-                thread=thread.thread,
-                order=ack.order,
-                payload=self.raw[dead.index],
-                error_type=type(dead.error).__qualname__,
-                error=str(dead.error),
-                traceback="".join(traceback.format_exception(dead.error)),
-                attempts=dead.attempts,
-                failed_at=now,
-            ).encode()
-            for dead in ack.dead
-        ]
-
-    async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
-        """Run a storage call until it succeeds, backing off while Redis is down (logged once)."""
-        health = self.worker.health
-        for attempt in itertools.count(1):
-            try:
-                result = await call()
-            except StorageError as exc:
-                raise_if_cancelled(asyncio.current_task())  # the failure may be a cancellation a client turned
-                health.failed(exc)
-                await asyncio.sleep(self.worker.policy().backoff(min(attempt, 30), self.rng))
-                continue
-            if health.failing_since is not None:
-                health.answered()
-            return result
-        raise AssertionError("unreachable")  # pragma: no cover

@@ -293,13 +293,13 @@ async def test_one_worker_process_answers_each_wake_up(redis_url: str) -> None:
     workers = [Worker(Queue(storage, settings=settings), handlers=[Storm]) for storage in storages]
     loops = [asyncio.create_task(worker.loop()) for worker in workers for _ in range(2)]
     await wait_until(lambda: all(len(worker.peers) == 6 for worker in workers))
-    await wait_until(lambda: sum(len(worker._idle) for worker in workers) == 12)  # all idle on a 60 s delay
+    await wait_until(lambda: sum(len(worker.wakeups.idle) for worker in workers) == 12)  # all idle on a 60 s delay
     before = sum(storage.polls for storage in storages)
     queue = Queue(redis_url, settings=settings)
     for number in range(20):
         await queue.register(Storm, number)
         await wait_until(lambda: len(Storm.performed) == number + 1)  # noqa: B023 - awaited at once
-        await wait_until(lambda: sum(len(worker._idle) for worker in workers) == 12)
+        await wait_until(lambda: sum(len(worker.wakeups.idle) for worker in workers) == 12)
     polls = (sum(storage.polls for storage in storages) - before) / 20
     assert polls <= 3, f"{polls} polls per registration"  # every process answering made it 7 or more
     for worker in workers:

@@ -15,7 +15,7 @@ from sharded_queue import Handler, Queue, RequestRoute, Route, Settings, Storage
 from sharded_queue.core import Ack
 from sharded_queue.storage import TubeWrite
 from sharded_queue.testing import drain, wait_until
-from sharded_queue.worker import Waker
+from sharded_queue.waking import Waker
 from tests.conftest import PollCounting
 
 
@@ -325,13 +325,12 @@ async def test_wake_ups_in_quick_succession_wake_distinct_idle_loops(queue: Queu
     name = queue.spec(CountingHandler).name
     idle = [Waker(), Waker(), Waker()]  # three idle loops, oldest first, each armed at its poll
     for waker in idle:
-        waker.arm()
-        worker._idle[waker] = None
-    worker._on_wake([ThreadRef(name, "1")])
-    worker._on_wake([ThreadRef(name, "2")])  # the first woken loop has not polled yet
+        worker.wakeups.polling(waker)
+    worker.wakeups.on_message([ThreadRef(name, "1")])
+    worker.wakeups.on_message([ThreadRef(name, "2")])  # the first woken loop has not polled yet
     assert [waker.woken for waker in idle] == [True, True, False]
     idle[0].arm()  # its poll: armed again, it is the first to wake once more
-    worker._on_wake([ThreadRef(name, "3")])
+    worker.wakeups.on_message([ThreadRef(name, "3")])
     assert [waker.woken for waker in idle] == [True, True, False]
 
 
@@ -343,7 +342,7 @@ async def test_a_loop_that_binds_a_thread_wakes_another_for_the_rest(storage: St
     counting = PollCounting(storage.client, storage.keys.prefix)
     queue = Queue(counting, settings=settings.copy(coordinator_delay=60))
     worker = Worker(queue, handlers=[CountingHandler])
-    worker._on_wake = lambda threads: next(iter(worker._idle)).wake()  # type: ignore[method-assign]
+    worker.wakeups.on_message = lambda threads: next(iter(worker.wakeups.idle)).wake()  # type: ignore[method-assign]
     loops = [asyncio.create_task(worker.loop(1)) for _ in range(2)]
     await wait_until(lambda: counting.polls == 2, timeout=10)  # both idle on a 60 s delay
     await queue.register(CountingHandler, 1, 2)  # threads "1" and "2": one wake-up, for the oldest loop

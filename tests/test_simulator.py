@@ -1399,7 +1399,7 @@ class Spread(Handler):
 
 
 def test_a_registration_of_several_threads_wakes_one_idle_loop_per_thread() -> None:
-    """As `Worker._on_wake` does: a burst registered at once after a quiet spell starts every
+    """As `core.wake_targets` does: a burst registered at once after a quiet spell starts every
     idle loop at once, not one loop now and the others a coordinator delay later."""
     scenario = Scenario(
         Workload(Spread, Backlog(400, at=0.5), Service(per_batch=0.005), Keyed(RoundRobin(8))),

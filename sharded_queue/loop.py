@@ -1,0 +1,343 @@
+"""`Loop`: one worker loop, carrying out the effects of `core.worker_program` against Redis.
+
+Every effect the program yields is carried out here (a storage call, a handler
+call or a wait) and its result is sent back. The decisions themselves live in
+`sharded_queue.core`, shared with the simulator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import math
+import random
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from .core import (
+    CANDIDATES_PER_HANDLER,
+    LOST,
+    Ack,
+    Acquire,
+    Batch,
+    Begin,
+    Cycle,
+    Effect,
+    End,
+    Envelopes,
+    Fire,
+    LoopPolicy,
+    Lost,
+    MoveDue,
+    Perform,
+    Poll,
+    PollResult,
+    Program,
+    ThreadRef,
+    Wait,
+    enqueued_times,
+)
+from .deadletters import DeadLetterRecord
+from .errors import StorageError
+from .handler import Handler, HandlerSpec
+from .health import StorageHealth
+from .leases import lease_token
+from .registry import Counters
+from .settings import Settings
+from .storage import Storage, raise_if_cancelled
+from .trace import CpuTimed, TraceRecorder
+from .waking import Waker, Wakeups
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
+
+logger = logging.getLogger("sharded_queue")
+
+T = TypeVar("T")
+
+
+class LoopHost(Protocol):
+    """What a `Loop` uses of the worker it runs in (`sharded_queue.Worker`)."""
+
+    id: str
+    settings: Settings
+    specs: dict[str, HandlerSpec]
+    health: StorageHealth
+    wakeups: Wakeups
+    metrics: Metrics | None
+    recorder: TraceRecorder | None
+    observer: Callable[[Effect, Any], None] | None
+
+    @property
+    def storage(self) -> Storage:
+        """Where the queue is."""
+
+    @property
+    def counters(self) -> Counters:
+        """What the worker did."""
+
+    @property
+    def held(self) -> dict[ThreadRef, tuple[int, float]]:
+        """Threads its loops hold."""
+
+    def policy(self) -> LoopPolicy:
+        """The loop policy."""
+
+
+class Loop:
+    """One running loop of a `Worker`: carries out the effects of one worker program."""
+
+    def __init__(self, worker: LoopHost, number: int) -> None:
+        self.worker = worker
+        self.storage = worker.storage
+        self.wakeups = worker.wakeups
+        self.settings = worker.settings
+        self.number = number
+        self.name = f"{worker.id}:{number}"
+        self.since = 0.0
+        self.rng = random.Random()
+        self.waker = Waker()
+        self.bound: ThreadRef | None = None
+        self.token = ""
+        self.instance: Handler | None = None
+        self.heartbeat: asyncio.Task[None] | None = None
+        self.raw: list[bytes] = []
+        self.batch_order = ""
+        self.seq = 0
+
+    async def run(self, program: Program) -> int:
+        result: Any = None
+        task = asyncio.current_task()
+        assert task is not None
+        observer = self.worker.observer
+        try:
+            while True:
+                try:
+                    effect = program.send(result)
+                except StopIteration as stop:
+                    return int(stop.value)
+                result = await self.execute(effect)
+                raise_if_cancelled(task)
+                if observer is not None:
+                    observer(effect, result)
+        finally:
+            self.wakeups.busy(self.waker)
+            try:
+                if self.bound is not None:  # cancelled or failed while bound: unacked batch stays
+                    await asyncio.shield(self._end())
+            finally:
+                program.close()
+
+    async def execute(self, effect: Effect) -> Any:
+        if not isinstance(effect, Poll | Wait | Acquire):  # busy: wake-ups must go to another loop
+            self.wakeups.busy(self.waker)
+        match effect:
+            case Cycle():
+                return await self._cycle(effect)
+            case Perform():
+                return await self._perform(effect)
+            case Poll():
+                self.wakeups.polling(self.waker)
+                return await self._poll()
+            case Acquire():
+                return await self._acquire(effect)
+            case Wait(seconds, wakeable):
+                await self.waker.wait(seconds, wakeable)
+                return None
+            case Begin(thread):
+                return await self._begin(thread)
+            case End():
+                await self._end()
+                return None
+            case MoveDue(thread):
+                return await self._retrying(lambda: self.storage.move_due(thread))
+            case Fire(thread, ticks):
+                return await self._retrying(lambda: self.storage.fire(thread, ticks))
+        raise TypeError(f"unknown effect {effect!r}")  # pragma: no cover
+
+    async def _poll(self) -> PollResult:
+        """The coordinator's candidates, and the threads with requests due."""
+        handlers = list(self.worker.specs)
+        return await self._retrying(lambda: self.storage.candidates(handlers, CANDIDATES_PER_HANDLER))
+
+    async def _acquire(self, effect: Acquire) -> bool:
+        token = lease_token(self.name, since := time.time())  # names the holder, for inspection
+        ttl = self.settings.lease_ttl
+        if not await self._retrying(lambda: self.storage.acquire(effect.thread, token, ttl)):
+            return False
+        self.token = token
+        self.wakeups.busy(self.waker)
+        self.since = since
+        if effect.wake_next:
+            self.wakeups.wake_next()
+        return True
+
+    async def _begin(self, thread: ThreadRef) -> bool:
+        self.bound = thread
+        self.wakeups.bind(thread, self.waker)
+        self.worker.held[thread] = (self.number, self.since)
+        logger.debug("%s bound %s/%s", self.name, thread.handler, thread.thread)
+        self.seq = 0
+        self.heartbeat = asyncio.create_task(self._heartbeat(thread, self.token))
+        self.instance = self.worker.specs[thread.handler].handler()
+        try:
+            await self.instance.start()
+        except Exception:
+            logger.exception("%s start() failed on thread %s; thread released", thread.handler, thread.thread)
+            self.instance = None  # End releases the thread without stop()
+            return False
+        return True
+
+    async def _end(self) -> None:
+        thread, self.bound = self.bound, None
+        if thread is None:
+            return
+        self.wakeups.unbind(thread)
+        self.worker.held.pop(thread, None)
+        if self.heartbeat is not None:
+            self.heartbeat.cancel()
+            await asyncio.wait({self.heartbeat})  # never swallows a cancellation of this loop
+        try:
+            if self.instance is not None:
+                await self.instance.stop()
+        except Exception:
+            logger.exception("%s stop() failed on thread %s", thread.handler, thread.thread)
+        finally:
+            self.instance = None
+            try:
+                await self.storage.release(thread, self.token)
+            except StorageError as exc:  # the lease expires by itself
+                logger.warning("could not release thread %s/%s: %s", thread.handler, thread.thread, exc)
+            logger.debug("%s released %s/%s", self.name, thread.handler, thread.thread)
+
+    async def _heartbeat(self, thread: ThreadRef, token: str) -> None:
+        ttl = self.settings.lease_ttl
+        health = self.worker.health
+        while True:
+            await asyncio.sleep(ttl / 3)
+            try:
+                renewed = await self.storage.renew(thread, token, ttl)
+            except StorageError as exc:
+                health.failed(exc)
+                continue
+            finally:  # a client may turn the cancellation at `_end` into an error or a reply
+                raise_if_cancelled(asyncio.current_task())
+            health.answered()
+            if not renewed:
+                logger.warning("lease of %s/%s lost; its batch will not be acked", thread.handler, thread.thread)
+                return
+
+    async def _cycle(self, effect: Cycle) -> Batch | Lost | None:
+        thread, ack = effect.thread, effect.ack
+        dead = self._dead_records(thread, ack) if ack is not None and ack.dead else []
+        if ack is not None:
+            self.seq += 1
+        seq = self.seq
+        self.waker.arm()
+        reply = await self._retrying(
+            lambda: self.storage.cycle(thread, self.token, self.settings.lease_ttl, ack, seq, dead, effect.limit)
+        )
+        if reply is False:
+            logger.warning("lease of %s/%s lost: batch not acked, thread left", thread.handler, thread.thread)
+            return LOST
+        if ack is not None and ack.dead:
+            self._dead_lettered(thread, ack)
+        if reply is None:
+            return None
+        assert isinstance(reply, tuple)
+        order, self.raw, losses = reply
+        self.batch_order = order
+        return self._decode(thread, order, self.raw, losses)
+
+    def _decode(self, thread: ThreadRef, order: str, payloads: list[bytes], losses: int) -> Batch:
+        messages, bad = self.worker.specs[thread.handler].codec.decode_batch(payloads)
+        return Batch(order, len(payloads), messages, bad, losses)  # bad ones are logged once dead-lettered
+
+    def _dead_lettered(self, thread: ThreadRef, ack: Ack) -> None:
+        """The ack moved ``ack.dead`` to the dead letters: log each, count them."""
+        for dead in ack.dead:
+            logger.error(
+                "dead letter: %s thread %s order %s: %s: %s (after %d attempts)",
+                thread.handler,
+                thread.thread,
+                ack.order,
+                type(dead.error).__qualname__,
+                dead.error,
+                dead.attempts,
+            )
+        self.worker.counters.dead_lettered += len(ack.dead)
+        if self.worker.metrics is not None:
+            self.worker.metrics.record_dead_letters(thread.handler, len(ack.dead))
+
+    async def _perform(self, effect: Perform) -> BaseException | None:
+        assert self.instance is not None
+        worker = self.worker
+        handler = effect.thread.handler
+        messages = effect.messages
+        timeout = effect.timeout
+        started = time.time()
+        deadline = asyncio.timeout(timeout if timeout < math.inf else None)
+        timed: CpuTimed | None = None
+        try:
+            requests = messages.requests() if isinstance(messages, Envelopes) else [m.request for m in messages]
+            async with deadline:
+                if worker.recorder is None:
+                    await self.instance.perform(*requests)
+                else:  # tracing: count perform's own CPU time too
+                    timed = CpuTimed(self.instance.perform(*requests))
+                    await timed
+        except Exception as exc:
+            error = exc
+            if isinstance(exc, TimeoutError) and deadline.expired():
+                error = TimeoutError(f"perform did not finish within {timeout:g} s and was cancelled")
+                error.__cause__ = exc
+            logger.warning("%s.perform failed on thread %s: %r", handler, effect.thread.thread, error)
+            worker.counters.failed += 1
+            if worker.metrics is not None:
+                worker.metrics.record_failure(handler, started, time.time())
+            return error
+        worker.counters.performed += len(messages)
+        if worker.metrics is not None or worker.recorder is not None:
+            finished = time.time()
+            if worker.metrics is not None:
+                worker.metrics.record_batch(handler, len(messages), enqueued_times(messages), started, finished)
+            if worker.recorder is not None:
+                cpu = timed.cpu if timed is not None else float("nan")
+                worker.recorder.record(effect.thread, self.batch_order, self.name, messages, started, finished, cpu)
+        return None
+
+    def _dead_records(self, thread: ThreadRef, ack: Ack) -> list[bytes]:
+        now = time.time()
+        return [
+            DeadLetterRecord(
+                handler=thread.handler,
+                thread=thread.thread,
+                order=ack.order,
+                payload=self.raw[dead.index],
+                error_type=type(dead.error).__qualname__,
+                error=str(dead.error),
+                traceback="".join(traceback.format_exception(dead.error)),
+                attempts=dead.attempts,
+                failed_at=now,
+            ).encode()
+            for dead in ack.dead
+        ]
+
+    async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
+        """Run a storage call until it succeeds, backing off while Redis is down (logged once)."""
+        health = self.worker.health
+        for attempt in itertools.count(1):
+            try:
+                result = await call()
+            except StorageError as exc:
+                raise_if_cancelled(asyncio.current_task())  # the failure may be a cancellation a client turned
+                health.failed(exc)
+                await asyncio.sleep(self.worker.policy().backoff(min(attempt, 30), self.rng))
+                continue
+            if health.failing_since is not None:
+                health.answered()
+            return result
+        raise AssertionError("unreachable")  # pragma: no cover

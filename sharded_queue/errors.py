@@ -14,7 +14,7 @@ Every error the queue raises on purpose derives from `QueueError`::
         └── StorageFull      Redis reached maxmemory (noeviction): registrations are refused
 
 redis-py's own exceptions are translated into `StorageError` in one place,
-`sharded_queue.storage`, and chained (`raise ... from exc`).
+`sharded_queue.storage.scripts.translate_errors`, and chained (`raise ... from exc`).
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ def test_an_untested_or_changed_redis_py_takes_the_public_path(
 @pytest.fixture
 async def public_queue(redis_url: str, settings: Settings) -> AsyncIterator[Queue]:
     storage = Storage.from_settings(Settings(key_prefix="public"), redis_url, fast=False)
-    assert storage._lanes is None
+    assert storage.scripts.lanes is None
     assert not storage.client.connection_pool.connection_class.__name__.startswith("Hiredis")
     queue = Queue(storage, settings=settings)
     yield queue

@@ -207,8 +207,8 @@ class Lane:
 
     Each command through redis-py's client costs tens of µs of CPU in its retry
     wrapper, observability hooks and pool bookkeeping: a third of a batch's
-    cost, a quarter of a registration's. `Storage` keeps a free list of lanes,
-    one per call in flight, and sends its scripts over them with none of that.
+    cost, a quarter of a registration's. `scripts.Scripts` keeps a free list of
+    lanes, one per call in flight, and sends the scripts over them with none of that.
     A lane connects (and reconnects after a failure) on first use, with the
     client's settings. Failures raise redis-py's errors, translated by the
     caller; the worker retries its calls, which are idempotent. Used only

@@ -1,0 +1,156 @@
+"""The key schema: every Redis key of the queue, what it holds, and the invariants the scripts keep.
+
+Keys (``P`` is ``settings.key_prefix``; ``{H/T}`` is the hash tag of thread T of
+handler H, so a thread's keys share one cluster slot and its scripts stay
+single-slot)::
+
+    P:{H/T}:o:<order>   list    a tube: envelopes, FIFO (RPUSH at the tail, trimmed at the head)
+    P:{H/T}:orders      zset    non-empty orders of the thread, scored by precedence
+    P:{H/T}:lease       string  the lease token of the loop bound to the thread (PX ttl)
+    P:{H/T}:acked       string  token:seq of the last ack applied (PX ttl), so retries never re-trim
+    P:{H/T}:losses      hash    per order: fetches of the tube's head never acked (lease lost, holder died)
+    P:{H/T}:deferred    zset    deferred envelopes (sequence, envelope, rank, order), scored by due time
+    P:{H/T}:deferred-seq string counter: deferred envelopes due together keep their registration order
+    P:{H/T}:u:<order>   set     requests registered with if_not_exists that wait in the tube (or are
+                                deferred to it), as 'request] '; their envelopes end in a space,
+                                which marks them as owners: an owner's ack removes the mark
+    P:{H/T}:recurring   zset    recurring requests (request newline order), scored by their next tick
+    P:{H/T}:schedules   hash    recurring request -> its schedule (JSON: every or cron, rank, unique)
+    P:{H/T}:dead        list    dead letters of the thread (JSON records)
+    P:{H}:threads       zset    index of non-empty threads, scored by when they become
+                                visible to the coordinator (now, or lease expiry while leased),
+                                on the storage server's clock
+    P:stamps            zset    one server: stamps of recent registrations (retries append once)
+    P:{H/T}:stamps      zset    a cluster: the same, per thread (each slot's call is retried alone)
+    P:{H}:dead-threads  zset    threads of H that have dead letters (scored by the first one's time)
+    P:{H}:due           zset    threads of H with deferred or recurring requests, scored by the
+                                earliest due time (server clock): workers look only at what is due
+    P:wake              channel a message per registration naming its threads, to wake loops
+
+Operations (worker registry and inspection; see `sharded_queue.registry` and
+`sharded_queue.stats`)::
+
+    P:{registry}:handlers  set   names of every handler registered or worked on (read by stats;
+                                 a name is only ever displayed, never imported)
+    P:{registry}:workers   zset  worker registry: worker id -> when its record expires (server ms)
+    P:{registry}:w:<id>    hash  a worker's record: JSON (handlers, loops, counters, held threads),
+                                 started_at and beat_at (server ms); PX ttl, renewed by heartbeat
+
+A lease's token names its holder: ``<worker id>:<loop>@<since ms>/<random>``
+(``since`` is the holder's own clock, for display only).
+
+Invariants: an order is in ``orders`` iff its tube is non-empty (scripts keep
+it so); a non-empty thread is always in the index, because registration adds it
+*after* appending, and removal from the index is atomic with the emptiness check
+(one server) or remove-then-recheck-then-re-add (a cluster, where the index lives
+in another slot than the thread): `layout.SingleServer` and `layout.Cluster`.
+
+Time: every score and expiry the storage compares is the storage server's clock
+(Lua ``TIME``) or a relative TTL, never a client's ``time.time()``: clients'
+clocks may be off by hours. The envelope's ``enqueued_at`` is the registering
+client's clock, kept for traces only.
+
+A full Redis (``maxmemory`` with ``noeviction``): the scripts that only move
+leases or free memory (acquire, cycle, renew, release, index) are declared
+``allow-oom``, so workers keep draining; ``push`` is refused whole (`StorageFull`).
+"""
+
+from __future__ import annotations
+
+from ..core import ThreadRef, Tube
+
+
+class Keys:
+    """Every Redis key name of the queue, under one prefix."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.wake = f"{prefix}:wake"
+
+    def thread(self, ref: ThreadRef) -> str:
+        """Common hash-tagged stem of a thread's keys."""
+        return f"{self.prefix}:{{{ref.handler}/{ref.thread}}}"
+
+    def tube_prefix(self, ref: ThreadRef) -> str:
+        """Tube key of order O is this plus O."""
+        return f"{self.thread(ref)}:o:"
+
+    def tube(self, tube: Tube) -> str:
+        """The list holding a tube's envelopes."""
+        return f"{self.tube_prefix(tube.thread_ref)}{tube.order}"
+
+    def orders(self, ref: ThreadRef) -> str:
+        """Zset of a thread's non-empty orders."""
+        return f"{self.thread(ref)}:orders"
+
+    def lease(self, ref: ThreadRef) -> str:
+        """A thread's lease."""
+        return f"{self.thread(ref)}:lease"
+
+    def stamps(self, ref: ThreadRef | None = None) -> str:
+        """Stamps of recent registrations: one zset per prefix, or per thread on a cluster."""
+        return f"{self.prefix}:stamps" if ref is None else f"{self.thread(ref)}:stamps"
+
+    def acked(self, ref: ThreadRef) -> str:
+        """Stamp of the last ack applied under a lease (makes acks idempotent)."""
+        return f"{self.thread(ref)}:acked"
+
+    def deferred(self, ref: ThreadRef) -> str:
+        """Zset of a thread's deferred envelopes, scored by due time."""
+        return f"{self.thread(ref)}:deferred"
+
+    def deferred_seq(self, ref: ThreadRef) -> str:
+        """Counter ordering a thread's deferred envelopes due at the same time."""
+        return f"{self.thread(ref)}:deferred-seq"
+
+    def marks_prefix(self, ref: ThreadRef) -> str:
+        """The marks set of a thread's order O is this plus O."""
+        return f"{self.thread(ref)}:u:"
+
+    def marks(self, tube: Tube) -> str:
+        """Set of a tube's waiting ``if_not_exists`` requests."""
+        return f"{self.marks_prefix(tube.thread_ref)}{tube.order}"
+
+    def recurring(self, ref: ThreadRef) -> str:
+        """Zset of a thread's recurring requests (request, newline, order), scored by next tick."""
+        return f"{self.thread(ref)}:recurring"
+
+    def schedules(self, ref: ThreadRef) -> str:
+        """Hash of a thread's recurring requests -> their schedule (JSON)."""
+        return f"{self.thread(ref)}:schedules"
+
+    def due_index(self, handler: str) -> str:
+        """Zset of a handler's threads with deferred or recurring requests, scored by the earliest due."""
+        return f"{self.prefix}:{{{handler}}}:due"
+
+    def losses(self, ref: ThreadRef) -> str:
+        """Per order, fetches of the head never acked (lease lost or holder dead mid-batch)."""
+        return f"{self.thread(ref)}:losses"
+
+    def dead(self, ref: ThreadRef) -> str:
+        """A thread's dead letters."""
+        return f"{self.thread(ref)}:dead"
+
+    def index(self, handler: str) -> str:
+        """Zset of a handler's non-empty threads."""
+        return f"{self.prefix}:{{{handler}}}:threads"
+
+    def dead_index(self, handler: str) -> str:
+        """Zset of a handler's threads that hold dead letters."""
+        return f"{self.prefix}:{{{handler}}}:dead-threads"
+
+    # --- operations ---
+
+    @property
+    def handlers(self) -> str:
+        """Set of the names of every handler registered or worked on (in the registry's slot)."""
+        return f"{self.prefix}:{{registry}}:handlers"
+
+    @property
+    def workers(self) -> str:
+        """Zset of live workers' ids, scored by when their record expires (server ms)."""
+        return f"{self.prefix}:{{registry}}:workers"
+
+    def worker(self, worker_id: str) -> str:
+        """A worker's heartbeat record (in the registry's slot)."""
+        return f"{self.prefix}:{{registry}}:w:{worker_id}"

@@ -1,0 +1,293 @@
+"""Where a handler's indexes live, as two strategies: `SingleServer` and `Cluster`.
+
+A thread's keys share one hash tag, so each thread script is single-slot; a
+handler's indexes (of non-empty threads, of threads with dead letters, of
+threads with something due) are keyed by the handler alone. On one server a
+thread script is passed the index keys too and updates them atomically, in the
+same call. On a cluster the indexes live in another slot, so the thread script
+runs alone and the strategy follows up with ``index.lua``: an append is indexed
+after it is written, and an empty thread is removed, re-checked and re-added if
+a registration raced in, so no message is ever stranded outside the index.
+
+`Storage` picks one strategy at construction and calls it where the two differ;
+both have the same methods, taking durations in milliseconds (`scripts.ms`).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from typing import Any
+
+from ..core import ThreadRef
+from .keys import Keys
+from .protocol import TubeWrite
+from .scripts import Scripts
+
+
+class Layout(abc.ABC):
+    """The script calls that touch a handler's indexes, for one kind of deployment.
+
+    Args:
+        client: The redis-py client the scripts are registered on.
+        keys: The key schema.
+        scripts: The registered scripts, and how to run them.
+        stamp_window: Seconds a registration's stamp is kept (`Storage`).
+    """
+
+    transaction: bool
+    """Whether a pipeline of one slot's keys may be a MULTI transaction (not on redis-py's cluster)."""
+
+    def __init__(self, client: Any, keys: Keys, scripts: Scripts, stamp_window: int) -> None:
+        self._client = client
+        self._keys = keys
+        self._stamp_window = stamp_window
+        self._eval = scripts.eval
+        self._pipeline = scripts.pipeline
+        self._push = scripts.push
+        self._acquire = scripts.acquire
+        self._renew = scripts.renew
+        self._release = scripts.release
+        self._index = scripts.index
+        self._unschedule = scripts.unschedule
+
+    @abc.abstractmethod
+    async def push(self, handler: str, writes: Sequence[TubeWrite], wake: bytes, stamp: str) -> int:
+        """Append ``writes`` (stamped ``stamp``), index their threads, publish ``wake``; how many."""
+
+    @abc.abstractmethod
+    async def acquire(self, ref: ThreadRef, token: str, ttl: int) -> Any:
+        """Take the lease for ``ttl`` ms and hide the thread meanwhile; acquire.lua's reply."""
+
+    @abc.abstractmethod
+    async def renew(self, ref: ThreadRef, token: str, ttl: int) -> Any:
+        """Extend our lease by ``ttl`` ms, keeping the thread hidden; renew.lua's reply."""
+
+    @abc.abstractmethod
+    async def release(self, ref: ThreadRef, token: str) -> None:
+        """Drop our lease; the thread becomes visible, or leaves the index when empty."""
+
+    @abc.abstractmethod
+    async def dead_letters(self, ref: ThreadRef, cycle_keys: list[str]) -> None:
+        """Before a cycle.lua call (with ``cycle_keys``) that writes dead letters: index the thread's."""
+
+    @abc.abstractmethod
+    async def indexed(self, script: Any, ref: ThreadRef, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """Run due.lua or fire.lua on ``ref`` (its thread's ``keys`` and ``args``), with the indexes."""
+
+    @abc.abstractmethod
+    async def due_moved(self, ref: ThreadRef, moved: int) -> None:
+        """After `indexed` calls moved (or fired) ``moved`` requests of ``ref``: index it as they did."""
+
+    @abc.abstractmethod
+    async def unschedule(self, ref: ThreadRef, members: Sequence[bytes]) -> Any:
+        """Remove recurring requests of ``ref`` and re-score its due index entry; how many."""
+
+    @abc.abstractmethod
+    async def before_subscribe(self) -> None:
+        """Make the client ready for a pub/sub subscription."""
+
+    def _tube_arguments(self, writes: Sequence[TubeWrite], keys: list[str], args: list[Any]) -> None:
+        """Append push.lua's keys and arguments of each of ``writes``."""
+        schema = self._keys
+        for write in writes:
+            tube = write.tube
+            ref = tube.thread_ref
+            keys += (
+                schema.tube(tube),
+                schema.orders(ref),
+                schema.deferred(ref),
+                schema.deferred_seq(ref),
+                schema.marks(tube),
+                schema.recurring(ref),
+                schema.schedules(ref),
+            )
+            args += (
+                tube.thread,
+                tube.order,
+                write.rank,
+                write.envelopes,
+                1 if write.unique else 0,
+                write.when,
+                write.schedule,
+            )
+
+
+class SingleServer(Layout):
+    """One Redis (or fakeredis): the thread scripts update the handler's indexes themselves, atomically."""
+
+    transaction = True
+
+    def __init__(self, client: Any, keys: Keys, scripts: Scripts, stamp_window: int) -> None:
+        super().__init__(client, keys, scripts, stamp_window)
+        self._settled: list[str] = []  # stamps of calls that returned: forgotten by the next push
+
+    async def push(self, handler: str, writes: Sequence[TubeWrite], wake: bytes, stamp: str) -> int:
+        """One atomic script call: all or nothing, and a full Redis refuses it whole (`StorageFull`)."""
+        schema = self._keys
+        forget, self._settled = self._settled, []
+        keys = [schema.stamps()]
+        args: list[Any] = [stamp, self._stamp_window, schema.wake, wake, len(forget), *forget]
+        self._tube_arguments(writes, keys, args)
+        keys += (schema.index(handler), schema.due_index(handler))
+        try:
+            count = int((await self._eval(self._push, keys, args))[0])
+        except BaseException:
+            self._settled.extend(forget)  # harmless if the call did forget them
+            raise
+        self._settled.append(stamp)
+        return count
+
+    async def acquire(self, ref: ThreadRef, token: str, ttl: int) -> Any:
+        """One call: acquire.lua hides the thread, or unindexes it when empty, itself."""
+        keys = self._keys
+        return await self._eval(
+            self._acquire, [keys.lease(ref), keys.orders(ref), keys.index(ref.handler)], [token, ttl, ref.thread]
+        )
+
+    async def renew(self, ref: ThreadRef, token: str, ttl: int) -> Any:
+        """One call: renew.lua keeps the thread hidden itself."""
+        keys = self._keys
+        return await self._eval(self._renew, [keys.lease(ref), keys.index(ref.handler)], [token, ttl, ref.thread])
+
+    async def release(self, ref: ThreadRef, token: str) -> None:
+        """One call: release.lua shows the thread, or unindexes it when empty, itself."""
+        keys = self._keys
+        await self._eval(
+            self._release, [keys.lease(ref), keys.orders(ref), keys.index(ref.handler)], [token, ref.thread]
+        )
+
+    async def dead_letters(self, ref: ThreadRef, cycle_keys: list[str]) -> None:
+        """Pass cycle.lua the dead-letter index: it marks the thread itself."""
+        cycle_keys.append(self._keys.dead_index(ref.handler))
+
+    async def indexed(self, script: Any, ref: ThreadRef, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """One call: the script is passed the index and the due index, and updates both."""
+        return await self._eval(script, [*keys, self._keys.index(ref.handler), self._keys.due_index(ref.handler)], args)
+
+    async def due_moved(self, ref: ThreadRef, moved: int) -> None:
+        """Nothing left to do: the scripts indexed the thread."""
+
+    async def before_subscribe(self) -> None:
+        """Nothing to do: a plain client subscribes as it is."""
+
+    async def unschedule(self, ref: ThreadRef, members: Sequence[bytes]) -> Any:
+        """One call: unschedule.lua re-scores the thread's due index entry itself."""
+        keys = self._keys
+        return await self._eval(
+            self._unschedule,
+            [keys.recurring(ref), keys.schedules(ref), keys.deferred(ref), keys.due_index(ref.handler)],
+            [ref.thread, *members],
+        )
+
+
+class Cluster(Layout):
+    """A Redis Cluster: a handler's indexes are another slot, kept by ``index.lua`` after each thread script."""
+
+    transaction = False
+
+    async def push(self, handler: str, writes: Sequence[TubeWrite], wake: bytes, stamp: str) -> int:
+        """Each thread's tubes are one call (pipelined per node), and the index is touched only
+        once every tube is appended, which keeps a message from being stranded outside the index."""
+        schema = self._keys
+        by_thread: dict[str, list[TubeWrite]] = {}
+        for write in writes:
+            by_thread.setdefault(write.tube.thread, []).append(write)
+
+        def append(pipe: Any) -> None:
+            for thread, group in by_thread.items():
+                keys = [schema.stamps(ThreadRef(handler, thread))]
+                args: list[Any] = [stamp, self._stamp_window, "", "", 0]
+                self._tube_arguments(group, keys, args)
+                pipe.execute_command("EVALSHA", self._push.sha, len(keys), *keys, *args)
+
+        replies = await self._pipeline(append)
+        queued = [
+            thread
+            for (thread, group), (_, _, moved) in zip(by_thread.items(), replies, strict=True)
+            if moved or any(write.immediate for write in group)
+        ]
+        if queued:
+            await self._eval(self._index, [schema.index(handler)], ["add", 0, *queued])
+        for thread, (_, due, _) in zip(by_thread, replies, strict=True):
+            if due:
+                await self._eval(self._index, [schema.due_index(handler)], ["at", due, thread])
+        await self._client.publish(schema.wake, wake)
+        return sum(int(count) for count, _, _ in replies)
+
+    async def acquire(self, ref: ThreadRef, token: str, ttl: int) -> Any:
+        """acquire.lua, then index.lua hides the thread (taken), or it is unindexed (empty)."""
+        keys = self._keys
+        taken = await self._eval(self._acquire, [keys.lease(ref), keys.orders(ref)], [token, ttl])
+        if taken == 1:
+            await self._eval(self._index, [keys.index(ref.handler)], ["hide", ttl, ref.thread])
+        elif taken == 0:
+            await self._unindex(ref)
+        return taken
+
+    async def renew(self, ref: ThreadRef, token: str, ttl: int) -> Any:
+        """renew.lua, then index.lua keeps the thread hidden."""
+        keys = self._keys
+        renewed = await self._eval(self._renew, [keys.lease(ref)], [token, ttl])
+        if renewed:
+            await self._eval(self._index, [keys.index(ref.handler)], ["hide", ttl, ref.thread])
+        return renewed
+
+    async def release(self, ref: ThreadRef, token: str) -> None:
+        """release.lua, then the thread is unindexed (empty) or shown (free of any lease)."""
+        keys = self._keys
+        left, free = await self._eval(self._release, [keys.lease(ref), keys.orders(ref)], [token])
+        if not left:
+            await self._unindex(ref)
+        elif free:
+            await self._eval(self._index, [keys.index(ref.handler)], ["show", 0, ref.thread])
+
+    async def dead_letters(self, ref: ThreadRef, cycle_keys: list[str]) -> None:
+        """Mark the thread first, with index.lua: pruning (`Admin.take_dead`) removes only threads it saw empty."""
+        await self._eval(self._index, [self._keys.dead_index(ref.handler)], ["add", 0, ref.thread])
+
+    async def indexed(self, script: Any, ref: ThreadRef, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """The script alone: `due_moved` follows up on the indexes."""
+        return await self._eval(script, keys, args)
+
+    async def due_moved(self, ref: ThreadRef, moved: int) -> None:
+        """Index the thread if requests were moved, and re-score its due index entry."""
+        if moved:
+            await self._eval(self._index, [self._keys.index(ref.handler)], ["add", 0, ref.thread])
+        await self._reindex_due(ref)
+
+    async def unschedule(self, ref: ThreadRef, members: Sequence[bytes]) -> Any:
+        """unschedule.lua, then the thread's due index entry is re-scored."""
+        keys = self._keys
+        removed = await self._eval(
+            self._unschedule, [keys.recurring(ref), keys.schedules(ref), keys.deferred(ref)], [ref.thread, *members]
+        )
+        await self._reindex_due(ref)
+        return removed
+
+    async def before_subscribe(self) -> None:
+        """Initialize the client: a cluster pub/sub needs the slot map first."""
+        await self._client.initialize()
+
+    async def _unindex(self, ref: ThreadRef) -> None:
+        """Remove an empty thread from the index, safely against a racing register."""
+        index = self._keys.index(ref.handler)
+        await self._client.zrem(index, ref.thread)
+        if await self._client.zcard(self._keys.orders(ref)):
+            await self._eval(self._index, [index], ["add", 0, ref.thread])
+
+    async def _reindex_due(self, ref: ThreadRef) -> None:
+        """Score the due index entry of ``ref`` by its earliest due: remove, re-check, re-add
+        (a registration racing with this keeps its own, lower, score)."""
+        keys = self._keys
+        index = keys.due_index(ref.handler)
+        await self._client.zrem(index, ref.thread)
+        deferred, recurring = await self._pipeline(
+            lambda pipe: [
+                pipe.zrange(keys.deferred(ref), 0, 0, withscores=True),
+                pipe.zrange(keys.recurring(ref), 0, 0, withscores=True),
+            ]
+        )
+        scores = [score for _, score in (*deferred, *recurring)]
+        if scores:
+            await self._eval(self._index, [index], ["at", repr(min(scores)), ref.thread])

@@ -4,7 +4,7 @@ performed in batches, on Redis, Redis Cluster or an embedded fakeredis.
 The public names are listed in ``__all__``; every other module is private.
 """
 
-from .core import ThreadRef, Tube
+from .core import Cron, ThreadRef, Tube
 from .deadletters import DeadLetterRecord
 from .errors import (
     DecodeError,
@@ -26,6 +26,7 @@ from .sync import SyncQueue
 from .worker import Worker
 
 __all__ = [
+    "Cron",
     "DeadLetterRecord",
     "DecodeError",
     "Handler",

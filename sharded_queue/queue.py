@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from .core import RequestRoute, Schedule, Tube, check_routes, due_when, group_by_tube, order_rank
+from .core import Cron, RequestRoute, Schedule, Tube, check_routes, due_when, group_by_tube, order_rank
 from .deadletters import DeadLetterRecord
 from .errors import StorageError
 from .handler import Handler, HandlerSpec
@@ -62,7 +62,7 @@ class Queue:
         *requests: Any,
         defer: float | timedelta | datetime | None = None,
         if_not_exists: bool = False,
-        recurrent: float | timedelta | str | None = None,
+        recurrent: float | timedelta | str | Cron | None = None,
     ) -> int:
         """Route, serialize and append ``requests`` to ``handler``'s tubes.
 
@@ -82,8 +82,9 @@ class Queue:
                 still waiting (queued or deferred) in the same tube; it is stored
                 again once that one is acked (performed or dead-lettered).
             recurrent: Register each request again on every tick of a schedule:
-                every so many seconds (or `timedelta`), the first tick one period
-                from now, or at each match of a cron string (UTC). Registering the
+                every so many seconds (or `timedelta`, at least ``coordinator_delay``),
+                the first tick one period from now, or at each match of a cron
+                string (UTC) or a `Cron` (in its time zone). Registering the
                 same request (same thread and order) again replaces its schedule;
                 ticks missed while no worker ran collapse into one. Not with ``defer``.
 
@@ -93,8 +94,9 @@ class Queue:
         Raises:
             RouteError: ``route()`` did not return one `RequestRoute` per request
                 (`RouteTypeError`, also a TypeError, for a wrong item type).
-            ValueError: an order not in ``handler.orders``; a negative or naive
-                ``defer``; an invalid ``recurrent``; ``defer`` with ``recurrent``.
+            ValueError: an order not in ``handler.orders``; a negative, naive or
+                more than ten years away ``defer``; an invalid ``recurrent``;
+                ``defer`` with ``recurrent``.
             TypeError: ``defer``, ``recurrent`` or ``if_not_exists`` of the wrong type.
             SerializationError: a request is not of the handler's request type.
             StorageFull: Redis is full (nothing of the chunk was written).
@@ -102,7 +104,7 @@ class Queue:
                 says how many requests earlier chunks stored.
         """
         spec = self.spec(handler)
-        when, schedule = _timing(defer, if_not_exists, recurrent)
+        when, schedule = _timing(defer, if_not_exists, recurrent, self.settings.coordinator_delay)
         if not requests:
             return 0
         routes = check_routes(requests, await handler.route(*requests), f"{handler.__qualname__}.route()")
@@ -151,7 +153,7 @@ class Queue:
             envelopes = envelopes.replace(b"\n", b" \n") + b" "
         if schedule is None:
             return TubeWrite(tube, rank, envelopes, unique, when)
-        kept = StoredSchedule(schedule.every, schedule.cron, repr(rank), unique)
+        kept = StoredSchedule(schedule.every, schedule.cron, repr(rank), unique, schedule.tz)
         return TubeWrite(tube, rank, envelopes, unique, when, msgspec.json.encode(kept))
 
     async def unschedule(self, handler: type[Handler], *requests: Any) -> int:
@@ -290,11 +292,14 @@ def _chunks(threads: list[str], size: int = 1000) -> list[list[str]]:
 
 
 def _timing(
-    defer: float | timedelta | datetime | None, if_not_exists: object, recurrent: float | timedelta | str | None
+    defer: float | timedelta | datetime | None,
+    if_not_exists: object,
+    recurrent: float | timedelta | str | Cron | None,
+    shortest: float,
 ) -> tuple[str, Schedule | None]:
     """`Queue.register`'s ``defer`` (`core.due_when`) and ``recurrent`` (`Schedule`), checked."""
     when = due_when(defer)
-    schedule = None if recurrent is None else Schedule.of(recurrent)
+    schedule = None if recurrent is None else Schedule.of(recurrent, shortest)
     if schedule is not None and defer is not None:
         raise ValueError("recurrent= and defer= together: a recurring request starts at its first tick")
     if not isinstance(if_not_exists, bool):

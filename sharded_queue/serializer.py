@@ -65,9 +65,11 @@ class Codec:
             and typing.get_origin(request_type) is None
             and request_type.__module__ != "builtins"
         )
-        # user classes are checked with isinstance; other annotations (int, list[int], ...) by a decode
+        # user classes are checked with isinstance, then (but pydantic models, which validate
+        # when they are made) by decoding the batch back, since a dataclass or a Struct takes any
+        # value for a field; other annotations (int, list[int], ...) by the decode alone
         self._instance_of = request_type if user_class else None
-        self._validate = request_type is not Any and not user_class
+        self._validate = request_type is not Any and not self._pydantic
 
     def encode(self, requests: Sequence[Any], enqueued_at: float) -> bytes:
         """Envelopes for ``requests``, joined by newlines (compact JSON has none), all or nothing.
@@ -92,12 +94,25 @@ class Codec:
         if b"null" in envelopes:  # JSON has no NaN or infinity: msgspec writes them as null
             self._refuse_non_finite(requests)
         if self._validate:
-            for request, payload in zip(requests, envelopes.split(b"\n"), strict=True):
-                try:
-                    self.decode(payload)
-                except DecodeError as exc:
-                    raise SerializationError(f"request {request!r} is not a {request_type_name(self)}") from exc
+            self._check_decodes(requests, envelopes)
         return envelopes
+
+    def _check_decodes(self, requests: Sequence[Any], envelopes: bytes) -> None:
+        """Refuse requests a worker could not decode (``D(x="s")`` for ``x: int``): one decode of
+        the whole batch, then one at a time to name the culprit."""
+        try:
+            self._decoder.decode_lines(envelopes)
+            return
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            pass
+        for request, payload in zip(requests, envelopes.split(b"\n"), strict=True):
+            try:
+                self._decoder.decode(payload)
+            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                raise SerializationError(
+                    f"request {request!r} is not a valid {request_type_name(self)}: {exc}; a worker could not "
+                    "decode it, so it is not stored"
+                ) from exc
 
     def _refuse_non_finite(self, requests: Sequence[Any]) -> None:
         for request in requests:

@@ -8,6 +8,7 @@ from collections.abc import Coroutine
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .core import Cron
 from .handler import Handler
 from .queue import Queue
 from .settings import Settings
@@ -57,7 +58,7 @@ class SyncQueue:
         *requests: Any,
         defer: float | timedelta | datetime | None = None,
         if_not_exists: bool = False,
-        recurrent: float | timedelta | str | None = None,
+        recurrent: float | timedelta | str | Cron | None = None,
     ) -> int:
         """`Queue.register`, blocking until the requests are stored; returns how many were."""
         return self._run(

@@ -307,6 +307,32 @@ def test_codec_round_trips_supported_types(kind: Any, value: Any) -> None:
     assert codec.decode(payload) == (123.5, value)
 
 
+class PairHandler(Handler):
+    async def perform(self, *requests: Pair) -> None: ...
+
+
+class RecordHandler(Handler):
+    async def perform(self, *requests: Record) -> None: ...
+
+
+@pytest.mark.parametrize(
+    ("handler", "good", "bad"),
+    [
+        (Typed, Point(1, "a"), Point("s", "a")),  # type: ignore[arg-type]
+        (PairHandler, Pair(1, "b"), Pair("s", "b")),  # type: ignore[arg-type]
+        (RecordHandler, Record(3, ["x"]), Record("not an id", ["x"])),  # type: ignore[arg-type]
+        (RecordHandler, Record(3, ["x"]), Record(3, "not a list")),  # type: ignore[arg-type]
+    ],
+)
+async def test_a_request_whose_fields_a_worker_could_not_decode_is_refused(
+    queue: Queue, handler: type[Handler], good: Any, bad: Any
+) -> None:
+    """A dataclass, NamedTuple or Struct takes any value for a field; the worker's decoder does not."""
+    with pytest.raises(SerializationError, match="a worker could not decode it"):
+        await queue.register(handler, good, bad)
+    assert await stored_keys(queue) == []
+
+
 def test_codec_rejects_wrong_values_and_garbage() -> None:
     with pytest.raises(SerializationError):
         Codec(dict[str, int]).encode([{"a": "not an int"}], 0)

@@ -12,6 +12,7 @@ import msgspec
 import pytest
 
 from sharded_queue import (
+    Cron,
     Handler,
     Queue,
     RequestRoute,
@@ -23,6 +24,7 @@ from sharded_queue import (
     Tube,
     Worker,
 )
+from sharded_queue.core import Schedule
 from sharded_queue.testing import drain, wait_until
 from tests.test_crashes import Processes, chaos_settings
 from tests.worker_process import ChaosHandler
@@ -155,6 +157,7 @@ async def test_recurring_request_runs_each_tick_and_is_listed_replaced_and_stopp
     Ticking.performed = []
     assert await queue.register(Ticking, "tick", recurrent=0.1) == 1
     assert await queue.register(Ticking, "tick", recurrent=timedelta(seconds=0.05)) == 1  # replaces
+    assert queue.settings.coordinator_delay == 0.05  # the shortest period allowed
     listed = await queue.schedules(Ticking)
     assert listed[["request", "thread", "order", "every"]].values.tolist() == [["tick", "0", "0", 0.05]]
     assert listed["next_at"].iloc[0].tzinfo is not None
@@ -168,6 +171,21 @@ async def test_recurring_request_runs_each_tick_and_is_listed_replaced_and_stopp
     await asyncio.sleep(0.2)  # four periods: no tick may come any more
     await drain(worker)
     assert len(Ticking.performed) == count
+
+
+async def test_a_cron_in_a_time_zone_ticks_at_its_local_time_across_daylight_saving() -> None:
+    """9:00 in Paris is 8:00 UTC in winter and 7:00 UTC in summer (croniter's handling of the zone)."""
+    schedule = Schedule.of(Cron("0 9 * * *", tz="Europe/Paris"))
+    winter = datetime(2026, 3, 27, 12, tzinfo=UTC).timestamp()  # Friday; the clocks go forward on Sunday
+    ticks = [winter]
+    for _ in range(3):
+        ticks.append(schedule.next_after(ticks[-1], ticks[-1]))
+    assert [datetime.fromtimestamp(t, UTC).strftime("%d %H:%M") for t in ticks[1:]] == [
+        "28 08:00",
+        "29 07:00",
+        "30 07:00",
+    ]
+    assert schedule.describe() == "0 9 * * * (Europe/Paris)"
 
 
 async def test_cron_schedule_is_listed_with_its_next_tick(queue: Queue) -> None:
@@ -191,6 +209,12 @@ async def test_cron_schedule_is_listed_with_its_next_tick(queue: Queue) -> None:
         ({"defer": "soon"}, TypeError, "seconds or a timedelta"),
         ({"recurrent": "every monday"}, ValueError, "not a valid cron"),
         ({"recurrent": 0}, ValueError, "must be positive"),
+        ({"recurrent": 0.001}, ValueError, "shortest period is the coordinator delay, 0.05 s"),
+        ({"recurrent": "0 0 30 2 *"}, ValueError, "never matches"),
+        ({"recurrent": "* * * * * */10"}, ValueError, "6 fields, not 5"),
+        ({"recurrent": Cron("0 9 * * *", tz="Mars/Olympus")}, ValueError, "unknown time zone"),
+        ({"defer": 11 * 365 * 86400}, ValueError, "at most ten years"),
+        ({"defer": datetime(2099, 1, 1, tzinfo=UTC)}, ValueError, "more than ten years away"),
         ({"recurrent": 5, "defer": 5}, ValueError, "together"),
         ({"if_not_exists": "yes"}, TypeError, "takes a bool"),
     ],

@@ -54,17 +54,19 @@ from .routing import (
     order_key,
     order_rank,
 )
-from .schedule import DueTick, Schedule, Tick, due_when, next_ticks
+from .schedule import MAX_DEFER, Cron, DueTick, Schedule, Tick, due_when, next_ticks
 from .wakeups import answering, answers, wake_targets, waking_touch
 
 __all__ = [
     "CANDIDATES_PER_HANDLER",
     "LOST",
+    "MAX_DEFER",
     "Ack",
     "Acquire",
     "Batch",
     "Begin",
     "Control",
+    "Cron",
     "Cycle",
     "DeadLetter",
     "DueMoves",

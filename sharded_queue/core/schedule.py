@@ -2,6 +2,8 @@
 
 Everything here is a pure function of times the storage server gave (its
 clock, never a client's): the shells pass ``now`` in and carry the results out.
+(Two input checks read the local clock, where any clock will do: that a cron
+string ever matches, and that an aware ``defer`` datetime is within ten years.)
 """
 
 from __future__ import annotations
@@ -9,12 +11,31 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
+
+MAX_DEFER = 10 * 365.25 * 86400
+"""Longest ``defer``, in seconds (ten years): a longer one is taken for a unit mistake."""
+
+
+@dataclass(frozen=True, slots=True)
+class Cron:
+    """A cron schedule in a time zone: ``recurrent=Cron("0 9 * * mon-fri", tz="Europe/Paris")``.
+
+    Five fields (minute hour day month weekday), as croniter reads them; the
+    matches are taken in ``tz`` (an IANA name), so "9 o'clock" stays 9 o'clock
+    across daylight saving time, as croniter handles it: a time skipped by the
+    spring change is not run, one repeated in autumn runs once. A plain string
+    ``recurrent="0 9 * * *"`` is the same in UTC.
+    """
+
+    expression: str
+    tz: str = "UTC"
 
 
 @dataclass(frozen=True, slots=True)
 class Schedule:
-    """When a recurring request runs: every ``every`` seconds, or at each match of a ``cron`` string (UTC).
+    """When a recurring request runs: every ``every`` seconds, or at each match of a ``cron``
+    string in time zone ``tz`` (UTC by default).
 
     A tick is registered once, by whichever worker finds it due. When no worker
     ran for several ticks, the missed ones collapse into one: the next tick is
@@ -23,24 +44,33 @@ class Schedule:
 
     every: float | None = None
     cron: str | None = None
+    tz: str | None = None
 
     @classmethod
-    def of(cls, recurrent: float | int | timedelta | str) -> Schedule:
-        """The schedule of a ``recurrent=`` argument: seconds, a `timedelta` or a cron string.
+    def of(cls, recurrent: float | int | timedelta | str | Cron, shortest: float = 0.0) -> Schedule:
+        """The schedule of a ``recurrent=`` argument: seconds, a `timedelta`, a cron string or a `Cron`.
+
+        ``shortest`` is the shortest period allowed: `Queue.register` gives its coordinator delay. Every tick is a
+        registration that a worker's poll fires, and idle workers poll every coordinator
+        delay: a shorter period cannot be kept, and only turns workers into loops of round trips.
 
         Raises:
-            ValueError: a period that is not a positive finite number, or an invalid cron string.
+            ValueError: a period shorter than ``shortest`` or not finite; a cron string that
+                is invalid, has other than five fields, names an unknown time zone or never matches.
             TypeError: anything else.
         """
         if isinstance(recurrent, str):
-            from croniter import croniter
-
-            if not croniter.is_valid(recurrent):
-                raise ValueError(f"recurrent={recurrent!r} is not a valid cron string")
-            return cls(cron=recurrent)
+            recurrent = Cron(recurrent)
+        if isinstance(recurrent, Cron):
+            return _cron(recurrent)
         seconds = _seconds("recurrent", recurrent)
         if seconds <= 0:
             raise ValueError(f"recurrent={recurrent!r}: the period must be positive")
+        if seconds < shortest:
+            raise ValueError(
+                f"recurrent={recurrent!r}: the shortest period is the coordinator delay, {shortest:g} s "
+                "(QUEUE_COORDINATOR_DELAY: how often idle workers look for due ticks)"
+            )
         return cls(every=seconds)
 
     def first_after(self, now: float) -> float:
@@ -50,7 +80,8 @@ class Schedule:
         from croniter import croniter
 
         assert self.cron is not None
-        return float(croniter(self.cron, datetime.fromtimestamp(now, UTC)).get_next(float))
+        start = datetime.fromtimestamp(now, _zone(self.tz or "UTC"))
+        return float(croniter(self.cron, start).get_next(float))
 
     def next_after(self, due: float, now: float) -> float:
         """The tick after the one due at ``due``: the first after ``now`` (missed ticks collapse)."""
@@ -59,8 +90,42 @@ class Schedule:
         return self.first_after(max(due, now))
 
     def describe(self) -> float | str:
-        """Seconds between ticks, or the cron string."""
-        return self.every if self.every is not None else str(self.cron)
+        """Seconds between ticks, or the cron string (with its time zone, when not UTC)."""
+        if self.every is not None:
+            return self.every
+        return str(self.cron) if self.tz in (None, "UTC") else f"{self.cron} ({self.tz})"
+
+
+def _cron(cron: Cron) -> Schedule:
+    from croniter import CroniterError, croniter
+
+    expression = cron.expression
+    fields = len(expression.split())
+    if fields != 5 or not croniter.is_valid(expression):
+        why = f": it has {fields} fields, not 5 (minute hour day month weekday)" if fields != 5 else ""
+        raise ValueError(f"recurrent={expression!r} is not a valid cron string{why}")
+    schedule = Schedule(cron=expression, tz=None if cron.tz == "UTC" else cron.tz)
+    try:
+        schedule.first_after(datetime.now(UTC).timestamp())  # a check of the expression, not a time kept
+    except CroniterError:
+        raise ValueError(f"recurrent={expression!r}: the cron string never matches") from None
+    return schedule
+
+
+def _zone(name: str) -> tzinfo:
+    """The IANA time zone ``name``.
+
+    Raises:
+        ValueError: an unknown name.
+    """
+    if name == "UTC":
+        return UTC
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {name!r} (an IANA name such as 'Europe/Paris')") from None
 
 
 def due_when(defer: float | int | timedelta | datetime | None) -> str:
@@ -76,10 +141,14 @@ def due_when(defer: float | int | timedelta | datetime | None) -> str:
     if isinstance(defer, datetime):
         if defer.tzinfo is None or defer.utcoffset() is None:
             raise ValueError(f"defer={defer!r} is a naive datetime: give it a timezone (e.g. datetime.now(UTC))")
+        if (defer - datetime.now(UTC)).total_seconds() > MAX_DEFER:  # a sanity bound: any clock will do
+            raise ValueError(f"defer={defer!r} is more than ten years away")
         return f"@{defer.timestamp()!r}"
     seconds = _seconds("defer", defer)
     if seconds < 0:
         raise ValueError(f"defer={defer!r}: a delay cannot be negative")
+    if seconds > MAX_DEFER:
+        raise ValueError(f"defer={defer!r}: at most ten years ({MAX_DEFER:g} s)")
     return f"+{seconds!r}" if seconds else ""
 
 

@@ -51,10 +51,11 @@ class StoredSchedule(msgspec.Struct, omit_defaults=True):
     cron: str | None = None
     rank: str = "0"
     unique: bool = False
+    tz: str | None = None  # a cron string's time zone (None: UTC)
 
     def schedule(self) -> Schedule:
         """The schedule."""
-        return Schedule(self.every, self.cron)
+        return Schedule(self.every, self.cron, self.tz)
 
 
 class QueueStorage(Protocol):

@@ -11,7 +11,9 @@ Every error the queue raises on purpose derives from `QueueError`::
     ├── LeaseLost            a request kept losing its holder's lease (dead-lettered, never raised to users)
     └── StorageError         Redis could not be reached or answered with an error
         ├── StorageTimeout   no answer within the timeout
-        └── StorageFull      Redis reached maxmemory (noeviction): registrations are refused
+        ├── StorageFull      Redis reached maxmemory (noeviction): registrations are refused
+        └── StorageConfigError  Redis refused this configuration: a wrong password, an unknown
+                             database or host; retrying cannot help
 
 redis-py's own exceptions are translated into `StorageError` in one place,
 `sharded_queue.storage.scripts.translate_errors`, and chained (`raise ... from exc`).
@@ -74,3 +76,8 @@ class StorageFull(StorageError):
     Workers keep draining a full Redis (their scripts are allowed to run), which
     frees memory; registrations succeed again once it has room.
     """
+
+
+class StorageConfigError(StorageError):
+    """Redis refused this configuration (a wrong password or user, an unknown database, an
+    unknown host): retrying cannot help, unlike an outage."""

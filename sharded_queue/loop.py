@@ -8,6 +8,7 @@ call or a wait) and its result is sent back. The decisions themselves live in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import math
@@ -24,6 +25,7 @@ from .core import (
     Acquire,
     Batch,
     Begin,
+    Control,
     Cycle,
     Effect,
     End,
@@ -59,11 +61,17 @@ logger = logging.getLogger("sharded_queue")
 T = TypeVar("T")
 
 
+class _GaveUp(Exception):
+    """A storage call failed during a stop: the loop gives up its batch (redelivered) and returns."""
+
+
 class LoopHost(Protocol):
     """What a `Loop` uses of the worker it runs in (`sharded_queue.Worker`)."""
 
     id: str
     settings: Settings
+    control: Control
+    stopped: asyncio.Event
     specs: dict[str, HandlerSpec]
     health: StorageHealth
     wakeups: Wakeups
@@ -107,6 +115,7 @@ class Loop:
         self.raw: list[bytes] = []
         self.batch_order = ""
         self.seq = 0
+        self.acked = 0  # messages this loop's acks took off tubes
 
     async def run(self, program: Program) -> int:
         result: Any = None
@@ -123,6 +132,8 @@ class Loop:
                 raise_if_cancelled(task)
                 if observer is not None:
                     observer(effect, result)
+        except _GaveUp:
+            return self.acked
         finally:
             self.wakeups.busy(self.waker)
             try:
@@ -207,9 +218,10 @@ class Loop:
             logger.exception("%s stop() failed on thread %s", thread.handler, thread.thread)
         finally:
             self.instance = None
-            try:
-                await self.storage.release(thread, self.token)
-            except StorageError as exc:  # the lease expires by itself
+            try:  # bounded: on a stop while Redis is down, the lease expires by itself
+                async with asyncio.timeout(self.settings.storage_timeout):
+                    await self.storage.release(thread, self.token)
+            except (StorageError, TimeoutError) as exc:  # the lease expires by itself
                 logger.warning("could not release thread %s/%s: %s", thread.handler, thread.thread, exc)
             logger.debug("%s released %s/%s", self.name, thread.handler, thread.thread)
 
@@ -243,8 +255,10 @@ class Loop:
         if reply is False:
             logger.warning("lease of %s/%s lost: batch not acked, thread left", thread.handler, thread.thread)
             return LOST
-        if ack is not None and ack.dead:
-            self._dead_lettered(thread, ack)
+        if ack is not None:
+            self.acked += ack.count
+            if ack.dead:
+                self._dead_lettered(thread, ack)
         if reply is None:
             return None
         assert isinstance(reply, tuple)
@@ -327,7 +341,11 @@ class Loop:
         ]
 
     async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
-        """Run a storage call until it succeeds, backing off while Redis is down (logged once)."""
+        """Run a storage call until it succeeds, backing off while Redis is down (logged once).
+
+        Once the worker is stopping, a failure is not retried: the loop gives up (`_GaveUp`);
+        a batch it could not ack is performed again by the thread's next holder.
+        """
         health = self.worker.health
         for attempt in itertools.count(1):
             try:
@@ -335,7 +353,11 @@ class Loop:
             except StorageError as exc:
                 raise_if_cancelled(asyncio.current_task())  # the failure may be a cancellation a client turned
                 health.failed(exc)
-                await asyncio.sleep(self.worker.policy().backoff(min(attempt, 30), self.rng))
+                if self.worker.control.stopping:
+                    raise _GaveUp from exc
+                with contextlib.suppress(TimeoutError):  # a stop ends the backoff
+                    async with asyncio.timeout(self.worker.policy().backoff(min(attempt, 30), self.rng)):
+                        await self.worker.stopped.wait()
                 continue
             if health.failing_since is not None:
                 health.answered()

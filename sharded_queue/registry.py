@@ -207,9 +207,10 @@ class Presence:
             if not task.cancelled() and task.exception() is not None:
                 logger.error("worker %s: %s failed", self.worker.id, task.get_coro(), exc_info=task.exception())
         worker = self.worker
-        try:
-            await self.storage.remove_worker(worker.id)
-        except StorageError as exc:  # it expires by itself
+        try:  # bounded: on a stop while Redis is down, the record expires by itself
+            async with asyncio.timeout(self.settings.storage_timeout):
+                await self.storage.remove_worker(worker.id)
+        except (StorageError, TimeoutError) as exc:  # it expires by itself
             logger.debug("worker %s could not remove its record: %s", worker.id, exc)
         counters = worker.counters
         logger.info(

@@ -16,6 +16,7 @@ import random
 import secrets
 import signal
 import socket
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -102,6 +103,8 @@ class Worker:
             )
         self.metrics = metrics
         self.control = Control()
+        self.stopped = asyncio.Event()  # set with control.stopping: ends waits that must not outlast a stop
+        self.forced: signal.Signals | None = None  # the second signal of `serve`, which cancelled the loops
         self.recorder = TraceRecorder() if trace else None
         self.wakeups = Wakeups(self.answers)
         self._loops: set[asyncio.Task[Any]] = set()
@@ -165,33 +168,41 @@ class Worker:
         """Run ``loops`` loops until they reach ``limit`` each, or a signal, or `stop`.
 
         On the first SIGTERM or SIGINT every loop finishes and acks the batch in
-        hand, calls ``stop()``, releases its thread and returns; on a second one
-        the loops are cancelled at once (their unacked batches are performed
-        again by the next holder). Returns how many messages the loops took.
+        hand, calls ``stop()``, releases its thread and returns (while Redis is
+        down, idle loops return at once and a loop gives its batch up: it is
+        performed again by the next holder); on a second one the loops are
+        cancelled at once (their unacked batches are performed again by the next
+        holder) and `forced` names the signal. Returns how many messages the
+        loops took.
 
         Args:
             loops: Concurrent loops.
             limit: Messages per loop, or None for no limit.
             burst: Stop once no message of the worker's handlers waits in storage
                 (checked every ``coordinator_delay``, at most every 0.5 s).
+
+        Raises:
+            StorageError: with ``burst``, the storage failed for longer than
+                ``storage_timeout`` (the loops were stopped first).
         """
         event_loop = asyncio.get_running_loop()
         tasks = [asyncio.create_task(self.loop(limit)) for _ in range(loops)]
         watcher = asyncio.create_task(self._stop_when_empty()) if burst else None
         signals = 0
 
-        def on_signal() -> None:
+        def on_signal(sig: signal.Signals) -> None:
             nonlocal signals
             signals += 1
             logger.warning("signal received: %s", "stopping gracefully" if signals == 1 else "cancelling loops")
             if signals == 1:
                 self.stop()
             else:
+                self.forced = sig
                 for task in tasks:
                     task.cancel()
 
         for sig in (signal.SIGTERM, signal.SIGINT):
-            event_loop.add_signal_handler(sig, on_signal)
+            event_loop.add_signal_handler(sig, on_signal, sig)
         try:
             results = await asyncio.gather(*tasks, return_exceptions=True)
         finally:
@@ -201,20 +212,34 @@ class Worker:
                 watcher.cancel()
                 await asyncio.wait([watcher])
         failures = [r for r in results if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError)]
+        if watcher is not None and not watcher.cancelled() and watcher.exception() is not None:
+            failures.insert(0, watcher.exception())  # type: ignore[arg-type]
         if failures:
             raise failures[0]
         return sum(r for r in results if isinstance(r, int))
 
     async def _stop_when_empty(self) -> None:
-        """`stop` once no message of this worker's handlers waits (``serve(burst=True)``)."""
+        """`stop` once no message of this worker's handlers waits (``serve(burst=True)``).
+
+        Raises:
+            StorageError: the storage failed for longer than ``storage_timeout`` (after `stop`).
+        """
         storage = self.queue.storage
         pause = min(max(self.settings.coordinator_delay, 0.01), 0.5)
+        failing_since: float | None = None
         while True:
             try:
                 waiting = [await storage.pending(name) for name in self.specs]
             except StorageError as exc:  # the loops retry and report outages; check again later
                 logger.debug("burst: could not count waiting messages: %s", exc)
+                failing_since = failing_since or time.monotonic()
+                if time.monotonic() - failing_since > self.settings.storage_timeout:
+                    self.stop()
+                    raise StorageError(
+                        f"burst: storage failing for over {self.settings.storage_timeout:g} s: {exc}"
+                    ) from exc
             else:
+                failing_since = None
                 if not any(waiting):
                     logger.info("worker %s: no message waits for its handlers; stopping (burst)", self.id)
                     self.stop()
@@ -224,6 +249,7 @@ class Worker:
     def stop(self) -> None:
         """Ask every loop to finish its batch, ack it, release its thread and return."""
         self.control.stopping = True
+        self.stopped.set()
         self.wakeups.wake_all()
 
     def answers(self, thread: ThreadRef) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from importlib import resources
@@ -20,7 +21,7 @@ from typing import Any
 import redis.exceptions as redis_errors
 from redis.backoff import ExponentialWithJitterBackoff
 
-from ..errors import StorageError, StorageFull, StorageTimeout
+from ..errors import StorageConfigError, StorageError, StorageFull, StorageTimeout
 from .client import CLIENT_BACKOFF_CAP, CLIENT_RETRIES
 from .transport import Lane
 
@@ -43,7 +44,19 @@ def translate_errors() -> Iterator[None]:
     except redis_errors.TimeoutError as exc:
         raise StorageTimeout(f"storage did not answer in time: {exc}") from exc
     except (redis_errors.RedisError, OSError) as exc:
+        if refused(exc):
+            raise StorageConfigError(f"storage refused the configuration: {exc}") from exc
         raise StorageError(f"storage failed: {type(exc).__name__}: {exc}") from exc
+
+
+def refused(exc: BaseException) -> bool:
+    """Whether a redis-py error says the configuration is wrong (password, database, host),
+    which no retry mends, rather than that the storage is down or slow."""
+    if isinstance(exc, redis_errors.AuthenticationError | redis_errors.AuthorizationError):
+        return True
+    if isinstance(exc, redis_errors.ResponseError) and "DB index" in str(exc):
+        return True
+    return isinstance(exc, redis_errors.ConnectionError) and isinstance(exc.__cause__, socket.gaierror)
 
 
 def source(name: str, flags: bool = True) -> str:

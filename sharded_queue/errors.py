@@ -15,6 +15,9 @@ Every error the queue raises on purpose derives from `QueueError`::
         └── StorageConfigError  Redis refused this configuration: a wrong password, an unknown
                              database or host; retrying cannot help
 
+Warnings: `EmbeddedStorageWarning` (a `UserWarning`), when requests go to the
+embedded in-process storage, where only this process can ever perform them.
+
 redis-py's own exceptions are translated into `StorageError` in one place,
 `sharded_queue.storage.scripts.translate_errors`, and chained (`raise ... from exc`).
 """
@@ -81,3 +84,8 @@ class StorageFull(StorageError):
 class StorageConfigError(StorageError):
     """Redis refused this configuration (a wrong password or user, an unknown database, an
     unknown host): retrying cannot help, unlike an outage."""
+
+
+class EmbeddedStorageWarning(UserWarning):
+    """Requests went to the embedded in-process storage (no URL, no ``QUEUE_STORAGE_URL``): they
+    live in this process only, and are lost when it exits unless a worker in it performs them."""

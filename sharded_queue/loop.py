@@ -116,10 +116,14 @@ class Loop:
         self.batch_order = ""
         self.seq = 0
         self.acked = 0  # messages this loop's acks took off tubes
+        self.task: asyncio.Task[Any] | None = None
+        self.in_call = False  # awaiting a storage call (`_retrying`)
+        self.holding = False  # ... that acks a performed batch
+        self.interrupted = False  # cancelled by `interrupt` (a stop), not from outside
 
     async def run(self, program: Program) -> int:
         result: Any = None
-        task = asyncio.current_task()
+        task = self.task = asyncio.current_task()
         assert task is not None
         observer = self.worker.observer
         try:
@@ -133,6 +137,11 @@ class Loop:
                 if observer is not None:
                     observer(effect, result)
         except _GaveUp:
+            return self.acked
+        except asyncio.CancelledError:
+            if not self.interrupted:
+                raise
+            task.uncancel()  # our own stop: return like any stopped loop (after the cleanup below)
             return self.acked
         finally:
             self.wakeups.busy(self.waker)
@@ -250,7 +259,8 @@ class Loop:
         seq = self.seq
         self.waker.arm()
         reply = await self._retrying(
-            lambda: self.storage.cycle(thread, self.token, self.settings.lease_ttl, ack, seq, dead, effect.limit)
+            lambda: self.storage.cycle(thread, self.token, self.settings.lease_ttl, ack, seq, dead, effect.limit),
+            holding=ack is not None,
         )
         if reply is False:
             logger.warning("lease of %s/%s lost: batch not acked, thread left", thread.handler, thread.thread)
@@ -321,7 +331,23 @@ class Loop:
             if worker.recorder is not None:
                 cpu = timed.cpu if timed is not None else float("nan")
                 worker.recorder.record(effect.thread, self.batch_order, self.name, messages, started, finished, cpu)
+        if logger.isEnabledFor(logging.DEBUG):  # a line per batch, with its fields for --log-format json
+            self._log_batch(effect, started)
         return None
+
+    def _log_batch(self, effect: Perform, started: float) -> None:
+        thread, count, duration = effect.thread, len(effect.messages), time.time() - started
+        fields = {"handler": thread.handler, "thread": thread.thread, "order": self.batch_order, "batch": count}
+        logger.debug(
+            "%s performed %d of %s thread %s order %s in %.3f s",
+            self.name,
+            count,
+            thread.handler,
+            thread.thread,
+            self.batch_order,
+            duration,
+            extra={"fields": {**fields, "duration": round(duration, 6), "worker": self.name}},
+        )
 
     def _dead_records(self, thread: ThreadRef, ack: Ack) -> list[bytes]:
         now = time.time()
@@ -340,12 +366,28 @@ class Loop:
             for dead in ack.dead
         ]
 
-    async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
+    def interrupt(self, force: bool = False) -> None:
+        """A stop: cancel this loop if it is waiting on the storage (Redis may be down or paused),
+        unless the call acks a performed batch and not ``force``. Its batch, if any, is performed
+        again by the thread's next holder; `run` returns as for any stop."""
+        if self.in_call and (force or not self.holding) and self.task is not None and not self.task.done():
+            self.interrupted = True
+            self.task.cancel()
+
+    async def _retrying(self, call: Callable[[], Awaitable[T]], holding: bool = False) -> T:
         """Run a storage call until it succeeds, backing off while Redis is down (logged once).
 
         Once the worker is stopping, a failure is not retried: the loop gives up (`_GaveUp`);
-        a batch it could not ack is performed again by the thread's next holder.
+        a batch it could not ack is performed again by the thread's next holder. ``holding``:
+        the call acks a performed batch (a stop interrupts it only when forced).
         """
+        self.in_call, self.holding = True, holding
+        try:
+            return await self._attempts(call)
+        finally:
+            self.in_call = False
+
+    async def _attempts(self, call: Callable[[], Awaitable[T]]) -> T:
         health = self.worker.health
         for attempt in itertools.count(1):
             try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -11,7 +12,7 @@ import msgspec
 
 from .core import Cron, RequestRoute, Schedule, Tube, check_routes, due_when, group_by_tube, order_rank
 from .deadletters import DeadLetterRecord
-from .errors import StorageError
+from .errors import EmbeddedStorageWarning, StorageError
 from .handler import Handler, HandlerSpec
 from .registry import collect_workers, workers_frame
 from .settings import Settings
@@ -39,6 +40,8 @@ class Queue:
         self._specs: dict[type[Handler], HandlerSpec] = {}
         self._by_name: dict[str, HandlerSpec] = {}
         self._registered: dict[str, type[Handler]] = {}
+        self._closed = False
+        self._warned = False  # the embedded default's warning, once per Queue
 
     @property
     def handlers(self) -> list[type[Handler]]:
@@ -46,7 +49,12 @@ class Queue:
         return list(self._registered.values())
 
     def spec(self, handler: type[Handler]) -> HandlerSpec:
-        """The (cached) spec of ``handler``, checking its name is not taken by another class."""
+        """The (cached) spec of ``handler``, checking its name is not taken by another class.
+
+        Raises:
+            RuntimeError: the Queue is closed (every method that takes a handler asks here first).
+        """
+        self._check_open()
         spec = self._specs.get(handler)
         if spec is None:
             spec = HandlerSpec.of(handler)
@@ -103,8 +111,16 @@ class Queue:
             StorageError: Redis failed or did not answer in time; its ``stored``
                 says how many requests earlier chunks stored.
         """
+        self._check_open()
         spec = self.spec(handler)
         when, schedule = _timing(defer, if_not_exists, recurrent, self.settings.coordinator_delay)
+        embedded = self.storage.embedded_default
+        if spec.name.startswith("__main__:") and not embedded:
+            raise ValueError(
+                f"{handler.__qualname__} is defined in the script being run (__main__), so it would be stored as "
+                f'{spec.name!r}, a name no worker process can import: set `name = "..."` on the class, or '
+                "define it in a module that workers import"
+            )
         if not requests:
             return 0
         routes = check_routes(requests, await handler.route(*requests), f"{handler.__qualname__}.route()")
@@ -115,6 +131,15 @@ class Queue:
             await self.storage.add_handlers([spec.name])
         stored = await self._push(spec.name, chunks, len(requests))
         self._registered.setdefault(spec.name, handler)
+        if embedded and not self._warned:
+            self._warned = True
+            warnings.warn(
+                f"{handler.__qualname__} requests went to the embedded in-process storage (no URL and no "
+                "QUEUE_STORAGE_URL): only a Worker in this process can perform them, and they are lost when it "
+                "exits. Give Queue a redis:// URL or set QUEUE_STORAGE_URL to share them.",
+                EmbeddedStorageWarning,
+                stacklevel=2,
+            )
         return stored
 
     def _chunks(
@@ -204,6 +229,7 @@ class Queue:
         Raises:
             StorageError: Redis failed or did not answer in time.
         """
+        self._check_open()
         names = None if handlers is None else [h if isinstance(h, str) else self.spec(h).name for h in handlers]
         return stats_frame(await collect_stats(self.storage, names))
 
@@ -216,6 +242,7 @@ class Queue:
         Raises:
             StorageError: Redis failed or did not answer in time.
         """
+        self._check_open()
         _, workers = await collect_workers(self.storage)
         return workers_frame(workers)
 
@@ -266,8 +293,30 @@ class Queue:
             total += sum(map(len, taken))
         return total
 
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("this Queue is closed")
+
     async def close(self) -> None:
-        """Close the storage connections."""
+        """Close the storage connections; the Queue refuses any further call.
+
+        On the embedded default, warns (`EmbeddedStorageWarning`) when requests
+        registered through this Queue still wait: they are lost with the process.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        if self.storage.embedded_default and self._registered:
+            waiting = {name: await self.storage.pending(name) for name in self._registered}
+            left = {name: count for name, count in waiting.items() if count}
+            if left:
+                warnings.warn(
+                    "closing a Queue on the embedded in-process storage while requests wait in it ("
+                    + ", ".join(f"{count} of {name}" for name, count in left.items())
+                    + "): they are lost when this process exits",
+                    EmbeddedStorageWarning,
+                    stacklevel=2,
+                )
         await self.storage.close()
 
     async def __aenter__(self) -> Queue:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import sys
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -198,5 +199,21 @@ def redact_url(url: str | None) -> str | None:
     return _URL_PASSWORD.sub(lambda m: f"{m.group(1)}{':***' if m.group(2) else ''}@", url)
 
 
-settings = Settings.from_env()
+def _from_env_or_exit() -> Settings:
+    """`Settings.from_env`; run as the ``sharded-queue`` command, a bad variable is one line and
+    exit 2 (a usage error), as the command's other usage errors are, not a traceback at import."""
+    try:
+        return Settings.from_env()
+    except SettingsError as exc:
+        orig = getattr(sys, "orig_argv", [])
+        cli = os.path.basename(sys.argv[0]) == "sharded-queue" or (
+            "-m" in orig and orig.index("-m") + 1 < len(orig) and orig[orig.index("-m") + 1] == "sharded_queue"
+        )
+        if not cli:
+            raise
+        print(f"sharded-queue: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+settings = _from_env_or_exit()
 """The process-wide settings, read from the environment at import."""

@@ -105,6 +105,7 @@ class Worker:
         self.control = Control()
         self.stopped = asyncio.Event()  # set with control.stopping: ends waits that must not outlast a stop
         self.forced: signal.Signals | None = None  # the second signal of `serve`, which cancelled the loops
+        self._running: set[Loop] = set()
         self.recorder = TraceRecorder() if trace else None
         self.wakeups = Wakeups(self.answers)
         self._loops: set[asyncio.Task[Any]] = set()
@@ -162,7 +163,12 @@ class Worker:
         program = worker_program(self.policy(), limit, random.Random(), self.control)
         listening = self.wakeups.listening(self.queue.storage, self.health, self.settings.storage_timeout)
         async with self._presence.running(), listening:
-            return await Loop(self, next(_loop_ids)).run(program)
+            loop = Loop(self, next(_loop_ids))
+            self._running.add(loop)
+            try:
+                return await loop.run(program)
+            finally:
+                self._running.discard(loop)
 
     async def serve(self, loops: int = 1, limit: int | None = None, *, burst: bool = False) -> int:
         """Run ``loops`` loops until they reach ``limit`` each, or a signal, or `stop`.
@@ -247,10 +253,26 @@ class Worker:
             await asyncio.sleep(pause)
 
     def stop(self) -> None:
-        """Ask every loop to finish its batch, ack it, release its thread and return."""
+        """Ask every loop to finish its batch, ack it, release its thread and return.
+
+        A loop waiting on the storage (down, or paused) returns at once, unless its call
+        acks a performed batch: that one gets ``storage_timeout`` more, then it gives the
+        batch up too (performed again by the thread's next holder).
+        """
         self.control.stopping = True
         self.stopped.set()
         self.wakeups.wake_all()
+        for loop in list(self._running):
+            loop.interrupt()
+        try:
+            event_loop = asyncio.get_running_loop()
+        except RuntimeError:  # stopped from outside any event loop: no later deadline to set
+            return
+        event_loop.call_later(self.settings.storage_timeout, self._interrupt_all)
+
+    def _interrupt_all(self) -> None:
+        for loop in list(self._running):
+            loop.interrupt(force=True)
 
     def answers(self, thread: ThreadRef) -> bool:
         """Whether this worker answers ``thread``'s wake-ups (`core.answers`)."""

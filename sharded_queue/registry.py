@@ -24,6 +24,7 @@ import msgspec
 
 from .core import ThreadRef
 from .errors import StorageError
+from .frames import require_pandas
 from .health import StorageHealth
 from .settings import Settings
 from .storage import Storage
@@ -139,6 +140,7 @@ async def collect_workers(storage: Storage) -> tuple[float, list[WorkerInfo]]:
 
 def workers_frame(workers: list[WorkerInfo]) -> pd.DataFrame:
     """Workers as a DataFrame with the columns of `WORKER_COLUMNS` (``held`` as ``handler/thread``)."""
+    require_pandas("Queue.workers()")
     import pandas as pd
 
     rows = [

@@ -21,6 +21,8 @@ import time
 from collections.abc import Awaitable, Generator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .frames import require_pandas
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -82,6 +84,7 @@ class TraceRecorder:
 
 def to_frame(columns: Mapping[str, Sequence[Any]]) -> pd.DataFrame:
     """A trace DataFrame from columns, with the schema's column order and dtypes."""
+    require_pandas("a trace (Worker.trace())")
     import pandas as pd
 
     names = [*COLUMNS, *(name for name in OPTIONAL if name in columns)]

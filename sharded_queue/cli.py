@@ -5,6 +5,7 @@
     sharded-queue stats [--url URL] [--handler NAME ...] [--json] [--watch SECONDS]
     sharded-queue dead-letters list|requeue|purge MODULE:HANDLER [--url URL] [--json]
     sharded-queue check [--url URL]
+    sharded-queue dashboard [--url URL] [--host HOST] [--port PORT] [--allow-actions] [--token TOKEN]
     sharded-queue demo
 
 A thin shell: every command calls the library (`Worker.serve`, `collect_stats`,
@@ -403,6 +404,43 @@ def dead_letters_table(records: Sequence[DeadLetterRecord]) -> str:
     return "\n".join(lines)
 
 
+# --- dashboard ---------------------------------------------------------------------------------
+
+DASHBOARD_NEEDS = ("starlette", "uvicorn", "pandas")
+
+
+def dashboard_command(arguments: argparse.Namespace) -> int:
+    """``dashboard``: serve the web dashboard (`sharded_queue.dashboard`) until SIGTERM/SIGINT."""
+    try:
+        from .dashboard import serve
+    except ModuleNotFoundError as exc:
+        missing = (exc.name or "").partition(".")[0]
+        if missing not in DASHBOARD_NEEDS:
+            raise
+        raise UsageError(
+            f"needs the dashboard extra ({missing} is missing): pip install 'sharded-queue[dashboard]'"
+        ) from None
+    _setup_logging(arguments.log_level)
+    url = storage_url(arguments)
+    token = arguments.token or os.environ.get("QUEUE_DASHBOARD_TOKEN") or None
+    if arguments.allow_actions and not token:
+        raise UsageError("--allow-actions needs a token: set QUEUE_DASHBOARD_TOKEN (or pass --token)")
+
+    async def run() -> int:
+        async with Queue(url) as queue:
+            await serve(
+                queue,
+                host=arguments.host,
+                port=arguments.port,
+                allow_actions=arguments.allow_actions,
+                token=token,
+                access_log=arguments.log_level == "DEBUG",
+            )
+        return 0
+
+    return asyncio.run(run())
+
+
 # --- demo and the parser ----------------------------------------------------------------------
 
 
@@ -459,9 +497,32 @@ def parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", parents=[url], help="exit 0 if a worker has a live heartbeat, else 1")
     check.set_defaults(run=check_command)
 
+    _add_dashboard(commands, url)
+
     demo = commands.add_parser("demo", help="run the seed example on the embedded fakeredis and show what ran where")
     demo.set_defaults(run=demo_command)
     return top
+
+
+def _add_dashboard(commands: Any, url: argparse.ArgumentParser) -> None:
+    """The ``dashboard`` command's arguments (``commands``: the top parser's subparsers)."""
+    dashboard = commands.add_parser(
+        "dashboard", parents=[url], help="a web dashboard: handlers, threads, workers, dead letters, schedules"
+    )
+    dashboard.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    dashboard.add_argument("--port", type=_port, default=8000, help="TCP port (default 8000)")
+    dashboard.add_argument(
+        "--allow-actions", action="store_true", help="enable requeue/purge of dead letters, for token holders"
+    )
+    dashboard.add_argument("--token", help="the actions' bearer token (default: QUEUE_DASHBOARD_TOKEN, safer)")
+    dashboard.add_argument(
+        "--log-level",
+        type=str.upper,
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="default INFO",
+    )
+    dashboard.set_defaults(run=dashboard_command)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from playwright.async_api import Page, async_playwright, expect
 
 from sharded_queue import Queue, Settings, Worker
 from sharded_queue.testing import drain
@@ -61,14 +62,12 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture
-async def browser_page(tmp_path: Path) -> AsyncIterator[object]:
+async def page(tmp_path: Path) -> AsyncIterator[Page]:
     """A page of a Chromium with a fresh profile."""
     if not os.path.exists(CHROMIUM):
         if CI:
             pytest.fail(f"{CHROMIUM} is missing (.ci/run installs Debian's chromium)")
         pytest.skip(f"{CHROMIUM} is missing: apt-get install chromium")
-    from playwright.async_api import async_playwright
-
     async with async_playwright() as playwright:
         context = await playwright.chromium.launch_persistent_context(
             tmp_path / "profile",
@@ -83,12 +82,8 @@ async def browser_page(tmp_path: Path) -> AsyncIterator[object]:
 
 
 async def test_the_page_follows_the_queue_live_and_acts_with_the_token(
-    secured: str, browser_page: object, tmp_path: Path
+    secured: str, page: Page, tmp_path: Path
 ) -> None:
-    from playwright.async_api import Page, expect
-
-    assert isinstance(browser_page, Page)
-    page = browser_page
     prefix = f"browser{next(_prefixes)}"
     async with Queue(secured, settings=Settings(key_prefix=prefix)) as queue:
         await queue.register(Gated, [3, -7])

@@ -471,13 +471,7 @@ def parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--metrics-port", type=_port, help="serve Prometheus /metrics on this port (process i on PORT+i)"
     )
-    worker.add_argument(
-        "--log-level",
-        type=str.upper,
-        default="INFO",
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="default INFO",
-    )
+    _add_log_level(worker)
     worker.set_defaults(run=worker_command)
 
     stats = commands.add_parser("stats", parents=[url], help="depth, lag, holder and dead letters per tube")
@@ -515,14 +509,19 @@ def _add_dashboard(commands: Any, url: argparse.ArgumentParser) -> None:
         "--allow-actions", action="store_true", help="enable requeue/purge of dead letters, for token holders"
     )
     dashboard.add_argument("--token", help="the actions' bearer token (default: QUEUE_DASHBOARD_TOKEN, safer)")
-    dashboard.add_argument(
+    _add_log_level(dashboard)
+    dashboard.set_defaults(run=dashboard_command)
+
+
+def _add_log_level(command: argparse.ArgumentParser) -> None:
+    """``--log-level``, as the worker and the dashboard take it."""
+    command.add_argument(
         "--log-level",
         type=str.upper,
         default="INFO",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="default INFO",
     )
-    dashboard.set_defaults(run=dashboard_command)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -194,16 +194,20 @@ class Queue:
                 members.setdefault(tube.thread, []).append(request + b"\n" + tube.order.encode())
         return await self.storage.unschedule(spec.name, members)
 
-    async def schedules(self, handler: type[Handler]) -> pd.DataFrame:
+    async def schedules(self, handler: type[Handler] | str) -> pd.DataFrame:
         """``handler``'s recurring requests: request, thread, order, every (seconds or a cron
-        string) and next_at (the next tick, an aware UTC datetime on the storage server's clock)."""
+        string) and next_at (the next tick, an aware UTC datetime on the storage server's clock).
+
+        ``handler`` is a class, or a stored name (as `stats` lists them): then each
+        request is shown as plain JSON values (dicts, lists, ...), never imported.
+        """
         import pandas as pd
 
-        spec = self.spec(handler)
+        name, spec = self._named(handler)
         rows = []
-        for thread, member, kept, next_due in await self.storage.schedules(spec.name):
+        for thread, member, kept, next_due in await self.storage.schedules(name):
             request, _, order = member.partition(b"\n")
-            _, decoded = spec.codec.decode(b"[0," + request + b"]")
+            decoded = msgspec.json.decode(request) if spec is None else spec.codec.decode(b"[0," + request + b"]")[1]
             schedule = kept.schedule()
             rows.append((decoded, thread, order.decode(), schedule.describe(), datetime.fromtimestamp(next_due, UTC)))
         return pd.DataFrame(rows, columns=["request", "thread", "order", "every", "next_at"])
@@ -246,9 +250,9 @@ class Queue:
         _, workers = await collect_workers(self.storage)
         return workers_frame(workers)
 
-    async def dead_letters(self, handler: type[Handler], limit: int | None = None) -> list[DeadLetterRecord]:
-        """Dead letters of ``handler``, oldest first per thread (at most ``limit``)."""
-        name = self.spec(handler).name
+    async def dead_letters(self, handler: type[Handler] | str, limit: int | None = None) -> list[DeadLetterRecord]:
+        """Dead letters of ``handler`` (a class or a stored name), oldest first per thread (at most ``limit``)."""
+        name, _ = self._named(handler)
         records: list[DeadLetterRecord] = []
         for threads in _chunks(await self.storage.dead_threads(name)):
             for raws in await self.storage.dead_records(name, threads):
@@ -257,45 +261,64 @@ class Queue:
                     return records[:limit]
         return records
 
-    async def dead_letter_count(self, handler: type[Handler]) -> int:
-        """How many dead letters ``handler`` has (without reading them)."""
-        return sum((await self.storage.dead_counts(self.spec(handler).name)).values())
+    async def dead_letter_count(self, handler: type[Handler] | str) -> int:
+        """How many dead letters ``handler`` (a class or a stored name) has, without reading them."""
+        return sum((await self.storage.dead_counts(self._named(handler)[0])).values())
 
-    async def requeue_dead_letters(self, handler: type[Handler]) -> int:
+    async def requeue_dead_letters(self, handler: type[Handler] | str) -> int:
         """Put ``handler``'s dead letters back at the *tail* of their thread and order.
 
         They keep their original envelope (and enqueue time) but lose their
         place: messages registered since they failed are performed first.
         At-least-once: a crash midway may requeue a letter that also stays dead.
-        Returns how many were requeued.
+        ``handler`` is a class or a stored name (nothing is imported); by a name
+        that no class registered through this `Queue` has, an order's precedence
+        is the one storage holds for it in the handler's threads, and an order
+        waiting in none of them ranks as an undeclared order would until it is
+        next registered. Returns how many were requeued.
         """
         return await self._take_dead(handler, requeue=True)
 
-    async def purge_dead_letters(self, handler: type[Handler]) -> int:
-        """Delete ``handler``'s dead letters; returns how many."""
+    async def purge_dead_letters(self, handler: type[Handler] | str) -> int:
+        """Delete ``handler``'s dead letters (a class or a stored name); returns how many."""
         return await self._take_dead(handler, requeue=False)
 
-    async def _take_dead(self, handler: type[Handler], requeue: bool) -> int:
-        spec = self.spec(handler)
+    async def _take_dead(self, handler: type[Handler] | str, requeue: bool) -> int:
+        name, spec = self._named(handler)
+        rank = (await self._stored_ranks(name)) if spec is None else (lambda order: order_rank(order, spec.orders))
         total = 0
-        for threads in _chunks(await self.storage.dead_threads(spec.name)):
-            taken = await self.storage.dead_records(spec.name, threads)
+        for threads in _chunks(await self.storage.dead_threads(name)):
+            taken = await self.storage.dead_records(name, threads)
             if requeue:
                 tubes: dict[Tube, list[bytes]] = {}
                 for thread, raws in zip(threads, taken, strict=True):
                     for record in map(DeadLetterRecord.decode, raws):
                         payload = record.payload.removesuffix(b" ")  # back without an if_not_exists mark
-                        tubes.setdefault(Tube(spec.name, thread, record.order), []).append(payload)
-                writes = [(tube, order_rank(tube.order, spec.orders), payloads) for tube, payloads in tubes.items()]
+                        tubes.setdefault(Tube(name, thread, record.order), []).append(payload)
+                writes = [(tube, rank(tube.order), payloads) for tube, payloads in tubes.items()]
                 if writes:
-                    await self.storage.append_raw(spec.name, writes)
-            await self.storage.take_dead(spec.name, {t: len(raws) for t, raws in zip(threads, taken, strict=True)})
+                    await self.storage.append_raw(name, writes)
+            await self.storage.take_dead(name, {t: len(raws) for t, raws in zip(threads, taken, strict=True)})
             total += sum(map(len, taken))
         return total
 
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError("this Queue is closed")
+
+    def _named(self, handler: type[Handler] | str) -> tuple[str, HandlerSpec | None]:
+        """The stored name of ``handler``, and its spec when a class is at hand (never imported)."""
+        self._check_open()
+        if isinstance(handler, str):
+            return handler, self._by_name.get(handler)
+        spec = self.spec(handler)
+        return spec.name, spec
+
+    async def _stored_ranks(self, name: str) -> Callable[[str], float]:
+        """Order ranks as the storage holds them in ``name``'s threads (by order name; undeclared otherwise)."""
+        snapshot = await self.storage.snapshot([name])
+        ranks = {order: rank for thread in snapshot.threads for order, rank in thread.orders}
+        return lambda order: ranks[order] if order in ranks else order_rank(order, None)
 
     async def close(self) -> None:
         """Close the storage connections; the Queue refuses any further call.

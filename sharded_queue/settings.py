@@ -20,6 +20,7 @@ from typing import Any
 from .errors import SettingsError
 
 ENV_PREFIX = "QUEUE_"
+NOT_SETTINGS = frozenset({"QUEUE_DASHBOARD_TOKEN"})  # QUEUE_* variables read elsewhere (the dashboard), never here
 REGISTER_CHUNK_MAX = 2**20 - 1  # a registration's stamp keeps its count in 20 bits (push.lua)
 
 
@@ -176,7 +177,7 @@ class Settings:
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for key, raw in environ.items():
-            if not key.startswith(ENV_PREFIX):
+            if not key.startswith(ENV_PREFIX) or key in NOT_SETTINGS:
                 continue
             name = key[len(ENV_PREFIX) :].lower()
             if name not in _RULES:

@@ -11,6 +11,7 @@
     sharded-queue unschedule MODULE:HANDLER JSON [JSON ...] [--url URL]
     sharded-queue dead-letters list|requeue|purge MODULE:HANDLER [--url URL] [--json]
     sharded-queue settings [--url URL] [--json]
+    sharded-queue dashboard [--url URL] [--host HOST] [--port PORT] [--allow-actions] [--token TOKEN]
     sharded-queue demo
     sharded-queue --version
 
@@ -21,7 +22,8 @@ embedded default, which no other process can see. Only the handlers named on
 the command line are ever imported, never names found in storage.
 
 Modules: `common` (shared arguments, logging, exit codes), `work` (``worker``),
-`inspect` (read-only commands), `admin` (commands that change the queue), `demo`.
+`inspect` (read-only commands), `admin` (commands that change the queue),
+`dashboard` (the web dashboard), `demo`.
 Exit codes are listed in `common`.
 """
 
@@ -32,7 +34,7 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 
 from ..errors import QueueError, StorageError
-from . import admin, demo, inspect, work
+from . import admin, dashboard, demo, inspect, work
 from .common import UsageError, import_handler
 
 __all__ = ["UsageError", "import_handler", "main", "parser"]
@@ -59,6 +61,7 @@ def parser() -> argparse.ArgumentParser:
     work.add_parser(commands, url)
     inspect.add_parsers(commands, url)
     admin.add_parsers(commands, url)
+    dashboard.add_parser(commands, url)
     shown = commands.add_parser("demo", help="run the seed example on the embedded fakeredis and show what ran where")
     shown.set_defaults(run=demo.demo_command)
     return top

@@ -253,7 +253,9 @@ def test_allow_actions_without_a_token_refuses_to_start(capsys: pytest.CaptureFi
 
 
 def test_no_url_refuses_to_start(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr("sharded_queue.settings.settings.storage_url", None)
+    from sharded_queue import settings
+
+    monkeypatch.setattr(settings, "storage_url", None)
     assert main(["dashboard"]) == 2
     assert "no storage URL" in capsys.readouterr().err
 

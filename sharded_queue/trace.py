@@ -21,6 +21,8 @@ import time
 from collections.abc import Awaitable, Generator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
+import msgspec
+
 from .frames import require_pandas
 
 if TYPE_CHECKING:
@@ -94,6 +96,59 @@ def to_frame(columns: Mapping[str, Sequence[Any]]) -> pd.DataFrame:
     frame["batch"] = frame["batch"].astype("int64")
     for name in ("enqueued_at", "started_at", "finished_at", *names[len(COLUMNS) :]):
         frame[name] = frame[name].astype("float64")
+    return frame
+
+
+class SavedTrace(msgspec.Struct):
+    """A trace as `save_trace` writes it: the columns and what each worker process measured."""
+
+    columns: dict[str, list[Any]]
+    meter: list[dict[str, Any]] = msgspec.field(default_factory=list)
+
+
+def save_trace(path: str, columns: Mapping[str, Sequence[Any]], meter: Sequence[Mapping[str, Any]]) -> None:
+    """Write a trace's columns and run measurements (`sharded_queue.meter`) to ``path`` as JSON."""
+    data = SavedTrace({name: list(values) for name, values in columns.items()}, [dict(m) for m in meter])
+    with open(path, "wb") as file:
+        file.write(msgspec.json.encode(data))
+
+
+def _read(path: str) -> SavedTrace:
+    with open(path, "rb") as file:
+        try:
+            return msgspec.json.decode(file.read(), type=SavedTrace)
+        except msgspec.DecodeError as exc:
+            raise ValueError(f"{path} is not a saved trace: {exc}") from None
+
+
+def merge_traces(path: str, parts: Sequence[str]) -> None:
+    """Write to ``path`` the traces `save_trace` wrote to ``parts`` (worker processes'), as one."""
+    columns: dict[str, list[Any]] = {}
+    meter: list[dict[str, Any]] = []
+    for part in parts:
+        saved = _read(part)
+        for name, values in saved.columns.items():
+            columns.setdefault(name, []).extend(values)
+        meter += saved.meter
+    save_trace(path, columns, meter)
+
+
+def load_trace(*paths: str) -> pd.DataFrame:
+    """The trace DataFrame of one or more files `save_trace` wrote (several worker processes' runs
+    concatenate), with their measurements in ``attrs["meter"]``.
+
+    Raises:
+        ValueError: a file is not a saved trace.
+    """
+    columns: dict[str, list[Any]] = {}
+    meter: list[dict[str, Any]] = []
+    for path in paths:
+        saved = _read(path)
+        for name, values in saved.columns.items():
+            columns.setdefault(name, []).extend(values)
+        meter += saved.meter
+    frame = to_frame(columns or {name: [] for name in COLUMNS})
+    frame.attrs["meter"] = meter
     return frame
 
 

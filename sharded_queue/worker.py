@@ -9,6 +9,7 @@ retry, bisect) live in `sharded_queue.core`, shared with the simulator.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
@@ -18,7 +19,7 @@ import signal
 import socket
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .core import (
@@ -33,12 +34,13 @@ from .errors import StorageError
 from .handler import Handler, HandlerSpec
 from .health import StorageHealth
 from .loop import Loop
+from .meter import RunMeter
 from .queue import Queue
 from .registry import Counters, Presence, WorkerState, wait_or_stop
 from .settings import Settings
 from .stats import collect_stats
 from .storage import Storage
-from .trace import TraceRecorder
+from .trace import TraceRecorder, save_trace
 from .waking import Wakeups
 
 if TYPE_CHECKING:
@@ -107,6 +109,8 @@ class Worker:
         self.forced: signal.Signals | None = None  # the second signal of `serve`, which cancelled the loops
         self._running: set[Loop] = set()
         self.recorder = TraceRecorder() if trace else None
+        self.meter = RunMeter(queue.storage) if trace else None  # what calibrating the twin needs
+        self._metered = 0
         self.wakeups = Wakeups(self.answers)
         self._loops: set[asyncio.Task[Any]] = set()
         self.identity = f"{socket.gethostname()}:{os.getpid()}"
@@ -162,7 +166,7 @@ class Worker:
             raise ValueError(f"limit must be >= 0 or None, got {limit}")
         program = worker_program(self.policy(), limit, random.Random(), self.control)
         listening = self.wakeups.listening(self.queue.storage, self.health, self.settings.storage_timeout)
-        async with self._presence.running(), listening:
+        async with self._presence.running(), listening, self._metering():
             loop = Loop(self, next(_loop_ids))
             self._running.add(loop)
             try:
@@ -296,10 +300,37 @@ class Worker:
             await wait_or_stop(stop, metrics.sample_interval)
 
     def trace(self) -> Any:
-        """The recorded trace as a pandas DataFrame (schema in `sharded_queue.trace`)."""
-        if self.recorder is None:
+        """The recorded trace as a pandas DataFrame (schema in `sharded_queue.trace`), with what
+        this process measured of its run in ``attrs["meter"]`` (`sharded_queue.meter`)."""
+        if self.recorder is None or self.meter is None:
             raise RuntimeError("this worker does not record: create it with Worker(queue, trace=True)")
-        return self.recorder.frame()
+        frame = self.recorder.frame()
+        frame.attrs["meter"] = [self.meter.summary()]
+        return frame
+
+    def save_trace(self, path: str) -> None:
+        """Write the recorded trace and what was measured to ``path`` as JSON (`trace.load_trace` reads it)."""
+        if self.recorder is None or self.meter is None:
+            raise RuntimeError("this worker does not record: create it with Worker(queue, trace=True)")
+        save_trace(path, self.recorder.columns, [self.meter.summary()])
+
+    @contextlib.asynccontextmanager
+    async def _metering(self) -> AsyncIterator[None]:
+        """Measure the run (`RunMeter`) from the first loop's start to the last one's end, when tracing."""
+        meter = self.meter
+        if meter is None:
+            yield
+            return
+        self._metered += 1
+        meter.loops = max(meter.loops, self._metered)
+        if self._metered == 1:
+            await meter.start()
+        try:
+            yield
+        finally:
+            self._metered -= 1
+            if self._metered == 0:
+                await meter.stop()
 
     def __repr__(self) -> str:
         counters, settings = self.counters, self.settings

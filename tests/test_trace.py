@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 import pytest
 
 from sharded_queue import Handler, Queue, RequestRoute, Route, Settings, Worker
-from sharded_queue.testing import trace_run
-from sharded_queue.trace import COLUMNS, OPTIONAL
+from sharded_queue.testing import drain, trace_run
+from sharded_queue.trace import COLUMNS, OPTIONAL, load_trace
+from tests.test_cli import HANDLER, Cli, cli
+
+__all__ = ["cli"]  # the fixture
 
 
 class Traced(Handler):
@@ -80,3 +86,48 @@ async def test_cpu_column_counts_each_performs_own_cpu(settings: Settings) -> No
     cpu = trace.groupby("thread")["cpu"].agg(["min", "max"])
     assert cpu.loc["1", "min"] >= 0.01 and cpu.loc["1", "max"] < 0.02
     assert cpu.loc["0", "max"] < 0.005
+
+
+class Sleepy(Handler):
+    name = "trace:sleepy"
+
+    @classmethod
+    async def route(cls, *requests: int) -> list[RequestRoute]:
+        return [RequestRoute(r, Route(thread=r % 3)) for r in requests]
+
+    async def perform(self, *requests: int) -> None:
+        await asyncio.sleep(0.02)
+
+
+async def test_a_traced_worker_measures_what_calibrating_the_twin_needs(redis_url: str, settings: Settings) -> None:
+    """Process CPU, cores, loops, the event loop's lag, the machine's speed and the storage
+    server's commands and CPU, each with its own instrument (`sharded_queue.meter`)."""
+    queue = Queue(redis_url, settings=settings.copy(key_prefix="meter", worker_batch_size=2))
+    await queue.register(Sleepy, *range(60))
+    worker = Worker(queue, trace=True)
+    await drain(worker, loops=3)
+    frame = worker.trace()
+    (meter,) = frame.attrs["meter"]
+    assert len(frame) == 60 and meter["loops"] == 3 and meter["cores"] >= 1
+    assert 0 < meter["process_cpu"] < meter["stopped"] - meter["started"] + 1
+    assert len(meter["lag"]) >= 3 and min(meter["lag"]) >= 0  # a probe every 50 ms over a run of 0.4 s or more
+    commands = meter["storage"]["commands"]
+    assert commands["evalsha"]["calls"] >= 30 and commands["evalsha"]["usec"] > 0  # a cycle per batch, at least
+    assert meter["storage"]["cpu"] >= 0 and meter["machine_busy"] >= 0
+    await queue.close()
+
+
+def test_worker_trace_flag_writes_one_trace_of_every_process(cli: Cli, tmp_path: Path) -> None:
+    """``sharded-queue worker --trace FILE`` (two processes here) writes what `load_trace` reads."""
+    enqueued = cli.run("enqueue", HANDLER, *[f"[{t}, {s}]" for t in range(4) for s in range(5)])
+    assert enqueued.returncode == 0, enqueued.stderr
+    path = tmp_path / "run.json"
+    done = cli.run("worker", HANDLER, "--processes", "2", "--loops", "2", "--burst", "--trace", str(path))
+    assert done.returncode == 0, done.stderr
+    frame = load_trace(str(path))
+    assert len(frame) == 20 and len(frame.attrs["meter"]) == 2
+    assert {pid for pid, _, _ in cli.performed()} <= {meter["pid"] for meter in frame.attrs["meter"]}
+    assert not list(tmp_path.glob("run.json.*"))  # the processes' parts were merged and removed
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(ValueError, match="is not a saved trace"):
+        load_trace(str(tmp_path / "bad.json"))

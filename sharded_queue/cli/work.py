@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 
 from ..errors import StorageConfigError, StorageError
 from ..handler import Handler
 from ..metrics import Metrics
 from ..storage import Storage
+from ..trace import merge_traces
 from ..worker import Worker
 from .common import UsageError, import_handler, open_queue, plural, setup_logging, storage_url
 
@@ -45,6 +48,11 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser], ur
         "--log-format", choices=["text", "json"], default="text", help="text (default), or one JSON object per line"
     )
     worker.add_argument("--log-file", metavar="PATH", help="append the log to PATH instead of stderr")
+    worker.add_argument(
+        "--trace",
+        metavar="FILE",
+        help="record a trace and what the run cost (for the simulator's calibrate) and write it to FILE at exit",
+    )
     worker.set_defaults(run=worker_command)
 
 
@@ -73,7 +81,7 @@ async def _work(arguments: argparse.Namespace, url: str, handlers: list[type[Han
     metrics = _metrics(arguments)
     try:
         try:
-            worker = Worker(queue, handlers=handlers, metrics=metrics)
+            worker = Worker(queue, handlers=handlers, metrics=metrics, trace=arguments.trace is not None)
         except (TypeError, ValueError) as exc:
             raise UsageError(str(exc)) from exc
         await _check_storage(queue.storage)
@@ -84,7 +92,11 @@ async def _work(arguments: argparse.Namespace, url: str, handlers: list[type[Han
                 where = f"{arguments.metrics_host}:{arguments.metrics_port}"
                 raise UsageError(f"cannot serve metrics on {where}: {exc}") from None
             logger.info("worker %s serves metrics on http://%s:%d/metrics", worker.id, arguments.metrics_host, bound)
-        await worker.serve(arguments.loops, burst=arguments.burst)
+        try:
+            await worker.serve(arguments.loops, burst=arguments.burst)
+        finally:
+            if arguments.trace is not None:
+                worker.save_trace(arguments.trace)
     finally:
         await queue.close()
         if metrics is not None:
@@ -140,22 +152,38 @@ async def _supervise(arguments: argparse.Namespace, url: str) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         event_loop.add_signal_handler(sig, forward, sig)
     waits = {asyncio.create_task(child.wait()): child for child in children}
-    status = 0
     try:
-        while waits:
-            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                child, code = waits.pop(task), task.result()
-                if status or (code == 0 and (signalled or arguments.burst)):
-                    continue
-                status = code if code > 0 else 1
-                why = f"exited with {code}" if code else "exited on its own (exit 0, no signal)"
-                logger.error("worker process %d %s: stopping the others", child.pid, why)
-                for other in waits.values():
-                    other.send_signal(signal.SIGTERM)
+        status = await _wait_children(arguments, waits, lambda: signalled)
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             event_loop.remove_signal_handler(sig)
+    if arguments.trace is not None:
+        parts = [f"{arguments.trace}.{index}" for index in range(len(children))]
+        merge_traces(arguments.trace, [part for part in parts if os.path.exists(part)])
+        for part in parts:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(part)
+    return status
+
+
+async def _wait_children(
+    arguments: argparse.Namespace,
+    waits: dict[asyncio.Task[int], asyncio.subprocess.Process],
+    signalled: Callable[[], bool],
+) -> int:
+    """Wait for the children; at the first that fails (or exits on its own), stop the others."""
+    status = 0
+    while waits:
+        done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            child, code = waits.pop(task), task.result()
+            if status or (code == 0 and (signalled() or arguments.burst)):
+                continue
+            status = code if code > 0 else 1
+            why = f"exited with {code}" if code else "exited on its own (exit 0, no signal)"
+            logger.error("worker process %d %s: stopping the others", child.pid, why)
+            for other in waits.values():
+                other.send_signal(signal.SIGTERM)
     return status
 
 
@@ -167,6 +195,8 @@ def _child(arguments: argparse.Namespace, index: int) -> list[str]:
         command += ["--log-file", arguments.log_file]
     if arguments.burst:
         command.append("--burst")
+    if arguments.trace is not None:
+        command += ["--trace", f"{arguments.trace}.{index}"]
     if arguments.metrics_port is not None:
         port = arguments.metrics_port + index if arguments.metrics_port else 0
         command += ["--metrics-port", str(port), "--metrics-host", arguments.metrics_host]

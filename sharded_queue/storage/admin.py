@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import msgspec
+from redis.asyncio.cluster import RedisCluster
 
 from ..core import ThreadRef, Tube
+from ..errors import StorageError
 from .client import describe_client, embedded_default
 from .keys import Keys
 from .layout import Layout
@@ -94,6 +96,18 @@ class Admin:
         with translate_errors():
             seconds, micros = await self.client.time()
         return float(seconds) + float(micros) / 1_000_000
+
+    async def info(self, section: str) -> dict[str, Any]:
+        """The server's ``INFO section`` (a single server; a cluster's nodes each have their own).
+
+        Raises:
+            StorageError: a cluster, or the server did not answer.
+        """
+        if isinstance(self.client, RedisCluster):
+            raise StorageError("INFO of a cluster is per node: not read")
+        with translate_errors():
+            found: dict[str, Any] = await self.client.info(section)
+        return found
 
     # --- inspection ---------------------------------------------------------
 

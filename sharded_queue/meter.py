@@ -1,0 +1,167 @@
+"""`RunMeter`: what a traced worker process measures about its run, for calibrating the twin.
+
+A trace (`sharded_queue.trace`) says when each message was performed. To fit a
+model of the worker from it (the simulator's ``calibrate``) one also needs what
+the run cost and what it ran on; a `Worker` created with ``trace=True`` measures
+it with instruments of its own, from its first loop's start to its last loop's end:
+
+=====================  ===================================================  ==============================
+field                  what                                                 instrument
+=====================  ===================================================  ==============================
+``process_cpu``        CPU seconds of this worker process                   ``time.process_time``
+``cores``              cores this process may run on                        ``os.sched_getaffinity``
+``machine_busy``       CPU seconds all programs used on the machine         ``/proc/stat`` (Linux)
+``loops``              the most loops that ran at once                      the worker
+``lag``                the event loop's lag: how late a timer fires         a probe every `LAG_EVERY` s
+``speed``              seconds a fixed CPU-bound unit of work takes         a probe every `SPEED_EVERY` s
+``storage``            redis-server's ``INFO commandstats`` (calls, usec    ``INFO`` at start and end, when
+                       per command) and ``INFO cpu`` deltas                 the server answers it
+=====================  ===================================================  ==============================
+
+The probes cost this process a few microseconds every 50 ms and about 0.2 ms a
+second: a worker that does not trace pays nothing. The summary (`RunMeter.summary`)
+is plain JSON, kept in the trace frame's ``attrs["meter"]`` (a list, one entry per
+worker process, so traces of several processes concatenate).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from typing import Any, Protocol
+
+logger = logging.getLogger("sharded_queue")
+
+LAG_EVERY = 0.05
+"""Seconds between two event-loop lag probes."""
+
+SPEED_EVERY = 1.0
+"""Seconds between two speed probes."""
+
+SPEED_UNIT = 20_000
+"""Iterations of the speed probe's unit of work (about 0.2 ms of one core here)."""
+
+
+class _Info(Protocol):
+    async def info(self, section: str) -> dict[str, Any]: ...
+
+
+def cores() -> int:
+    """Cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def machine_busy() -> float | None:
+    """CPU seconds all programs spent on this machine since boot (``/proc/stat``), or None."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = stat.readline().split()
+    except OSError:  # pragma: no cover - not Linux
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(value) for value in fields[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def speed_unit() -> float:
+    """Seconds of this thread's CPU that one unit of fixed work takes (the machine's speed now)."""
+    start = time.thread_time()
+    total = 0
+    for value in range(SPEED_UNIT):
+        total += value * value
+    return time.thread_time() - start
+
+
+class RunMeter:
+    """Measures one worker process's run (see the module docstring); `start`, then `stop`."""
+
+    def __init__(self, storage: _Info | None = None) -> None:
+        self.storage = storage
+        self.loops = 0
+        self.lag: list[float] = []
+        self.speed: list[float] = []
+        self._start: dict[str, Any] = {}
+        self._end: dict[str, Any] = {}
+        self._probes: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        """Take the first readings and start the probes."""
+        self._start = await self._readings()
+        self._end = {}
+        self._probes = [asyncio.create_task(self._lag()), asyncio.create_task(self._speed())]
+
+    async def stop(self) -> None:
+        """Stop the probes and take the last readings."""
+        probes, self._probes = self._probes, []
+        for probe in probes:
+            probe.cancel()
+        if probes:
+            await asyncio.wait(probes)
+        self._end = await self._readings()
+
+    def summary(self) -> dict[str, Any]:
+        """The run's measurements, as plain JSON (up to now when not stopped yet)."""
+        start = self._start
+        end = self._end or {"wall": time.time(), "process_cpu": time.process_time(), "machine_busy": machine_busy()}
+        found: dict[str, Any] = {
+            "pid": os.getpid(),
+            "cores": cores(),
+            "loops": self.loops,
+            "started": start.get("wall"),
+            "stopped": end["wall"],
+            "process_cpu": end["process_cpu"] - start["process_cpu"] if start else None,
+            "lag": list(self.lag),
+            "speed": list(self.speed),
+        }
+        if start.get("machine_busy") is not None and end.get("machine_busy") is not None:
+            found["machine_busy"] = end["machine_busy"] - start["machine_busy"]
+        if start.get("storage") and end.get("storage"):
+            found["storage"] = _storage_delta(start["storage"], end["storage"])
+        return found
+
+    async def _readings(self) -> dict[str, Any]:
+        readings: dict[str, Any] = {
+            "wall": time.time(),
+            "process_cpu": time.process_time(),
+            "machine_busy": machine_busy(),
+        }
+        if self.storage is not None:
+            readings["storage"] = await self._storage()
+        return readings
+
+    async def _storage(self) -> dict[str, Any] | None:
+        assert self.storage is not None
+        try:
+            return {"commandstats": await self.storage.info("commandstats"), "cpu": await self.storage.info("cpu")}
+        except Exception as exc:  # a cluster, a fakeredis or a server that refuses INFO: not readable
+            logger.debug("trace: the storage server's INFO is not readable: %s", exc)
+            return None
+
+    async def _lag(self) -> None:
+        event_loop = asyncio.get_running_loop()
+        while True:
+            planned = event_loop.time() + LAG_EVERY
+            await asyncio.sleep(LAG_EVERY)
+            self.lag.append(max(0.0, event_loop.time() - planned))
+
+    async def _speed(self) -> None:
+        while True:
+            await asyncio.sleep(SPEED_EVERY)
+            self.speed.append(speed_unit())
+
+
+def _storage_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """What the storage server did between two ``INFO`` readings: per command, calls and
+    microseconds; and its own CPU seconds (system and user)."""
+    commands = {}
+    for name, stats in after["commandstats"].items():
+        old = before["commandstats"].get(name, {"calls": 0, "usec": 0})
+        calls = int(stats["calls"]) - int(old["calls"])
+        if calls:
+            commands[name.removeprefix("cmdstat_")] = {"calls": calls, "usec": int(stats["usec"]) - int(old["usec"])}
+    cpu = sum(float(after["cpu"][key]) - float(before["cpu"][key]) for key in ("used_cpu_sys", "used_cpu_user"))
+    return {"commands": commands, "cpu": cpu}

@@ -13,7 +13,7 @@ COMPILE = $(BIN)/uv pip compile pyproject.toml requirements/build.in --generate-
 	--python-version 3.11 --custom-compile-command "make lock" --quiet
 PYTEST = python -m pytest -q -p no:cacheprovider --nbval-lax
 
-.PHONY: demo test test-all test-latest lint lock bench clean
+.PHONY: demo test test-all test-latest lint lock bench docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,10 @@ test-latest:
 	$(LATEST)/bin/mypy
 	$(LATEST)/bin/$(PYTEST) -m "not slow" tests notebooks
 
+# The documentation site (mkdocs, warnings as errors; the notebooks run against a redis-server it starts).
+docs: $(STAMP_DEV)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python docs/build.py
+
 lock: $(STAMP_DEV)
 	$(COMPILE) -o $(LOCK_RUN)
 	$(COMPILE) --extra dev -o $(LOCK_DEV)
@@ -68,4 +72,4 @@ bench: $(STAMP_DEV)
 	$(BIN)/python -m benchmarks
 
 clean:
-	rm -rf $(VENV) $(LATEST) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(LATEST) build .pytest_cache .mypy_cache .ruff_cache

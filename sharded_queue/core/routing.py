@@ -28,17 +28,19 @@ class Route(_RouteFields):
 
     An immutable (thread, order) pair; made once per registered request, so it
     is a tuple for speed.
-
-    Args:
-        thread: Thread name; ints are normalised with ``str()``. Defaults to
-            ``settings.default_thread`` at call time.
-        order: Order (priority) inside the thread; see `Handler.orders`.
-            Defaults to ``settings.default_order`` at call time.
     """
 
     __slots__ = ()
 
     def __new__(cls, thread: str | int | None = None, order: str | int | None = None) -> Route:
+        """A route.
+
+        Args:
+            thread: Thread name; ints are normalised with ``str()``. Defaults to
+                ``settings.default_thread`` at call time.
+            order: Order (priority) inside the thread; see `Handler.orders`.
+                Defaults to ``settings.default_order`` at call time.
+        """
         if thread is None:
             thread = settings.default_thread
         if order is None:

@@ -48,6 +48,18 @@ def chunks(jobs: list[Job], size: int) -> list[list[Job]]:
     return [jobs[i : i + size] for i in range(0, len(jobs), size)]
 
 
+async def concurrently(items: list[Any], width: int, send: Callable[[Any], Awaitable[Any]]) -> None:
+    """Await ``send(item)`` for every item, ``width`` calls in flight at a time (``width`` producers
+    sharing one iterator): how a producer without a bulk method keeps its round trips overlapping."""
+    pending = iter(items)
+
+    async def producer() -> None:
+        for item in pending:
+            await send(item)
+
+    await asyncio.gather(*(producer() for _ in range(width)))
+
+
 def rss_bytes() -> int:
     """Resident set size of this process, from ``/proc/self/statm``."""
     with open("/proc/self/statm") as statm:

@@ -1,0 +1,79 @@
+"""Runner for rq, in its own virtualenv: ``RQ_VENV/bin/python -I rq_runner.py REDIS_URL``.
+
+Speaks the JSON-line protocol of ``benchmarks/workload.py`` (rq is synchronous: each
+command blocks this runner's event loop while it runs, which nothing else needs).
+The job is ``noop(job_id, user_id, kind)``; rq pickles it (its default serializer).
+
+- fill: ``Queue.enqueue_many`` of ``Queue.prepare_data`` items, one pipeline per call
+  of ``chunk`` jobs (rq's documented bulk enqueue); the job options (``result_ttl``)
+  come from the command's ``job`` options;
+- drain: one ``SimpleWorker`` (jobs run in this process, no fork per job) working
+  the queue in burst mode, its keyword settings from the command's ``settings``,
+  logging at WARNING (no line per job), timed until ``work`` returns.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from redis import Redis
+from rq import Queue, SimpleWorker  # type: ignore[import-not-found]
+from workload import Counter, chunks, make_jobs, serve  # type: ignore[import-not-found]
+
+COUNTER = Counter()
+QUEUE = "bench"
+URL = ""
+
+
+def noop(job_id: int, user_id: int, kind: str) -> None:
+    COUNTER.add(1)
+
+
+async def _setup(url: str) -> None:
+    global URL
+    URL = url
+
+
+async def fill(command: dict[str, Any]) -> dict[str, Any]:
+    calls = chunks(make_jobs(command["n"]), command["chunk"])
+    options = command.get("job", {})
+    connection = Redis.from_url(URL)
+    try:
+        connection.ping()
+        queue = Queue(QUEUE, connection=connection)
+        started, cpu = time.perf_counter(), time.process_time()
+        for call in calls:
+            queue.enqueue_many(
+                [Queue.prepare_data(noop, (job.job_id, job.user_id, job.kind), **options) for job in call]
+            )
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    finally:
+        connection.close()
+    return {"seconds": seconds, "cpu": cpu, "registered": command["n"]}
+
+
+async def drain(command: dict[str, Any]) -> dict[str, Any]:
+    COUNTER.reset(command["n"])
+    connection = Redis.from_url(URL)
+    try:
+        connection.ping()
+        queue = Queue(QUEUE, connection=connection)
+        worker = SimpleWorker([queue], connection=connection, **command.get("settings", {}))
+        started, cpu = time.perf_counter(), time.process_time()
+        worker.work(burst=True, logging_level="WARNING")
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+        left = queue.count
+    finally:
+        connection.close()
+    if COUNTER.count != command["n"]:
+        raise RuntimeError(f"drain did not finish: {COUNTER.count}/{command['n']} performed")
+    return COUNTER.report(seconds, cpu, left)
+
+
+if __name__ == "__main__":
+    serve({"fill": fill, "drain": drain}, _setup)

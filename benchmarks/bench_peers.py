@@ -60,7 +60,7 @@ class Peer:
     receiver), ``job`` to each enqueued job, ``broker`` to its broker; ``producers``
     is how many enqueue calls a producer without a bulk method keeps in flight,
     ``chunk`` the jobs per bulk call of one that has it. ``fresh``: a new runner
-    process for every run (its worker cannot be stopped reliably in-process).
+    process for every run, ended after it (its worker does not stop promptly in-process).
     """
 
     name: str
@@ -110,6 +110,7 @@ PEERS: dict[str, Peer] = {
             settings={"log_job_description": False},
             job={"result_ttl": 0},
             chunk=1_000,
+            fresh=True,
         ),
         Peer(
             "dramatiq",

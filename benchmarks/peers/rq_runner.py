@@ -9,7 +9,11 @@ The job is ``noop(job_id, user_id, kind)``; rq pickles it (its default serialize
   come from the command's ``job`` options;
 - drain: one ``SimpleWorker`` (jobs run in this process, no fork per job) working
   the queue in burst mode, its keyword settings from the command's ``settings``,
-  logging at WARNING (no line per job), timed until ``work`` returns.
+  logging at WARNING (no line per job), timed until the last job was performed.
+  Its teardown would then wait up to a minute for its pub/sub thread (rq polls
+  that channel every 60 s, and redis-py joins the thread on stop): `BenchWorker`
+  only unsubscribes, and the benchmark ends this runner process after each drain,
+  the idle daemon thread with it.
 """
 
 from __future__ import annotations
@@ -28,10 +32,21 @@ from workload import Counter, chunks, make_jobs, serve  # type: ignore[import-no
 COUNTER = Counter()
 QUEUE = "bench"
 URL = ""
+LAST: list[float] = []  # perf_counter and process_time when the last job was performed
+
+
+class BenchWorker(SimpleWorker):  # type: ignore[misc]
+    """rq's `SimpleWorker`, less the wait for its pub/sub thread at teardown (see above)."""
+
+    def unsubscribe(self) -> None:
+        if self.pubsub_thread:
+            self.pubsub.unsubscribe()
 
 
 def noop(job_id: int, user_id: int, kind: str) -> None:
     COUNTER.add(1)
+    if COUNTER.count == COUNTER.target:
+        LAST[:] = [time.perf_counter(), time.process_time()]
 
 
 async def _setup(url: str) -> None:
@@ -59,20 +74,20 @@ async def fill(command: dict[str, Any]) -> dict[str, Any]:
 
 async def drain(command: dict[str, Any]) -> dict[str, Any]:
     COUNTER.reset(command["n"])
+    LAST.clear()
     connection = Redis.from_url(URL)
     try:
         connection.ping()
         queue = Queue(QUEUE, connection=connection)
-        worker = SimpleWorker([queue], connection=connection, **command.get("settings", {}))
+        worker = BenchWorker([queue], connection=connection, **command.get("settings", {}))
         started, cpu = time.perf_counter(), time.process_time()
         worker.work(burst=True, logging_level="WARNING")
-        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
         left = queue.count
     finally:
         connection.close()
     if COUNTER.count != command["n"]:
         raise RuntimeError(f"drain did not finish: {COUNTER.count}/{command['n']} performed")
-    return COUNTER.report(seconds, cpu, left)
+    return COUNTER.report(LAST[0] - started, LAST[1] - cpu, left)
 
 
 if __name__ == "__main__":

@@ -91,38 +91,36 @@ PEERS: dict[str, Peer] = {
         Peer(
             "arq",
             ("arq==0.28.0", "redis==5.3.1", HIREDIS),  # arq 0.28 requires redis-py < 6
-            "max_jobs=100, poll_delay=0, keep_result=0; enqueue_job, 20 in flight",
-            settings={"max_jobs": 100, "poll_delay": 0, "keep_result": 0},
+            "max_jobs=100, poll_delay=0.01, keep_result=0; enqueue_job, 20 in flight",
+            settings={"max_jobs": 100, "poll_delay": 0.01, "keep_result": 0},
             producers=20,
         ),
         Peer(
             "saq",
             # saq 0.26.4 imports typing_extensions without declaring it
             ("saq==0.26.4", REDIS_PY, HIREDIS, "typing_extensions==4.16.0"),
-            "concurrency=50; enqueue, 20 in flight",
-            settings={"concurrency": 50},
+            "concurrency=10 (default); enqueue, 20 in flight",
+            settings={"concurrency": 10},
             producers=20,
         ),
         Peer(
             "rq",
             ("rq==3.0.0", REDIS_PY, HIREDIS),
-            "SimpleWorker (no fork), burst, result_ttl=0; enqueue_many, 1,000 a pipeline",
-            settings={"log_job_description": False},
-            job={"result_ttl": 0},
+            "SimpleWorker (no fork per job), burst; enqueue_many, 1,000 a pipeline",
             chunk=1_000,
             fresh=True,
         ),
         Peer(
             "dramatiq",
             ("dramatiq==2.2.1", REDIS_PY, HIREDIS),
-            "RedisBroker, 1 process, worker_threads=8 (default), prefetch 16 (default); send",
-            settings={"worker_threads": 8},
+            "RedisBroker, worker_threads=8 (default), queue_prefetch=256; send",
+            settings={"worker_threads": 8, "queue_prefetch": 256},
         ),
         Peer(
             "taskiq",
             ("taskiq==0.13.0", "taskiq-redis==1.2.4", REDIS_PY, HIREDIS),
-            "RedisStreamBroker (acks), max_async_tasks=100 (CLI default); kiq, 20 in flight",
-            settings={"max_async_tasks": 100},
+            "RedisStreamBroker (acks), max_async_tasks=10; kiq, 20 in flight",
+            settings={"max_async_tasks": 10},
             producers=20,
             fresh=True,
         ),
@@ -133,18 +131,28 @@ PEERS: dict[str, Peer] = {
 GRID: dict[str, list[dict[str, Any]]] = {
     "arq": [
         {},
-        {"max_jobs": 10, "poll_delay": 0},
-        {"max_jobs": 100, "poll_delay": 0},
-        {"max_jobs": 100, "poll_delay": 0, "keep_result": 0},
+        {"poll_delay": 0.01},
+        {"max_jobs": 100, "poll_delay": 0.01},
         {"max_jobs": 100, "poll_delay": 0.01, "keep_result": 0},
+        {"max_jobs": 100, "poll_delay": 0, "keep_result": 0},
+        {"max_jobs": 1000, "poll_delay": 0.01, "keep_result": 0},
     ],
+    # saq at concurrency 200 fails: each waiting BLMOVE holds a connection, redis-py's pool has 100
     "saq": [{}, {"concurrency": 8}, {"concurrency": 50}, {"concurrency": 100}],
     "rq": [{}, {"job": {"result_ttl": 0}}],
-    "dramatiq": [{"worker_threads": 1}, {}, {"worker_threads": 16}, {"queue_prefetch": 256}],
+    "dramatiq": [
+        {"worker_threads": 1},
+        {},
+        {"worker_threads": 32},
+        {"worker_threads": 8, "queue_prefetch": 256},
+        {"worker_threads": 8, "queue_prefetch": 1000},
+        {"worker_threads": 32, "queue_prefetch": 1000},
+    ],
     "taskiq": [
         {"max_async_tasks": 10},
         {"max_async_tasks": 100},
         {"max_async_tasks": 1000},
+        {"max_async_tasks": 100, "max_prefetch": 100},
         {"max_async_tasks": 100, "broker": {"xread_count": 1000}},
     ],
 }
@@ -165,6 +173,7 @@ class Config:
     threads: int = 8
     loops: int = 8
     grid_n: int = 5_000
+    grid_reps: int = 2
     suites: tuple[str, ...] = ("peers",)
 
     def jobs(self, system: str) -> int:
@@ -172,7 +181,7 @@ class Config:
 
 
 FULL = Config()
-QUICK = Config(n=_sizes(2_000, 20_000, 500), reps=1, grid_n=1_000)
+QUICK = Config(n=_sizes(2_000, 20_000, 500), reps=1, grid_n=1_000, grid_reps=1)
 
 
 # --- virtualenvs -------------------------------------------------------------------
@@ -260,7 +269,7 @@ def run_once(system: System, server: BenchServer, n: int) -> dict[str, float]:
         before = server.cpu()
         filled = runner.call(system.fill | {"n": n})
         middle = server.cpu()
-        drained = runner.call(system.drain | {"n": n, "timeout": 900})
+        drained = runner.call(system.drain | {"n": n, "timeout": 300})
         after = server.cpu()
     finally:
         if system.fresh:
@@ -343,10 +352,16 @@ def render(report: dict[str, Any]) -> str:
         lines.append("")
     grid = report["results"].get("settings", {})
     if grid:
-        lines += ["| peer | settings | drain, jobs/s |", "|---|---|---|"]
+        lines += [
+            "| peer | settings | jobs | drain, jobs/s | CPU us/job, drain: worker + redis |",
+            "|---|---|---|---|---|",
+        ]
         for name, entries in grid.items():
-            for entry in entries:
-                lines.append(f"| {name} | {entry['settings']} | {entry['drain']:,.0f} |")
+            for e in entries:
+                lines.append(
+                    f"| {name} | {e['settings']} | {e['n']:,} | {e['drain']:,.0f} | "
+                    f"{e['drain_cpu_us']:.1f} + {e['drain_server_us']:.1f} |"
+                )
         lines.append("")
     m = report["machine"]
     load = report["load_average"]
@@ -450,22 +465,44 @@ def main(argv: list[str] | None = None) -> int:
 def grid(
     names: list[str], pythons: dict[str, Path], server: BenchServer, config: Config, logs: Path
 ) -> dict[str, list[dict[str, Any]]]:
-    """Each peer's drain rate over its settings grid, one run each of ``grid_n`` jobs (rq: a quarter)."""
-    print(f"\n[settings] each peer's drain over its documented throughput settings, {config.grid_n:,} jobs", flush=True)
+    """Each peer's drain over its settings grid: ``grid_n`` jobs (rq: a quarter), the settings
+    taking turns ``grid_reps`` times; the median rate and CPU per job of each."""
+    print(
+        f"\n[settings] each peer's drain over its documented throughput settings, {config.grid_n:,} jobs, "
+        f"{config.grid_reps} runs each, the settings taking turns",
+        flush=True,
+    )
     out: dict[str, list[dict[str, Any]]] = {}
     for name in names:
         peer = PEERS[name]
         n = config.grid_n // 4 if name == "rq" else config.grid_n
-        out[name] = []
-        for tuned in GRID[name]:
-            system = peer_system(peer, pythons[name], logs, server.url, tuned)
-            try:
+        systems = [peer_system(peer, pythons[name], logs, server.url, tuned) for tuned in GRID[name]]
+        runs: list[list[dict[str, float]]] = [[] for _ in systems]
+        try:
+            for system in systems:
                 run_once(system, server, max(100, n // 10))  # warm-up
-                run = run_once(system, server, n)
-            finally:
+            for _ in range(config.grid_reps):
+                for system, done in zip(systems, runs, strict=True):
+                    done.append(run_once(system, server, n))
+        finally:
+            for system in systems:
                 system.close()
-            out[name].append({"settings": describe(tuned), "n": n} | run)
-            print(f"  {name:9s} {describe(tuned):55s} drain {run['drain']:>9,.0f}/s", flush=True)
+        out[name] = []
+        for tuned, done in zip(GRID[name], runs, strict=True):
+            row = {
+                "settings": describe(tuned),
+                "n": n,
+                "drain": statistics.median(run["drain"] for run in done),
+                "drain_cpu_us": statistics.median(run["drain_cpu_us"] for run in done),
+                "drain_server_us": statistics.median(run["drain_server_us"] for run in done),
+                "runs": done,
+            }
+            out[name].append(row)
+            print(
+                f"  {name:9s} {row['settings']:60s} drain {row['drain']:>9,.0f}/s  CPU us/job "
+                f"{row['drain_cpu_us']:6.1f} + {row['drain_server_us']:5.1f}",
+                flush=True,
+            )
     return out
 
 

@@ -28,7 +28,7 @@ from dramatiq.brokers.redis import RedisBroker  # type: ignore[import-not-found]
 from workload import Counter, make_jobs, serve  # type: ignore[import-not-found]
 
 QUEUE = "bench"
-URL = ""
+URL = sys.argv[1]  # the benchmark's own redis-server
 
 
 class ThreadCounter(Counter):
@@ -57,11 +57,6 @@ COUNTER = ThreadCounter()
 
 def noop(job_id: int, user_id: int, kind: str) -> None:
     COUNTER.add(1)
-
-
-async def _setup(url: str) -> None:
-    global URL
-    URL = url
 
 
 def _broker() -> tuple[Any, Any]:
@@ -107,4 +102,4 @@ async def drain(command: dict[str, Any]) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    serve({"fill": fill, "drain": drain}, _setup)
+    serve({"fill": fill, "drain": drain})

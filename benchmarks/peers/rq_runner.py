@@ -31,7 +31,7 @@ from workload import Counter, chunks, make_jobs, serve  # type: ignore[import-no
 
 COUNTER = Counter()
 QUEUE = "bench"
-URL = ""
+URL = sys.argv[1]  # the benchmark's own redis-server
 LAST: list[float] = []  # perf_counter and process_time when the last job was performed
 
 
@@ -47,11 +47,6 @@ def noop(job_id: int, user_id: int, kind: str) -> None:
     COUNTER.add(1)
     if COUNTER.count == COUNTER.target:
         LAST[:] = [time.perf_counter(), time.process_time()]
-
-
-async def _setup(url: str) -> None:
-    global URL
-    URL = url
 
 
 async def fill(command: dict[str, Any]) -> dict[str, Any]:
@@ -91,4 +86,4 @@ async def drain(command: dict[str, Any]) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    serve({"fill": fill, "drain": drain}, _setup)
+    serve({"fill": fill, "drain": drain})

@@ -15,26 +15,20 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-import time
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from saq import Queue, Worker  # type: ignore[import-not-found]
-from workload import Counter, concurrently, make_jobs, serve  # type: ignore[import-not-found]
+from workload import Counter, make_jobs, serve, timed_enqueue, work_until_counted  # type: ignore[import-not-found]
 
 COUNTER = Counter()
 QUEUE = "bench"
-URL = ""
+URL = sys.argv[1]  # the benchmark's own redis-server
 
 
 async def noop(ctx: dict[str, Any], *, job_id: int, user_id: int, kind: str) -> None:
     COUNTER.add(1)
-
-
-async def _setup(url: str) -> None:
-    global URL
-    URL = url
 
 
 async def fill(command: dict[str, Any]) -> dict[str, Any]:
@@ -47,35 +41,26 @@ async def fill(command: dict[str, Any]) -> dict[str, Any]:
         async def send(job: Any) -> None:
             await queue.enqueue("noop", job_id=job.job_id, user_id=job.user_id, kind=job.kind, **options)
 
-        started, cpu = time.perf_counter(), time.process_time()
-        await concurrently(jobs, command["producers"], send)
-        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+        return await timed_enqueue(jobs, command["producers"], send)
     finally:
         await queue.disconnect()
-    return {"seconds": seconds, "cpu": cpu, "registered": len(jobs)}
 
 
 async def drain(command: dict[str, Any]) -> dict[str, Any]:
     COUNTER.reset(command["n"])
-    assert COUNTER.done is not None
     queue = Queue.from_url(URL, name=QUEUE)
     await queue.connect()
     worker = Worker(queue, functions=[("noop", noop)], **command.get("settings", {}))
-    started, cpu = time.perf_counter(), time.process_time()
-    task = asyncio.create_task(worker.start())
-    finished = asyncio.create_task(COUNTER.done.wait())
-    await asyncio.wait([finished, task], timeout=command.get("timeout", 600), return_when="FIRST_COMPLETED")
-    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
-    finished.cancel()
+    task, seconds, cpu = await work_until_counted(COUNTER, worker.start(), command.get("timeout", 600))
     await worker.stop()
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     left = await queue.count("queued")
     await queue.disconnect()
-    if not COUNTER.done.is_set():
+    if COUNTER.count < COUNTER.target:
         raise RuntimeError(f"drain did not finish: {COUNTER.count}/{command['n']} performed")
     return COUNTER.report(seconds, cpu, left)
 
 
 if __name__ == "__main__":
-    serve({"fill": fill, "drain": drain}, _setup)
+    serve({"fill": fill, "drain": drain})

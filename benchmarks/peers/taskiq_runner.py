@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -29,20 +28,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from redis.asyncio import Redis
 from taskiq.receiver import Receiver  # type: ignore[import-not-found]
 from taskiq_redis import RedisStreamBroker  # type: ignore[import-not-found]
-from workload import Counter, concurrently, make_jobs, serve  # type: ignore[import-not-found]
+from workload import Counter, make_jobs, serve, timed_enqueue, work_until_counted  # type: ignore[import-not-found]
 
 COUNTER = Counter()
 QUEUE = "bench"
-URL = ""
+URL = sys.argv[1]  # the benchmark's own redis-server
 
 
 async def noop(job_id: int, user_id: int, kind: str) -> None:
     COUNTER.add(1)
-
-
-async def _setup(url: str) -> None:
-    global URL
-    URL = url
 
 
 def _broker(command: dict[str, Any]) -> tuple[Any, Any]:
@@ -60,12 +54,9 @@ async def fill(command: dict[str, Any]) -> dict[str, Any]:
         async def send(job: Any) -> None:
             await task.kiq(job.job_id, job.user_id, job.kind)
 
-        started, cpu = time.perf_counter(), time.process_time()
-        await concurrently(jobs, command["producers"], send)
-        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+        return await timed_enqueue(jobs, command["producers"], send)
     finally:
         await broker.shutdown()
-    return {"seconds": seconds, "cpu": cpu, "registered": len(jobs)}
 
 
 async def _left() -> int:
@@ -80,25 +71,19 @@ async def drain(command: dict[str, Any]) -> dict[str, Any]:
     at most. Its shutdown can hang (a cancelled read inside the broker's ``listen``), so the
     benchmark runs each drain in a fresh runner process, which it ends afterwards."""
     COUNTER.reset(command["n"])
-    assert COUNTER.done is not None
     broker, _ = _broker(command)
     broker.is_worker_process = True
     shutdown = asyncio.Event()
     pool = ThreadPoolExecutor()
     receiver = Receiver(broker, executor=pool, **command.get("settings", {}))
-    started, cpu = time.perf_counter(), time.process_time()
-    task = asyncio.create_task(receiver.listen(shutdown))
-    finished = asyncio.create_task(COUNTER.done.wait())
-    await asyncio.wait([finished, task], timeout=command.get("timeout", 600), return_when="FIRST_COMPLETED")
-    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
-    finished.cancel()
+    task, seconds, cpu = await work_until_counted(COUNTER, receiver.listen(shutdown), command.get("timeout", 600))
     shutdown.set()
     await asyncio.wait([task], timeout=3)
     left = await _left()
-    if not COUNTER.done.is_set():
+    if COUNTER.count < COUNTER.target:
         raise RuntimeError(f"drain did not finish: {COUNTER.count}/{command['n']} performed")
     return COUNTER.report(seconds, cpu, left) | {"stopped": task.done()}
 
 
 if __name__ == "__main__":
-    serve({"fill": fill, "drain": drain}, _setup)
+    serve({"fill": fill, "drain": drain})

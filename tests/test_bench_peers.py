@@ -44,7 +44,14 @@ def test_summarise_takes_medians_and_pairs_the_runs() -> None:
 
 def test_render_shows_every_row_with_its_settings_and_ratios() -> None:
     report = {
-        "results": {"peers": summarise(RUNS), "settings": {"arq": [{"settings": "defaults", "drain": 210.0}]}},
+        "results": {
+            "peers": summarise(RUNS),
+            "settings": {
+                "arq": [
+                    {"settings": "defaults", "n": 1_000, "drain": 210.0, "drain_cpu_us": 900.0, "drain_server_us": 90.0}
+                ]
+            },
+        },
         "labels": {LIB_128: "**this library**, batch 128", LIB_1: "**this library**, batch 1", "arq": "arq 0.28.0"},
         "settings": {"arq": PEERS["arq"].best},
         "jobs": {LIB_128: 100_000, LIB_1: 20_000, "arq": 20_000},
@@ -67,7 +74,7 @@ def test_render_shows_every_row_with_its_settings_and_ratios() -> None:
     assert "| 2,000 (2,000-3,000) |" in arq
     assert arq.endswith("| 200.0x, 5.00x |")
     assert "| **this library**, batch 128 |" in table
-    assert "| arq | defaults | 210 |" in table
+    assert "| arq | defaults | 1,000 | 210 | 900.0 + 90.0 |" in table
     assert "Load average 0.50 before, 0.70 after." in table
 
 

@@ -5,13 +5,16 @@
   bare redis-py ceiling, worker processes (``--processes 1`` and ``2``) with their
   CPU per message, Redis Cluster against one Redis, idle latency, scaling,
   worker RSS; on request the peer's settings grid and py-spy profiles;
+- `benchmarks.bench_peers`: the popular Redis queues (arq, saq, rq, dramatiq,
+  taskiq), each in its own virtualenv, against this library at batch 1 and 128:
+  enqueue and drain rates of a backlog of no-op jobs, CPU per job;
 - `benchmarks.bench_faults`: Redis memory per waiting message, and what one
   huge `register` costs other clients;
 - `benchmarks.bench_scheduling`: lateness of deferred requests, and the cost of
   ``if_not_exists`` and ``defer`` on `register`;
 - `benchmarks.bench_simulator` (when present): the simulator's own benchmarks.
 
-Runners (`lib_runner`, `peer_runner`, `bare`) are subprocesses the suites drive;
+Runners (`lib_runner`, `peer_runner`, `bare`, ``peers/*_runner.py``) are subprocesses the suites drive;
 `workload` is the workload and line protocol they share; `stacks` folds py-spy's
 raw stacks into per-function shares.
 """

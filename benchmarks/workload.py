@@ -18,8 +18,9 @@ import json
 import os
 import resource
 import sys
+import time
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -46,6 +47,40 @@ def thread_of(job: Job, threads: int) -> int:
 def chunks(jobs: list[Job], size: int) -> list[list[Job]]:
     """``jobs`` cut into registration calls of ``size``."""
     return [jobs[i : i + size] for i in range(0, len(jobs), size)]
+
+
+async def concurrently(items: list[Any], width: int, send: Callable[[Any], Awaitable[Any]]) -> None:
+    """Await ``send(item)`` for every item, ``width`` calls in flight at a time (``width`` producers
+    sharing one iterator): how a producer without a bulk method keeps its round trips overlapping."""
+    pending = iter(items)
+
+    async def producer() -> None:
+        for item in pending:
+            await send(item)
+
+    await asyncio.gather(*(producer() for _ in range(width)))
+
+
+async def timed_enqueue(items: list[Any], width: int, send: Callable[[Any], Awaitable[Any]]) -> dict[str, Any]:
+    """`concurrently`, timed: what a runner's ``fill`` answers (wall and CPU seconds, items sent)."""
+    started, cpu = time.perf_counter(), time.process_time()
+    await concurrently(items, width, send)
+    return {"seconds": time.perf_counter() - started, "cpu": time.process_time() - cpu, "registered": len(items)}
+
+
+async def work_until_counted(
+    counter: Counter, work: Coroutine[Any, Any, Any], timeout: float
+) -> tuple[asyncio.Task[Any], float, float]:
+    """Run ``work`` (a worker's main coroutine) as a task until ``counter`` reaches its target, the
+    task ends or ``timeout`` passes: the task, still running, and the wall and CPU seconds it took."""
+    assert counter.done is not None
+    started, cpu = time.perf_counter(), time.process_time()
+    task = asyncio.create_task(work)
+    finished = asyncio.create_task(counter.done.wait())
+    await asyncio.wait([finished, task], timeout=timeout, return_when="FIRST_COMPLETED")
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    finished.cancel()
+    return task, seconds, cpu
 
 
 def rss_bytes() -> int:

@@ -305,11 +305,12 @@ def stats_table(rows: Sequence[StatsRow]) -> str:
                 "" if row.lag is None else f"{row.lag:.3f}",
                 row.holder or "",
                 since,
+                str(row.deferred),
                 str(row.dead),
             ]
         )
     widths = [max(len(line[column]) for line in cells) for column in range(len(COLUMNS))]
-    numeric = {COLUMNS.index(name) for name in ("depth", "lag", "dead")}
+    numeric = {COLUMNS.index(name) for name in ("depth", "lag", "deferred", "dead")}
     return "\n".join(
         "  ".join(
             cell.rjust(widths[column]) if column in numeric else cell.ljust(widths[column])

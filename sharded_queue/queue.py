@@ -3,28 +3,22 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from datetime import datetime, timedelta
+from typing import Any
 
 import msgspec
 
+from .admin import QueueAdmin
 from .core import Cron, RequestRoute, Schedule, Tube, check_routes, due_when, group_by_tube, order_rank
-from .deadletters import DeadLetterRecord
 from .errors import StorageError
 from .handler import Handler, HandlerSpec
-from .registry import collect_workers, workers_frame
 from .settings import Settings
 from .settings import settings as default_settings
-from .stats import collect_stats, stats_frame
 from .storage import Storage, StoredSchedule, TubeWrite
 
-if TYPE_CHECKING:
-    import pandas as pd
 
-
-class Queue:
-    """Registers requests into their handler's tubes.
+class Queue(QueueAdmin):
+    """Registers requests into their handler's tubes; reads and administers them (`QueueAdmin`).
 
     Args:
         storage: A storage URL (``redis://``, ``rediss://``, ``redis+cluster://``),
@@ -157,7 +151,15 @@ class Queue:
         return TubeWrite(tube, rank, envelopes, unique, when, msgspec.json.encode(kept))
 
     async def unschedule(self, handler: type[Handler], *requests: Any) -> int:
-        """Stop recurring requests (routed like `register` routes them); returns how many were scheduled."""
+        """Stop recurring requests and drop deferred ones, routed like `register` routes them.
+
+        A deferred request goes when its encoded bytes and order equal those of
+        one of ``requests`` (all such, if it was deferred more than once). Takes
+        the class, not a stored name: the requests are routed by its ``route()``.
+
+        Returns:
+            How many were removed: schedules stopped plus deferred requests dropped.
+        """
         spec = self.spec(handler)
         if not requests:
             return 0
@@ -167,104 +169,8 @@ class Queue:
             for envelope in spec.codec.encode(batch, 0.0).split(b"\n"):
                 request = envelope[envelope.index(b",") + 1 : -1]  # as push.lua cuts it
                 members.setdefault(tube.thread, []).append(request + b"\n" + tube.order.encode())
-        return await self.storage.unschedule(spec.name, members)
-
-    async def schedules(self, handler: type[Handler]) -> pd.DataFrame:
-        """``handler``'s recurring requests: request, thread, order, every (seconds or a cron
-        string) and next_at (the next tick, an aware UTC datetime on the storage server's clock)."""
-        import pandas as pd
-
-        spec = self.spec(handler)
-        rows = []
-        for thread, member, kept, next_due in await self.storage.schedules(spec.name):
-            request, _, order = member.partition(b"\n")
-            _, decoded = spec.codec.decode(b"[0," + request + b"]")
-            schedule = kept.schedule()
-            rows.append((decoded, thread, order.decode(), schedule.describe(), datetime.fromtimestamp(next_due, UTC)))
-        return pd.DataFrame(rows, columns=["request", "thread", "order", "every", "next_at"])
-
-    async def pending(self, handler: type[Handler]) -> int:
-        """Messages of ``handler`` waiting in storage (inspection; walks the handler's index)."""
-        return await self.storage.pending(self.spec(handler).name)
-
-    async def stats(self, handlers: Sequence[str | type[Handler]] | None = None) -> pd.DataFrame:
-        """Depth, lag, holder and dead letters per tube, plus a total row per handler.
-
-        One row per (handler, thread, order) that holds messages and one per
-        handler with ``thread`` and ``order`` None; columns ``handler, thread,
-        order, depth, lag, holder, held_since, dead`` (explained in
-        `sharded_queue.stats`). Lag is the storage server's clock minus the
-        producer's ``enqueued_at``. Reads a fixed number of pipelined round
-        trips, whatever the number of threads; imports nothing.
-
-        Args:
-            handlers: Handler classes or stored names; default every handler name
-                kept in storage (registered, or run by a worker).
-
-        Raises:
-            StorageError: Redis failed or did not answer in time.
-        """
-        names = None if handlers is None else [h if isinstance(h, str) else self.spec(h).name for h in handlers]
-        return stats_frame(await collect_stats(self.storage, names))
-
-    async def workers(self) -> pd.DataFrame:
-        """Live workers (their heartbeat has not expired), one row each.
-
-        Columns ``id, handlers, loops, performed, failed, dead_lettered, held,
-        started_at, heartbeat_at`` (see `sharded_queue.registry.WorkerInfo`).
-
-        Raises:
-            StorageError: Redis failed or did not answer in time.
-        """
-        _, workers = await collect_workers(self.storage)
-        return workers_frame(workers)
-
-    async def dead_letters(self, handler: type[Handler], limit: int | None = None) -> list[DeadLetterRecord]:
-        """Dead letters of ``handler``, oldest first per thread (at most ``limit``)."""
-        name = self.spec(handler).name
-        records: list[DeadLetterRecord] = []
-        for threads in _chunks(await self.storage.dead_threads(name)):
-            for raws in await self.storage.dead_records(name, threads):
-                records += map(DeadLetterRecord.decode, raws)
-                if limit is not None and len(records) >= limit:
-                    return records[:limit]
-        return records
-
-    async def dead_letter_count(self, handler: type[Handler]) -> int:
-        """How many dead letters ``handler`` has (without reading them)."""
-        return sum((await self.storage.dead_counts(self.spec(handler).name)).values())
-
-    async def requeue_dead_letters(self, handler: type[Handler]) -> int:
-        """Put ``handler``'s dead letters back at the *tail* of their thread and order.
-
-        They keep their original envelope (and enqueue time) but lose their
-        place: messages registered since they failed are performed first.
-        At-least-once: a crash midway may requeue a letter that also stays dead.
-        Returns how many were requeued.
-        """
-        return await self._take_dead(handler, requeue=True)
-
-    async def purge_dead_letters(self, handler: type[Handler]) -> int:
-        """Delete ``handler``'s dead letters; returns how many."""
-        return await self._take_dead(handler, requeue=False)
-
-    async def _take_dead(self, handler: type[Handler], requeue: bool) -> int:
-        spec = self.spec(handler)
-        total = 0
-        for threads in _chunks(await self.storage.dead_threads(spec.name)):
-            taken = await self.storage.dead_records(spec.name, threads)
-            if requeue:
-                tubes: dict[Tube, list[bytes]] = {}
-                for thread, raws in zip(threads, taken, strict=True):
-                    for record in map(DeadLetterRecord.decode, raws):
-                        payload = record.payload.removesuffix(b" ")  # back without an if_not_exists mark
-                        tubes.setdefault(Tube(spec.name, thread, record.order), []).append(payload)
-                writes = [(tube, order_rank(tube.order, spec.orders), payloads) for tube, payloads in tubes.items()]
-                if writes:
-                    await self.storage.append_raw(spec.name, writes)
-            await self.storage.take_dead(spec.name, {t: len(raws) for t, raws in zip(threads, taken, strict=True)})
-            total += sum(map(len, taken))
-        return total
+        schedules, deferred = await self.storage.unschedule(spec.name, members)
+        return schedules + deferred
 
     async def close(self) -> None:
         """Close the storage connections."""
@@ -284,11 +190,6 @@ class Queue:
             f"{settings.worker_batch_size}, coordinator_delay {settings.coordinator_delay:g} s, "
             f"lease_ttl {settings.lease_ttl:g} s>"
         )
-
-
-def _chunks(threads: list[str], size: int = 1000) -> list[list[str]]:
-    """Threads in pipelines of ``size``: a fixed number of round trips per thousand threads."""
-    return [threads[start : start + size] for start in range(0, len(threads), size)]
 
 
 def _timing(

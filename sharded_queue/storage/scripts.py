@@ -25,7 +25,23 @@ from ..errors import StorageConfigError, StorageError, StorageFull, StorageTimeo
 from .client import CLIENT_BACKOFF_CAP, CLIENT_RETRIES
 from .transport import Lane
 
-SCRIPTS = ("push", "cycle", "acquire", "renew", "release", "index", "candidates", "due", "fire", "unschedule")
+SCRIPTS = (
+    "push",
+    "cycle",
+    "acquire",
+    "renew",
+    "release",
+    "index",
+    "candidates",
+    "due",
+    "fire",
+    "unschedule",
+    "dead",
+    "tally",
+    "counts",
+    "scan",
+    "inspect",
+)
 """The scripts every `Scripts` registers (the worker registry's are registered on first use)."""
 
 _LANE_BACKOFF = ExponentialWithJitterBackoff(base=0.01, cap=CLIENT_BACKOFF_CAP)
@@ -112,6 +128,11 @@ class Scripts:
         self.due = self.all["due"]
         self.fire = self.all["fire"]
         self.unschedule = self.all["unschedule"]
+        self.dead = self.all["dead"]
+        self.tally = self.all["tally"]
+        self.counts = self.all["counts"]
+        self.scan = self.all["scan"]
+        self.inspect = self.all["inspect"]
         # Lanes: connections of their own, one per call in flight, taken from and given back
         # to a free list that storages sharing the client share (and `close` closes).
         self.lanes: list[Lane] | None = _LANES.setdefault(client, []) if lanes else None

@@ -5,9 +5,12 @@ messages, for a page of threads, plus on the first page one total row per
 handler (``thread`` and ``order`` None) and the cursor of the next page. It
 never imports anything: handler names come from the set of names the storage
 keeps (filled by `Queue.register` and by every `Worker`). A handler's totals
-come from the counts the scripts keep (`sharded_queue.storage.keys`): one round
-trip however many threads it has; the per-thread rows cost a fixed number of
-round trips per page, and are never needed for a total.
+come from the counts the scripts keep (`sharded_queue.storage.keys`), however
+many threads it has, and are never computed from the rows. A page is three
+round trips: its threads (by ZSCAN over the handlers' indexes), then the counts
+and what the threads hold, in one pipeline, then the server's clock. (On a
+cluster the counts and the threads are on different nodes: while workers run,
+a total may differ from the sum of its rows by what changed in between.)
 
 Columns:
 
@@ -94,11 +97,11 @@ async def stats_page(
         raise ValueError(f"limit must be >= 0, got {limit!r}")
     names = list(dict.fromkeys(handlers)) if handlers is not None else await storage.handler_names()
     start = _position(cursor)
-    totals = await storage.counts(names) if start is None else {}
     page = await storage.thread_page(names, start, limit)
+    totals, views = await storage.snapshot(names if start is None else [], page.refs)
     now = await storage.server_time()
     by_handler: dict[str, list[ThreadView]] = {name: [] for name in names}
-    for view in await storage.inspect(page.refs):
+    for view in views:
         by_handler[view.ref.handler].append(view)
     rows: list[StatsRow] = []
     for name in names:

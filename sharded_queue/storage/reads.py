@@ -162,27 +162,32 @@ class Reads:
 
         A handler never recounted is recounted first (`recount`): once, after an upgrade.
         """
-        keys = self.keys
+        return (await self.snapshot(handlers, []))[0]
+
+    async def snapshot(
+        self, handlers: Sequence[str], refs: Sequence[ThreadRef], limit: int = 1, across: bool = False
+    ) -> tuple[dict[str, HandlerCounts], list[ThreadView]]:
+        """The counts of ``handlers`` and what ``refs`` hold (`inspect`), read in one round trip.
+
+        A handler never recounted is recounted first, and read again.
+        """
+        commands = [command for handler in handlers for command in self._count_commands(handler)]
+        commands += (self.scripts.command(*self._inspect_call(ref, limit, across)) for ref in refs)
         with translate_errors():
-            replies = await self._pipeline(
-                lambda pipe: [
-                    (
-                        pipe.hmget(keys.counts(handler), "waiting", "deferred", "dead", "recounted"),
-                        pipe.zrange(keys.heads(handler), 0, 0, withscores=True),
-                    )
-                    for handler in handlers
-                ]
-            )
+            replies = await self.scripts.send_all(commands) if commands else []
         found: dict[str, HandlerCounts] = {}
-        for handler, (waiting, deferred, dead, recounted), heads in zip(
-            handlers, replies[::2], replies[1::2], strict=True
-        ):
-            if recounted is None:
-                found[handler] = await self.recount(handler)
-            else:
-                oldest = float(heads[0][1]) if heads else None
-                found[handler] = HandlerCounts(int(waiting or 0), int(deferred or 0), int(dead or 0), oldest)
-        return found
+        for position, handler in enumerate(handlers):
+            counted = _counts(replies[2 * position], replies[2 * position + 1])
+            found[handler] = await self.recount(handler) if counted is None else counted
+        views = [_view(ref, reply) for ref, reply in zip(refs, replies[2 * len(handlers) :], strict=True)]
+        return found, views
+
+    def _count_commands(self, handler: str) -> list[tuple[Any, ...]]:
+        keys = self.keys
+        return [
+            ("HMGET", keys.counts(handler), "waiting", "deferred", "dead", "recounted"),
+            ("ZRANGE", keys.heads(handler), 0, 0, "WITHSCORES"),
+        ]
 
     async def recount(self, handler: str) -> HandlerCounts:
         """Rebuild ``handler``'s counts from what its threads hold, and return them.
@@ -276,32 +281,15 @@ class Reads:
                 the thread's tubes together, most urgent first.
             across: See ``limit``.
         """
+        return (await self.snapshot([], refs, limit, across))[1]
+
+    def _inspect_call(self, ref: ThreadRef, limit: int, across: bool) -> tuple[Any, list[str], list[Any]]:
         keys = self.keys
-        calls = [
-            (
-                self.scripts.inspect,
-                [keys.orders(ref), keys.lease(ref), keys.dead(ref), keys.deferred(ref)],
-                [keys.tube_prefix(ref), limit, 1 if across else 0],
-            )
-            for ref in refs
-        ]
-        with translate_errors():
-            replies = await self.scripts.eval_all(calls) if calls else []
-        views = []
-        for ref, (lease, dead, deferred, *tubes) in zip(refs, replies, strict=True):
-            views.append(
-                ThreadView(
-                    ref,
-                    None if lease is None else lease.decode(),
-                    int(dead),
-                    int(deferred),
-                    [
-                        TubeView(order.decode(), float(rank), int(depth), list(heads))
-                        for order, rank, depth, heads in tubes
-                    ],
-                )
-            )
-        return views
+        return (
+            self.scripts.inspect,
+            [keys.orders(ref), keys.lease(ref), keys.dead(ref), keys.deferred(ref)],
+            [keys.tube_prefix(ref), limit, 1 if across else 0],
+        )
 
     # --- deferred and recurring requests ------------------------------------
 
@@ -357,6 +345,30 @@ class Reads:
             return await self._pipeline(
                 lambda pipe: [pipe.lrange(self.keys.dead(ThreadRef(handler, thread)), 0, -1) for thread in threads]
             )
+
+
+def _counts(fields: Sequence[bytes | None], heads: Sequence[bytes]) -> HandlerCounts | None:
+    """A handler's counts from HMGET (waiting, deferred, dead, recounted) and its first heads
+    entry (ZRANGE WITHSCORES); None if never recounted."""
+    waiting, deferred, dead, recounted = fields
+    if recounted is None:
+        return None
+    oldest = None
+    if heads:  # a flat [member, score] (a lane), or [(member, score)] (redis-py parsed it)
+        oldest = float(heads[0][1] if isinstance(heads[0], list | tuple) else heads[1])
+    return HandlerCounts(int(waiting or 0), int(deferred or 0), int(dead or 0), oldest)
+
+
+def _view(ref: ThreadRef, reply: Sequence[Any]) -> ThreadView:
+    """A thread from inspect.lua's reply."""
+    lease, dead, deferred, *tubes = reply
+    return ThreadView(
+        ref,
+        None if lease is None else lease.decode(),
+        int(dead),
+        int(deferred),
+        [TubeView(order.decode(), float(rank), int(depth), list(heads)) for order, rank, depth, heads in tubes],
+    )
 
 
 def _deferred_entry(thread: str, member: bytes, due: float) -> DeferredEntry:

@@ -171,7 +171,19 @@ class Scripts:
 
     async def eval_all(self, calls: Sequence[tuple[Any, Sequence[Any], Sequence[Any]]]) -> list[Any]:
         """Run several scripts in one round trip: ``(script, keys, args)`` each."""
-        commands = [("EVALSHA", script.sha, len(keys), *keys, *args) for script, keys, args in calls]
+        return await self.send_all([self.command(script, keys, args) for script, keys, args in calls])
+
+    @staticmethod
+    def command(script: Any, keys: Sequence[Any], args: Sequence[Any]) -> tuple[Any, ...]:
+        """The EVALSHA command of a script call, for `send_all`."""
+        return ("EVALSHA", script.sha, len(keys), *keys, *args)
+
+    async def send_all(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """Send commands (script calls, or plain commands with their key first) in one round trip.
+
+        Take replies as raw: a lane returns them unparsed (``ZRANGE ... WITHSCORES`` gives
+        a flat list, ``TIME`` bytes), and redis-py parses a command passed this way little.
+        """
         if self.lanes is None:
             return await self.pipeline(lambda pipe: [pipe.execute_command(*command) for command in commands])
         return await self.on_lane(commands)

@@ -8,9 +8,10 @@ keeps (filled by `Queue.register` and by every `Worker`). A handler's totals
 come from the counts the scripts keep (`sharded_queue.storage.keys`), however
 many threads it has, and are never computed from the rows. A page is three
 round trips: its threads (by ZSCAN over the handlers' indexes), then the counts
-and what the threads hold, in one pipeline, then the server's clock. (On a
-cluster the counts and the threads are on different nodes: while workers run,
-a total may differ from the sum of its rows by what changed in between.)
+and what the threads hold, in one pipeline, then the server's clock. While
+workers run, a total may differ from the sum of its rows by what changed
+between the two reads: on a cluster, where they are on different nodes, or on
+one server when a long pipeline reaches it in several reads.
 
 Columns:
 

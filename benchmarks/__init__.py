@@ -12,7 +12,10 @@
   huge `register` costs other clients;
 - `benchmarks.bench_scheduling`: lateness of deferred requests, and the cost of
   ``if_not_exists`` and ``defer`` on `register`;
-- `benchmarks.bench_simulator` (when present): the simulator's own benchmarks.
+- `benchmarks.bench_simulator` (when present): the simulator's own benchmarks;
+- `benchmarks.bench_counts` (run on its own: minutes): what counting a
+  handler's messages costs as its threads grow (`pending`, a `stats` page,
+  `testing.drain` of one-message threads).
 
 Runners (`lib_runner`, `peer_runner`, `bare`, ``peers/*_runner.py``) are subprocesses the suites drive;
 `workload` is the workload and line protocol they share; `stacks` folds py-spy's

@@ -1,7 +1,9 @@
 """Dead letters: what is kept of a message that could not be performed, and how it is stored.
 
 A record is JSON: where the message was, its envelope byte for byte, the error
-and its traceback, how many attempts it got, and when it was dead-lettered.
+and its traceback, how many attempts it got, and when it was dead-lettered. The
+storage adds the rank its order had (``cycle.lua``), so that putting it back
+restores its precedence even where the handler's class is not known.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ class DeadLetterRecord:
             payload that could not be decoded).
         attempts: How many times it was performed (0 if it never decoded).
         failed_at: When it was dead-lettered (seconds since the epoch).
+        rank: The rank of its order when it was dead-lettered (its precedence), as
+            the storage recorded it; None for records written before it did.
     """
 
     handler: str
@@ -34,10 +38,15 @@ class DeadLetterRecord:
     traceback: str
     attempts: int
     failed_at: float
+    rank: float | None = None
 
     def encode(self) -> bytes:
         """The record as stored: JSON, the payload as text (or hex if not UTF-8)."""
-        data: dict[str, Any] = {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "payload"}
+        data: dict[str, Any] = {
+            name: getattr(self, name)
+            for name in self.__dataclass_fields__
+            if name != "payload" and not (name == "rank" and self.rank is None)
+        }
         try:
             data["payload"] = self.payload.decode()
         except UnicodeDecodeError:
@@ -59,4 +68,5 @@ class DeadLetterRecord:
             traceback=data["traceback"],
             attempts=data["attempts"],
             failed_at=data["failed_at"],
+            rank=data.get("rank"),
         )

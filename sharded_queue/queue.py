@@ -4,28 +4,22 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from datetime import datetime, timedelta
+from typing import Any
 
 import msgspec
 
+from .admin import QueueAdmin
 from .core import Cron, RequestRoute, Schedule, Tube, check_routes, due_when, group_by_tube, order_rank
-from .deadletters import DeadLetterRecord
 from .errors import EmbeddedStorageWarning, StorageError
 from .handler import Handler, HandlerSpec
-from .registry import collect_workers, workers_frame
 from .settings import Settings
 from .settings import settings as default_settings
-from .stats import collect_stats, stats_frame
 from .storage import Storage, StoredSchedule, TubeWrite
 
-if TYPE_CHECKING:
-    import pandas as pd
 
-
-class Queue:
-    """Registers requests into their handler's tubes.
+class Queue(QueueAdmin):
+    """Registers requests into their handler's tubes; reads and administers them (`QueueAdmin`).
 
     Args:
         storage: A storage URL (``redis://``, ``rediss://``, ``redis+cluster://``),
@@ -111,7 +105,6 @@ class Queue:
             StorageError: Redis failed or did not answer in time; its ``stored``
                 says how many requests earlier chunks stored.
         """
-        self._check_open()
         spec = self.spec(handler)
         when, schedule = _timing(defer, if_not_exists, recurrent, self.settings.coordinator_delay)
         embedded = self.storage.embedded_default
@@ -182,7 +175,15 @@ class Queue:
         return TubeWrite(tube, rank, envelopes, unique, when, msgspec.json.encode(kept))
 
     async def unschedule(self, handler: type[Handler], *requests: Any) -> int:
-        """Stop recurring requests (routed like `register` routes them); returns how many were scheduled."""
+        """Stop recurring requests and drop deferred ones, routed like `register` routes them.
+
+        A deferred request goes when its encoded bytes and order equal those of
+        one of ``requests`` (all such, if it was deferred more than once). Takes
+        the class, not a stored name: the requests are routed by its ``route()``.
+
+        Returns:
+            How many were removed: schedules stopped plus deferred requests dropped.
+        """
         spec = self.spec(handler)
         if not requests:
             return 0
@@ -192,133 +193,12 @@ class Queue:
             for envelope in spec.codec.encode(batch, 0.0).split(b"\n"):
                 request = envelope[envelope.index(b",") + 1 : -1]  # as push.lua cuts it
                 members.setdefault(tube.thread, []).append(request + b"\n" + tube.order.encode())
-        return await self.storage.unschedule(spec.name, members)
-
-    async def schedules(self, handler: type[Handler] | str) -> pd.DataFrame:
-        """``handler``'s recurring requests: request, thread, order, every (seconds or a cron
-        string) and next_at (the next tick, an aware UTC datetime on the storage server's clock).
-
-        ``handler`` is a class, or a stored name (as `stats` lists them): then each
-        request is shown as plain JSON values (dicts, lists, ...), never imported.
-        """
-        import pandas as pd
-
-        name, spec = self._named(handler)
-        rows = []
-        for thread, member, kept, next_due in await self.storage.schedules(name):
-            request, _, order = member.partition(b"\n")
-            decoded = msgspec.json.decode(request) if spec is None else spec.codec.decode(b"[0," + request + b"]")[1]
-            schedule = kept.schedule()
-            rows.append((decoded, thread, order.decode(), schedule.describe(), datetime.fromtimestamp(next_due, UTC)))
-        return pd.DataFrame(rows, columns=["request", "thread", "order", "every", "next_at"])
-
-    async def pending(self, handler: type[Handler]) -> int:
-        """Messages of ``handler`` waiting in storage (inspection; walks the handler's index)."""
-        return await self.storage.pending(self.spec(handler).name)
-
-    async def stats(self, handlers: Sequence[str | type[Handler]] | None = None) -> pd.DataFrame:
-        """Depth, lag, holder and dead letters per tube, plus a total row per handler.
-
-        One row per (handler, thread, order) that holds messages and one per
-        handler with ``thread`` and ``order`` None; columns ``handler, thread,
-        order, depth, lag, holder, held_since, dead`` (explained in
-        `sharded_queue.stats`). Lag is the storage server's clock minus the
-        producer's ``enqueued_at``. Reads a fixed number of pipelined round
-        trips, whatever the number of threads; imports nothing.
-
-        Args:
-            handlers: Handler classes or stored names; default every handler name
-                kept in storage (registered, or run by a worker).
-
-        Raises:
-            StorageError: Redis failed or did not answer in time.
-        """
-        self._check_open()
-        names = None if handlers is None else [h if isinstance(h, str) else self.spec(h).name for h in handlers]
-        return stats_frame(await collect_stats(self.storage, names))
-
-    async def workers(self) -> pd.DataFrame:
-        """Live workers (their heartbeat has not expired), one row each.
-
-        Columns ``id, handlers, loops, performed, failed, dead_lettered, held,
-        started_at, heartbeat_at`` (see `sharded_queue.registry.WorkerInfo`).
-
-        Raises:
-            StorageError: Redis failed or did not answer in time.
-        """
-        self._check_open()
-        _, workers = await collect_workers(self.storage)
-        return workers_frame(workers)
-
-    async def dead_letters(self, handler: type[Handler] | str, limit: int | None = None) -> list[DeadLetterRecord]:
-        """Dead letters of ``handler`` (a class or a stored name), oldest first per thread (at most ``limit``)."""
-        name, _ = self._named(handler)
-        records: list[DeadLetterRecord] = []
-        for threads in _chunks(await self.storage.dead_threads(name)):
-            for raws in await self.storage.dead_records(name, threads):
-                records += map(DeadLetterRecord.decode, raws)
-                if limit is not None and len(records) >= limit:
-                    return records[:limit]
-        return records
-
-    async def dead_letter_count(self, handler: type[Handler] | str) -> int:
-        """How many dead letters ``handler`` (a class or a stored name) has, without reading them."""
-        return sum((await self.storage.dead_counts(self._named(handler)[0])).values())
-
-    async def requeue_dead_letters(self, handler: type[Handler] | str) -> int:
-        """Put ``handler``'s dead letters back at the *tail* of their thread and order.
-
-        They keep their original envelope (and enqueue time) but lose their
-        place: messages registered since they failed are performed first.
-        At-least-once: a crash midway may requeue a letter that also stays dead.
-        ``handler`` is a class or a stored name (nothing is imported); by a name
-        that no class registered through this `Queue` has, an order's precedence
-        is the one storage holds for it in the handler's threads, and an order
-        waiting in none of them ranks as an undeclared order would until it is
-        next registered. Returns how many were requeued.
-        """
-        return await self._take_dead(handler, requeue=True)
-
-    async def purge_dead_letters(self, handler: type[Handler] | str) -> int:
-        """Delete ``handler``'s dead letters (a class or a stored name); returns how many."""
-        return await self._take_dead(handler, requeue=False)
-
-    async def _take_dead(self, handler: type[Handler] | str, requeue: bool) -> int:
-        name, spec = self._named(handler)
-        rank = (await self._stored_ranks(name)) if spec is None else (lambda order: order_rank(order, spec.orders))
-        total = 0
-        for threads in _chunks(await self.storage.dead_threads(name)):
-            taken = await self.storage.dead_records(name, threads)
-            if requeue:
-                tubes: dict[Tube, list[bytes]] = {}
-                for thread, raws in zip(threads, taken, strict=True):
-                    for record in map(DeadLetterRecord.decode, raws):
-                        payload = record.payload.removesuffix(b" ")  # back without an if_not_exists mark
-                        tubes.setdefault(Tube(name, thread, record.order), []).append(payload)
-                writes = [(tube, rank(tube.order), payloads) for tube, payloads in tubes.items()]
-                if writes:
-                    await self.storage.append_raw(name, writes)
-            await self.storage.take_dead(name, {t: len(raws) for t, raws in zip(threads, taken, strict=True)})
-            total += sum(map(len, taken))
-        return total
+        schedules, deferred = await self.storage.unschedule(spec.name, members)
+        return schedules + deferred
 
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError("this Queue is closed")
-
-    def _named(self, handler: type[Handler] | str) -> tuple[str, HandlerSpec | None]:
-        """The stored name of ``handler``, and its spec when a class is at hand (never imported)."""
-        self._check_open()
-        if isinstance(handler, str):
-            return handler, self._by_name.get(handler)
-        spec = self.spec(handler)
-        return spec.name, spec
-
-    async def _stored_ranks(self, name: str) -> Callable[[str], float]:
-        """Order ranks as the storage holds them in ``name``'s threads (by order name; undeclared otherwise)."""
-        snapshot = await self.storage.snapshot([name])
-        ranks = {order: rank for thread in snapshot.threads for order, rank in thread.orders}
-        return lambda order: ranks[order] if order in ranks else order_rank(order, None)
 
     async def close(self) -> None:
         """Close the storage connections; the Queue refuses any further call.
@@ -356,11 +236,6 @@ class Queue:
             f"{settings.worker_batch_size}, coordinator_delay {settings.coordinator_delay:g} s, "
             f"lease_ttl {settings.lease_ttl:g} s>"
         )
-
-
-def _chunks(threads: list[str], size: int = 1000) -> list[list[str]]:
-    """Threads in pipelines of ``size``: a fixed number of round trips per thousand threads."""
-    return [threads[start : start + size] for start in range(0, len(threads), size)]
 
 
 def _timing(

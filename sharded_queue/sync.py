@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .admin import HandlerRef
 from .core import Cron
 from .handler import Handler
 from .queue import Queue
 from .settings import Settings
+from .stats import DEFAULT_LIMIT
 from .storage import Storage
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from .deadletters import DeadLetterRecord
 
 T = TypeVar("T")
 
@@ -69,13 +73,39 @@ class SyncQueue:
         """`Queue.unschedule`."""
         return self._run(self.queue.unschedule(handler, *requests))
 
-    def schedules(self, handler: type[Handler]) -> pd.DataFrame:
+    def schedules(self, handler: HandlerRef) -> pd.DataFrame:
         """`Queue.schedules`."""
         return self._run(self.queue.schedules(handler))
 
-    def pending(self, handler: type[Handler]) -> int:
+    def pending(self, handler: HandlerRef) -> int:
         """`Queue.pending`."""
         return self._run(self.queue.pending(handler))
+
+    def stats(
+        self, handlers: Sequence[HandlerRef] | None = None, *, limit: int = DEFAULT_LIMIT, cursor: str | None = None
+    ) -> pd.DataFrame:
+        """`Queue.stats`: a page of rows, the next page's cursor in ``frame.attrs["cursor"]``."""
+        return self._run(self.queue.stats(handlers, limit=limit, cursor=cursor))
+
+    def workers(self) -> pd.DataFrame:
+        """`Queue.workers`."""
+        return self._run(self.queue.workers())
+
+    def peek(self, handler: HandlerRef, thread: str | int | None = None, limit: int = 10) -> pd.DataFrame:
+        """`Queue.peek`."""
+        return self._run(self.queue.peek(handler, thread, limit))
+
+    def deferred(self, handler: HandlerRef, limit: int | None = None) -> pd.DataFrame:
+        """`Queue.deferred`."""
+        return self._run(self.queue.deferred(handler, limit))
+
+    def dead_letters(self, handler: HandlerRef, limit: int | None = None) -> list[DeadLetterRecord]:
+        """`Queue.dead_letters`."""
+        return self._run(self.queue.dead_letters(handler, limit))
+
+    def dead_letter_count(self, handler: HandlerRef) -> int:
+        """`Queue.dead_letter_count`."""
+        return self._run(self.queue.dead_letter_count(handler))
 
     def close(self) -> None:
         """Close the storage connections and stop the queue's thread (idempotent)."""

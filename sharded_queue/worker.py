@@ -290,7 +290,7 @@ class Worker:
         metrics.declare(handlers)
         while not stop.is_set():
             try:
-                rows = await collect_stats(self.queue.storage, handlers)
+                rows = await collect_stats(self.queue.storage, handlers, limit=0)  # the totals: O(1) each
             except StorageError as exc:  # the loops report outages; keep the last values
                 logger.debug("metrics: sampling depth and lag failed: %s", exc)
             else:

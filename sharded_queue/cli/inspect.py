@@ -42,6 +42,9 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser], u
     )
     stats.add_argument("--json", action="store_true", help="a JSON array of rows (one per refresh with --watch)")
     stats.add_argument("--watch", type=seconds, metavar="SECONDS", help="refresh every SECONDS until Ctrl-C")
+    stats.add_argument(
+        "--limit", type=int, default=1000, metavar="N", help="threads shown (default 1000; 0: the totals only)"
+    )
     stats.set_defaults(run=stats_command)
 
     check = commands.add_parser(
@@ -76,6 +79,8 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser], u
 def stats_command(arguments: argparse.Namespace) -> int:
     """``stats``: a table (or JSON) of depth, lag, holder and dead letters; ``--watch`` refreshes it."""
     setup_logging("WARNING")
+    if arguments.limit < 0:
+        raise UsageError(f"--limit must be >= 0, got {arguments.limit}")
     url = storage_url(arguments)
     try:
         return asyncio.run(_stats(arguments, url))
@@ -98,7 +103,8 @@ async def _stats(arguments: argparse.Namespace, url: str) -> int:
                 )
         clear = arguments.watch and not arguments.json and sys.stdout.isatty()
         while True:
-            rows = await bounded(collect_stats(queue.storage, arguments.handler), arguments.timeout, "stats")
+            read = collect_stats(queue.storage, arguments.handler, limit=arguments.limit)
+            rows = await bounded(read, arguments.timeout, "stats")
             if arguments.json:
                 print(json.dumps([row.as_dict() for row in rows]), flush=True)
             else:

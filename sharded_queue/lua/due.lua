@@ -3,11 +3,14 @@
 -- tubes' tails, in due order and, within a due time, registration order; report its
 -- recurring requests that are due, for the client to fire (fire.lua).
 -- Atomic per thread, single-slot on a cluster. Runs under a full Redis: it moves.
--- KEYS: deferred, deferred seq, orders, recurring, schedules[, index, due index (one server)].
--- ARGV: tube key prefix, thread, limit (most entries of each kind handled per call).
+-- KEYS: deferred, deferred seq, orders, recurring, schedules[, index, due index, counts,
+--       tallies, heads (one server)].
+-- ARGV: tube key prefix (the thread's stem .. ':o:'), thread, limit (most entries of each
+--       kind handled per call).
 -- Returns {moved, earliest due left (false: none), {member, due, schedule, ...} of
--- recurring requests due, this server's time}. With the indexes, a thread that got messages becomes
--- visible and its due index entry is set to the earliest due left, atomically.
+-- recurring requests due, this server's time, the thread's counts when it moved some (a
+-- cluster; else empty)}. With the indexes, a thread that got messages becomes visible, its
+-- due index entry is set to the earliest due left and it is counted, atomically.
 local deferred, recurring = KEYS[1], KEYS[4]
 local now = clock()
 local moved = move_due(deferred, KEYS[2], KEYS[3], ARGV[1], now, ARGV[3])
@@ -27,4 +30,8 @@ if KEYS[6] then
 else
   left = earliest(deferred, recurring)
 end
-return {moved, left and string.format('%.6f', left) or false, fire, string.format('%.6f', now)}
+local counted = {}
+if moved > 0 then
+  count_thread(counting(8), ARGV[2], string.sub(ARGV[1], 1, -4), counted)
+end
+return {moved, left and string.format('%.6f', left) or false, fire, string.format('%.6f', now), counted}

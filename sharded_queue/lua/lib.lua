@@ -49,3 +49,84 @@ local function move_due(deferred, seq, orders, prefix, now, limit)
   end
   return #items
 end
+
+-- Counting (keys.py, "Counts"). A thread's tally: messages waiting in its tubes, deferred
+-- requests, dead letters, and the enqueued_at of the oldest head of its tubes (a string, or
+-- false when nothing waits or it does not parse). `stem` is the thread's common key stem,
+-- from which its key names are derived as keys.py names them.
+local function tally(stem)
+  local waiting, head, oldest = 0, false, nil
+  for _, order in ipairs(redis.call('ZRANGE', stem .. ':orders', 0, -1)) do
+    local tube = stem .. ':o:' .. order
+    waiting = waiting + redis.call('LLEN', tube)
+    local first = redis.call('LINDEX', tube, 0)
+    local raw = first and string.match(first, '^%[([^,]+),')
+    local at = raw and tonumber(raw)
+    if at and at == at and (not oldest or at < oldest) then
+      head, oldest = string.format('%.17g', at), at
+    end
+  end
+  return {waiting, redis.call('ZCARD', stem .. ':deferred'), redis.call('LLEN', stem .. ':dead'), head}
+end
+
+-- Apply a thread's tally to its handler's counts (hash: waiting, deferred, dead), moving them
+-- by the difference from the thread's last tally (hash tallies: thread -> 'waiting deferred
+-- dead head'), and score the thread in heads (zset: thread -> oldest head's enqueued_at).
+-- Idempotent: applying the same tally twice moves nothing.
+local COUNTED = {'waiting', 'deferred', 'dead'}
+local function settle(counts, tallies, heads, thread, counted)
+  local now = string.format('%d %d %d %s', counted[1], counted[2], counted[3], counted[4] or '-')
+  local last = redis.call('HGET', tallies, thread)
+  if last == now then
+    return
+  end
+  local before = {0, 0, 0}
+  local head = '-'
+  if last then
+    local w, d, x, h = string.match(last, '^(%d+) (%d+) (%d+) (%S+)$')
+    before, head = {tonumber(w), tonumber(d), tonumber(x)}, h
+  end
+  for i = 1, 3 do
+    if counted[i] ~= before[i] then
+      redis.call('HINCRBY', counts, COUNTED[i], string.format('%d', counted[i] - before[i]))
+    end
+  end
+  if counted[1] + counted[2] + counted[3] == 0 then
+    redis.call('HDEL', tallies, thread)
+  else
+    redis.call('HSET', tallies, thread, now)
+  end
+  if not counted[4] then
+    if head ~= '-' then
+      redis.call('ZREM', heads, thread)
+    end
+  elseif counted[4] ~= head then
+    redis.call('ZADD', heads, counted[4], thread)
+  end
+end
+
+-- Count a thread after a change. With its handler's keys (one server: {counts, tallies, heads})
+-- the tally is applied now; without them (a cluster, where they live in another slot) it is
+-- appended to `out` as thread, waiting, deferred, dead, head ('' for none), for the client
+-- to apply with counts.lua.
+local function count_thread(handler_keys, thread, stem, out)
+  local counted = tally(stem)
+  if handler_keys then
+    settle(handler_keys[1], handler_keys[2], handler_keys[3], thread, counted)
+  else
+    out[#out + 1] = thread
+    out[#out + 1] = counted[1]
+    out[#out + 1] = counted[2]
+    out[#out + 1] = counted[3]
+    out[#out + 1] = counted[4] or ''
+  end
+  return out
+end
+
+-- The handler's counting keys passed from KEYS[first] on (one server), or nil (a cluster).
+local function counting(first)
+  if KEYS[first] then
+    return {KEYS[first], KEYS[first + 1], KEYS[first + 2]}
+  end
+  return nil
+end

@@ -4,7 +4,8 @@
 -- one atomic call.
 -- Not allow-oom: a full Redis refuses the whole call before it writes anything.
 -- KEYS: stamps, then per tube: tube, orders, deferred, deferred seq, marks (set), recurring,
---       schedules; then, when ARGV[3] ~= '', the handler's index and due index.
+--       schedules; then, when ARGV[3] ~= '', the handler's index, due index, and its counts,
+--       tallies and heads (lib.lua's count_thread).
 -- ARGV: stamp, stamp window (s), wake channel ('' for a cluster slot's call: the
 --       client indexes and wakes once every slot is written), wake message,
 --       count f of settled stamps to forget, the f stamps,
@@ -31,20 +32,48 @@
 -- forgets its settled stamps on its next call, so few are ever kept.
 -- Deferred requests of a written thread that came due are moved to their tubes' tails
 -- first, so that a later registration never overtakes them.
+-- Every thread written is counted (lib.lua's count_thread): on one server in its handler's counts,
+-- on a cluster in the reply, for the client to apply; a cluster client's retry of a call
+-- already applied counts its threads again, in case the first reply was lost.
 -- Returns {stored, earliest due of the last thread deferred to (false when none),
--- how many due requests were moved}: a cluster client indexes the threads with them.
+-- how many due requests were moved, the threads' counts (cluster)}: a cluster client indexes
+-- and counts the threads with them.
 local SCALE = 1048576
 local stamps = KEYS[1]
 local now = clock()
 local channel = ARGV[3]
 local indexed = channel ~= ''
-local last = #KEYS - (indexed and 2 or 0)
+local last = #KEYS - (indexed and 5 or 0)
+local handler_keys = indexed and counting(#KEYS - 2) or nil
+
+-- the thread of each tube key of this call, by stem (a thread's tubes are stem .. ':o:' .. order)
+local function threads(first_arg)
+  local found, stems = {}, {}
+  local arg = first_arg
+  for key = 2, last, 7 do
+    local tube, order_name = KEYS[key], ARGV[arg + 1]
+    local stem = string.sub(tube, 1, #tube - #order_name - 3)
+    if not found[stem] then
+      found[stem] = ARGV[arg]
+      stems[#stems + 1] = stem
+    end
+    arg = arg + 7
+  end
+  return found, stems
+end
 
 redis.call('ZREMRANGEBYSCORE', stamps, '-inf', '(' .. string.format('%.0f', math.floor(now) * SCALE))
 local known = redis.call('ZSCORE', stamps, ARGV[1])
 if known then
   local due = earliest(KEYS[4], KEYS[7])
-  return {tonumber(known) % SCALE, due and string.format('%.6f', due) or false, 0}
+  local counted = {}
+  if not indexed then
+    local found, stems = threads(6 + tonumber(ARGV[5]))
+    for _, stem in ipairs(stems) do
+      count_thread(nil, found[stem], stem, counted)
+    end
+  end
+  return {tonumber(known) % SCALE, due and string.format('%.6f', due) or false, 0, counted}
 end
 local forget = tonumber(ARGV[5])
 if forget > 0 then
@@ -161,15 +190,21 @@ for key = 2, last, 7 do
     redis.call('ZADD', orders, rank, order)
   end
   if indexed and (queued or came_due > 0) then
-    redis.call('ZADD', KEYS[#KEYS - 1], 'NX', now, thread)
+    redis.call('ZADD', KEYS[#KEYS - 4], 'NX', now, thread)
   end
   if at or came_due > 0 then
     if indexed then
-      due = set_due(KEYS[#KEYS], thread, deferred, recurring)
+      due = set_due(KEYS[#KEYS - 3], thread, deferred, recurring)
     else
       due = earliest(deferred, recurring)
     end
   end
+end
+
+local counted = {}
+local found, stems = threads(6 + forget)
+for _, stem in ipairs(stems) do
+  count_thread(handler_keys, found[stem], stem, counted)
 end
 
 local window = tonumber(ARGV[2])
@@ -178,4 +213,4 @@ redis.call('EXPIRE', stamps, window)
 if indexed then
   redis.call('PUBLISH', channel, ARGV[4])
 end
-return {count, due and string.format('%.6f', due) or false, moved}
+return {count, due and string.format('%.6f', due) or false, moved, counted}

@@ -12,16 +12,18 @@ held, not subclassed; the worker and the queue use the operations of
 - `scripts`: the Lua scripts of ``sharded_queue/lua/``, run by SHA; error translation;
 - `protocol`: `QueueStorage`, the narrow protocol, and the values passed through it;
 - `layout`: the handlers' indexes on one server (`SingleServer`) or a cluster (`Cluster`);
-- `admin`: inspection, schedules, dead letters, the worker registry, stats' snapshot;
+- `reads`: counts and recounts, pages of threads, what a thread holds, deferred and recurring requests;
+- `admin`: writes off the hot path: schedules, dead letters, the worker registry;
 - `store`: `Storage`, the queue's hot path over all of these.
 """
 
 from __future__ import annotations
 
-from .admin import Snapshot, ThreadSnapshot, WorkerRecordRaw
+from .admin import DeadTake, WorkerRecordRaw
 from .client import CLIENT_BACKOFF_CAP, CLIENT_RETRIES, CLUSTER_SCHEMES, connect, describe_client, stamp_window
 from .keys import Keys
 from .protocol import QueueStorage, StoredSchedule, TubeWrite
+from .reads import DeferredEntry, HandlerCounts, Position, ThreadPage, ThreadView, TubeView
 from .scripts import SCRIPTS, translate_errors
 from .store import Storage, raise_if_cancelled, wake_threads
 
@@ -30,12 +32,17 @@ __all__ = [
     "CLIENT_RETRIES",
     "CLUSTER_SCHEMES",
     "SCRIPTS",
+    "DeadTake",
+    "DeferredEntry",
+    "HandlerCounts",
     "Keys",
+    "Position",
     "QueueStorage",
-    "Snapshot",
     "Storage",
     "StoredSchedule",
-    "ThreadSnapshot",
+    "ThreadPage",
+    "ThreadView",
+    "TubeView",
     "TubeWrite",
     "WorkerRecordRaw",
     "connect",

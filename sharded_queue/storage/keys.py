@@ -16,7 +16,7 @@ single-slot)::
                                 which marks them as owners: an owner's ack removes the mark
     P:{H/T}:recurring   zset    recurring requests (request newline order), scored by their next tick
     P:{H/T}:schedules   hash    recurring request -> its schedule (JSON: every or cron, rank, unique)
-    P:{H/T}:dead        list    dead letters of the thread (JSON records)
+    P:{H/T}:dead        list    dead letters of the thread (JSON records, each with its order's rank)
     P:{H}:threads       zset    index of non-empty threads, scored by when they become
                                 visible to the coordinator (now, or lease expiry while leased),
                                 on the storage server's clock
@@ -25,6 +25,12 @@ single-slot)::
     P:{H}:dead-threads  zset    threads of H that have dead letters (scored by the first one's time)
     P:{H}:due           zset    threads of H with deferred or recurring requests, scored by the
                                 earliest due time (server clock): workers look only at what is due
+    P:{H}:counts        hash    the handler's counts: waiting, deferred, dead (see Counts), and
+                                recounted (server seconds of the last `Storage.recount`)
+    P:{H}:tallies       hash    thread -> 'waiting deferred dead head': the counts of each of its
+                                threads last applied to P:{H}:counts (none for an empty thread)
+    P:{H}:heads         zset    threads that hold messages, scored by the enqueued_at of the oldest
+                                head of their tubes: the handler's lag
     P:wake              channel a message per registration naming its threads, to wake loops
 
 Operations (worker registry and inspection; see `sharded_queue.registry` and
@@ -44,6 +50,31 @@ it so); a non-empty thread is always in the index, because registration adds it
 *after* appending, and removal from the index is atomic with the emptiness check
 (one server) or remove-then-recheck-then-re-add (a cluster, where the index lives
 in another slot than the thread): `layout.SingleServer` and `layout.Cluster`.
+
+Counts: every script that changes what a thread holds (push, cycle, due, fire,
+unschedule, dead, tally) ends by counting the thread (``lib.lua``'s ``count_thread``): it
+reads the thread's tally (the lengths of its tubes, deferred zset and dead-letter
+list, and the oldest head's enqueued_at: a few O(1) reads per order, from the
+keys above, which the scripts derive from the thread's stem ``P:{H/T}``) and
+applies it to the handler's: ``counts`` moves by the difference from the
+thread's last tally in ``tallies``, and ``heads`` scores it, in one step, so
+``counts`` is always the sum of ``tallies``. `Storage.pending` and stats' totals
+read one hash, and the handler's lag one zset entry, however many threads.
+On one server this happens in the script's own call, atomically. On a cluster
+the handler's keys are another slot: the script returns the tally and the
+client applies it with ``counts.lua`` right after (`layout.Cluster`). A tally is
+absolute, so applying one is idempotent and the last one applied wins: a
+client that crashes (or loses its connection) between the two leaves the
+handler's counts off by that thread's change (a drift), until the thread
+changes again; a retried push or ack, which returns the tally again, mends it. Two
+clients changing one thread at once may also apply their tallies out of order,
+leaving the older one until the next change. `Storage.recount` (`Queue.recount`)
+rebuilds a handler's counts from its threads: it counts again every thread of
+its indexes and tallies (walked once, by ZSCAN and HSCAN), then sets ``counts``
+and ``heads`` to what the tallies add up to (one call, O(threads)); safe while
+workers run. Reads run it by themselves once per handler, when ``recounted`` is
+missing: a handler written by a version without counts (whose threads were
+counted only as they changed), or never read yet. Nothing else runs it.
 
 Time: every score and expiry the storage compares is the storage server's clock
 (Lua ``TIME``) or a relative TTL, never a client's ``time.time()``: clients'
@@ -130,6 +161,18 @@ class Keys:
     def dead(self, ref: ThreadRef) -> str:
         """A thread's dead letters."""
         return f"{self.thread(ref)}:dead"
+
+    def counts(self, handler: str) -> str:
+        """Hash of a handler's counts: waiting, deferred, dead, and when it was last recounted."""
+        return f"{self.prefix}:{{{handler}}}:counts"
+
+    def tallies(self, handler: str) -> str:
+        """Hash of the counts of a handler's threads last applied to its counts."""
+        return f"{self.prefix}:{{{handler}}}:tallies"
+
+    def heads(self, handler: str) -> str:
+        """Zset of a handler's threads holding messages, scored by their oldest head's enqueued_at."""
+        return f"{self.prefix}:{{{handler}}}:heads"
 
     def index(self, handler: str) -> str:
         """Zset of a handler's non-empty threads."""

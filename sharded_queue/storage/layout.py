@@ -1,13 +1,16 @@
-"""Where a handler's indexes live, as two strategies: `SingleServer` and `Cluster`.
+"""Where a handler's indexes and counts live, as two strategies: `SingleServer` and `Cluster`.
 
 A thread's keys share one hash tag, so each thread script is single-slot; a
 handler's indexes (of non-empty threads, of threads with dead letters, of
-threads with something due) are keyed by the handler alone. On one server a
-thread script is passed the index keys too and updates them atomically, in the
-same call. On a cluster the indexes live in another slot, so the thread script
-runs alone and the strategy follows up with ``index.lua``: an append is indexed
-after it is written, and an empty thread is removed, re-checked and re-added if
-a registration raced in, so no message is ever stranded outside the index.
+threads with something due) and counts (``keys.Keys.counts``) are keyed by the
+handler alone. On one server a thread script is passed those keys too and
+updates them atomically, in the same call. On a cluster they live in another
+slot, so the thread script runs alone and the strategy follows up: with
+``index.lua``, an append is indexed after it is written, and an empty thread is
+removed, re-checked and re-added if a registration raced in, so no message is
+ever stranded outside the index; with ``counts.lua``, the thread's counts that
+the script returned are applied to the handler's (see the keys' docstring for
+what a crash between the two does).
 
 `Storage` picks one strategy at construction and calls it where the two differ;
 both have the same methods, taking durations in milliseconds (`scripts.ms`).
@@ -50,6 +53,10 @@ class Layout(abc.ABC):
         self._release = scripts.release
         self._index = scripts.index
         self._unschedule = scripts.unschedule
+        self._eval_all = scripts.eval_all
+        self._dead = scripts.dead
+        self._tally = scripts.tally
+        self._counts = scripts.counts
 
     @abc.abstractmethod
     async def push(self, handler: str, writes: Sequence[TubeWrite], wake: bytes, stamp: str) -> int:
@@ -68,24 +75,46 @@ class Layout(abc.ABC):
         """Drop our lease; the thread becomes visible, or leaves the index when empty."""
 
     @abc.abstractmethod
-    async def dead_letters(self, ref: ThreadRef, cycle_keys: list[str]) -> None:
-        """Before a cycle.lua call (with ``cycle_keys``) that writes dead letters: index the thread's."""
+    async def call(
+        self, script: Any, ref: ThreadRef, keys: Sequence[str], args: Sequence[Any], indexes: Sequence[str] = ()
+    ) -> Any:
+        """Run a thread script that counts ``ref`` (cycle, due, fire: the last item of its reply
+        is the thread's counts, for a cluster) with the handler's ``indexes`` it takes and its counts."""
 
     @abc.abstractmethod
-    async def indexed(self, script: Any, ref: ThreadRef, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        """Run due.lua or fire.lua on ``ref`` (its thread's ``keys`` and ``args``), with the indexes."""
+    async def before_dead_letters(self, ref: ThreadRef) -> None:
+        """Before a cycle.lua call that writes dead letters: index the thread's (a cluster)."""
 
     @abc.abstractmethod
     async def due_moved(self, ref: ThreadRef, moved: int) -> None:
-        """After `indexed` calls moved (or fired) ``moved`` requests of ``ref``: index it as they did."""
+        """After due.lua or fire.lua calls moved (or fired) ``moved`` requests of ``ref``: index it as they did."""
 
     @abc.abstractmethod
-    async def unschedule(self, ref: ThreadRef, members: Sequence[bytes]) -> Any:
-        """Remove recurring requests of ``ref`` and re-score its due index entry; how many."""
+    async def unschedule(self, ref: ThreadRef, args: Sequence[Any]) -> tuple[int, int]:
+        """unschedule.lua on ``ref``, then its due index entry re-scored: (schedules, deferred) removed."""
+
+    @abc.abstractmethod
+    async def take_dead(self, handler: str, takes: Sequence[tuple[str, Sequence[Any]]]) -> list[list[Any]]:
+        """dead.lua on threads of ``handler`` (thread, arguments each: requeue or drop their oldest
+        dead letters), indexed and counted; its replies."""
+
+    @abc.abstractmethod
+    async def tally(self, handler: str, threads: Sequence[str]) -> None:
+        """Count ``threads`` of ``handler`` again, from what their keys hold (tally.lua)."""
+
+    async def rebuild(self, handler: str, since: float) -> None:
+        """Set ``handler``'s counts to what its threads' tallies add up to, recounted from ``since``
+        (counts.lua, one call; also on a full Redis)."""
+        await self._eval(self._counts, self._counting(handler), ["rebuild", repr(since)])
 
     @abc.abstractmethod
     async def before_subscribe(self) -> None:
         """Make the client ready for a pub/sub subscription."""
+
+    def _counting(self, handler: str) -> tuple[str, str, str]:
+        """The handler's counts, tallies and heads, as the scripts take them (lib.lua's count_thread)."""
+        keys = self._keys
+        return keys.counts(handler), keys.tallies(handler), keys.heads(handler)
 
     def _tube_arguments(self, writes: Sequence[TubeWrite], keys: list[str], args: list[Any]) -> None:
         """Append push.lua's keys and arguments of each of ``writes``."""
@@ -114,7 +143,7 @@ class Layout(abc.ABC):
 
 
 class SingleServer(Layout):
-    """One Redis (or fakeredis): the thread scripts update the handler's indexes themselves, atomically."""
+    """One Redis (or fakeredis): the thread scripts update the handler's indexes and counts themselves, atomically."""
 
     transaction = True
 
@@ -129,7 +158,7 @@ class SingleServer(Layout):
         keys = [schema.stamps()]
         args: list[Any] = [stamp, self._stamp_window, schema.wake, wake, len(forget), *forget]
         self._tube_arguments(writes, keys, args)
-        keys += (schema.index(handler), schema.due_index(handler))
+        keys += (schema.index(handler), schema.due_index(handler), *self._counting(handler))
         try:
             count = int((await self._eval(self._push, keys, args))[0])
         except BaseException:
@@ -157,13 +186,14 @@ class SingleServer(Layout):
             self._release, [keys.lease(ref), keys.orders(ref), keys.index(ref.handler)], [token, ref.thread]
         )
 
-    async def dead_letters(self, ref: ThreadRef, cycle_keys: list[str]) -> None:
-        """Pass cycle.lua the dead-letter index: it marks the thread itself."""
-        cycle_keys.append(self._keys.dead_index(ref.handler))
+    async def call(
+        self, script: Any, ref: ThreadRef, keys: Sequence[str], args: Sequence[Any], indexes: Sequence[str] = ()
+    ) -> Any:
+        """One call: the script is passed the indexes and the counts, and updates them."""
+        return await self._eval(script, [*keys, *indexes, *self._counting(ref.handler)], args)
 
-    async def indexed(self, script: Any, ref: ThreadRef, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        """One call: the script is passed the index and the due index, and updates both."""
-        return await self._eval(script, [*keys, self._keys.index(ref.handler), self._keys.due_index(ref.handler)], args)
+    async def before_dead_letters(self, ref: ThreadRef) -> None:
+        """Nothing to do: cycle.lua is passed the dead-letter index and marks the thread itself."""
 
     async def due_moved(self, ref: ThreadRef, moved: int) -> None:
         """Nothing left to do: the scripts indexed the thread."""
@@ -171,24 +201,50 @@ class SingleServer(Layout):
     async def before_subscribe(self) -> None:
         """Nothing to do: a plain client subscribes as it is."""
 
-    async def unschedule(self, ref: ThreadRef, members: Sequence[bytes]) -> Any:
-        """One call: unschedule.lua re-scores the thread's due index entry itself."""
+    async def unschedule(self, ref: ThreadRef, args: Sequence[Any]) -> tuple[int, int]:
+        """One call: unschedule.lua re-scores the thread's due index entry and counts it itself."""
         keys = self._keys
-        return await self._eval(
+        schedules, deferred, _ = await self.call(
             self._unschedule,
-            [keys.recurring(ref), keys.schedules(ref), keys.deferred(ref), keys.due_index(ref.handler)],
-            [ref.thread, *members],
+            ref,
+            [keys.recurring(ref), keys.schedules(ref), keys.deferred(ref)],
+            args,
+            [keys.due_index(ref.handler)],
+        )
+        return int(schedules), int(deferred)
+
+    async def take_dead(self, handler: str, takes: Sequence[tuple[str, Sequence[Any]]]) -> list[list[Any]]:
+        """One round trip: dead.lua indexes each thread, prunes the dead-letter index and counts it itself."""
+        keys = self._keys
+        indexes = [keys.index(handler), keys.dead_index(handler), *self._counting(handler)]
+        calls = []
+        for thread, args in takes:
+            ref = ThreadRef(handler, thread)
+            calls.append((self._dead, [keys.dead(ref), keys.orders(ref), *indexes], args))
+        return [list(reply) for reply in await self._eval_all(calls)] if calls else []
+
+    async def tally(self, handler: str, threads: Sequence[str]) -> None:
+        """tally.lua on each thread (pipelined), counting it in the handler's counts itself."""
+        if not threads:
+            return
+        keys = self._keys
+        counting = self._counting(handler)
+        refs = [ThreadRef(handler, thread) for thread in threads]
+        await self._eval_all(
+            [(self._tally, [keys.orders(ref), *counting], [ref.thread, keys.thread(ref)]) for ref in refs]
         )
 
 
 class Cluster(Layout):
-    """A Redis Cluster: a handler's indexes are another slot, kept by ``index.lua`` after each thread script."""
+    """A Redis Cluster: a handler's indexes and counts are another slot, kept by ``index.lua`` and
+    ``counts.lua`` after each thread script."""
 
     transaction = False
 
     async def push(self, handler: str, writes: Sequence[TubeWrite], wake: bytes, stamp: str) -> int:
         """Each thread's tubes are one call (pipelined per node), and the index is touched only
-        once every tube is appended, which keeps a message from being stranded outside the index."""
+        once every tube is appended, which keeps a message from being stranded outside the index:
+        then the index, the due index and the threads' counts, in one pipelined round trip."""
         schema = self._keys
         by_thread: dict[str, list[TubeWrite]] = {}
         for write in writes:
@@ -204,16 +260,29 @@ class Cluster(Layout):
         replies = await self._pipeline(append)
         queued = [
             thread
-            for (thread, group), (_, _, moved) in zip(by_thread.items(), replies, strict=True)
+            for (thread, group), (_, _, moved, _) in zip(by_thread.items(), replies, strict=True)
             if moved or any(write.immediate for write in group)
         ]
+        calls: list[tuple[Any, list[str], list[Any]]] = []
         if queued:
-            await self._eval(self._index, [schema.index(handler)], ["add", 0, *queued])
-        for thread, (_, due, _) in zip(by_thread, replies, strict=True):
-            if due:
-                await self._eval(self._index, [schema.due_index(handler)], ["at", due, thread])
+            calls.append((self._index, [schema.index(handler)], ["add", 0, *queued]))
+        calls += (
+            (self._index, [schema.due_index(handler)], ["at", due, thread])
+            for thread, (_, due, _, _) in zip(by_thread, replies, strict=True)
+            if due
+        )
+        counted = [item for *_, counts in replies for item in counts]
+        if counted:
+            calls.append((self._counts, list(self._counting(handler)), ["apply", *counted]))
+        if calls:
+            await self._eval_all(calls)
         await self._client.publish(schema.wake, wake)
-        return sum(int(count) for count, _, _ in replies)
+        return sum(int(count) for count, *_ in replies)
+
+    async def _settle(self, handler: str, counted: Sequence[Any]) -> None:
+        """Apply threads' counts returned by a thread script to the handler's (counts.lua)."""
+        if counted:
+            await self._eval(self._counts, self._counting(handler), ["apply", *counted])
 
     async def acquire(self, ref: ThreadRef, token: str, ttl: int) -> Any:
         """acquire.lua, then index.lua hides the thread (taken), or it is unindexed (empty)."""
@@ -242,13 +311,18 @@ class Cluster(Layout):
         elif free:
             await self._eval(self._index, [keys.index(ref.handler)], ["show", 0, ref.thread])
 
-    async def dead_letters(self, ref: ThreadRef, cycle_keys: list[str]) -> None:
-        """Mark the thread first, with index.lua: pruning (`Admin.take_dead`) removes only threads it saw empty."""
-        await self._eval(self._index, [self._keys.dead_index(ref.handler)], ["add", 0, ref.thread])
+    async def call(
+        self, script: Any, ref: ThreadRef, keys: Sequence[str], args: Sequence[Any], indexes: Sequence[str] = ()
+    ) -> Any:
+        """The script alone, then the counts it returned applied (`due_moved` follows up on the indexes)."""
+        reply = await self._eval(script, keys, args)
+        if reply:
+            await self._settle(ref.handler, reply[-1])
+        return reply
 
-    async def indexed(self, script: Any, ref: ThreadRef, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        """The script alone: `due_moved` follows up on the indexes."""
-        return await self._eval(script, keys, args)
+    async def before_dead_letters(self, ref: ThreadRef) -> None:
+        """Mark the thread first, with index.lua: pruning (`take_dead`) removes only threads it saw empty."""
+        await self._eval(self._index, [self._keys.dead_index(ref.handler)], ["add", 0, ref.thread])
 
     async def due_moved(self, ref: ThreadRef, moved: int) -> None:
         """Index the thread if requests were moved, and re-score its due index entry."""
@@ -256,14 +330,57 @@ class Cluster(Layout):
             await self._eval(self._index, [self._keys.index(ref.handler)], ["add", 0, ref.thread])
         await self._reindex_due(ref)
 
-    async def unschedule(self, ref: ThreadRef, members: Sequence[bytes]) -> Any:
-        """unschedule.lua, then the thread's due index entry is re-scored."""
+    async def unschedule(self, ref: ThreadRef, args: Sequence[Any]) -> tuple[int, int]:
+        """unschedule.lua, then the thread's due index entry is re-scored and its counts applied."""
         keys = self._keys
-        removed = await self._eval(
-            self._unschedule, [keys.recurring(ref), keys.schedules(ref), keys.deferred(ref)], [ref.thread, *members]
+        schedules, deferred, _ = await self.call(
+            self._unschedule, ref, [keys.recurring(ref), keys.schedules(ref), keys.deferred(ref)], args
         )
         await self._reindex_due(ref)
-        return removed
+        return int(schedules), int(deferred)
+
+    async def take_dead(self, handler: str, takes: Sequence[tuple[str, Sequence[Any]]]) -> list[list[Any]]:
+        """dead.lua on each thread (pipelined over the nodes), then the threads given messages are
+        indexed, those left without dead letters leave the dead-letter index (removed, re-checked,
+        re-added if one landed meanwhile), and their counts are applied."""
+        if not takes:
+            return []
+        keys = self._keys
+        refs = [ThreadRef(handler, thread) for thread, _ in takes]
+        replies = [
+            list(reply)
+            for reply in await self._eval_all(
+                [
+                    (self._dead, [keys.dead(ref), keys.orders(ref)], args)
+                    for ref, (_, args) in zip(refs, takes, strict=True)
+                ]
+            )
+        ]
+        done = [(ref, reply) for ref, reply in zip(refs, replies, strict=True) if int(reply[0]) >= 0]
+        queued = [ref.thread for ref, (_, _, requeued, _) in done if int(requeued)]
+        if queued:
+            await self._eval(self._index, [keys.index(handler)], ["add", 0, *queued])
+        empty = [ref for ref, (_, left, _, _) in done if not int(left)]
+        if empty:
+            index = keys.dead_index(handler)
+            await self._client.zrem(index, *(ref.thread for ref in empty))
+            again = await self._pipeline(lambda pipe: [pipe.llen(keys.dead(ref)) for ref in empty])
+            back = [ref.thread for ref, left in zip(empty, again, strict=True) if left]
+            if back:
+                await self._eval(self._index, [index], ["add", 0, *back])
+        await self._settle(handler, [item for *_, counted in replies for item in counted])
+        return replies
+
+    async def tally(self, handler: str, threads: Sequence[str]) -> None:
+        """tally.lua on each thread (pipelined over the nodes), then their counts applied at once."""
+        if not threads:
+            return
+        keys = self._keys
+        refs = [ThreadRef(handler, thread) for thread in threads]
+        replies = await self._eval_all(
+            [(self._tally, [keys.orders(ref)], [ref.thread, keys.thread(ref)]) for ref in refs]
+        )
+        await self._settle(handler, [item for (counted,) in replies for item in counted])
 
     async def before_subscribe(self) -> None:
         """Initialize the client: a cluster pub/sub needs the slot map first."""

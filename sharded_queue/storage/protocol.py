@@ -4,9 +4,10 @@
 nothing else: registration, the coordinator's poll, the bound thread's lease
 and batch cycle, wake-ups. `Storage` satisfies it (checked by mypy, in
 `sharded_queue.storage.store`); its other methods (stats, dead letters, the
-worker registry, schedules: `sharded_queue.storage.admin`) are operations, off
-the per-batch path. Also here: the values the queue hands the storage through
-it (`TubeWrite`, `StoredSchedule`).
+worker registry, schedules: `sharded_queue.storage.admin` and
+`sharded_queue.storage.reads`) are operations, off the per-batch path. Also
+here: the values the queue hands the storage through it (`TubeWrite`,
+`StoredSchedule`).
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ class QueueStorage(Protocol):
         ...
 
     async def pending(self, handler: str) -> int:
-        """Messages waiting in all tubes of ``handler`` (not for hot paths: a burst's end)."""
+        """Messages waiting in all tubes of ``handler``, from its counts (one round trip)."""
         ...
 
     async def close(self) -> None:

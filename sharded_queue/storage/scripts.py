@@ -25,7 +25,23 @@ from ..errors import StorageConfigError, StorageError, StorageFull, StorageTimeo
 from .client import CLIENT_BACKOFF_CAP, CLIENT_RETRIES
 from .transport import Lane
 
-SCRIPTS = ("push", "cycle", "acquire", "renew", "release", "index", "candidates", "due", "fire", "unschedule")
+SCRIPTS = (
+    "push",
+    "cycle",
+    "acquire",
+    "renew",
+    "release",
+    "index",
+    "candidates",
+    "due",
+    "fire",
+    "unschedule",
+    "dead",
+    "tally",
+    "counts",
+    "scan",
+    "inspect",
+)
 """The scripts every `Scripts` registers (the worker registry's are registered on first use)."""
 
 _LANE_BACKOFF = ExponentialWithJitterBackoff(base=0.01, cap=CLIENT_BACKOFF_CAP)
@@ -112,6 +128,11 @@ class Scripts:
         self.due = self.all["due"]
         self.fire = self.all["fire"]
         self.unschedule = self.all["unschedule"]
+        self.dead = self.all["dead"]
+        self.tally = self.all["tally"]
+        self.counts = self.all["counts"]
+        self.scan = self.all["scan"]
+        self.inspect = self.all["inspect"]
         # Lanes: connections of their own, one per call in flight, taken from and given back
         # to a free list that storages sharing the client share (and `close` closes).
         self.lanes: list[Lane] | None = _LANES.setdefault(client, []) if lanes else None
@@ -150,7 +171,19 @@ class Scripts:
 
     async def eval_all(self, calls: Sequence[tuple[Any, Sequence[Any], Sequence[Any]]]) -> list[Any]:
         """Run several scripts in one round trip: ``(script, keys, args)`` each."""
-        commands = [("EVALSHA", script.sha, len(keys), *keys, *args) for script, keys, args in calls]
+        return await self.send_all([self.command(script, keys, args) for script, keys, args in calls])
+
+    @staticmethod
+    def command(script: Any, keys: Sequence[Any], args: Sequence[Any]) -> tuple[Any, ...]:
+        """The EVALSHA command of a script call, for `send_all`."""
+        return ("EVALSHA", script.sha, len(keys), *keys, *args)
+
+    async def send_all(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """Send commands (script calls, or plain commands with their key first) in one round trip.
+
+        Take replies as raw: a lane returns them unparsed (``ZRANGE ... WITHSCORES`` gives
+        a flat list, ``TIME`` bytes), and redis-py parses a command passed this way little.
+        """
         if self.lanes is None:
             return await self.pipeline(lambda pipe: [pipe.execute_command(*command) for command in commands])
         return await self.on_lane(commands)

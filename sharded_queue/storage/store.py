@@ -5,9 +5,9 @@ Registration (`Storage.push`), the coordinator's poll (`Storage.candidates`,
 (`Storage.acquire`, `Storage.cycle`, `Storage.renew`, `Storage.release`) and
 wake-ups (`Storage.listen_wake`): the `protocol.QueueStorage` a worker and a
 registration use. Each is a script call or two (`scripts`), on keys of
-`keys.Keys`; where one server and a cluster differ (the handlers' indexes), the
-`layout` strategy picked at construction does. Operations off that path come
-from `admin.Admin`.
+`keys.Keys`; where one server and a cluster differ (the handlers' indexes and
+counts), the `layout` strategy picked at construction does. Operations off that
+path come from `admin.Admin` and `reads.Reads`.
 """
 
 from __future__ import annotations
@@ -132,8 +132,8 @@ class Storage(Admin):
             keys.schedules(ref),
         ]
         with translate_errors():
-            moved, _, fire, now = await self._layout.indexed(
-                self._due, ref, thread_keys, [keys.tube_prefix(ref), ref.thread, limit]
+            moved, _, fire, now, _ = await self._layout.call(
+                self._due, ref, thread_keys, [keys.tube_prefix(ref), ref.thread, limit], self._indexes(ref.handler)
             )
             await self._moved(ref, int(moved))
         ticks = []
@@ -150,7 +150,7 @@ class Storage(Admin):
         fired = 0
         with translate_errors():
             for tick in ticks:
-                fired += await self._layout.indexed(
+                registered, _ = await self._layout.call(
                     self._fire,
                     ref,
                     [keys.recurring(ref), keys.orders(ref), keys.deferred(ref)],
@@ -164,9 +164,15 @@ class Storage(Admin):
                         1 if tick.unique else 0,
                         keys.marks_prefix(ref),
                     ],
+                    self._indexes(ref.handler),
                 )
+                fired += int(registered)
             await self._moved(ref, fired)
         return fired
+
+    def _indexes(self, handler: str) -> list[str]:
+        """The index and due index, as due.lua and fire.lua take them (one server)."""
+        return [self.keys.index(handler), self.keys.due_index(handler)]
 
     async def _moved(self, ref: ThreadRef, count: int) -> None:
         """After ``count`` due requests of ``ref`` joined its tubes: index it as the scripts did
@@ -214,9 +220,10 @@ class Storage(Admin):
         ]
         with translate_errors():
             if dead:
-                await self._layout.dead_letters(ref, thread_keys)
-            reply = await self._eval(
+                await self._layout.before_dead_letters(ref)
+            reply = await self._layout.call(
                 self._cycle,
+                ref,
                 thread_keys,
                 [
                     keys.tube_prefix(ref),
@@ -231,12 +238,13 @@ class Storage(Admin):
                     keys.marks_prefix(ref),
                     *dead,
                 ],
+                [keys.dead_index(ref.handler)],
             )
         if reply is None:
             return False
-        if not reply:
+        if len(reply) == 1:  # only the thread's counts: it is empty, or nothing was asked
             return None
-        order, payloads, losses = reply
+        order, payloads, losses, _ = reply
         return order.decode(), payloads, int(losses)
 
     async def renew(self, ref: ThreadRef, token: str, ttl: float) -> bool:

@@ -12,10 +12,12 @@ import numpy as np
 import pandas as pd
 
 from .analysis import check_trace
+from .checks import ScenarioError
 from .cpu import LIBRARY, REGISTER_COMMANDS, Overhead, Pauses
-from .engine import simulate
+from .noise import Empirical, Fixed, Noise
 from .scenario import Scenario
-from .workload import Empirical, Fixed, Noise, ScenarioError, Service
+from .service import Service
+from .simulation import simulate
 
 TIMER_QUANTILE = 0.02
 """With ``timer=True``, the quantile of a batch size's waits taken as the timer's own length:

@@ -1463,7 +1463,8 @@ def test_a_wake_up_message_that_finds_the_process_busy_costs_idle_less(
 ) -> None:
     """Wake-up messages cost `Overhead.wake` (an idle listener's) when they wake the process, and
     `Overhead.idle` less when it is busy; they are handled in order, first come first served."""
-    from simulator.cpu import Cpu, Overhead
+    from simulator.cpu import Overhead
+    from simulator.machine import Cpu
 
     cpu = Cpu(None, _Registrations(times), Overhead(wake=100e-6, idle=40e-6), delivery=0.0)  # type: ignore[arg-type]
     cpu.free = free

@@ -153,7 +153,7 @@ class Result:
             by: Columns among handler, thread, order; ``()`` for one overall row.
             percentiles: Percentiles (0..100) of wait and sojourn.
         """
-        names = analysis._by(by)
+        names = analysis.group_columns(by)
         if "worker" in names:
             raise ValueError(
                 "Result.summary groups by handler, thread and order; use analysis.summary(trace) for workers"
@@ -199,7 +199,9 @@ class Result:
                 row[f"{name}_mean"] = float(getattr(stats, f"{name}_sum")[code]) / count if count else math.nan
                 hist = getattr(stats, f"{name}_hist")[code]
                 for p in percentiles:
-                    row[f"{name}_p{analysis._label(p)}"] = histogram_quantile(hist, p / 100, top) if count else math.nan
+                    row[f"{name}_p{analysis.percentile_label(p)}"] = (
+                        histogram_quantile(hist, p / 100, top) if count else math.nan
+                    )
                 row[f"{name}_max"] = top if count else math.nan
             rows.append(row)
         out = pd.DataFrame(
@@ -212,11 +214,11 @@ class Result:
                 "busy",
                 "first_enqueued",
                 "last_finished",
-                *analysis._metric_columns(percentiles)[4:-1],
+                *analysis.metric_columns(percentiles)[4:-1],
             ],
         )
-        out = analysis._finish(out, window, self.scenario.loops, self.scenario.warmup)
-        return out[[*names, *analysis._metric_columns(percentiles)]]
+        out = analysis.derived_columns(out, window, self.scenario.loops, self.scenario.warmup)
+        return out[[*names, *analysis.metric_columns(percentiles)]]
 
     def _keys(self, names: list[str]) -> list[tuple[Any, ...]]:
         """The group key of every tube."""
@@ -265,7 +267,7 @@ class Result:
         Returns:
             Long format: ``time``, the group columns and ``backlog``.
         """
-        names = analysis._by(by)
+        names = analysis.group_columns(by)
         keys = self._keys(names)
         codes: dict[tuple[Any, ...], int] = {}
         index = np.array([codes.setdefault(key, len(codes)) for key in keys], dtype=np.int64)

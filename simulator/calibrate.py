@@ -25,7 +25,7 @@ How `calibrate` fits each part:
   cores, pauses), and a spread drawn afresh for every round trip would
   add up on every message's path of several round trips: on 0.5 ms
   sleeps at 1200/s it put the p99 50-170% too high.
-* The machine: a trace recorded by `simulator.realrun` says how many cores
+* The machine: a trace recorded by `simulator.lab.realrun` says how many cores
   the machine had and how much CPU the other programs on them used (the
   producer, a local storage server): per message performed, that is the
   scenario's ``background``. When it gives the storage server's own CPU,
@@ -42,9 +42,9 @@ How `calibrate` fits each part:
 * The machine's speed, given ``run``: the twin replays the trace's own run
   and the library's costs are scaled (`Overhead.scaled`, ``speed``) so that
   its worker processes use the CPU the real ones did (``attrs["process_cpu"]``,
-  as `simulator.realrun` records it), less ``perform``'s; then everything
+  as `simulator.lab.realrun` records it), less ``perform``'s; then everything
   above is fitted again. ``overhead`` is measured once
-  (`simulator.measure.measure_overhead`), but a shared machine's speed
+  (`simulator.lab.measure.measure_overhead`), but a shared machine's speed
   moves within minutes (here a no-op drain ran at 200,000 and 355,000
   messages a second in consecutive runs): the speed during the run
   calibrated on is the best guess for the run predicted next. Only where
@@ -74,7 +74,7 @@ from .simulation import simulate
 TIMER_QUANTILE = 0.02
 """With ``timer=True``, the quantile of a batch size's waits taken as the timer's own length:
 an ``asyncio.sleep`` never ends early, and ends late by up to a millisecond when
-the event loop is idle (`simulator.cpu`), so its length is the lower envelope."""
+the event loop is idle (`simulator.machine`), so its length is the lower envelope."""
 
 
 PAUSE_MIN = 0.005
@@ -116,7 +116,7 @@ class Calibration:
         overhead: The library's CPU per effect the fit assumed (and `apply` sets).
         pauses: The machine's pauses seen in the trace (`apply` sets them).
         cores: The cores of the machine the trace was recorded on, when the trace says
-            (``attrs["machine"]``, as `simulator.realrun` records it); None: unknown.
+            (``attrs["machine"]``, as `simulator.lab.realrun` records it); None: unknown.
         background: CPU seconds the other programs on those cores used per message
             performed (the producer, a local storage server); `apply` sets both.
         storage_cpu: CPU seconds a local storage server spent per command, when the trace
@@ -221,7 +221,7 @@ def _speed(trace: pd.DataFrame, fitted: Calibration, run: Scenario) -> float | N
     if not trace.attrs.get("process_cpu"):
         raise ValueError(
             "calibrate(run=...): the trace does not say its worker processes' CPU seconds"
-            ' (attrs["process_cpu"], as simulator.realrun records it); leave run out'
+            ' (attrs["process_cpu"], as simulator.lab.realrun records it); leave run out'
         )
     used = float(sum(trace.attrs["process_cpu"]))
     performed = 0.0

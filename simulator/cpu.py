@@ -115,7 +115,7 @@ by 30%. Each constant is the median of three measurements, which move by under 1
 event loop's iterations; the benchmark now takes it from the busy drains (`measure.idle_cost`),
 which on one measurement of the CI machine put it at 46 µs against the regression's 32
 (and each round trip's cost 14 µs lower). Measure the machine you plan for
-(``await simulator.measure.measure_overhead(url)``) and pass that `Overhead` (or
+(``await simulator.lab.measure.measure_overhead(url)``) and pass that `Overhead` (or
 ``LIBRARY.scaled(factor)``)."""
 
 TRACED = dataclasses.replace(LIBRARY, trace=4.55e-06, trace_per_message=4.07e-07)

@@ -20,7 +20,7 @@ class SimProcess:
 
     def __init__(self, index: int) -> None:
         self.index = index
-        self.cpu: Any = None  # its `simulator.cpu.Cpu`, when CPU is modelled
+        self.cpu: Any = None  # its `simulator.machine.Cpu`, when CPU is modelled
         self.loops: list[LoopState] = []
         self.bound: dict[SimThread, LoopState] = {}  # loops holding a thread
         self.idle: dict[LoopState, None] = {}  # loops looking for a thread, oldest first

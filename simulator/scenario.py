@@ -37,7 +37,7 @@ class Scenario:
         loops: Number of worker loops (``Worker.loop`` calls, ``--loops``) across all processes.
         processes: Number of worker processes (`Worker` objects, ``--processes``) the
             loops are spread over, round robin; each routes wake-ups to its own
-            loops and has one CPU that its loops share (see `simulator.cpu`).
+            loops and has one CPU that its loops share (see `simulator.machine`).
         settings: The real settings (batch size, coordinator delay, empty
             limit/pause, lease TTL, retries); default: the library defaults,
             not the environment (pass ``sharded_queue.settings`` for that).
@@ -58,7 +58,7 @@ class Scenario:
             independent server, as the textbook queues assume.
         pauses: When the machine stops running the worker processes (`simulator.cpu.Pauses`;
             none by default; `calibrate` measures them).
-        cores: The cores of the machine the worker processes share (`simulator.cpu.Cores`);
+        cores: The cores of the machine the worker processes share (`simulator.machine.Cores`);
             None (the default): each process has a core of its own. With fewer cores
             than busy processes, work waits for a core.
         background: CPU seconds that other programs on those cores spend per message
@@ -66,7 +66,7 @@ class Scenario:
             more process; needs ``cores``.
         storage_cpu: Seconds the storage server spends on each command; 0 (the default):
             the round trip is all there is. Otherwise Redis is one server that runs
-            commands one at a time (`simulator.cpu.StorageServer`): every storage call
+            commands one at a time (`simulator.machine.StorageServer`): every storage call
             and every registration queues there, so round trips grow with the load;
             ``rtt`` is then the rest of a round trip (network and client).
         workers: Deprecated name of ``loops``.

@@ -33,7 +33,7 @@ class Service:
         cpu_per_batch: The CPU part of ``per_batch`` (at most ``per_batch``).
         cpu_per_message: The CPU part of ``per_message`` (at most ``per_message``).
         timer: The waiting part is an asyncio timer (``asyncio.sleep``), which an
-            idle event loop rounds up to the millisecond (see `simulator.cpu`),
+            idle event loop rounds up to the millisecond (see `simulator.machine`),
             rather than I/O that ends when a reply arrives.
     """
 

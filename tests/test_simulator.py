@@ -1106,7 +1106,7 @@ def test_calibration_maps_handler_names_or_refuses() -> None:
 
 
 def test_calibrate_takes_the_machine_a_real_run_recorded() -> None:
-    """A trace that says its machine (``attrs["machine"]``, as `simulator.realrun` records it)
+    """A trace that says its machine (``attrs["machine"]``, as `simulator.lab.realrun` records it)
     calibrates the scenario's cores and the other programs' CPU per message; one that does not
     leaves the scenario's own, as a trace from production does."""
     trace = simulate(Scenario(Workload(OneThread, Poisson(50), Service(0.01)), duration=20)).trace
@@ -1423,8 +1423,8 @@ def test_throughput_after_a_warm_up_counts_the_backlog_drained() -> None:
 
 
 def test_idle_cost_is_what_busy_drains_save_per_round_trip() -> None:
-    """`simulator.measure.idle_cost`: the one-loop costs, less the busy drains' CPU, per round trip."""
-    from simulator.measure import idle_cost
+    """`simulator.lab.measure.idle_cost`: the one-loop costs, less the busy drains' CPU, per round trip."""
+    from simulator.lab.measure import idle_cost
 
     costs = {"poll": 150e-6, "acquire": 150e-6, "begin": 30e-6, "cycle": 120e-6, "decode": 1e-6}
     costs |= {"perform": 20e-6, "perform_per_message": 0.5e-6, "end": 200e-6}

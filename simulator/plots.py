@@ -170,7 +170,7 @@ def plot_sweep(
         label = None if hue is None else f"{hue} {value}"
         nudge = (number - (len(groups) - 1) / 2) * 5.0  # points sideways, so that intervals do not overlap
         for ax, metric in zip(axes, metrics, strict=True):
-            line, hot = _sweep_line(ax, part, x, metric, scale[metric], colours[number], label, nudge)
+            line, hot = _sweep_line(figure, ax, part, x, metric, scale[metric], colours[number], label, nudge)
             saturated = saturated or hot
         if label is not None:
             handles.append(line)
@@ -183,7 +183,15 @@ def plot_sweep(
 
 
 def _sweep_line(
-    ax: Axes, part: pd.DataFrame, x: str, metric: str, scale: float, colour: Any, label: str | None, nudge: float
+    figure: Figure,
+    ax: Axes,
+    part: pd.DataFrame,
+    x: str,
+    metric: str,
+    scale: float,
+    colour: Any,
+    label: str | None,
+    nudge: float,
 ) -> tuple[Any, bool]:
     """One group's line of ``metric`` (with its intervals, nudged sideways by ``nudge`` points, and
     its saturated points crossed). Returns the artist the legend shows, and whether any point saturated."""
@@ -208,7 +216,7 @@ def _sweep_line(
         hot = part["saturated"].astype(bool).to_numpy()
         artists += ax.plot(part[x][hot], values[hot], "x", color="black", markersize=11, mew=2, zorder=5)
     if artists and low in part.columns:  # drawn in data space (autoscaled), then moved sideways
-        shift = offset_copy(ax.transData, fig=ax.figure, x=nudge, units="points")
+        shift = offset_copy(ax.transData, fig=figure, x=nudge, units="points")
         for artist in artists:
             artist.set_transform(shift)
     return line, saturated

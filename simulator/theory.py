@@ -179,7 +179,8 @@ def cpu_scenario(rho: float, loops: int, messages: int, seed: int = 0, warmup: f
     (`mm1_sojourn`), not M/M/c's.
     """
     scenario = mmc_scenario(rho / loops, loops, messages, seed, warmup)  # arrivals at rho, not rho * loops
-    workload = dataclasses.replace(scenario.workloads[0], service=Service.exponential(1.0, cpu=True))
+    workloads: tuple[Workload, ...] = scenario.workloads  # type: ignore[assignment]
+    workload = dataclasses.replace(workloads[0], service=Service.exponential(1.0, cpu=True))
     return dataclasses.replace(scenario, workloads=(workload,))
 
 

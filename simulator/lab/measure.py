@@ -65,7 +65,7 @@ class Noop(Handler):
         pass
 
 
-class CountingSelector(selectors.DefaultSelector):  # type: ignore[misc, valid-type]
+class CountingSelector(selectors.DefaultSelector):
     """The platform's default selector, counting its ``select`` calls: the event loop's iterations."""
 
     def __init__(self) -> None:

@@ -154,6 +154,11 @@ class SimLoop:
     CPU modelled, every effect first claims the process's CPU for its cost
     (`simulator.machine.Cpu.claim`); the storage acts when the request is sent
     (after that CPU) plus half a round trip.
+
+    Each step follows simulated time itself (`now`): a timeout ends at ``now``
+    plus its delay, the very sum simpy makes, so only a wait on another event
+    reads ``env.now``. Reading simpy's ``now`` (a property) after every effect
+    took about 6% of a run's instructions.
     """
 
     __slots__ = (

@@ -24,10 +24,13 @@ performed, `Scenario.background`) take their share of them.
 `Scenario.storage_cpu` every storage call and registration queues there, so
 round trips grow with the load on the server.
 
-`Pauses` are moments when the machine stops running the worker processes
-altogether (the operating system, the hypervisor, a garbage collection): every
-process's CPU stops for the pause, and work, timers and replies wait for its
-end. `calibrate` measures them from a trace.
+`PauseSchedule` draws the machine's pauses (`simulator.cpu.Pauses`): moments
+when the machine stops running the worker processes altogether (the operating
+system, the hypervisor, a garbage collection). Every process's CPU stops for
+the pause, and work, timers and replies wait for its end. `calibrate` measures
+them from a trace.
+
+What each of these costs is a parameter of `simulator.cpu`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""A scenario: the same inputs the real queue takes, plus a workload and models.
+"""A scenario: one `Workload` per handler (`simulator.workload`), the fleet, the real settings,
+the storage's round trip and the machine's models; reproducible from its seed.
 
 The handler classes, their ``route()``, ``orders``, ``batch_size`` and
 ``retry_attempts``, and the `sharded_queue.Settings` are the real ones: a

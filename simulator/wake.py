@@ -18,6 +18,9 @@ yet: an idle loop with ``k`` such loops ahead of it is woken by the
 registration that would wake it under the current state, and recomputes that
 when the state changes (for all the waiting idle loops of a process in one
 scan). A waiting loop gets a simpy timer at that moment.
+
+The routing is all in `Wakeups`; finding the registrations is `simulator.lookups`'s
+work, and the loops' state is `simulator.loops`'s.
 """
 
 from __future__ import annotations

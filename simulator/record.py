@@ -247,13 +247,10 @@ Sample = tuple[float, np.ndarray, np.ndarray]
 class RunRecord:
     """What one simulation run produced, as plain data: what `Result` reads.
 
+    ``scenario``, ``end``, ``wall``, ``messages``, ``dead`` and ``arrived`` are the
+    `Result`'s own (see there); the rest it turns into tables.
+
     Attributes:
-        scenario: The simulated `Scenario`.
-        end: Simulated time at which the run stopped.
-        wall: Wall-clock seconds the run took.
-        messages: Messages performed.
-        dead: Messages dead-lettered.
-        arrived: Messages registered.
         last_arrival: Enqueue time of the last registered message.
         recorder: The trace (or its statistics).
         tubes: Per tube (the trace's ``group``): its handler, thread and order.

@@ -8,6 +8,8 @@ that is meant to leave its behaviour alone (a refactoring) must leave every hash
 is. A change that is meant to change the numbers re-records them, and says so::
 
     .venv/bin/python -m tests.test_twin_traces     # prints GOLDEN for this code
+
+The handlers are this module's own, so that a change to another test's cannot move the hashes.
 """
 
 from __future__ import annotations

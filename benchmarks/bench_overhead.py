@@ -1,10 +1,10 @@
-"""The library's own CPU per effect on this machine: a report of `simulator.measure`.
+"""The library's own CPU per effect on this machine: a report of `simulator.lab.measure`.
 
     .venv/bin/python -m benchmarks.bench_overhead            # prints the table and the Overhead(...) literal
 
 The twin charges every effect a worker loop carries out, and every wake-up
 message a worker process receives, to the process's one CPU; how they are
-measured is in `simulator.measure`. This prints each constant with its spread
+measured is in `simulator.lab.measure`. This prints each constant with its spread
 over ``--repeat`` measurements (the median of three by default: the machine is
 shared), the asyncio timer's granularity, a check of the constants against
 runs of 2 to 16 loops in one process (the CPU the model predicts from the
@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from sharded_queue.testing import RedisServer
-from simulator.measure import KINDS, measure
+from simulator.lab.measure import KINDS, measure
 
 
 def main(argv: list[str] | None = None) -> None:

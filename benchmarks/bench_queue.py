@@ -188,13 +188,13 @@ class BenchServer:
 
 
 class BenchCluster(BenchServer):
-    """A 3-node Redis Cluster of the benchmark's own, spawned like the tests' (`tests.conftest`),
-    on free loopback ports, and removed afterwards."""
+    """A 3-node Redis Cluster of the benchmark's own, spawned like the tests'
+    (`sharded_queue.testing.RedisClusterNodes`), on free loopback ports, and removed afterwards."""
 
     directory_prefix = "sq-bench-cluster-"
 
     def _start(self, directory: Path) -> Any:
-        from tests.conftest import RedisClusterNodes
+        from sharded_queue.testing import RedisClusterNodes
 
         return RedisClusterNodes(directory)
 

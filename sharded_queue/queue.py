@@ -66,54 +66,39 @@ class Queue(QueueAdmin):
         if_not_exists: bool = False,
         recurrent: float | timedelta | str | Cron | None = None,
     ) -> int:
-        """Route, serialize and append ``requests`` to ``handler``'s tubes.
+        """Route, serialize and append ``requests`` to ``handler``'s tubes; returns how many were stored.
 
-        Everything is validated and encoded first, then written in one round
-        trip; on any error nothing is written. Once this returns the requests
-        are stored and will be performed at least once. A call of more than
-        ``settings.register_chunk`` requests is written in chunks of that size,
-        in order, each all or nothing, so that it never blocks Redis for long.
+        Everything is validated and encoded first, then written in one round trip
+        (chunks of ``settings.register_chunk``, in order, each all or nothing); on an
+        error nothing of the chunk is written. Once this returns, the requests are
+        stored and will be performed at least once.
 
         Args:
             handler: The handler class.
             requests: Its requests, in order.
-            defer: Join the tube's tail later: after these seconds (or `timedelta`),
-                or at this aware `datetime`, on the storage server's clock. Requests
-                of one tube due at the same time keep their registration order.
-            if_not_exists: Skip a request whose encoded bytes equal those of one
-                still waiting (queued or deferred) in the same tube; it is stored
-                again once that one is acked (performed or dead-lettered).
-            recurrent: Register each request again on every tick of a schedule:
-                every so many seconds (or `timedelta`, at least ``coordinator_delay``),
-                the first tick one period from now, or at each match of a cron
-                string (UTC) or a `Cron` (in its time zone). Registering the
-                same request (same thread and order) again replaces its schedule;
-                ticks missed while no worker ran collapse into one. Not with ``defer``.
-
-        Returns:
-            How many requests were stored (scheduled, for ``recurrent``).
+            defer: Join the tube's tail after these seconds (or `timedelta`), or at
+                this aware `datetime`, on the storage server's clock (at most ten years).
+            if_not_exists: Skip a request equal to one still waiting (queued or
+                deferred) in the same tube, until that one is acked.
+            recurrent: Register each request on every tick: every so many seconds
+                (or `timedelta`, at least ``coordinator_delay``), or at each match of a
+                cron string (UTC) or a `Cron`. Registering it again replaces its
+                schedule; missed ticks collapse into one. Not with ``defer``.
 
         Raises:
-            RouteError: ``route()`` did not return one `RequestRoute` per request
-                (`RouteTypeError`, also a TypeError, for a wrong item type).
-            ValueError: an order not in ``handler.orders``; a negative, naive or
-                more than ten years away ``defer``; an invalid ``recurrent``;
-                ``defer`` with ``recurrent``.
+            RouteError: ``route()`` did not return one `RequestRoute` per request.
+            ValueError: an undeclared order, a bad ``defer`` or ``recurrent``, both of
+                them, or (off the embedded default) a ``__main__`` handler without ``name``.
             TypeError: ``defer``, ``recurrent`` or ``if_not_exists`` of the wrong type.
-            SerializationError: a request is not of the handler's request type.
+            SerializationError: a request a worker could not decode.
             StorageFull: Redis is full (nothing of the chunk was written).
-            StorageError: Redis failed or did not answer in time; its ``stored``
-                says how many requests earlier chunks stored.
+            StorageError: Redis failed; its ``stored`` says how many earlier chunks stored.
         """
         spec = self.spec(handler)
         when, schedule = _timing(defer, if_not_exists, recurrent, self.settings.coordinator_delay)
         embedded = self.storage.embedded_default
-        if spec.name.startswith("__main__:") and not embedded:
-            raise ValueError(
-                f"{handler.__qualname__} is defined in the script being run (__main__), so it would be stored as "
-                f'{spec.name!r}, a name no worker process can import: set `name = "..."` on the class, or '
-                "define it in a module that workers import"
-            )
+        if not embedded:
+            _check_importable(spec)
         if not requests:
             return 0
         routes = check_routes(requests, await handler.route(*requests), f"{handler.__qualname__}.route()")
@@ -126,13 +111,7 @@ class Queue(QueueAdmin):
         self._registered.setdefault(spec.name, handler)
         if embedded and not self._warned:
             self._warned = True
-            warnings.warn(
-                f"{handler.__qualname__} requests went to the embedded in-process storage (no URL and no "
-                "QUEUE_STORAGE_URL): only a Worker in this process can perform them, and they are lost when it "
-                "exits. Give Queue a redis:// URL or set QUEUE_STORAGE_URL to share them.",
-                EmbeddedStorageWarning,
-                stacklevel=2,
-            )
+            _warn_embedded(handler)
         return stored
 
     def _chunks(
@@ -252,3 +231,27 @@ def _timing(
     if not isinstance(if_not_exists, bool):
         raise TypeError(f"if_not_exists= takes a bool, got {if_not_exists!r}")
     return when, schedule
+
+
+def _check_importable(spec: HandlerSpec) -> None:
+    """Refuse a handler stored under a name no worker process can import (defined in ``__main__``).
+
+    Raises:
+        ValueError: the handler lives in ``__main__`` and sets no ``name``.
+    """
+    if spec.name.startswith("__main__:"):
+        raise ValueError(
+            f"{spec.handler.__qualname__} is defined in the script being run (__main__), so it would be stored as "
+            f'{spec.name!r}, a name no worker process can import: set `name = "..."` on the class, or '
+            "define it in a module that workers import"
+        )
+
+
+def _warn_embedded(handler: type[Handler]) -> None:
+    warnings.warn(
+        f"{handler.__qualname__} requests went to the embedded in-process storage (no URL and no "
+        "QUEUE_STORAGE_URL): only a Worker in this process can perform them, and they are lost when it "
+        "exits. Give Queue a redis:// URL or set QUEUE_STORAGE_URL to share them.",
+        EmbeddedStorageWarning,
+        stacklevel=3,
+    )

@@ -123,6 +123,49 @@ class RedisServer:
         self.process = None
 
 
+class RedisClusterNodes:
+    """Three cluster-enabled redis-server processes joined into one cluster (no replicas), on free
+    loopback ports, their files in ``directory``; for tests and benchmarks. `stop` ends them."""
+
+    def __init__(self, directory: Path, count: int = 3) -> None:
+        self.nodes: list[RedisServer] = []
+        for index in range(count):
+            node_dir = directory / f"node{index}"
+            node_dir.mkdir()
+            self.nodes.append(
+                RedisServer(
+                    node_dir,
+                    *("--cluster-enabled", "yes", "--cluster-config-file", str(node_dir / "nodes.conf")),
+                    port=free_cluster_port(),
+                )
+            )
+        addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+        subprocess.run(
+            ["redis-cli", "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        deadline = time.monotonic() + 30
+        for node in self.nodes:
+            client = redis.Redis(port=node.port, socket_timeout=5)
+            while client.cluster("info").get("cluster_state") != "ok":
+                if time.monotonic() > deadline:
+                    raise RuntimeError("redis cluster did not become ready")
+                time.sleep(0.05)
+            client.close()
+
+    @property
+    def url(self) -> str:
+        """The cluster's URL (its first node)."""
+        return f"redis+cluster://127.0.0.1:{self.nodes[0].port}"
+
+    def stop(self) -> None:
+        """Stop every node."""
+        for node in self.nodes:
+            node.stop()
+
+
 async def wait_until(
     condition: Callable[[], Awaitable[bool] | bool], timeout: float = 10.0, interval: float = 0.005
 ) -> None:
@@ -234,7 +277,7 @@ async def trace_run(
     elif len(at) != len(requests):
         raise ValueError(f"{len(at)} arrival times for {len(requests)} requests")
     else:
-        feed = _arrivals(queue, handler, requests, at)
+        feed = register_at(queue, handler, requests, at)
     await drain(worker, loops=loops, timeout=timeout, feed=feed)
     trace: pd.DataFrame = worker.trace()
     return trace
@@ -246,8 +289,9 @@ async def _backlog(queue: Queue, handler: type[Handler], requests: Sequence[Any]
         await queue.register(handler, *requests[start : start + chunk])
 
 
-async def _arrivals(queue: Queue, handler: type[Handler], requests: Sequence[Any], at: Sequence[float]) -> int:
-    """Register each request at its offset; requests due together go in one call. Returns the calls."""
+async def register_at(queue: Queue, handler: type[Handler], requests: Sequence[Any], at: Sequence[float]) -> int:
+    """Register each request at its offset in seconds from now (open-loop arrivals); requests due
+    together go in one `Queue.register` call. Returns the calls made."""
     start = time.monotonic()
     index = calls = 0
     while index < len(requests):

@@ -16,37 +16,22 @@ time, and returns a `Result` with a trace in the shared schema::
 """
 
 from .analysis import backlog, compare, summary
+from .arrivals import Backlog, Deferred, Deterministic, OnOff, Poisson, Recurring, Registered, Replay
 from .calibrate import Calibration, calibrate
+from .checks import ScenarioError
 from .cpu import LIBRARY, NONE, Overhead, Pauses
 from .display import readable
-from .engine import SimulatedFailure, simulate
+from .engine import SimulatedFailure
+from .noise import Empirical, Exponential, Fixed, LogNormal
 from .plots import plot_backlog, plot_latency, plot_sweep
+from .requests import Generated, Keyed, KeySequence, RoundRobin, Uniform, Zipf
 from .result import Result
-from .scenario import Scenario, Workload
+from .scenario import Scenario
+from .service import Service
+from .simulation import simulate
 from .sweep import Plan, plan, sweep
 from .theory import bulk_service_wait, erlang_c, erlang_c_wait
-from .workload import (
-    Backlog,
-    Deferred,
-    Deterministic,
-    Empirical,
-    Exponential,
-    Fixed,
-    Generated,
-    Keyed,
-    KeySequence,
-    LogNormal,
-    OnOff,
-    Poisson,
-    Recurring,
-    Registered,
-    Replay,
-    RoundRobin,
-    ScenarioError,
-    Service,
-    Uniform,
-    Zipf,
-)
+from .workload import Workload
 
 __all__ = [
     "LIBRARY",

@@ -48,7 +48,12 @@ def check_trace(trace: pd.DataFrame) -> None:
         raise ValueError(f"not a trace: missing column(s) {missing}; expected {list(COLUMNS)}")
 
 
-def _by(by: str | Iterable[str]) -> list[str]:
+def group_columns(by: str | Iterable[str]) -> list[str]:
+    """The columns to group by (``"thread"``, ``("handler", "order")``, ``()``), checked.
+
+    Raises:
+        ValueError: a column that is not handler, thread, order or worker.
+    """
     names = [by] if isinstance(by, str) else list(by)
     unknown = [name for name in names if name not in ("handler", "thread", "order", "worker")]
     if unknown:
@@ -81,10 +86,10 @@ def summary(
         One row per group, sorted by the group columns.
     """
     check_trace(trace)
-    names = _by(by)
+    names = group_columns(by)
     frame = trace if start is None else trace[trace["enqueued_at"] >= start]
     if frame.empty:
-        return pd.DataFrame(columns=[*names, *_metric_columns(percentiles)])
+        return pd.DataFrame(columns=[*names, *metric_columns(percentiles)])
     begin = float(frame["enqueued_at"].min()) if start is None else float(start)
     finish = float(frame["finished_at"].max()) if end is None else float(end)
     window = max(finish - begin, 1e-12)
@@ -96,45 +101,48 @@ def summary(
         wait=frame["started_at"] - frame["enqueued_at"],
         sojourn=frame["finished_at"] - frame["enqueued_at"],
     )
-    keys = names or [np.zeros(len(work), dtype=np.int64)]
-    grouped = work.groupby(keys, sort=True, observed=True)
+    grouped = _groups(work, names)
     out = pd.DataFrame({"count": grouped.size()})
-    done = trace[(trace["finished_at"] >= begin) & (trace["finished_at"] <= finish)]
-    done_keys = names or [np.zeros(len(done), dtype=np.int64)]
-    finished = done.groupby(done_keys, sort=True, observed=True)["finished_at"]
-    out["performed"] = finished.size().reindex(out.index, fill_value=0)
-    out["last_finished"] = finished.max().reindex(out.index)
+    finished = _groups(trace[(trace["finished_at"] >= begin) & (trace["finished_at"] <= finish)], names)
+    out["performed"] = finished["finished_at"].size().reindex(out.index, fill_value=0)
+    out["last_finished"] = finished["finished_at"].max().reindex(out.index)
     out["first_enqueued"] = grouped["enqueued_at"].min()
     batches = work.drop_duplicates(["worker", "batch"]).assign(busy=lambda f: f["finished_at"] - f["started_at"])
-    batch_keys = names or [np.zeros(len(batches), dtype=np.int64)]
-    batch_groups = batches.groupby(batch_keys, sort=True, observed=True)
+    batch_groups = _groups(batches, names)
     out["batches"] = batch_groups.size()
     out["busy"] = batch_groups["busy"].sum()
     for name in ("wait", "sojourn"):
         out[f"{name}_mean"] = grouped[name].mean()
         for p in percentiles:
-            out[f"{name}_p{_label(p)}"] = grouped[name].quantile(p / 100)
+            out[f"{name}_p{percentile_label(p)}"] = grouped[name].quantile(p / 100)
         out[f"{name}_max"] = grouped[name].max()
-    out = _finish(out, window, loops, begin)
+    out = derived_columns(out, window, loops, begin)
     out = out.reset_index(drop=not names)
     if not names:
-        out = out.drop(columns=[c for c in out.columns if c not in _metric_columns(percentiles)])
-    return out[[*names, *_metric_columns(percentiles)]]
+        out = out.drop(columns=[c for c in out.columns if c not in metric_columns(percentiles)])
+    return out[[*names, *metric_columns(percentiles)]]
 
 
-def _label(p: float) -> str:
+def _groups(frame: pd.DataFrame, names: list[str]) -> Any:
+    """``frame`` grouped by ``names``, or as one group when there are none."""
+    return frame.groupby(names or [np.zeros(len(frame), dtype=np.int64)], sort=True, observed=True)
+
+
+def percentile_label(p: float) -> str:
+    """How a percentile is written in a column name: ``50``, ``99_9``."""
     return f"{p:g}".replace(".", "_")
 
 
-def _metric_columns(percentiles: Sequence[float]) -> list[str]:
+def metric_columns(percentiles: Sequence[float]) -> list[str]:
+    """The metric columns of a summary with these ``percentiles``, in order."""
     columns = ["count", "throughput", "batches", "batch_mean"]
     for name in ("wait", "sojourn"):
-        columns += [f"{name}_mean", *(f"{name}_p{_label(p)}" for p in percentiles), f"{name}_max"]
+        columns += [f"{name}_mean", *(f"{name}_p{percentile_label(p)}" for p in percentiles), f"{name}_max"]
     return [*columns, "perform_share"]
 
 
-def _finish(out: pd.DataFrame, window: float, loops: int, begin: float = -math.inf) -> pd.DataFrame:
-    """Derived columns from count, performed, batches and busy (throughput over each group's own
+def derived_columns(out: pd.DataFrame, window: float, loops: int, begin: float = -math.inf) -> pd.DataFrame:
+    """Add the derived columns from count, performed, batches and busy (throughput over each group's own
     window: ``first_enqueued`` (not before ``begin``) to ``last_finished``, when known)."""
     if "first_enqueued" in out.columns:
         own = out["last_finished"] - out["first_enqueued"].clip(lower=begin)
@@ -173,7 +181,7 @@ def compare(
         is their mean, with ``replications`` and the 95% intervals ``sim_low``,
         ``sim_high``, ``rel_error_low`` and ``rel_error_high`` (Student's t).
     """
-    names = _by(by)
+    names = group_columns(by)
     if "utilisation" in metrics:
         warnings.warn(
             "the summary's 'utilisation' is now 'perform_share' (a sweep's 'utilisation' is the loops' own)",
@@ -188,6 +196,11 @@ def compare(
     missing = [m for m in metrics if m not in left.columns or m not in right.columns]
     if missing:
         raise ValueError(f"cannot compare {missing}: not in both summaries")
+    return _relative_errors(left, right, names, metrics)
+
+
+def _relative_errors(left: pd.DataFrame, right: pd.DataFrame, names: list[str], metrics: Sequence[str]) -> pd.DataFrame:
+    """`compare` of two summaries: long format, ``rel_error = (sim - real) / real``."""
     if names:
         merged = left[[*names, *metrics]].merge(right[[*names, *metrics]], on=names, suffixes=("_sim", "_real"))
     else:
@@ -255,7 +268,7 @@ def backlog(trace: pd.DataFrame, by: str | Iterable[str] = ("handler", "thread")
         Long format: ``time``, the group columns and ``backlog``.
     """
     check_trace(trace)
-    names = _by(by)
+    names = group_columns(by)
     if trace.empty:
         return pd.DataFrame(columns=["time", *names, "backlog"])
     times = np.linspace(float(trace["enqueued_at"].min()), float(trace["finished_at"].max()), points)

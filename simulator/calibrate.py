@@ -1,4 +1,56 @@
-"""`calibrate`: fit the service-time, CPU and round-trip model from a real trace."""
+"""`calibrate`: fit the service-time, CPU and round-trip model from a real trace.
+
+How `calibrate` fits each part:
+
+* Service: each batch's duration is ``finished_at - started_at``; a
+  least-squares line through duration against batch size gives
+  ``per_batch`` and ``per_message`` (clipped at 0), and the noise is the
+  empirical distribution of duration / fitted mean (`Fixed` when ``noise``
+  is False or the durations fit exactly).
+* CPU: when the trace has a ``cpu`` column (a real worker records it when
+  tracing), the same line through each batch's CPU seconds gives the CPU
+  part; without it ``perform`` is taken as all waiting.
+* ``timer=True`` says that ``perform`` waits on an asyncio timer (a sleep): its
+  waiting part is then the lower envelope of the waits (`TIMER_QUANTILE`),
+  since an idle event loop rounds timers up to the millisecond, which the
+  twin simulates, and the noise is `Fixed`.
+* Round trip: the gaps between a loop's back-to-back batches of one thread
+  (the next batch already waiting: one ack+fetch round trip), less the
+  CPU its process spent meanwhile on this and its other loops (their
+  ``perform`` CPU from the ``cpu`` column, the library's from ``overhead``),
+  which the twin simulates itself: their median is the round trip, `Fixed`.
+  Their long tail is the machine's contention (other processes on the
+  cores, a busy storage server), which holds for a while and hits every
+  loop together; the twin simulates its causes (the processes' CPU, the
+  cores, pauses), and a spread drawn afresh for every round trip would
+  add up on every message's path of several round trips: on 0.5 ms
+  sleeps at 1200/s it put the p99 50-170% too high.
+* The machine: a trace recorded by `simulator.lab.realrun` says how many cores
+  the machine had and how much CPU the other programs on them used (the
+  producer, a local storage server): per message performed, that is the
+  scenario's ``background``. When it gives the storage server's own CPU,
+  that is spread over the commands the run sent it (a cycle per batch, an
+  acquire and a release per thread bound, `simulator.cpu.REGISTER_COMMANDS`
+  per registration) as ``storage_cpu``: the twin then queues every command
+  at the server, and its time per command is taken out of the round trip.
+* Pauses: a ``perform`` that ended more than `PAUSE_MIN` later than it
+  can (a timer: its envelope plus the timer's rounding; a CPU-bound one,
+  `CPU_BOUND_WAIT`: its own CPU) was stopped by a pause of the machine.
+  The late ends of all loops, merged where they overlap, give the pauses'
+  rate and lengths (`simulator.cpu.Pauses`), and the pause is taken out of
+  that ``perform``'s duration before its service is fitted.
+* The machine's speed, given ``run``: the twin replays the trace's own run
+  and the library's costs are scaled (`Overhead.scaled`, ``speed``) so that
+  its worker processes use the CPU the real ones did (``attrs["process_cpu"]``,
+  as `simulator.lab.realrun` records it), less ``perform``'s; then everything
+  above is fitted again. ``overhead`` is measured once
+  (`simulator.lab.measure.measure_overhead`), but a shared machine's speed
+  moves within minutes (here a no-op drain ran at 200,000 and 355,000
+  messages a second in consecutive runs): the speed during the run
+  calibrated on is the best guess for the run predicted next. Only where
+  the processes were busy (`SPEED_BUSY`) and ``perform``'s CPU is under
+  `SPEED_PERFORM_SHARE` of theirs: the library's work then is most of it.
+"""
 
 from __future__ import annotations
 
@@ -12,15 +64,17 @@ import numpy as np
 import pandas as pd
 
 from .analysis import check_trace
+from .checks import ScenarioError
 from .cpu import LIBRARY, REGISTER_COMMANDS, Overhead, Pauses
-from .engine import simulate
+from .noise import Empirical, Fixed, Noise
 from .scenario import Scenario
-from .workload import Empirical, Fixed, Noise, ScenarioError, Service
+from .service import Service
+from .simulation import simulate
 
 TIMER_QUANTILE = 0.02
 """With ``timer=True``, the quantile of a batch size's waits taken as the timer's own length:
 an ``asyncio.sleep`` never ends early, and ends late by up to a millisecond when
-the event loop is idle (`simulator.cpu`), so its length is the lower envelope."""
+the event loop is idle (`simulator.machine`), so its length is the lower envelope."""
 
 
 PAUSE_MIN = 0.005
@@ -62,7 +116,7 @@ class Calibration:
         overhead: The library's CPU per effect the fit assumed (and `apply` sets).
         pauses: The machine's pauses seen in the trace (`apply` sets them).
         cores: The cores of the machine the trace was recorded on, when the trace says
-            (``attrs["machine"]``, as `simulator.realrun` records it); None: unknown.
+            (``attrs["machine"]``, as `simulator.lab.realrun` records it); None: unknown.
         background: CPU seconds the other programs on those cores used per message
             performed (the producer, a local storage server); `apply` sets both.
         storage_cpu: CPU seconds a local storage server spent per command, when the trace
@@ -138,54 +192,8 @@ def calibrate(
 ) -> Calibration:
     """Fit ``perform`` time, its CPU part and the round trip, per handler, from a trace.
 
-    * Service: each batch's duration is ``finished_at - started_at``; a
-      least-squares line through duration against batch size gives
-      ``per_batch`` and ``per_message`` (clipped at 0), and the noise is the
-      empirical distribution of duration / fitted mean (`Fixed` when ``noise``
-      is False or the durations fit exactly).
-    * CPU: when the trace has a ``cpu`` column (a real worker records it when
-      tracing), the same line through each batch's CPU seconds gives the CPU
-      part; without it ``perform`` is taken as all waiting.
-    * ``timer=True`` says that ``perform`` waits on an asyncio timer (a sleep): its
-      waiting part is then the lower envelope of the waits (`TIMER_QUANTILE`),
-      since an idle event loop rounds timers up to the millisecond, which the
-      twin simulates, and the noise is `Fixed`.
-    * Round trip: the gaps between a loop's back-to-back batches of one thread
-      (the next batch already waiting: one ack+fetch round trip), less the
-      CPU its process spent meanwhile on this and its other loops (their
-      ``perform`` CPU from the ``cpu`` column, the library's from ``overhead``),
-      which the twin simulates itself: their median is the round trip, `Fixed`.
-      Their long tail is the machine's contention (other processes on the
-      cores, a busy storage server), which holds for a while and hits every
-      loop together; the twin simulates its causes (the processes' CPU, the
-      cores, pauses), and a spread drawn afresh for every round trip would
-      add up on every message's path of several round trips: on 0.5 ms
-      sleeps at 1200/s it put the p99 50-170% too high.
-    * The machine: a trace recorded by `simulator.realrun` says how many cores
-      the machine had and how much CPU the other programs on them used (the
-      producer, a local storage server): per message performed, that is the
-      scenario's ``background``. When it gives the storage server's own CPU,
-      that is spread over the commands the run sent it (a cycle per batch, an
-      acquire and a release per thread bound, `simulator.cpu.REGISTER_COMMANDS`
-      per registration) as ``storage_cpu``: the twin then queues every command
-      at the server, and its time per command is taken out of the round trip.
-    * Pauses: a ``perform`` that ended more than `PAUSE_MIN` later than it
-      can (a timer: its envelope plus the timer's rounding; a CPU-bound one,
-      `CPU_BOUND_WAIT`: its own CPU) was stopped by a pause of the machine.
-      The late ends of all loops, merged where they overlap, give the pauses'
-      rate and lengths (`simulator.cpu.Pauses`), and the pause is taken out of
-      that ``perform``'s duration before its service is fitted.
-    * The machine's speed, given ``run``: the twin replays the trace's own run
-      and the library's costs are scaled (`Overhead.scaled`, ``speed``) so that
-      its worker processes use the CPU the real ones did (``attrs["process_cpu"]``,
-      as `simulator.realrun` records it), less ``perform``'s; then everything
-      above is fitted again. ``overhead`` is measured once
-      (`simulator.measure.measure_overhead`), but a shared machine's speed
-      moves within minutes (here a no-op drain ran at 200,000 and 355,000
-      messages a second in consecutive runs): the speed during the run
-      calibrated on is the best guess for the run predicted next. Only where
-      the processes were busy (`SPEED_BUSY`) and ``perform``'s CPU is under
-      `SPEED_PERFORM_SHARE` of theirs: the library's work then is most of it.
+    How each part is fitted (service, CPU, timers, round trip, the machine,
+    pauses, the machine's speed) is in the module's docstring.
 
     Args:
         trace: A trace (real, or simulated to check the fit).
@@ -213,7 +221,7 @@ def _speed(trace: pd.DataFrame, fitted: Calibration, run: Scenario) -> float | N
     if not trace.attrs.get("process_cpu"):
         raise ValueError(
             "calibrate(run=...): the trace does not say its worker processes' CPU seconds"
-            ' (attrs["process_cpu"], as simulator.realrun records it); leave run out'
+            ' (attrs["process_cpu"], as simulator.lab.realrun records it); leave run out'
         )
     used = float(sum(trace.attrs["process_cpu"]))
     performed = 0.0
@@ -248,51 +256,10 @@ def _calibrate(trace: pd.DataFrame, noise: bool, timer: bool, overhead: Overhead
     rows = []
     stopped: list[np.ndarray] = []  # [start, end) of each perform's part that a pause took
     for handler, part in batches.groupby("handler", sort=True):
-        size = part["size"].to_numpy(dtype=np.float64)
-        duration = part["duration"].to_numpy()
-        busy = np.minimum(part["cpu"].to_numpy(), duration) if has_cpu else np.zeros_like(duration)
-        cpu_batch, cpu_message = _fit(size, busy)
-        wait = duration - busy
-        if timer:
-            wait_batch, wait_message = _envelope(size, wait)
-            late = wait - (wait_batch + wait_message * size + overhead.timer_resolution + overhead.timer_slack)
-        elif has_cpu and np.median(wait) < CPU_BOUND_WAIT:
-            late = wait
-        else:
-            late = np.zeros_like(wait)
-        paused = late > PAUSE_MIN
-        if paused.any():
-            finished = part["finished"].to_numpy()[paused]
-            stopped.append(np.column_stack((finished - late[paused], finished)))
-            duration = np.where(paused, duration - late, duration)  # the machine's pause, not perform's time
-        if timer:
-            per_batch, per_message = cpu_batch + wait_batch, cpu_message + wait_message
-        else:
-            per_batch, per_message = _fit(size, duration)
-        cpu_batch, cpu_message = min(cpu_batch, per_batch), min(cpu_message, per_message)
-        mean = per_batch + per_message * size
-        factors = np.divide(duration, mean, out=np.ones_like(duration), where=mean > 0)
-        cv = float(np.std(factors) / np.mean(factors)) if len(factors) > 1 and np.mean(factors) > 0 else 0.0
-        model = Empirical(factors) if noise and not timer and cv > 1e-9 else Fixed()
-        services[str(handler)] = Service(
-            per_batch=per_batch,
-            per_message=per_message,
-            noise=model,
-            cpu_per_batch=cpu_batch,
-            cpu_per_message=cpu_message,
-            timer=timer,
-        )
-        rows.append(
-            {
-                "handler": handler,
-                "per_batch": per_batch,
-                "per_message": per_message,
-                "cpu_per_batch": cpu_batch,
-                "cpu_per_message": cpu_message,
-                "cv": cv,
-                "batches": len(part),
-            }
-        )
+        services[str(handler)], row, paused = _fit_handler(part, has_cpu, noise, timer, overhead)
+        rows.append({"handler": handler, **row})
+        if paused is not None:
+            stopped.append(paused)
     trips, ends = _round_trips(batches, overhead)
     rtt = float(np.median(trips)) if len(trips) else math.nan
     machine = _machine(trace, batches)
@@ -306,6 +273,57 @@ def _calibrate(trace: pd.DataFrame, noise: bool, timer: bool, overhead: Overhead
     # the storage server's time per command is simulated at the server: the rest is the round trip
     rtt = max(rtt - machine.get("storage_cpu", 0.0), 0.0) if rtt > 0 else math.nan
     return Calibration(services, rtt, fit, overhead, pauses=pauses, **machine)
+
+
+def _fit_handler(
+    part: pd.DataFrame, has_cpu: bool, noise: bool, timer: bool, overhead: Overhead
+) -> tuple[Service, dict[str, Any], np.ndarray | None]:
+    """One handler's batches (``part``): its fitted `Service`, its row of `Calibration.fit`, and
+    the ``[start, end)`` of the parts of its performs that a pause of the machine took (or None)."""
+    size = part["size"].to_numpy(dtype=np.float64)
+    duration = part["duration"].to_numpy()
+    busy = np.minimum(part["cpu"].to_numpy(), duration) if has_cpu else np.zeros_like(duration)
+    cpu_batch, cpu_message = _fit(size, busy)
+    wait = duration - busy
+    if timer:
+        wait_batch, wait_message = _envelope(size, wait)
+        late = wait - (wait_batch + wait_message * size + overhead.timer_resolution + overhead.timer_slack)
+    elif has_cpu and np.median(wait) < CPU_BOUND_WAIT:
+        late = wait
+    else:
+        late = np.zeros_like(wait)
+    paused = late > PAUSE_MIN
+    stopped = None
+    if paused.any():
+        finished = part["finished"].to_numpy()[paused]
+        stopped = np.column_stack((finished - late[paused], finished))
+        duration = np.where(paused, duration - late, duration)  # the machine's pause, not perform's time
+    if timer:
+        per_batch, per_message = cpu_batch + wait_batch, cpu_message + wait_message
+    else:
+        per_batch, per_message = _fit(size, duration)
+    cpu_batch, cpu_message = min(cpu_batch, per_batch), min(cpu_message, per_message)
+    mean = per_batch + per_message * size
+    factors = np.divide(duration, mean, out=np.ones_like(duration), where=mean > 0)
+    cv = float(np.std(factors) / np.mean(factors)) if len(factors) > 1 and np.mean(factors) > 0 else 0.0
+    model = Empirical(factors) if noise and not timer and cv > 1e-9 else Fixed()
+    service = Service(
+        per_batch=per_batch,
+        per_message=per_message,
+        noise=model,
+        cpu_per_batch=cpu_batch,
+        cpu_per_message=cpu_message,
+        timer=timer,
+    )
+    row = {
+        "per_batch": per_batch,
+        "per_message": per_message,
+        "cpu_per_batch": cpu_batch,
+        "cpu_per_message": cpu_message,
+        "cv": cv,
+        "batches": len(part),
+    }
+    return service, row, stopped
 
 
 def _machine(trace: pd.DataFrame, batches: pd.DataFrame) -> dict[str, Any]:

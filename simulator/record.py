@@ -1,4 +1,5 @@
-"""Columnar trace recording, and on-the-fly statistics when the trace is not kept.
+"""The record of a run: its columnar trace, on-the-fly statistics when the trace is not kept,
+and `RunRecord`, the plain data a `Result` reads.
 
 One ``add`` per performed batch: the batch's scalars go to lists, its enqueue
 times are copied into one growing float64 buffer. With ``keep=False`` the
@@ -10,8 +11,13 @@ stays flat however many messages are simulated.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .scenario import Scenario
 
 FLUSH = 1 << 20
 """Messages buffered before folding them into statistics (``keep=False``)."""
@@ -231,3 +237,42 @@ class Recorder:
         self.batches += len(self.rows)
         self.used = 0
         self.rows = []
+
+
+Sample = tuple[float, np.ndarray, np.ndarray]
+"""A backlog sample: its time, and per tube the messages waiting and those arrived by then."""
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What one simulation run produced, as plain data: what `Result` reads.
+
+    ``scenario``, ``end``, ``wall``, ``messages``, ``dead`` and ``arrived`` are the
+    `Result`'s own (see there); the rest it turns into tables.
+
+    Attributes:
+        last_arrival: Enqueue time of the last registered message.
+        recorder: The trace (or its statistics).
+        tubes: Per tube (the trace's ``group``): its handler, thread and order.
+        arrived_after_warmup: Per tube: messages registered after the warm-up.
+        batch_limits: Per tube: its handler's batch size.
+        samples: The backlog over time (`Sample`).
+        loops: Per loop: ``index``, ``process``, ``messages``, ``performs``, ``failures``,
+            ``binds``, ``polls``, ``busy`` and ``bound`` (seconds).
+        processes: Per worker process: ``index``, ``loops`` and ``cpu_busy`` (CPU seconds).
+    """
+
+    scenario: Scenario
+    end: float
+    wall: float
+    messages: int
+    dead: int
+    arrived: int
+    last_arrival: float
+    recorder: Recorder
+    tubes: list[tuple[str, str, str]]
+    arrived_after_warmup: np.ndarray
+    batch_limits: np.ndarray
+    samples: list[Sample]
+    loops: list[dict[str, Any]]
+    processes: list[dict[str, Any]]

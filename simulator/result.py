@@ -16,10 +16,9 @@ from sharded_queue.trace import to_frame
 
 from . import analysis
 from .display import duration, html_table, per_second, readable
-from .record import histogram_quantile
+from .record import RunRecord, histogram_quantile
 
 if TYPE_CHECKING:
-    from .engine import Simulation
     from .scenario import Scenario
 
 SATURATION = 0.02
@@ -30,6 +29,8 @@ its arrivals over the measured window (and by more than one batch)."""
 class Result:
     """The outcome of `simulate`: trace, `summary`, `backlog` and per-loop statistics.
 
+    Made from the run's `simulator.record.RunRecord`.
+
     Attributes:
         scenario: The simulated `Scenario`.
         end: Simulated time at which the run stopped.
@@ -39,49 +40,47 @@ class Result:
         arrived: Messages registered.
     """
 
-    def __init__(self, simulation: Simulation, end: float, wall: float) -> None:
-        scenario = simulation.scenario
-        self.scenario: Scenario = scenario
-        self.end = end
-        self.wall = wall
-        self.messages = sum(loop.messages for loop in simulation.loops)
-        self.dead = simulation.dead
-        self.arrived = simulation.feed.total
-        self._recorder = simulation.recorder
-        tubes = simulation.storage.tubes
+    def __init__(self, record: RunRecord) -> None:
+        self.scenario: Scenario = record.scenario
+        self.end = end = record.end
+        self.wall = record.wall
+        self.messages = record.messages
+        self.dead = record.dead
+        self.arrived = record.arrived
+        self._recorder = record.recorder
+        tubes = record.tubes
         self._groups = pd.DataFrame(
             {
-                "handler": [t.tube.handler for t in tubes],
-                "thread": [t.tube.thread for t in tubes],
-                "order": [t.tube.order for t in tubes],
+                "handler": [t[0] for t in tubes],
+                "thread": [t[1] for t in tubes],
+                "order": [t[2] for t in tubes],
             }
         )
-        self._arrived = np.array([t.arrived_after_warmup for t in tubes], dtype=np.int64)
-        self._arrivals_end = min(end, simulation.feed.last)
-        self._samples = simulation.samples
-        policy = simulation.policy
-        self._batch_limit = np.array([policy.batch_limit(t.tube.handler, None) for t in tubes], dtype=np.int64)
+        self._arrived = record.arrived_after_warmup
+        self._arrivals_end = min(end, record.last_arrival)
+        self._samples = record.samples
+        self._batch_limit = record.batch_limits
         self._loops = pd.DataFrame(
             [
                 {
-                    "worker": f"sim:{loop.index}",
-                    "process": loop.process.index,
-                    "messages": loop.messages,
-                    "performs": loop.performs,
-                    "failures": loop.failures,
-                    "binds": loop.binds,
-                    "polls": loop.polls,
-                    "busy": loop.busy,
-                    "bound": loop.bound + (0.0 if math.isnan(loop.bound_since) else end - loop.bound_since),
+                    "worker": f"sim:{loop['index']}",
+                    "process": loop["process"],
+                    "messages": loop["messages"],
+                    "performs": loop["performs"],
+                    "failures": loop["failures"],
+                    "binds": loop["binds"],
+                    "polls": loop["polls"],
+                    "busy": loop["busy"],
+                    "bound": loop["bound"],
                 }
-                for loop in simulation.loops
+                for loop in record.loops
             ]
         )
         self._processes = pd.DataFrame(
             {
-                "process": [p.index for p in simulation.processes],
-                "loops": [len(p.loops) for p in simulation.processes],
-                "cpu_busy": [p.cpu.busy if p.cpu is not None else 0.0 for p in simulation.processes],
+                "process": [p["index"] for p in record.processes],
+                "loops": [p["loops"] for p in record.processes],
+                "cpu_busy": [p["cpu_busy"] for p in record.processes],
             }
         )
         if not self._recorder.keep:
@@ -154,7 +153,7 @@ class Result:
             by: Columns among handler, thread, order; ``()`` for one overall row.
             percentiles: Percentiles (0..100) of wait and sojourn.
         """
-        names = analysis._by(by)
+        names = analysis.group_columns(by)
         if "worker" in names:
             raise ValueError(
                 "Result.summary groups by handler, thread and order; use analysis.summary(trace) for workers"
@@ -200,7 +199,9 @@ class Result:
                 row[f"{name}_mean"] = float(getattr(stats, f"{name}_sum")[code]) / count if count else math.nan
                 hist = getattr(stats, f"{name}_hist")[code]
                 for p in percentiles:
-                    row[f"{name}_p{analysis._label(p)}"] = histogram_quantile(hist, p / 100, top) if count else math.nan
+                    row[f"{name}_p{analysis.percentile_label(p)}"] = (
+                        histogram_quantile(hist, p / 100, top) if count else math.nan
+                    )
                 row[f"{name}_max"] = top if count else math.nan
             rows.append(row)
         out = pd.DataFrame(
@@ -213,11 +214,11 @@ class Result:
                 "busy",
                 "first_enqueued",
                 "last_finished",
-                *analysis._metric_columns(percentiles)[4:-1],
+                *analysis.metric_columns(percentiles)[4:-1],
             ],
         )
-        out = analysis._finish(out, window, self.scenario.loops, self.scenario.warmup)
-        return out[[*names, *analysis._metric_columns(percentiles)]]
+        out = analysis.derived_columns(out, window, self.scenario.loops, self.scenario.warmup)
+        return out[[*names, *analysis.metric_columns(percentiles)]]
 
     def _keys(self, names: list[str]) -> list[tuple[Any, ...]]:
         """The group key of every tube."""
@@ -266,7 +267,7 @@ class Result:
         Returns:
             Long format: ``time``, the group columns and ``backlog``.
         """
-        names = analysis._by(by)
+        names = analysis.group_columns(by)
         keys = self._keys(names)
         codes: dict[tuple[Any, ...], int] = {}
         index = np.array([codes.setdefault(key, len(codes)) for key in keys], dtype=np.int64)

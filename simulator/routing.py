@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any
 from sharded_queue import Handler, RequestRoute
 from sharded_queue.core import Tube, check_routes, group_by_tube, order_key
 
-from .workload import ScenarioError
+from .checks import ScenarioError
 
 if TYPE_CHECKING:
-    from .workload import Keyed
+    from .requests import Keyed
 
 
 def run_route(handler: type[Handler], requests: Sequence[Any]) -> Any:

@@ -1,4 +1,5 @@
-"""A scenario: the same inputs the real queue takes, plus a workload and models.
+"""A scenario: one `Workload` per handler (`simulator.workload`), the fleet, the real settings,
+the storage's round trip and the machine's models; reproducible from its seed.
 
 The handler classes, their ``route()``, ``orders``, ``batch_size`` and
 ``retry_attempts``, and the `sharded_queue.Settings` are the real ones: a
@@ -8,77 +9,24 @@ notebook can take a production handler and simulate it.
 from __future__ import annotations
 
 import dataclasses
+import html
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import InitVar, dataclass, field
 from typing import Any
 
+import numpy as np
+
 from sharded_queue import Handler, Settings
 from sharded_queue.core import LoopPolicy
-from sharded_queue.handler import declared_orders, handler_name
+from sharded_queue.handler import handler_name
 
+from .arrivals import finite_replay
+from .checks import ScenarioError, check_count, check_positive
 from .cpu import LIBRARY, Overhead, Pauses, check_overhead
-from .display import scenario_html, scenario_text
-from .routing import check_bare_keys
-from .workload import (
-    Arrivals,
-    Deferred,
-    Fixed,
-    Generated,
-    Keyed,
-    Noise,
-    Registered,
-    Replay,
-    Requests,
-    ScenarioError,
-    Service,
-    _count,
-    _positive,
-)
-
-
-@dataclass(frozen=True)
-class Workload:
-    """One handler's share of a scenario.
-
-    Args:
-        handler: The real `Handler` subclass; its ``route()`` places every request.
-        arrivals: When requests are registered (`Poisson`, `Deterministic`,
-            `OnOff`, `Replay`, `Backlog`, `Registered`), or join their tube:
-            `Deferred` (``defer=``), `Recurring` (``recurrent=``).
-        service: How long ``perform`` takes for a batch (`Service`).
-        requests: What the requests are (`Keyed` with a key distribution such as
-            `Zipf`, or `Generated`); default: every request is the key 0.
-    """
-
-    handler: type[Handler]
-    arrivals: Arrivals
-    service: Service
-    requests: Requests = field(default_factory=Keyed)
-
-    def __post_init__(self) -> None:
-        try:
-            name = handler_name(self.handler)
-            declared_orders(self.handler)
-        except (TypeError, ValueError) as exc:
-            raise ScenarioError(f"Workload handler: {exc}") from exc
-        if not hasattr(self.arrivals, "chunks"):
-            raise ScenarioError(f"Workload arrivals of {name} must be an arrival process, got {self.arrivals!r}")
-        if not isinstance(self.service, Service):
-            raise ScenarioError(f"Workload service of {name} must be a Service, got {self.service!r}")
-        if not isinstance(self.requests, Keyed | Generated):
-            raise ScenarioError(f"Workload requests of {name} must be Keyed or Generated, got {self.requests!r}")
-        if isinstance(self.requests, Keyed) and self.requests.make is None:
-            check_bare_keys(self.handler, self.requests)
-        for attribute in ("batch_size", "retry_attempts"):
-            value = getattr(self.handler, attribute)
-            if value is not None:
-                _count(f"{self.handler.__qualname__}.{attribute}", value)
-
-    @property
-    def name(self) -> str:
-        """The handler's stored name."""
-        return handler_name(self.handler)
+from .display import duration
+from .noise import Fixed, Noise
+from .workload import Workload, arrivals_text, perform_text, requests_text
 
 
 @dataclass(frozen=True)
@@ -90,7 +38,7 @@ class Scenario:
         loops: Number of worker loops (``Worker.loop`` calls, ``--loops``) across all processes.
         processes: Number of worker processes (`Worker` objects, ``--processes``) the
             loops are spread over, round robin; each routes wake-ups to its own
-            loops and has one CPU that its loops share (see `simulator.cpu`).
+            loops and has one CPU that its loops share (see `simulator.machine`).
         settings: The real settings (batch size, coordinator delay, empty
             limit/pause, lease TTL, retries); default: the library defaults,
             not the environment (pass ``sharded_queue.settings`` for that).
@@ -111,7 +59,7 @@ class Scenario:
             independent server, as the textbook queues assume.
         pauses: When the machine stops running the worker processes (`simulator.cpu.Pauses`;
             none by default; `calibrate` measures them).
-        cores: The cores of the machine the worker processes share (`simulator.cpu.Cores`);
+        cores: The cores of the machine the worker processes share (`simulator.machine.Cores`);
             None (the default): each process has a core of its own. With fewer cores
             than busy processes, work waits for a core.
         background: CPU seconds that other programs on those cores spend per message
@@ -119,7 +67,7 @@ class Scenario:
             more process; needs ``cores``.
         storage_cpu: Seconds the storage server spends on each command; 0 (the default):
             the round trip is all there is. Otherwise Redis is one server that runs
-            commands one at a time (`simulator.cpu.StorageServer`): every storage call
+            commands one at a time (`simulator.machine.StorageServer`): every storage call
             and every registration queues there, so round trips grow with the load;
             ``rtt`` is then the rest of a round trip (network and client).
         workers: Deprecated name of ``loops``.
@@ -170,41 +118,41 @@ class Scenario:
             if workload.name in names:
                 raise ScenarioError(f"two workloads for handler {workload.name!r}: merge them into one")
             names[workload.name] = workload
-        _count("Scenario loops", self.loops)
-        _count("Scenario processes", self.processes)
+        check_count("Scenario loops", self.loops)
+        check_count("Scenario processes", self.processes)
         if self.processes > self.loops:
             raise ScenarioError(f"Scenario processes ({self.processes}) must not outnumber loops ({self.loops})")
         check_overhead(self.overhead)
         if not isinstance(self.pauses, Pauses):
             raise ScenarioError(f"Scenario pauses must be a Pauses, got {self.pauses!r}")
         if self.cores is not None:
-            _count("Scenario cores", self.cores)
-        _positive("Scenario background", self.background, zero=True)
+            check_count("Scenario cores", self.cores)
+        check_positive("Scenario background", self.background, zero=True)
         if self.background and self.cores is None:
             raise ScenarioError(
                 f"Scenario background ({self.background:g} s per message) runs on the machine's cores: set cores too"
             )
         if not isinstance(self.settings, Settings):
             raise ScenarioError(f"Scenario settings must be sharded_queue.Settings, got {self.settings!r}")
-        _positive("Scenario rtt", self.rtt, zero=True)
-        _positive("Scenario storage_cpu", self.storage_cpu, zero=True)
+        check_positive("Scenario rtt", self.rtt, zero=True)
+        check_positive("Scenario storage_cpu", self.storage_cpu, zero=True)
         if not hasattr(self.rtt_noise, "sample"):
             raise ScenarioError(f"Scenario rtt_noise must be a noise model (Fixed, Empirical), got {self.rtt_noise!r}")
         if self.duration is not None:
-            _positive("Scenario duration", self.duration)
+            check_positive("Scenario duration", self.duration)
         if self.messages is not None:
-            _count("Scenario messages", self.messages)
+            check_count("Scenario messages", self.messages)
         if (
             self.duration is None
             and self.messages is None
             and not all(finite_replay(w.arrivals) is not None for w in workloads)
         ):
             raise ScenarioError("Scenario needs a duration or a message count (or only finite Replay arrivals)")
-        _positive("Scenario warmup", self.warmup, zero=True)
+        check_positive("Scenario warmup", self.warmup, zero=True)
         if self.duration is not None and self.warmup >= self.duration:
             raise ScenarioError(f"Scenario warmup ({self.warmup}) must be shorter than its duration ({self.duration})")
-        _count("Scenario seed", self.seed, minimum=0)
-        _count("Scenario backlog_samples", self.backlog_samples, minimum=2)
+        check_count("Scenario seed", self.seed, minimum=0)
+        check_count("Scenario backlog_samples", self.backlog_samples, minimum=2)
 
     @property
     def handlers(self) -> list[type[Handler]]:
@@ -272,8 +220,59 @@ def _deprecated_workers(stacklevel: int = 4) -> None:
     )
 
 
-def finite_replay(arrivals: Any) -> Replay | None:
-    """The `Replay` an arrival process ends with (it, or one it is built on), or None."""
-    while isinstance(arrivals, Deferred | Registered):
-        arrivals = arrivals.arrivals
-    return arrivals if isinstance(arrivals, Replay) else None
+def scenario_text(scenario: Scenario) -> str:
+    """A `Scenario` in one line: per handler its arrivals and ``perform``, then the fleet and the run."""
+    workloads: Sequence[Workload] = scenario.workloads  # type: ignore[assignment]
+    handlers = "; ".join(f"{w.name}: {arrivals_text(w)}, perform {perform_text(w)}" for w in workloads)
+    policy = scenario.policy()
+    fleet = (
+        f"{scenario.loops} loop{'s' if scenario.loops != 1 else ''} in {scenario.processes} "
+        f"process{'es' if scenario.processes != 1 else ''}, worker_batch_size {policy.batch_size}, "
+        f"coordinator_delay {duration(policy.coordinator_delay)}, rtt {duration(scenario.rtt)}"
+    )
+    if scenario.storage_cpu:
+        fleet += f", storage {duration(scenario.storage_cpu)}/command"
+    if not scenario.pauses.none:
+        fleet += f", pauses {scenario.pauses.rate:.3g}/s of {duration(float(np.mean(scenario.pauses.lengths)))}"
+    if scenario.cores is not None:
+        fleet += f", {scenario.cores} core{'s' if scenario.cores != 1 else ''}"
+        if scenario.background:
+            fleet += f" (others {duration(scenario.background)}/message)"
+    run = []
+    if scenario.duration is not None:
+        run.append(duration(scenario.duration))
+    if scenario.messages is not None:
+        run.append(f"{scenario.messages:,} messages")
+    if scenario.warmup:
+        run.append(f"warm-up {duration(scenario.warmup)}")
+    run.append(f"seed {scenario.seed}")
+    return f"<Scenario {handlers}; {fleet}; {', '.join(run)}>"
+
+
+def scenario_html(scenario: Scenario) -> str:
+    """A `Scenario` as a small HTML table: one row per handler, then the fleet and the run."""
+    workloads: Sequence[Workload] = scenario.workloads  # type: ignore[assignment]
+    policy = scenario.policy()
+    rows = [
+        ("handler " + w.name, f"{arrivals_text(w)}; perform {perform_text(w)}; requests {requests_text(w)}")
+        for w in workloads
+    ]
+    rows.append(
+        (
+            "fleet",
+            f"{scenario.loops} loops in {scenario.processes} process(es); worker_batch_size "
+            f"{policy.batch_size}; coordinator_delay {duration(policy.coordinator_delay)}; "
+            f"rtt {duration(scenario.rtt)}",
+        )
+    )
+    run = [f"duration {duration(scenario.duration)}" if scenario.duration is not None else "until drained"]
+    if scenario.messages is not None:
+        run.append(f"{scenario.messages:,} messages")
+    run += [f"warm-up {duration(scenario.warmup)}", f"seed {scenario.seed}"]
+    run.append(f"trace {'on' if scenario.trace else 'off'}")
+    rows.append(("run", "; ".join(run)))
+    body = "".join(
+        f"<tr><th style='text-align:left'>{html.escape(k)}</th><td style='text-align:left'>{html.escape(v)}</td></tr>"
+        for k, v in rows
+    )
+    return f"<table><caption style='text-align:left'><b>Scenario</b></caption>{body}</table>"

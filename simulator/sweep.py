@@ -25,10 +25,11 @@ import pandas as pd
 
 from .analysis import CONFIDENCE as CONFIDENCE  # the level, here as before
 from .analysis import t95
+from .arrivals import Deterministic, OnOff, Poisson
+from .checks import ScenarioError
 from .display import duration, html_table, per_second, readable
-from .engine import simulate
 from .scenario import Scenario
-from .workload import Deterministic, OnOff, Poisson, ScenarioError
+from .simulation import simulate
 
 
 def grid_points(grid: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import math
 from collections.abc import Sequence
@@ -22,7 +23,13 @@ import numpy as np
 
 from sharded_queue import Handler, RequestRoute, Route, Settings
 
+from .arrivals import Poisson
 from .cpu import NONE
+from .requests import Keyed, RoundRobin, Uniform
+from .scenario import Scenario
+from .service import Service
+from .simulation import simulate
+from .workload import Workload
 
 
 def erlang_c(servers: int, offered: float) -> float:
@@ -109,7 +116,7 @@ class KeyThread(Handler):
         return [RequestRoute(request, Route(thread=request)) for request in requests]
 
 
-def mmc_scenario(rho: float, servers: int, messages: int, seed: int = 0, warmup: float = 200.0) -> Any:
+def mmc_scenario(rho: float, servers: int, messages: int, seed: int = 0, warmup: float = 200.0) -> Scenario:
     """The worker fleet configured as M/M/c: `erlang_c_wait` gives its mean wait.
 
     * batch size 1 and exponential service of mean 1: each message is one M/M/c service;
@@ -127,9 +134,6 @@ def mmc_scenario(rho: float, servers: int, messages: int, seed: int = 0, warmup:
     number in system, hence the mean wait, is the same for every
     work-conserving order.
     """
-    from .scenario import Scenario, Workload
-    from .workload import Keyed, Poisson, RoundRobin, Service
-
     return Scenario(
         Workload(KeyThread, Poisson(rho * servers), Service.exponential(1.0), Keyed(RoundRobin(4096))),
         loops=servers,
@@ -141,7 +145,7 @@ def mmc_scenario(rho: float, servers: int, messages: int, seed: int = 0, warmup:
     )
 
 
-def bulk_scenario(rho: float, batch: int, messages: int, seed: int = 0, warmup: float = 200.0) -> Any:
+def bulk_scenario(rho: float, batch: int, messages: int, seed: int = 0, warmup: float = 200.0) -> Scenario:
     """One thread and one loop configured as M/M^(1,B)/1: `bulk_service_wait` gives its mean wait.
 
     Batches of up to ``batch``, exponential service of mean 1 whatever the batch
@@ -150,9 +154,6 @@ def bulk_scenario(rho: float, batch: int, messages: int, seed: int = 0, warmup: 
     it at once: Bailey's server that starts on the first arrival when idle. A
     huge empty limit keeps the loop bound (re-binding would cost no time either).
     """
-    from .scenario import Scenario, Workload
-    from .workload import Keyed, Poisson, Service, Uniform
-
     return Scenario(
         Workload(KeyThread, Poisson(rho * batch), Service.exponential(1.0), Keyed(Uniform(1))),
         loops=1,
@@ -166,7 +167,7 @@ def bulk_scenario(rho: float, batch: int, messages: int, seed: int = 0, warmup: 
     )
 
 
-def cpu_scenario(rho: float, loops: int, messages: int, seed: int = 0, warmup: float = 200.0) -> Any:
+def cpu_scenario(rho: float, loops: int, messages: int, seed: int = 0, warmup: float = 200.0) -> Scenario:
     """``loops`` loops of one process sharing a CPU-bound ``perform``: a single server, M/M/1.
 
     `mmc_scenario` with ``perform`` all CPU (exponential, mean 1) and no library
@@ -177,12 +178,9 @@ def cpu_scenario(rho: float, loops: int, messages: int, seed: int = 0, warmup: f
     and the mean sojourn (enqueue to finish) is ``1 / (mu - lambda)``
     (`mm1_sojourn`), not M/M/c's.
     """
-    import dataclasses
-
-    from .workload import Service
-
     scenario = mmc_scenario(rho / loops, loops, messages, seed, warmup)  # arrivals at rho, not rho * loops
-    workload = dataclasses.replace(scenario.workloads[0], service=Service.exponential(1.0, cpu=True))
+    workloads: tuple[Workload, ...] = scenario.workloads  # type: ignore[assignment]
+    workload = dataclasses.replace(workloads[0], service=Service.exponential(1.0, cpu=True))
     return dataclasses.replace(scenario, workloads=(workload,))
 
 
@@ -261,8 +259,6 @@ def mean_wait(kind: str, rho: float, size: int, messages: int, seed: int, batche
     the order services started): an M/M/1 queue whose mean wait is known.
     A plain function of plain arguments, so runs can go to other processes.
     """
-    from .engine import simulate
-
     build = {"mmc": mmc_scenario, "bulk": bulk_scenario, "cpu": cpu_scenario}[kind]
     scenario = build(rho, size, messages, seed)
     latencies = simulate(scenario).latencies()

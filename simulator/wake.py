@@ -18,6 +18,9 @@ yet: an idle loop with ``k`` such loops ahead of it is woken by the
 registration that would wake it under the current state, and recomputes that
 when the state changes (for all the waiting idle loops of a process in one
 scan). A waiting loop gets a simpy timer at that moment.
+
+The routing is all in `Wakeups`; finding the registrations is `simulator.lookups`'s
+work, and the loops' state is `simulator.loops`'s.
 """
 
 from __future__ import annotations
@@ -30,70 +33,10 @@ import numpy as np
 import simpy
 
 if TYPE_CHECKING:
-    from .engine import Feed, SimThread
-
-
-class SimProcess:
-    """One worker process (one `Worker` object): its loops and its wake-up routing."""
-
-    __slots__ = ("bound", "bound_mask", "cpu", "flushed", "idle", "index", "loops", "others")
-
-    def __init__(self, index: int) -> None:
-        self.index = index
-        self.cpu: Any = None  # its `simulator.cpu.Cpu`, when CPU is modelled
-        self.loops: list[LoopState] = []
-        self.bound: dict[SimThread, LoopState] = {}  # loops holding a thread
-        self.idle: dict[LoopState, None] = {}  # loops looking for a thread, oldest first
-        self.bound_mask = np.zeros(64, dtype=bool)  # by thread index: held by a loop of this process
-        self.others = np.zeros(0, dtype=bool)  # by thread index: another process answers its wake-ups
-        self.flushed = -math.inf  # registrations are applied up to here
-
-
-class LoopState:
-    """One simulated loop: what it did (statistics) and its waker."""
-
-    __slots__ = (
-        "armed_at",
-        "binds",
-        "bound",
-        "bound_since",
-        "busy",
-        "checked",
-        "deadline",
-        "event",
-        "failures",
-        "index",
-        "messages",
-        "next_wake",
-        "performs",
-        "polls",
-        "process",
-        "thread",
-        "timer",
-        "wait_id",
-        "woken_at",
-    )
-
-    def __init__(self, index: int, process: SimProcess) -> None:
-        self.index = index
-        self.process = process
-        self.thread: SimThread | None = None  # held (between Begin and End)
-        self.armed_at = -math.inf  # when the current waker was armed; -inf: never
-        self.woken_at = math.inf  # when it was woken; inf: not (yet)
-        self.next_wake = math.inf  # the first registration that would wake it, as things stand
-        self.checked = -math.inf  # registrations looked at up to here
-        self.event: simpy.Event | None = None  # set while in a wakeable wait
-        self.deadline = math.inf
-        self.wait_id = 0
-        self.timer = 0
-        self.busy = 0.0
-        self.bound = 0.0
-        self.bound_since = math.nan
-        self.binds = 0
-        self.performs = 0
-        self.failures = 0
-        self.messages = 0
-        self.polls = 0
+    from .feed import Feed
+    from .lookups import Lookups
+    from .loops import LoopState, SimProcess
+    from .storage_model import SimThread
 
 
 class Wakeups:
@@ -107,9 +50,12 @@ class Wakeups:
     needs its timer), lazily otherwise.
     """
 
-    def __init__(self, env: simpy.Environment, feed: Feed, delivery: float, processes: list[SimProcess]) -> None:
+    def __init__(
+        self, env: simpy.Environment, feed: Feed, lookups: Lookups, delivery: float, processes: list[SimProcess]
+    ) -> None:
         self.env = env
         self.feed = feed
+        self.lookups = lookups
         self.delivery = delivery  # pub/sub: a wake-up message reaches the processes this long after its registration
         self.processes = processes
 
@@ -125,12 +71,11 @@ class Wakeups:
         loop.next_wake = math.inf
         loop.checked = at
 
-    def wait(self, loop: LoopState, seconds: float) -> simpy.Event | None:
-        """A wakeable wait: None when already woken, else an event that ends it.
+    def wait(self, loop: LoopState, seconds: float, now: float) -> simpy.Event | None:
+        """A wakeable wait from ``now``: None when already woken, else an event that ends it.
 
         ``seconds == 0`` waits until woken (see `simulator.engine`).
         """
-        now = self.env._now
         if loop.armed_at == -math.inf:
             return self.env.timeout(seconds) if seconds > 0 else None
         self._due(loop, now)
@@ -179,7 +124,7 @@ class Wakeups:
         touch = math.inf
         process = loop.process
         if loop in process.idle:
-            touch = self.feed.next_touch(process, start, self._ahead(loop, start + self.delivery) + 1)
+            touch = self.lookups.next_touch(process, start, self._ahead(loop, start + self.delivery) + 1)
         self._found(loop, start, touch)
 
     def _found(self, loop: LoopState, start: float, touch: float) -> None:
@@ -189,7 +134,7 @@ class Wakeups:
         delivery = self.delivery
         wake = touch + delivery
         if loop.thread is not None:
-            wake = min(wake, self.feed.next_on_thread(loop.thread, start) + delivery)
+            wake = min(wake, self.lookups.next_on_thread(loop.thread, start) + delivery)
         loop.next_wake = wake
         loop.checked = wake if wake != math.inf else max(self.feed.frontier + delivery, start + delivery)
         if loop.event is not None:
@@ -210,7 +155,7 @@ class Wakeups:
     def _schedule(self, loop: LoopState) -> None:
         """Set the waiting loop's timer: its wake-up, or a look further ahead."""
         loop.timer += 1
-        now = self.env._now
+        now = self.env.now
         if loop.next_wake <= now:  # found looking back (further ahead than before): woken already
             loop.woken_at = loop.next_wake
             self._end_wait(loop)
@@ -224,7 +169,7 @@ class Wakeups:
     def _fire(self, loop: LoopState, timer: int, _: Any) -> None:
         if loop.event is None or loop.timer != timer:
             return
-        now = self.env._now
+        now = self.env.now
         self._due(loop, now)
         if loop.woken_at <= now:
             self._end_wait(loop)
@@ -288,10 +233,10 @@ class Wakeups:
                 ahead += 1
         start = at - self.delivery  # every loop was armed by ``at``: registrations delivered after it
         counted = ranked[-1][1] + 1
-        touches = self.feed.touches(process, start, counted) if counted > 1 else []
+        touches = self.lookups.touches(process, start, counted) if counted > 1 else []
         for loop, rank in ranked:
             if rank == 0:
-                touch = self.feed.next_unheld(process, start)
+                touch = self.lookups.next_unheld(process, start)
             else:
                 touch = touches[rank] if rank < len(touches) else math.inf
             self._found(loop, start, touch)

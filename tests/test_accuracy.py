@@ -6,16 +6,16 @@ p99 within 50% (`SAME`). Predicted configuration (calibrated on another
 run): throughput and p50 within 60% (`GROSS`). Errors are the median over 3 real
 runs (the real side's own p99 moves 10-230% between runs on this shared
 machine). CI
-runs a representative subset; ``python -m simulator.accuracy`` runs all of
+runs a representative subset; ``python -m simulator.lab.accuracy`` runs all of
 it (the README's tables). Both first measure the library's CPU per effect
-on this machine (`simulator.measure.measure_overhead`).
+on this machine (`simulator.lab.measure.measure_overhead`).
 """
 
 from __future__ import annotations
 
 import pytest
 
-from simulator.accuracy import (
+from simulator.lab.accuracy import (
     GRID,
     PREDICTIONS,
     handler_for,
@@ -25,7 +25,7 @@ from simulator.accuracy import (
     run_predictions,
     table,
 )
-from simulator.measure import measure_overhead, measure_rtt
+from simulator.lab.measure import measure_overhead, measure_rtt
 
 SUBSET = ("b2", "b4", "o5", "o7")
 """A drain of one loop, a drain of 4 loops over 8 threads and 2 orders, open loops of 4 loops

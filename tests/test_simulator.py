@@ -1109,7 +1109,7 @@ def test_calibration_maps_handler_names_or_refuses() -> None:
 
 
 def test_calibrate_takes_the_machine_a_real_run_recorded() -> None:
-    """A trace that says its machine (``attrs["machine"]``, as `simulator.realrun` records it)
+    """A trace that says its machine (``attrs["machine"]``, as `simulator.lab.realrun` records it)
     calibrates the scenario's cores and the other programs' CPU per message; one that does not
     leaves the scenario's own, as a trace from production does."""
     trace = simulate(Scenario(Workload(OneThread, Poisson(50), Service(0.01)), duration=20)).trace
@@ -1426,8 +1426,8 @@ def test_throughput_after_a_warm_up_counts_the_backlog_drained() -> None:
 
 
 def test_idle_cost_is_what_busy_drains_save_per_round_trip() -> None:
-    """`simulator.measure.idle_cost`: the one-loop costs, less the busy drains' CPU, per round trip."""
-    from simulator.measure import idle_cost
+    """`simulator.lab.measure.idle_cost`: the one-loop costs, less the busy drains' CPU, per round trip."""
+    from simulator.lab.measure import idle_cost
 
     costs = {"poll": 150e-6, "acquire": 150e-6, "begin": 30e-6, "cycle": 120e-6, "decode": 1e-6}
     costs |= {"perform": 20e-6, "perform_per_message": 0.5e-6, "end": 200e-6}
@@ -1466,7 +1466,8 @@ def test_a_wake_up_message_that_finds_the_process_busy_costs_idle_less(
 ) -> None:
     """Wake-up messages cost `Overhead.wake` (an idle listener's) when they wake the process, and
     `Overhead.idle` less when it is busy; they are handled in order, first come first served."""
-    from simulator.cpu import Cpu, Overhead
+    from simulator.cpu import Overhead
+    from simulator.machine import Cpu
 
     cpu = Cpu(None, _Registrations(times), Overhead(wake=100e-6, idle=40e-6), delivery=0.0)  # type: ignore[arg-type]
     cpu.free = free

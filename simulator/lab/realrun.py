@@ -1,7 +1,7 @@
 """Real runs for the accuracy suite: worker loops in their own OS processes, as in production.
 
 `run_workers` starts ``processes`` worker processes (``python -m
-simulator.realrun ...``, each a `Worker` with tracing on serving its share of
+simulator.lab.realrun ...``, each a `Worker` with tracing on serving its share of
 the loops) and registers the requests from this process: open-loop arrivals
 at their offsets once every loop is up, or a backlog all at once *before* the
 workers start (so that registering does not compete with draining for the
@@ -31,8 +31,10 @@ import msgspec
 import redis.asyncio
 
 from sharded_queue import Handler, Queue, Settings, Worker
-from sharded_queue.testing import _arrivals, wait_until
+from sharded_queue.testing import register_at, wait_until
 from sharded_queue.trace import to_frame
+
+from .handlers import handler_from_spec
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -69,7 +71,7 @@ async def run_workers(
     Args:
         handler: The handler this process registers with (the workers rebuild it from ``spec``).
         spec: JSON-able description the worker processes rebuild the handler from
-            (`simulator.accuracy.handler_from_spec`).
+            (`simulator.lab.handlers.handler_from_spec`).
         requests: The requests, in registration order.
         url: The Redis URL (the workers and this process must share it).
         settings: Settings of the run (key prefix, batch size, delays).
@@ -81,45 +83,58 @@ async def run_workers(
     """
     with tempfile.TemporaryDirectory(prefix="sq-realrun-") as directory:
         children: list[subprocess.Popen[bytes]] = []
-        outputs = []
+        outputs = [Path(directory) / f"trace-{index}.json" for index in range(processes)]
         queue = Queue(url, settings=settings)
         try:
             if at is None:
                 for first in range(0, len(requests), chunk):
                     await queue.register(handler, *requests[first : first + chunk])
-            for index, count in enumerate(split(loops, processes)):
-                output = Path(directory) / f"trace-{index}.json"
-                outputs.append(output)
+            for output, count in zip(outputs, split(loops, processes), strict=True):
                 children.append(_spawn(spec, url, settings, count, output))
             await _ready(children, time.monotonic() + 60)
             before = await _other_cpu(url)
-            registrations = 0 if at is None else await _arrivals(queue, handler, requests, at)
+            registrations = 0 if at is None else await register_at(queue, handler, requests, at)
             await wait_until(lambda: _drained(queue, handler, children), timeout=timeout, interval=0.01)
             machine = {name: value - before[name] for name, value in (await _other_cpu(url)).items()}
-            for child in children:
-                child.send_signal(signal.SIGTERM)
-            for child in children:
-                if child.wait(60) != 0:
-                    raise RuntimeError(f"worker process exited with {child.returncode}")
+            _stop(children)
         finally:
             await queue.close()
-            for child in children:
-                if child.poll() is None:
-                    child.kill()
-                    child.wait()
-                if child.stdout is not None:
-                    child.stdout.close()
-        columns: dict[str, list[Any]] = {}
-        process_cpu = []
-        for output in outputs:
-            found = msgspec.json.decode(output.read_bytes())
-            process_cpu += found.pop("process_cpu")
-            for name, values in found.items():
-                columns.setdefault(name, []).extend(values)
-    frame = to_frame(columns)
+            _reap(children)
+        frame, process_cpu = _merged(outputs)
     frame.attrs["process_cpu"] = process_cpu  # CPU seconds each worker process used while serving
     frame.attrs["machine"] = {"cores": len(os.sched_getaffinity(0)), "registrations": registrations, **machine}
     return frame
+
+
+def _stop(children: list[subprocess.Popen[bytes]]) -> None:
+    """Stop the worker processes gracefully (SIGTERM: each loop acks its batch, releases its thread)."""
+    for child in children:
+        child.send_signal(signal.SIGTERM)
+    for child in children:
+        if child.wait(60) != 0:
+            raise RuntimeError(f"worker process exited with {child.returncode}")
+
+
+def _reap(children: list[subprocess.Popen[bytes]]) -> None:
+    """Kill the worker processes still running (after a failure) and close their pipes."""
+    for child in children:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        if child.stdout is not None:
+            child.stdout.close()
+
+
+def _merged(outputs: list[Path]) -> tuple[pd.DataFrame, list[float]]:
+    """The worker processes' traces merged into one, and the CPU seconds each process used."""
+    columns: dict[str, list[Any]] = {}
+    process_cpu = []
+    for output in outputs:
+        found = msgspec.json.decode(output.read_bytes())
+        process_cpu += found.pop("process_cpu")
+        for name, values in found.items():
+            columns.setdefault(name, []).extend(values)
+    return to_frame(columns), process_cpu
 
 
 async def _other_cpu(url: str) -> dict[str, float]:
@@ -149,7 +164,7 @@ def _spawn(spec: dict[str, Any], url: str, settings: Settings, loops: int, outpu
     environment = dict(os.environ)
     arguments = json.dumps({"spec": spec, "url": url, "settings": settings.as_dict(), "loops": loops})
     return subprocess.Popen(
-        [sys.executable, "-m", "simulator.realrun", arguments, str(output)],
+        [sys.executable, "-m", "simulator.lab.realrun", arguments, str(output)],
         stdout=subprocess.PIPE,
         env=environment,
     )
@@ -165,8 +180,6 @@ async def _ready(children: list[subprocess.Popen[bytes]], deadline: float) -> No
 
 
 async def _serve(arguments: dict[str, Any], output: Path) -> None:
-    from .accuracy import handler_from_spec
-
     logging.getLogger("sharded_queue").setLevel(logging.ERROR)  # the graceful stop's warning is expected
     handler = handler_from_spec(arguments["spec"])
     settings = Settings(**arguments["settings"])
@@ -175,7 +188,7 @@ async def _serve(arguments: dict[str, Any], output: Path) -> None:
     worker = Worker(queue, handlers=[handler], settings=settings, trace=True)
     serving = asyncio.create_task(worker.serve(loops))
     # every loop has polled once: idle (nothing to do yet), or bound to a thread of a backlog
-    await wait_until(lambda: len(worker._idle) + len(worker._bound) >= loops or serving.done(), timeout=60)
+    await wait_until(lambda: worker.ready_loops >= loops or serving.done(), timeout=60)
     print("ready", flush=True)
     cpu = time.process_time()
     await serving

@@ -2,7 +2,7 @@
 
 For each `Config` of `GRID` a handler whose ``perform`` costs a known
 ``per_batch + per_message * n`` runs on a real Redis, with its worker loops in
-worker processes of their own (`simulator.realrun`), `calibrate` fits the twin
+worker processes of their own (`simulator.lab.realrun`), `calibrate` fits the twin
 from that trace, and `simulate` replays the very same requests at the very
 same enqueue times. `compare` then gives, per thread and order, the relative
 error of throughput (drains) and of p50 and p99 latency (sojourn).
@@ -13,12 +13,12 @@ configuration: more loops, more processes, a higher load, a bigger drain.
 The twin charges the library's CPU per effect as measured on the project's
 development machine (`simulator.cpu.LIBRARY`); the real runs may be on a
 machine with other costs, so the suite first measures this one's
-(`simulator.measure.measure_overhead`), as a capacity planner measures the
+(`simulator.lab.measure.measure_overhead`), as a capacity planner measures the
 machines they plan for, and each calibration follows the machine's speed
 during the run it is fitted on (`fit`: `calibrate` with ``run``)::
 
-    python -m simulator.accuracy                # both tables; spawns its own redis-server
-    python -m simulator.accuracy --only predictions --url redis://127.0.0.1:6380/0
+    python -m simulator.lab.accuracy                # both tables; spawns its own redis-server
+    python -m simulator.lab.accuracy --only predictions --url redis://127.0.0.1:6380/0
 """
 
 from __future__ import annotations
@@ -28,27 +28,30 @@ import asyncio
 import dataclasses
 import math
 import tempfile
-import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from sharded_queue import Handler, RequestRoute, Route, Settings
+from sharded_queue import Settings
 from sharded_queue.testing import RedisServer
 
-from .analysis import compare, summary
-from .calibrate import Calibration, calibrate
-from .cpu import TRACED, Overhead
-from .engine import simulate
+from ..analysis import compare, summary
+from ..arrivals import Replay
+from ..calibrate import Calibration, calibrate
+from ..cpu import TRACED, Overhead
+from ..requests import Keyed, KeySequence
+from ..scenario import Scenario
+from ..service import Service
+from ..simulation import simulate
+from ..workload import Workload
+from .handlers import TimedHandler, handler_from_spec
 from .measure import measure_overhead, measure_rtt
 from .realrun import run_workers
-from .scenario import Scenario, Workload
-from .workload import Keyed, KeySequence, Replay, Service
 
 LATENCY = ("sojourn_p50", "sojourn_p99")
 METRICS = ("throughput", *LATENCY)
@@ -128,52 +131,6 @@ GRID: tuple[Config, ...] = (
 backlogs (``b*``) and open-loop arrivals below saturation (``o*``); ``o7`` puts
 half of its requests on one hot thread."""
 
-_GOLDEN = (5**0.5 - 1) / 2
-"""Request ``r`` is on the hot thread when ``frac(r * _GOLDEN) < hot``: spread evenly over time."""
-
-
-class TimedHandler(Handler):
-    """``perform`` costs a known time; requests are ints routed round robin."""
-
-    threads: ClassVar[int] = 1
-    orders_used: ClassVar[int] = 1
-    per_batch: ClassVar[float] = 0.0
-    per_message: ClassVar[float] = 0.0
-    hot: ClassVar[float] = 0.0
-
-    @classmethod
-    async def route(cls, *requests: int) -> list[RequestRoute]:
-        return [RequestRoute(r, Route(cls.thread_of(r), (r // cls.threads) % cls.orders_used)) for r in requests]
-
-    @classmethod
-    def thread_of(cls, request: int) -> int:
-        """Round robin, or the hot thread ``0`` for a ``hot`` share and round robin over the others."""
-        if not cls.hot or cls.threads == 1:
-            return request % cls.threads
-        return 0 if (request * _GOLDEN) % 1 < cls.hot else 1 + request % (cls.threads - 1)
-
-    async def perform(self, *requests: int) -> None:
-        await asyncio.sleep(self.per_batch + self.per_message * len(requests))
-
-
-class SpinningHandler(TimedHandler):
-    """``perform`` computes for a known CPU time (it holds the worker process's CPU)."""
-
-    async def perform(self, *requests: int) -> None:
-        end = time.thread_time() + self.per_batch + self.per_message * len(requests)
-        while time.thread_time() < end:
-            pass
-
-
-class NoopHandler(TimedHandler):
-    """``perform`` does nothing: what is left is the library's own cost."""
-
-    async def perform(self, *requests: int) -> None:
-        pass
-
-
-PERFORMS: dict[str, type[TimedHandler]] = {"sleep": TimedHandler, "spin": SpinningHandler, "noop": NoopHandler}
-
 
 def handler_for(config: Config) -> type[TimedHandler]:
     """A handler with the config's threads, orders, costs and kind of ``perform``."""
@@ -193,13 +150,6 @@ def spec_of(config: Config) -> dict[str, Any]:
     }
 
 
-def handler_from_spec(spec: dict[str, Any]) -> type[TimedHandler]:
-    """The handler class of `spec_of`."""
-    attributes = {key: spec[key] for key in ("threads", "orders_used", "per_batch", "per_message", "hot")}
-    attributes["name"] = f"accuracy:{spec['name']}"
-    return type(f"Timed_{spec['name']}", (PERFORMS[spec["perform"]],), attributes)
-
-
 def arrivals(config: Config, seed: int = 0) -> list[float] | None:
     """Open-loop Poisson arrival offsets, or None for a backlog."""
     if config.rate is None:
@@ -209,7 +159,7 @@ def arrivals(config: Config, seed: int = 0) -> list[float] | None:
 
 
 async def real_trace(config: Config, url: str, seed: int = 0) -> pd.DataFrame:
-    """The trace of ``config`` on real worker processes at ``url`` (`simulator.realrun`)."""
+    """The trace of ``config`` on real worker processes at ``url`` (`simulator.lab.realrun`)."""
     return await run_workers(
         handler_for(config),
         spec_of(config),
@@ -229,7 +179,7 @@ def replay(config: Config, real: pd.DataFrame, probe: float = math.nan, seed: in
         config: The configuration to simulate (loops, processes, batch size, delay).
         real: The real run of ``config`` whose arrivals are replayed.
         probe: Round trip to use when the calibration finds none (no back-to-back batches:
-            `simulator.measure.measure_rtt`); default 0.
+            `simulator.lab.measure.measure_rtt`); default 0.
         seed: The twin's seed.
     """
     ordered = real.sort_values("enqueued_at", kind="stable")
@@ -274,7 +224,7 @@ def twin_trace(
         probe: Round trip to use when the calibration found none; default 0.
         seed: The twin's seed.
         overhead: The library's CPU per effect on the machine of the real runs
-            (`simulator.measure.measure_overhead`); ignored when ``fitted`` is given (it carries its own).
+            (`simulator.lab.measure.measure_overhead`); ignored when ``fitted`` is given (it carries its own).
     """
     fitted = fitted or fit(config, real, overhead, probe)
     scenario = replay(config, real, probe, seed)
@@ -482,7 +432,7 @@ async def run_predictions(
 
 def main(argv: list[str] | None = None) -> None:
     """Print the accuracy tables (Markdown)."""
-    parser = argparse.ArgumentParser(prog="python -m simulator.accuracy", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m simulator.lab.accuracy", description=__doc__)
     parser.add_argument("--url", help="Redis URL; default: spawn a redis-server on a free port")
     parser.add_argument("--only", choices=("grid", "predictions"), help="run one table only")
     parser.add_argument("--runs", type=int, default=3, help="real runs per config (errors: median over them)")

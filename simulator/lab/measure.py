@@ -11,9 +11,12 @@ How: one worker loop (so the thread's CPU clock sees nothing but that loop)
 drains backlogs of a no-op handler (once with tracing on, for what recording
 a trace adds to each ``perform``) over 4 threads with batch sizes 1, 16 and
 128 from a redis-server. Each effect is charged the thread CPU time
-(``time.thread_time``) from the end of the previous effect to its own end: the
-core's decision, the storage call (encode, send, the event loop's wait,
-parse) and the bookkeeping around it. Cycle and perform costs are fitted as
+(``time.thread_time``) from the end of the previous effect to its own end (a
+`Worker` observer: the first effect of a drain, which has no previous one, is
+left out): the core's decision, the storage call (encode, send, the event
+loop's wait, parse) and the bookkeeping around it. Each drain runs on an event
+loop of its own, in a thread of its own, whose selector counts its calls: the
+event loop's iterations. Cycle and perform costs are fitted as
 ``a + b * n`` over the batch sizes; the others are means. A wake-up message is
 timed by a subscribed listener while another thread publishes. The asyncio
 timer granularity is measured by timing ``asyncio.sleep`` on an idle event
@@ -28,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import math
+import selectors
 import statistics
 import threading
 import time
@@ -42,9 +46,8 @@ import redis.asyncio
 
 from sharded_queue import Handler, Queue, RequestRoute, Route, Settings, Worker
 from sharded_queue.core import Batch, Cycle, Effect, Perform
-from sharded_queue.worker import _Loop
 
-from .cpu import Overhead
+from ..cpu import Overhead
 
 THREADS = 4
 
@@ -62,51 +65,44 @@ class Noop(Handler):
         pass
 
 
-class EffectClock:
-    """Charges each effect of the running loops the thread CPU since the previous effect ended,
-    and counts the event loop's iterations (calls of its selector) meanwhile."""
+class CountingSelector(selectors.DefaultSelector):
+    """The platform's default selector, counting its ``select`` calls: the event loop's iterations."""
 
     def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def select(self, timeout: float | None = None) -> Any:
+        """``select``, counted."""
+        self.calls += 1
+        return super().select(timeout)
+
+
+class EffectClock:
+    """A `Worker` observer: charges each effect the thread CPU since the previous effect ended, and
+    counts the event loop's iterations (``selector``'s calls) meanwhile.
+
+    The first effect it sees has no previous one: it only starts the clock.
+    """
+
+    def __init__(self, selector: CountingSelector) -> None:
         self.samples: list[tuple[str, int, float, int]] = []
+        self.selector = selector
         self.last = math.nan
         self.last_iterations = 0
-        self.iterations = 0
-        self.original = _Loop.execute
 
-    def __enter__(self) -> EffectClock:
-        clock = self
-        original = self.original
-        selector = asyncio.get_running_loop()._selector  # type: ignore[attr-defined]
-        select = selector.select
-
-        def counting(timeout: float | None = None) -> Any:
-            clock.iterations += 1
-            return select(timeout)
-
-        selector.select = counting
-        self.selector = selector
-
-        async def execute(loop: _Loop, effect: Effect) -> Any:
-            start = time.thread_time()
-            before = start if math.isnan(clock.last) else clock.last
-            result = await original(loop, effect)
-            end = time.thread_time()
-            clock.last = end
+    def __call__(self, effect: Effect, result: Any) -> None:
+        end = time.thread_time()
+        iterations = self.selector.calls
+        if not math.isnan(self.last):
             size = 0
             if isinstance(effect, Cycle) and isinstance(result, Batch):
                 size = result.size
             elif isinstance(effect, Perform):
                 size = len(effect.messages)
-            clock.samples.append((type(effect).__name__, size, end - before, clock.iterations - clock.last_iterations))
-            clock.last_iterations = clock.iterations
-            return result
-
-        _Loop.execute = execute  # type: ignore[method-assign]
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        _Loop.execute = self.original  # type: ignore[method-assign]
-        del self.selector.select
+            self.samples.append((type(effect).__name__, size, end - self.last, iterations - self.last_iterations))
+        self.last = end
+        self.last_iterations = iterations
 
 
 Sample = tuple[str, int, float, int]
@@ -116,20 +112,37 @@ Sample = tuple[str, int, float, int]
 async def drain(
     url: str, batch: int, messages: int, loops: int, trace: bool = False
 ) -> tuple[list[Sample], float, int]:
-    """Drain a backlog of ``messages``: per-effect samples, the thread's total CPU and iterations."""
+    """Drain a backlog of ``messages``: per-effect samples, the thread's total CPU and iterations.
+
+    The drain runs on an event loop of its own (its selector counts the iterations), in a thread
+    of its own (whose CPU clock sees nothing else).
+    """
+    return await asyncio.to_thread(_drain_on_own_loop, url, batch, messages, loops, trace)
+
+
+def _drain_on_own_loop(url: str, batch: int, messages: int, loops: int, trace: bool) -> tuple[list[Sample], float, int]:
+    selector = CountingSelector()
+    with asyncio.Runner(loop_factory=lambda: asyncio.SelectorEventLoop(selector)) as runner:
+        return runner.run(_drain(url, batch, messages, loops, trace, selector))
+
+
+async def _drain(
+    url: str, batch: int, messages: int, loops: int, trace: bool, selector: CountingSelector
+) -> tuple[list[Sample], float, int]:
     settings = Settings(storage_url=url, key_prefix=f"bench-overhead-{uuid.uuid4().hex[:8]}", worker_batch_size=batch)
     queue = Queue(url, settings=settings)
     try:
         for start in range(0, messages, 1000):
             await queue.register(Noop, *range(start, min(start + 1000, messages)))
-        worker = Worker(queue, handlers=[Noop], settings=settings, trace=trace)
+        clock = EffectClock(selector)
+        worker = Worker(queue, handlers=[Noop], settings=settings, trace=trace, observer=clock)
         share = messages // loops
         limits = [share + (messages - share * loops if i == 0 else 0) for i in range(loops)]
-        with EffectClock() as clock:
-            cpu = time.thread_time()
-            await asyncio.gather(*(worker.loop(limit) for limit in limits))
-            cpu = time.thread_time() - cpu
-        return clock.samples, cpu, clock.iterations
+        counted = selector.calls
+        cpu = time.thread_time()
+        await asyncio.gather(*(worker.loop(limit) for limit in limits))
+        cpu = time.thread_time() - cpu
+        return clock.samples, cpu, selector.calls - counted
     finally:
         await queue.close()
 

@@ -98,12 +98,13 @@ class Cores:
     programs' work (`background`) runs one piece at a time, as one more process.
     """
 
-    __slots__ = ("free", "others", "others_core")
+    __slots__ = ("busy", "free", "others", "others_core")
 
     def __init__(self, count: int) -> None:
         self.free = [-math.inf] * count
         self.others = -math.inf  # when the other programs' work claimed so far is done
         self.others_core = -1
+        self.busy = 0.0  # CPU seconds of work placed on the cores (the other programs' included)
 
     def background(self, ready: float, cost: float) -> None:
         """Other programs need ``cost`` CPU seconds from ``ready`` (after their earlier work)."""
@@ -118,6 +119,7 @@ class Cores:
             core = free.index(min(free))
         start = free[core] if free[core] > ready else ready
         free[core] = start + cost
+        self.busy += cost
         return start, core
 
 
@@ -136,7 +138,7 @@ class StorageServer:
     `Scenario.background`.
     """
 
-    __slots__ = ("accounted", "cost", "feed", "free", "half")
+    __slots__ = ("accounted", "busy", "cost", "feed", "free", "half")
 
     def __init__(self, feed: Feed, cost: float, half: float) -> None:
         self.feed = feed
@@ -144,6 +146,7 @@ class StorageServer:
         self.half = half  # a registration reaches the server half a round trip after its enqueue time
         self.free = -math.inf
         self.accounted = -math.inf  # registrations served up to this enqueue time
+        self.busy = 0.0  # seconds of commands claimed (beyond the run's end when it cannot keep up)
 
     def call(self, arrival: float) -> float:
         """A command reaching the server at ``arrival``: the seconds until its reply leaves."""
@@ -156,6 +159,7 @@ class StorageServer:
 
     def _serve(self, ready: float, cost: float) -> float:
         self.free = (self.free if self.free > ready else ready) + cost
+        self.busy += cost
         return self.free
 
 

@@ -260,6 +260,8 @@ class RunRecord:
         loops: Per loop: ``index``, ``process``, ``messages``, ``performs``, ``failures``,
             ``binds``, ``polls``, ``busy`` and ``bound`` (seconds).
         processes: Per worker process: ``index``, ``loops`` and ``cpu_busy`` (CPU seconds).
+        storage_busy: Seconds of commands the storage server was given (0: not modelled).
+        cores_busy: CPU seconds placed on the machine's cores (0: not modelled).
     """
 
     scenario: Scenario
@@ -276,3 +278,5 @@ class RunRecord:
     samples: list[Sample]
     loops: list[dict[str, Any]]
     processes: list[dict[str, Any]]
+    storage_busy: float = 0.0
+    cores_busy: float = 0.0

@@ -83,6 +83,8 @@ class Result:
                 "cpu_busy": [p["cpu_busy"] for p in record.processes],
             }
         )
+        self._storage_busy = record.storage_busy
+        self._cores_busy = record.cores_busy
         if not self._recorder.keep:
             self._recorder.flush()
 
@@ -309,6 +311,35 @@ class Result:
     def utilisation(self) -> float:
         """Share of all loops' time spent in ``perform`` (failed performs included)."""
         return float(self._loops["busy"].sum() / (max(self.end, 1e-12) * self.scenario.loops))
+
+    @property
+    def storage_utilisation(self) -> float:
+        """Share of time the storage server was busy (``Scenario.storage_cpu``; 0 when not modelled).
+        Above 1: it was given more commands than it can serve in the run."""
+        return float(self._storage_busy / max(self.end, 1e-12))
+
+    @property
+    def cores_utilisation(self) -> float:
+        """Share of the machine's cores busy (``Scenario.cores``; 0 when not modelled)."""
+        cores = self.scenario.cores
+        return float(self._cores_busy / (max(self.end, 1e-12) * cores)) if cores else 0.0
+
+    def utilisations(self) -> dict[str, float]:
+        """Each resource that can run out, and its utilisation: the storage server, the busiest
+        worker process's CPU, the machine's cores, and the loops (their time in ``perform``)."""
+        return {
+            "storage server": self.storage_utilisation,
+            "a worker process's CPU": self.cpu_utilisation,
+            "the machine's cores": self.cores_utilisation,
+            "the loops": self.utilisation,
+        }
+
+    @property
+    def bottleneck(self) -> str:
+        """The resource with the highest utilisation (`utilisations`): the one to add to, when the
+        run fell short (more Redis, more processes, more cores, or more loops)."""
+        found = self.utilisations()
+        return max(found, key=lambda name: found[name])
 
     @property
     def speed(self) -> float:

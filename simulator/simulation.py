@@ -147,6 +147,8 @@ class Simulation:
                 {"index": p.index, "loops": len(p.loops), "cpu_busy": p.cpu.busy if p.cpu is not None else 0.0}
                 for p in self.processes
             ],
+            storage_busy=self.shared.server.busy if self.shared.server is not None else 0.0,
+            cores_busy=self.shared.cores.busy if self.shared.cores is not None else 0.0,
         )
 
     def _sample(self) -> Any:

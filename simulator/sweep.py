@@ -87,6 +87,9 @@ def _run(index: int) -> bytes:
     frame = result.summary(by)
     frame["utilisation"] = result.utilisation
     frame["cpu_utilisation"] = result.cpu_utilisation
+    frame["storage_utilisation"] = result.storage_utilisation
+    frame["cores_utilisation"] = result.cores_utilisation
+    frame["bottleneck"] = result.bottleneck
     frame["simulated"] = result.end
     frame["wall"] = result.wall
     return msgspec.json.encode(frame.to_dict("list"))
@@ -177,7 +180,19 @@ def _simulate_all(jobs: list[tuple[Scenario, tuple[str, ...]]], progress: bool, 
         _JOBS.clear()
         if bar is not None:
             bar.close()
-    return [pd.DataFrame(msgspec.json.decode(data)) for data in encoded if data is not None]
+    return [_decoded(data) for data in encoded if data is not None]
+
+
+def _decoded(data: bytes) -> pd.DataFrame:
+    """A summary frame back from JSON, where a NaN travelled as null (a run that performed nothing)."""
+    frame = pd.DataFrame(msgspec.json.decode(data))
+    for column in frame.columns:
+        values = frame[column]
+        if values.dtype == object and all(
+            v is None or (isinstance(v, int | float) and not isinstance(v, bool)) for v in values
+        ):
+            frame[column] = values.astype("float64")
+    return frame
 
 
 def _indexed(index: int) -> tuple[int, bytes]:
@@ -198,6 +213,8 @@ def _replicated(runs: list[pd.DataFrame], names: list[str]) -> pd.DataFrame:
         out[f"{column}_low"] = mean[column] - half[column]
         out[f"{column}_high"] = mean[column] + half[column]
     saturated = grouped["saturated"].mean()
+    if "bottleneck" in stacked.columns:  # the resource most runs of the point ran out of
+        out["bottleneck"] = grouped["bottleneck"].agg(lambda names: names.value_counts().index[0])
     out["saturated"] = saturated > 0
     out["saturated_share"] = saturated
     out["replications"] = count
@@ -233,7 +250,7 @@ class Plan:
     def __repr__(self) -> str:
         goal = f"{per_second(self.rate)} with p99 sojourn <= {duration(self.p99)}"
         if self.choice is None or self.row is None:
-            return f"<Plan: no configuration of the grid meets {goal}>"
+            return f"<Plan: no configuration of the grid meets {goal}; {self.shortfalls()}>"
         row = self.row
         chosen = ", ".join(f"{k}={v}" for k, v in self.choice.items())
         return (
@@ -241,6 +258,23 @@ class Plan:
             f"(95% CI {duration(row['sojourn_p99_low'])} to {duration(row['sojourn_p99_high'])}), "
             f"throughput {per_second(row['throughput'])}, busiest CPU {row['cpu_utilisation']:.0%}>"
         )
+
+    def shortfalls(self) -> str:
+        """Per point of the grid, the resource that ran out first (`Result.bottleneck`) and how busy it was:
+        whether more loops, more processes, more cores or more Redis would help."""
+        columns = {
+            "storage server": "storage_utilisation",
+            "a worker process's CPU": "cpu_utilisation",
+            "the machine's cores": "cores_utilisation",
+            "the loops": "utilisation",
+        }
+        parts = []
+        for _, row in self.table.iterrows():
+            point = ", ".join(f"{name}={row[name]}" for name in self.grid)
+            name = str(row.get("bottleneck", ""))
+            share = row.get(columns.get(name, ""), math.nan)
+            parts.append(f"{point}: {name} {share:.0%} busy" if name else point)
+        return "; ".join(parts)
 
     @property
     def grid(self) -> list[str]:
@@ -266,6 +300,8 @@ _PLAN_SHOWN = (
     "sojourn_p99_low",
     "sojourn_p99_high",
     "cpu_utilisation",
+    "storage_utilisation",
+    "bottleneck",
     "saturated_share",
     "meets",
 )

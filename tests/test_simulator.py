@@ -1474,3 +1474,36 @@ def test_a_wake_up_message_that_finds_the_process_busy_costs_idle_less(
     cpu._messages(100.0)
     assert cpu.busy == pytest.approx(busy)
     assert cpu.free == pytest.approx(end)
+
+
+def test_plan_says_which_resource_ran_out_when_nothing_meets_the_goal() -> None:
+    """Every run of every point saturates the storage server (registrations cost it 1 ms a command):
+    the plan has no choice, says so for each point, and does not crash on runs that performed nothing."""
+
+    class Busy(Handler):
+        name = "busy"
+
+        async def perform(self, *requests: int) -> None: ...
+
+    sc = Scenario(
+        Workload(Busy, Poisson(rate=3000), Service(per_batch=0.002, per_message=0.0001), Keyed(Uniform(16))),
+        loops=2,
+        settings=Settings(worker_batch_size=32),
+        duration=3,
+        warmup=0.5,
+        seed=1,
+        storage_cpu=0.001,
+    )
+    found = plan(sc, rate=3000, p99=0.15, over={"loops": [2, 4]}, replications=2, progress=False)
+    assert found.choice is None
+    assert list(found.table["bottleneck"]) == ["storage server", "storage server"]
+    assert (found.table["storage_utilisation"] > 1).all()
+    assert "loops=2: storage server" in repr(found) and "loops=4: storage server" in repr(found)
+    cpu = sc.replace(
+        storage_cpu=0.0,
+        overhead=LIBRARY,
+        workloads=(
+            Workload(Busy, Poisson(rate=3000), Service(per_batch=0.002, cpu_per_batch=0.002), Keyed(Uniform(16))),
+        ),
+    )
+    assert simulate(cpu).bottleneck == "a worker process's CPU"

@@ -72,6 +72,13 @@ class Queue:
         ``settings.register_chunk`` requests is written in chunks of that size,
         in order, each all or nothing, so that it never blocks Redis for long.
 
+        Stored means on the primary: a failover before its replicas have the
+        writes loses them (Redis replicates asynchronously). With
+        ``settings.register_replicas`` (``QUEUE_REGISTER_REPLICAS``) N > 0, this
+        returns only once N replicas have them (Redis ``WAIT``, in the same
+        round trip, up to ``settings.storage_timeout``); then a failover that
+        promotes one of them loses nothing this returned.
+
         Args:
             handler: The handler class.
             requests: Its requests, in order.
@@ -99,7 +106,11 @@ class Queue:
             SerializationError: a request is not of the handler's request type.
             StorageFull: Redis is full (nothing of the chunk was written).
             StorageError: Redis failed or did not answer in time; its ``stored``
-                says how many requests earlier chunks stored.
+                says how many requests earlier chunks stored. Or fewer than
+                ``register_replicas`` replicas acknowledged the writes in time:
+                the message says how many did, and ``stored`` counts the
+                requests on the primary, this chunk's included (a failover may
+                lose them; registering them again may store them twice).
         """
         spec = self.spec(handler)
         when, schedule = _timing(defer, if_not_exists, recurrent)
@@ -132,13 +143,14 @@ class Queue:
     async def _push(self, handler: str, chunks: list[list[TubeWrite]], total: int) -> int:
         """Push the chunks in order; a failure says how many requests earlier chunks stored."""
         stored = 0
+        replicas, timeout = self.settings.register_replicas, self.settings.storage_timeout
         for writes in chunks:
             try:
-                stored += await self.storage.push(handler, writes)
+                stored += await self.storage.push(handler, writes, replicas=replicas, timeout=timeout)
             except StorageError as exc:
                 if stored:
-                    exc.stored = stored
-                    exc.add_note(f"the first {stored} of {total} requests were stored")
+                    exc.stored += stored
+                    exc.add_note(f"the first {exc.stored} of {total} requests were stored")
                 raise
         return stored
 

@@ -43,6 +43,8 @@ class Layout(abc.ABC):
         self._keys = keys
         self._stamp_window = stamp_window
         self._eval = scripts.eval
+        self._eval_waiting = scripts.eval_waiting
+        self._on_nodes = scripts.on_nodes
         self._pipeline = scripts.pipeline
         self._push = scripts.push
         self._acquire = scripts.acquire
@@ -52,8 +54,15 @@ class Layout(abc.ABC):
         self._unschedule = scripts.unschedule
 
     @abc.abstractmethod
-    async def push(self, handler: str, writes: Sequence[TubeWrite], wake: bytes, stamp: str) -> int:
-        """Append ``writes`` (stamped ``stamp``), index their threads, publish ``wake``; how many."""
+    async def push(
+        self, handler: str, writes: Sequence[TubeWrite], wake: bytes, stamp: str, replicas: int, timeout: int
+    ) -> tuple[int, int]:
+        """Append ``writes`` (stamped ``stamp``), index their threads, publish ``wake``.
+
+        With ``replicas``, ``WAIT`` up to ``timeout`` ms for that many replicas to
+        have the writes. Returns how many envelopes were appended and how many
+        replicas acknowledged them (``replicas`` itself when none were asked for).
+        """
 
     @abc.abstractmethod
     async def acquire(self, ref: ThreadRef, token: str, ttl: int) -> Any:
@@ -122,8 +131,11 @@ class SingleServer(Layout):
         super().__init__(client, keys, scripts, stamp_window)
         self._settled: list[str] = []  # stamps of calls that returned: forgotten by the next push
 
-    async def push(self, handler: str, writes: Sequence[TubeWrite], wake: bytes, stamp: str) -> int:
-        """One atomic script call: all or nothing, and a full Redis refuses it whole (`StorageFull`)."""
+    async def push(
+        self, handler: str, writes: Sequence[TubeWrite], wake: bytes, stamp: str, replicas: int, timeout: int
+    ) -> tuple[int, int]:
+        """One atomic script call: all or nothing, and a full Redis refuses it whole (`StorageFull`);
+        with ``replicas``, its ``WAIT`` follows it in the same write, over the same connection."""
         schema = self._keys
         forget, self._settled = self._settled, []
         keys = [schema.stamps()]
@@ -131,12 +143,15 @@ class SingleServer(Layout):
         self._tube_arguments(writes, keys, args)
         keys += (schema.index(handler), schema.due_index(handler))
         try:
-            count = int((await self._eval(self._push, keys, args))[0])
+            if replicas:
+                reply, acked = await self._eval_waiting(self._push, keys, args, replicas, timeout)
+            else:
+                reply, acked = await self._eval(self._push, keys, args), 0
         except BaseException:
             self._settled.extend(forget)  # harmless if the call did forget them
             raise
         self._settled.append(stamp)
-        return count
+        return int(reply[0]), acked
 
     async def acquire(self, ref: ThreadRef, token: str, ttl: int) -> Any:
         """One call: acquire.lua hides the thread, or unindexes it when empty, itself."""
@@ -186,34 +201,49 @@ class Cluster(Layout):
 
     transaction = False
 
-    async def push(self, handler: str, writes: Sequence[TubeWrite], wake: bytes, stamp: str) -> int:
+    async def push(
+        self, handler: str, writes: Sequence[TubeWrite], wake: bytes, stamp: str, replicas: int, timeout: int
+    ) -> tuple[int, int]:
         """Each thread's tubes are one call (pipelined per node), and the index is touched only
-        once every tube is appended, which keeps a message from being stranded outside the index."""
+        once every tube is appended, which keeps a message from being stranded outside the index.
+
+        With ``replicas``, each node's calls are followed by a ``WAIT`` on their
+        connection (`Scripts.on_nodes`), the index's too: its node fails over
+        independently of the threads', and a thread whose index entry a failover
+        lost would wait where no loop looks."""
         schema = self._keys
         by_thread: dict[str, list[TubeWrite]] = {}
         for write in writes:
             by_thread.setdefault(write.tube.thread, []).append(write)
-
-        def append(pipe: Any) -> None:
-            for thread, group in by_thread.items():
-                keys = [schema.stamps(ThreadRef(handler, thread))]
-                args: list[Any] = [stamp, self._stamp_window, "", "", 0]
-                self._tube_arguments(group, keys, args)
-                pipe.execute_command("EVALSHA", self._push.sha, len(keys), *keys, *args)
-
-        replies = await self._pipeline(append)
+        calls = []
+        for thread, group in by_thread.items():
+            keys = [schema.stamps(ThreadRef(handler, thread))]
+            args: list[Any] = [stamp, self._stamp_window, "", "", 0]
+            self._tube_arguments(group, keys, args)
+            calls.append(("EVALSHA", self._push.sha, len(keys), *keys, *args))
+        if replicas:
+            replies, acked = await self._on_nodes(calls, replicas, timeout)
+        else:
+            replies, acked = await self._pipeline(lambda pipe: [pipe.execute_command(*call) for call in calls]), 0
         queued = [
             thread
             for (thread, group), (_, _, moved) in zip(by_thread.items(), replies, strict=True)
             if moved or any(write.immediate for write in group)
         ]
-        if queued:
-            await self._eval(self._index, [schema.index(handler)], ["add", 0, *queued])
-        for thread, (_, due, _) in zip(by_thread, replies, strict=True):
-            if due:
-                await self._eval(self._index, [schema.due_index(handler)], ["at", due, thread])
+        indexing = [([schema.index(handler)], ["add", 0, *queued])] if queued else []
+        indexing += [
+            ([schema.due_index(handler)], ["at", due, thread])
+            for thread, (_, due, _) in zip(by_thread, replies, strict=True)
+            if due
+        ]
+        if replicas and indexing:
+            commands = [("EVALSHA", self._index.sha, len(keys), *keys, *args) for keys, args in indexing]
+            acked = min(acked, (await self._on_nodes(commands, replicas, timeout))[1])
+        else:
+            for keys, args in indexing:
+                await self._eval(self._index, keys, args)
         await self._client.publish(schema.wake, wake)
-        return sum(int(count) for count, _, _ in replies)
+        return sum(int(count) for count, _, _ in replies), acked
 
     async def acquire(self, ref: ThreadRef, token: str, ttl: int) -> Any:
         """acquire.lua, then index.lua hides the thread (taken), or it is unindexed (empty)."""

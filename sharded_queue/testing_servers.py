@@ -13,6 +13,7 @@ them in a thread (``asyncio.to_thread``).
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -44,7 +45,7 @@ def _client(port: int) -> redis.Redis:
     return redis.Redis(port=port, socket_timeout=2, socket_connect_timeout=2, decode_responses=True)
 
 
-def _info(port: int, section: str) -> dict[str, object]:
+def info(port: int, section: str) -> dict[str, object]:
     with _client(port) as client:
         return dict(client.info(section))
 
@@ -175,6 +176,30 @@ class SentinelGroup:
         node.stop(kill=True)
         return node
 
+    def kill_primary_lagging(self, seconds: float = 0.5, filler_mb: int = 32) -> RedisServer:
+        """``kill -9`` the primary while its replicas lag ``seconds`` behind it; returns its node (stopped).
+
+        The replicas are stopped (SIGSTOP), the primary writes a ``filler_mb`` MB
+        key (``testing:filler``), which fills the sockets' buffers to them, so that
+        what it is written next waits in the primary's own memory, as behind a slow
+        link; ``seconds`` later the primary is killed, then the replicas go on.
+        """
+        node = self.primary()
+        replicas = [other for other in self.nodes if other is not node and other.process is not None]
+        for replica in replicas:
+            assert replica.process is not None
+            replica.process.send_signal(signal.SIGSTOP)
+        try:
+            with _client(node.port) as client:
+                client.set("testing:filler", b"x" * (filler_mb << 20))
+            time.sleep(seconds)  # the replicas fall this far behind: the scenario, not a wait for a condition
+            node.stop(kill=True)
+        finally:
+            for replica in replicas:
+                if replica.process is not None:
+                    replica.process.send_signal(signal.SIGCONT)
+        return node
+
     def wait_promoted(self, old: RedisServer, timeout: float = 60) -> RedisServer:
         """Wait until every Sentinel names another primary, which says it is one; returns it."""
 
@@ -183,7 +208,7 @@ class SentinelGroup:
             if len(set(views)) != 1 or views[0] == old.port:
                 return False
             port = views[0]
-            return port is not None and _info(port, "replication")["role"] == "master"
+            return port is not None and info(port, "replication")["role"] == "master"
 
         wait_for(promoted, timeout, f"a replica promoted in place of port {old.port}")
         wait_for(lambda: all(s.settled(self.service) for s in self.sentinels), timeout, "the failover finished")
@@ -199,7 +224,7 @@ class SentinelGroup:
 
     def _wait_linked(self, node: RedisServer, timeout: float) -> None:
         wait_for(
-            lambda: _info(node.port, "replication").get("master_link_status") == "up",
+            lambda: info(node.port, "replication").get("master_link_status") == "up",
             timeout,
             f"replica on port {node.port} in sync",
         )
@@ -255,8 +280,9 @@ class ReplicatedCluster:
 
     @property
     def url(self) -> str:
-        """``redis+cluster://`` URL naming every node."""
-        return "redis+cluster://" + ",".join(f"127.0.0.1:{node.port}" for node in self.nodes)
+        """``redis+cluster://`` URL of the first live node (the client learns the others from it)."""
+        node = next(node for node in self.nodes if node.process is not None)
+        return f"redis+cluster://127.0.0.1:{node.port}"
 
     def roles(self) -> dict[int, str]:
         """Port -> ``master`` or ``slave`` of each node not flagged failing, as a live node sees the cluster."""
@@ -286,7 +312,7 @@ class ReplicatedCluster:
                 with _client(node.port) as client:
                     if client.execute_command("CLUSTER INFO").get("cluster_state") != "ok":
                         return False
-            return all(_info(node.port, "replication").get("master_link_status", "up") == "up" for node in live)
+            return all(info(node.port, "replication").get("master_link_status", "up") == "up" for node in live)
 
         wait_for(healthy, timeout, "the cluster healthy")
 

@@ -11,6 +11,7 @@ is kept for `stamp_window` seconds.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import weakref
 from typing import Any, NamedTuple
@@ -150,6 +151,9 @@ def _address(host: str) -> tuple[str, int]:
 _SENTINEL_URLS: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
 """What `describe_client` shows of each client `connect` made for a ``redis+sentinel://`` URL."""
 
+_SENTINEL_CLIENTS: weakref.WeakKeyDictionary[Any, list[Any]] = weakref.WeakKeyDictionary()
+"""The clients of the Sentinels of each client `connect` made for a ``redis+sentinel://`` URL (`close_client`)."""
+
 
 def _sentinel_client(parts: SentinelParts, options: dict[str, Any]) -> Any:
     """A client of the primary the Sentinels name: each new connection asks them where it is."""
@@ -159,16 +163,22 @@ def _sentinel_client(parts: SentinelParts, options: dict[str, Any]) -> Any:
     client = sentinel.master_for(parts.service, **{"ssl": parts.tls, **options, **parts.kwargs, "port": 0})
     hosts = ",".join(f"[{host}]:{port}" if ":" in host else f"{host}:{port}" for host, port in parts.sentinels)
     scheme = "rediss+sentinel" if parts.tls else "redis+sentinel"
+    _SENTINEL_CLIENTS[client] = list(sentinel.sentinels)
     _SENTINEL_URLS[client] = f"{scheme}://{_user(parts.kwargs)}{hosts}/{parts.service}/{parts.kwargs.get('db', 0)}"
     return client
 
 
 async def close_client(client: Any) -> None:
     """Close a client's connections, and those to the Sentinels of a ``redis+sentinel://`` one."""
-    await client.aclose()
     pool = getattr(client, "connection_pool", None)
-    if isinstance(pool, SentinelConnectionPool):
-        await pool.sentinel_manager.aclose()
+    try:
+        await client.aclose()  # raises the first error of closing a connection (one to a dead primary, say)
+    finally:
+        if isinstance(pool, SentinelConnectionPool):
+            # The Sentinels' clients as created, not as `Sentinel.sentinels` lists them now: redis-py's
+            # discover_master moves the one that answered first, and concurrent calls can drop one from it.
+            sentinels = [*_SENTINEL_CLIENTS.get(client, []), *pool.sentinel_manager.sentinels]
+            await asyncio.gather(*(sentinel.aclose() for sentinel in dict.fromkeys(sentinels)), return_exceptions=True)
 
 
 def stamp_window(settings: Settings) -> int:

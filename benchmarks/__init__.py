@@ -9,6 +9,9 @@
   huge `register` costs other clients;
 - `benchmarks.bench_scheduling`: lateness of deferred requests, and the cost of
   ``if_not_exists`` and ``defer`` on `register`;
+- `benchmarks.bench_failover`: the cost of ``QUEUE_REGISTER_REPLICAS=1`` on
+  `register`, and what a killed Redis or a failover (Sentinel, Redis Cluster)
+  loses, duplicates and how long it takes to resume (``docs/durability.md``);
 - `benchmarks.bench_simulator` (when present): the simulator's own benchmarks.
 
 Runners (`lib_runner`, `peer_runner`, `bare`) are subprocesses the suites drive;

@@ -1,4 +1,4 @@
-"""``python -m benchmarks [--quick] ...``: the queue, fault and scheduling benchmarks, then the simulator's."""
+"""``python -m benchmarks [--quick] ...``: the queue, fault, scheduling, failover, then simulator benchmarks."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ def main(argv: list[str] | None = None) -> int:
     from . import bench_queue
 
     status = bench_queue.main(argv)
-    from . import bench_faults, bench_scheduling
+    from . import bench_failover, bench_faults, bench_scheduling
 
-    for title, suite in (("fault", bench_faults), ("scheduling", bench_scheduling)):
+    for title, suite in (("fault", bench_faults), ("scheduling", bench_scheduling), ("failover", bench_failover)):
         print(f"\n=== {title} benchmarks ({suite.__name__}) ===", flush=True)
         status = suite.main(["--quick"] if "--quick" in argv else []) or status
     if importlib.util.find_spec("benchmarks.bench_simulator") is None:

@@ -421,7 +421,10 @@ def parser() -> argparse.ArgumentParser:
     )
     commands = top.add_subparsers(dest="command", required=True)
     url = argparse.ArgumentParser(add_help=False)
-    url.add_argument("--url", help="storage URL (default: QUEUE_STORAGE_URL); redis://, rediss://, redis+cluster://")
+    url.add_argument(
+        "--url",
+        help="storage URL (default: QUEUE_STORAGE_URL); redis://, rediss://, redis+cluster://, redis+sentinel://",
+    )
 
     worker = commands.add_parser(
         "worker", parents=[url], help="perform the named handlers' requests until SIGTERM/SIGINT (or empty, --burst)"

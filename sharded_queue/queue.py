@@ -27,7 +27,7 @@ class Queue:
     """Registers requests into their handler's tubes.
 
     Args:
-        storage: A storage URL (``redis://``, ``rediss://``, ``redis+cluster://``),
+        storage: A storage URL (``redis://``, ``rediss://``, ``redis+cluster://``, ``redis+sentinel://``),
             a `Storage`, or None for ``settings.storage_url`` or, when that is
             unset too, the embedded in-process fakeredis.
         settings: Settings to use instead of the module-level ``settings``.
@@ -68,16 +68,11 @@ class Queue:
 
         Everything is validated and encoded first, then written in one round
         trip; on any error nothing is written. Once this returns the requests
-        are stored and will be performed at least once. A call of more than
+        are stored (on the primary, which a failover can lose, unless
+        ``settings.register_replicas`` N > 0 made this wait for N replicas too,
+        Redis ``WAIT``) and will be performed at least once. A call of more than
         ``settings.register_chunk`` requests is written in chunks of that size,
         in order, each all or nothing, so that it never blocks Redis for long.
-
-        Stored means on the primary: a failover before its replicas have the
-        writes loses them (Redis replicates asynchronously). With
-        ``settings.register_replicas`` (``QUEUE_REGISTER_REPLICAS``) N > 0, this
-        returns only once N replicas have them (Redis ``WAIT``, in the same
-        round trip, up to ``settings.storage_timeout``); then a failover that
-        promotes one of them loses nothing this returned.
 
         Args:
             handler: The handler class.
@@ -105,12 +100,8 @@ class Queue:
             TypeError: ``defer``, ``recurrent`` or ``if_not_exists`` of the wrong type.
             SerializationError: a request is not of the handler's request type.
             StorageFull: Redis is full (nothing of the chunk was written).
-            StorageError: Redis failed or did not answer in time; its ``stored``
-                says how many requests earlier chunks stored. Or fewer than
-                ``register_replicas`` replicas acknowledged the writes in time:
-                the message says how many did, and ``stored`` counts the
-                requests on the primary, this chunk's included (a failover may
-                lose them; registering them again may store them twice).
+            StorageError: Redis failed, did not answer in time, or fewer than N replicas acknowledged
+                (saying how many); ``stored``: requests earlier chunks stored (or the primary holds).
         """
         spec = self.spec(handler)
         when, schedule = _timing(defer, if_not_exists, recurrent)

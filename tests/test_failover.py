@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 import signal
 import subprocess
 import sys
@@ -152,12 +153,12 @@ async def test_register_waits_for_its_replicas(
     """N=1 returns once the replica has the writes; a stalled replica makes it raise, saying so;
     a retried call (same stamp, another connection) waits for the first call's writes too."""
     primary, replica = primary_and_replica
-    settings = Settings(key_prefix="waits", register_replicas=1, storage_timeout=0.5)
+    settings = Settings(key_prefix="waits", register_replicas=1, storage_timeout=0.2)
     queue = Queue(Storage.from_settings(settings, primary.url, fast=fast), settings=settings)
     assert await queue.register(ChaosHandler, [0, 1], [1, 2]) == 2
     name, writes = one_write(queue, 3)
     first = Storage.from_settings(settings, primary.url, fast=fast)  # a call whose reply is lost...
-    assert await first.push(name, writes, stamp="first", replicas=1, timeout=0.5) == 1
+    assert await first.push(name, writes, stamp="first", replicas=1, timeout=0.2) == 1
     assert replica.process is not None
     replica.process.send_signal(signal.SIGSTOP)  # the replica stops acknowledging
     with pytest.raises(StorageError, match="only 0 of the 1 replicas") as raised:
@@ -165,9 +166,9 @@ async def test_register_waits_for_its_replicas(
     assert raised.value.stored == 3  # on the primary, not on a replica
     other = Storage.from_settings(settings, primary.url, fast=fast)  # ...is retried on a fresh connection
     with pytest.raises(StorageError, match="only 0 of the 1 replicas"):
-        await other.push(name, writes, stamp="first", replicas=1, timeout=0.5)
+        await other.push(name, writes, stamp="first", replicas=1, timeout=0.2)
     replica.process.send_signal(signal.SIGCONT)
-    assert await other.push(name, writes, stamp="first", replicas=1, timeout=0.5) == 1
+    assert await other.push(name, writes, stamp="first", replicas=1, timeout=0.2) == 1
     assert await queue.pending(ChaosHandler) == 6  # the retried call appended nothing twice
     await first.close()
     await other.close()
@@ -516,3 +517,52 @@ async def test_cluster_register_waits_for_each_node_replica(tmp_path: Path) -> N
     finally:
         await queue.close()
         cluster.stop()
+
+
+# --- TLS: rediss+sentinel:// -----------------------------------------------------------------------
+
+
+def _certificates(directory: Path) -> dict[str, Path]:
+    """A CA and a server certificate for 127.0.0.1 (openssl; ``directory`` has no space in its path)."""
+    files = {name: directory / f"{name}.pem" for name in ("ca", "ca-key", "cert", "key", "csr")}
+    ca, ca_key, cert, key, csr = files.values()
+    for command in (
+        f"req -x509 -new -nodes -newkey rsa:2048 -days 1 -subj /CN=test-ca -keyout {ca_key} -out {ca}",
+        f"req -new -nodes -newkey rsa:2048 -subj /CN=127.0.0.1 -keyout {key} -out {csr}",
+        f"x509 -req -in {csr} -CA {ca} -CAkey {ca_key} -days 1 -CAcreateserial -out {cert} -extfile /dev/stdin",
+    ):
+        extension = b"subjectAltName=IP:127.0.0.1\n"
+        subprocess.run(["openssl", *command.split()], input=extension, check=True, capture_output=True)
+    return files
+
+
+async def test_rediss_sentinel_url_speaks_tls_to_the_sentinels_and_the_primary(tmp_path: Path) -> None:
+    need_redis_server()
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    certs = _certificates(tmp_path)
+    tls = ["--tls-cert-file", str(certs["cert"]), "--tls-key-file", str(certs["key"])]
+    tls += ["--tls-ca-cert-file", str(certs["ca"]), "--tls-auth-clients", "no"]
+    primary, sentinel = free_port(), free_port()
+    (tmp_path / "sentinel.conf").write_text(
+        f"port 0\ntls-port {sentinel}\nbind 127.0.0.1\ntls-replication yes\n"
+        f"sentinel monitor tlsq 127.0.0.1 {primary} 1\n"
+    )
+    server = ["redis-server", "--port", "0", "--tls-port", str(primary), "--bind", "127.0.0.1", "--save", ""]
+    processes = [
+        subprocess.Popen([*server, "--dir", str(tmp_path), *tls], stdout=subprocess.DEVNULL),
+        subprocess.Popen(
+            ["redis-server", str(tmp_path / "sentinel.conf"), "--sentinel", *tls], stdout=subprocess.DEVNULL
+        ),
+    ]
+    url = f"rediss+sentinel://127.0.0.1:{sentinel}/tlsq?ssl_ca_certs={certs['ca']}"
+    queue = Queue(url, settings=Settings(key_prefix="tls", storage_timeout=2))
+    try:
+        await wait_until(lambda: _registers(queue, [0, 1]), timeout=20, interval=0.1)
+        assert await queue.pending(Noted) == 1
+        assert queue.storage.primaries() == frozenset([f"127.0.0.1:{primary}"])
+    finally:
+        await queue.close()
+        for process in processes:
+            process.kill()
+            process.wait(10)

@@ -33,7 +33,7 @@ from typing import Any
 from sharded_queue import Queue, Settings, StorageError
 from sharded_queue.testing import RedisServer
 from sharded_queue.testing_servers import FAST_SYNC, ReplicatedCluster, SentinelGroup, info, wait_for
-from tests.failover_run import Report, Setup, run_failovers
+from tests.failover_run import Report, Setup, cluster_setup, run_failovers, sentinel_setup
 from tests.worker_process import ChaosHandler
 
 # --- the cost of waiting for a replica ------------------------------------------------------------
@@ -153,17 +153,8 @@ def _row(report: Report) -> dict[str, Any]:
     return summary
 
 
-def _sentinel(group: SentinelGroup) -> Setup:
-    return Setup(group.url, group.kill_primary, group.wait_promoted, group.rejoin)
-
-
 def _lagging(group: SentinelGroup) -> Setup:
-    return Setup(group.url, group.kill_primary_lagging, group.wait_promoted, group.rejoin)
-
-
-def _cluster(cluster: ReplicatedCluster) -> Setup:
-    turn = iter(range(1_000_000))
-    return Setup(cluster.url, lambda: cluster.kill_primary(next(turn) % 3), cluster.wait_promoted, cluster.rejoin)
+    return sentinel_setup(group, lagging=True)
 
 
 # --- the run ---------------------------------------------------------------------------------------
@@ -179,7 +170,7 @@ async def run(only: set[str], count: int, quick: bool) -> dict[str, Any]:
             (
                 "sentinel",
                 f"Sentinel: {count} failovers under load",
-                lambda: failovers("sentinel", SentinelGroup, _sentinel, directory, count),
+                lambda: failovers("sentinel", SentinelGroup, sentinel_setup, directory, count),
             ),
             (
                 "sentinel",
@@ -189,7 +180,7 @@ async def run(only: set[str], count: int, quick: bool) -> dict[str, Any]:
             (
                 "cluster",
                 f"Redis Cluster (3 primaries, 3 replicas): {count} failovers under load",
-                lambda: failovers("cluster", ReplicatedCluster, _cluster, directory, count),
+                lambda: failovers("cluster", ReplicatedCluster, cluster_setup, directory, count),
             ),
         ]
         for key, title, step in steps:

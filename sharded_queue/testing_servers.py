@@ -251,11 +251,15 @@ class SentinelGroup:
 class ReplicatedCluster:
     """A Redis Cluster of ``primaries`` primaries with ``replicas`` replicas each, on loopback.
 
-    A primary that stops answering for ``node_timeout_ms`` is failed over to its
-    replica by the cluster itself. `url` is its ``redis+cluster://`` URL.
+    A primary that stops answering for ``node_timeout_ms`` (None: Redis's default,
+    15 s) is failed over to its replica by the cluster itself. `url` is its
+    ``redis+cluster://`` URL.
     """
 
-    def __init__(self, directory: Path, primaries: int = 3, replicas: int = 1, node_timeout_ms: int = 1000) -> None:
+    def __init__(
+        self, directory: Path, primaries: int = 3, replicas: int = 1, node_timeout_ms: int | None = 1000
+    ) -> None:
+        timeout = () if node_timeout_ms is None else ("--cluster-node-timeout", str(node_timeout_ms))
         self.nodes: list[RedisServer] = []
         for index in range(primaries * (1 + replicas)):
             node_dir = directory / f"node{index}"
@@ -264,7 +268,8 @@ class ReplicatedCluster:
                 RedisServer(
                     node_dir,
                     *("--cluster-enabled", "yes", "--cluster-config-file", str(node_dir / "nodes.conf")),
-                    *("--cluster-node-timeout", str(node_timeout_ms), *FAST_SYNC),
+                    *timeout,
+                    *FAST_SYNC,
                     port=free_cluster_port(),
                 )
             )

@@ -7,20 +7,18 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
-import subprocess
 import tempfile
-import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import fakeredis
 import pytest
-import redis
 
 from sharded_queue import Queue, Settings, Storage
 from sharded_queue.core import PollResult
-from sharded_queue.testing import RedisServer, free_cluster_port
+from sharded_queue.testing import RedisServer
+from sharded_queue.testing_servers import ReplicatedCluster
 
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 _prefixes = itertools.count()
@@ -47,44 +45,11 @@ def redis_url(redis_server: RedisServer) -> str:
     return redis_server.url
 
 
-class RedisClusterNodes:
+class RedisClusterNodes(ReplicatedCluster):
     """Three cluster-enabled redis-server processes joined into one cluster (no replicas)."""
 
     def __init__(self, directory: Path, count: int = 3) -> None:
-        self.nodes = []
-        for index in range(count):
-            node_dir = directory / f"node{index}"
-            node_dir.mkdir()
-            self.nodes.append(
-                RedisServer(
-                    node_dir,
-                    *("--cluster-enabled", "yes", "--cluster-config-file", str(node_dir / "nodes.conf")),
-                    port=free_cluster_port(),
-                )
-            )
-        addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
-        subprocess.run(
-            ["redis-cli", "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
-        deadline = time.monotonic() + 30
-        for node in self.nodes:
-            client = redis.Redis(port=node.port, socket_timeout=5)
-            while client.execute_command("CLUSTER INFO").get("cluster_state") != "ok":
-                if time.monotonic() > deadline:
-                    raise RuntimeError("redis cluster did not become ready")
-                time.sleep(0.05)
-            client.close()
-
-    @property
-    def url(self) -> str:
-        return f"redis+cluster://127.0.0.1:{self.nodes[0].port}"
-
-    def stop(self) -> None:
-        for node in self.nodes:
-            node.stop()
+        super().__init__(directory, primaries=count, replicas=0, node_timeout_ms=None)
 
 
 @pytest.fixture(scope="session")

@@ -28,6 +28,7 @@ from typing import Any
 
 from sharded_queue import Queue, Settings, StorageError
 from sharded_queue.testing import wait_until
+from sharded_queue.testing_servers import ReplicatedCluster, SentinelGroup
 from tests.test_crashes import Processes
 from tests.worker_process import ChaosHandler
 
@@ -63,6 +64,18 @@ class Setup:
     kill: Callable[[], Any]
     promoted: Callable[[Any], Any]
     rejoin: Callable[[Any], Any]
+
+
+def sentinel_setup(group: SentinelGroup, lagging: bool = False) -> Setup:
+    """Fail a `SentinelGroup` over, its replica caught up (or ``lagging`` half a second behind)."""
+    kill = group.kill_primary_lagging if lagging else group.kill_primary
+    return Setup(group.url, kill, group.wait_promoted, group.rejoin)
+
+
+def cluster_setup(cluster: ReplicatedCluster) -> Setup:
+    """Fail a `ReplicatedCluster` over, killing another of its primaries each time."""
+    turn = itertools.count()
+    return Setup(cluster.url, lambda: cluster.kill_primary(next(turn) % 3), cluster.wait_promoted, cluster.rejoin)
 
 
 class Producers:

@@ -42,7 +42,7 @@ from sharded_queue.storage.client import sentinel_parts
 from sharded_queue.testing import RedisServer, free_port, wait_until
 from sharded_queue.testing_servers import FAST_SYNC, ReplicatedCluster, SentinelGroup, info, wait_for
 from tests.conftest import need_redis_server
-from tests.failover_run import Report, Setup, run_failovers
+from tests.failover_run import Report, cluster_setup, run_failovers, sentinel_setup
 from tests.worker_process import ChaosHandler
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -429,6 +429,25 @@ def _never_lost(report: Report) -> None:
     assert report.acknowledged > 1000  # the load ran through the failovers
 
 
+async def _failovers(directory: Path, clock: RedisServer, kind: str, failovers: int, replicas: int) -> Report:
+    """``failovers`` failovers under load of a fresh `SentinelGroup` (``kind`` sentinel or lagging) or
+    `ReplicatedCluster` (cluster), with QUEUE_REGISTER_REPLICAS=``replicas`` (`tests.failover_run`)."""
+    need_redis_server()
+    (directory / "servers").mkdir()
+    (directory / "run").mkdir()
+    servers: SentinelGroup | ReplicatedCluster
+    if kind == "cluster":
+        servers = await asyncio.to_thread(ReplicatedCluster, directory / "servers")
+        setup = cluster_setup(servers)
+    else:
+        servers = await asyncio.to_thread(SentinelGroup, directory / "servers")
+        setup = sentinel_setup(servers, lagging=kind == "lagging")
+    try:
+        return await run_failovers(setup, directory / "run", clock.url, failovers, replicas)
+    finally:
+        servers.stop()
+
+
 @pytest.mark.slow
 async def test_sentinel_failovers_under_load_lose_no_register_that_waited_for_a_replica(
     tmp_path: Path, clock: RedisServer
@@ -436,14 +455,7 @@ async def test_sentinel_failovers_under_load_lose_no_register_that_waited_for_a_
     """QUEUE_REGISTER_REPLICAS=1, 2 worker processes, producers registering: kill -9 of the primary,
     three times. Nothing acknowledged is lost, FIFO holds per thread, and the work resumes by itself
     after each failover (`tests.failover_run` waits for performs of new requests, up to 60 s)."""
-    need_redis_server()
-    group = await asyncio.to_thread(SentinelGroup, tmp_path / "group")
-    setup = Setup(group.url, group.kill_primary, group.wait_promoted, group.rejoin)
-    (tmp_path / "run").mkdir()
-    try:
-        report = await run_failovers(setup, tmp_path / "run", clock.url, failovers=3, replicas=1)
-    finally:
-        group.stop()
+    report = await _failovers(tmp_path, clock, "sentinel", failovers=3, replicas=1)
     _never_lost(report)
     assert sum(lines["failing"] for lines in report.logs.values()) == 2 * 3  # both workers, each failover
     _workers_logged_each_failover_once(report)
@@ -457,14 +469,7 @@ async def test_a_lagging_replica_promoted_loses_acknowledged_registers_unless_th
     """The primary dies while its replica lags half a second behind (`SentinelGroup.kill_primary_lagging`):
     with QUEUE_REGISTER_REPLICAS=0 registrations it acknowledged are lost; with 1, none is, since
     none of those was acknowledged. (Run both ways: the test can see a loss.)"""
-    need_redis_server()
-    group = await asyncio.to_thread(SentinelGroup, tmp_path / "group")
-    setup = Setup(group.url, group.kill_primary_lagging, group.wait_promoted, group.rejoin)
-    (tmp_path / "run").mkdir()
-    try:
-        report = await run_failovers(setup, tmp_path / "run", clock.url, failovers=2, replicas=replicas)
-    finally:
-        group.stop()
+    report = await _failovers(tmp_path, clock, "lagging", failovers=2, replicas=replicas)
     print("lagging replica:", report.summary())
     if replicas:
         _never_lost(report)
@@ -478,16 +483,7 @@ async def test_cluster_failovers_under_load_lose_no_register_that_waited_for_a_r
     tmp_path: Path, clock: RedisServer
 ) -> None:
     """A 3-primary, 3-replica cluster; kill -9 of a primary (another each time), three times, under load."""
-    need_redis_server()
-    (tmp_path / "cluster").mkdir()
-    cluster = await asyncio.to_thread(ReplicatedCluster, tmp_path / "cluster")
-    turn = iter(range(100))
-    setup = Setup(cluster.url, lambda: cluster.kill_primary(next(turn) % 3), cluster.wait_promoted, cluster.rejoin)
-    (tmp_path / "run").mkdir()
-    try:
-        report = await run_failovers(setup, tmp_path / "run", clock.url, failovers=3, replicas=1)
-    finally:
-        cluster.stop()
+    report = await _failovers(tmp_path, clock, "cluster", failovers=3, replicas=1)
     _never_lost(report)
     _workers_logged_each_failover_once(report)
 

@@ -12,6 +12,9 @@
   huge `register` costs other clients;
 - `benchmarks.bench_scheduling`: lateness of deferred requests, and the cost of
   ``if_not_exists`` and ``defer`` on `register`;
+- `benchmarks.bench_failover`: the cost of ``QUEUE_REGISTER_REPLICAS=1`` on
+  `register`, and what a killed Redis or a failover (Sentinel, Redis Cluster)
+  loses, duplicates and how long it takes to resume (``docs/durability.md``);
 - `benchmarks.bench_simulator` (when present): the simulator's own benchmarks;
 - `benchmarks.bench_counts` (run on its own: minutes): what counting a
   handler's messages costs as its threads grow (`pending`, a `stats` page,

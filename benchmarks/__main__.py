@@ -1,4 +1,5 @@
-"""``python -m benchmarks [--quick] ...``: the queue, peers, fault and scheduling benchmarks, then the simulator's."""
+"""``python -m benchmarks [--quick] ...``: the queue, peers, fault, scheduling and failover benchmarks, then the
+simulator's."""
 
 from __future__ import annotations
 
@@ -14,9 +15,15 @@ def main(argv: list[str] | None = None) -> int:
     from . import bench_queue
 
     status = bench_queue.main(argv)
-    from . import bench_faults, bench_peers, bench_scheduling
+    from . import bench_failover, bench_faults, bench_peers, bench_scheduling
 
-    for title, suite in (("peers", bench_peers), ("fault", bench_faults), ("scheduling", bench_scheduling)):
+    suites = (
+        ("peers", bench_peers),
+        ("fault", bench_faults),
+        ("scheduling", bench_scheduling),
+        ("failover", bench_failover),
+    )
+    for title, suite in suites:
         print(f"\n=== {title} benchmarks ({suite.__name__}) ===", flush=True)
         status = suite.main(["--quick"] if "--quick" in argv else []) or status
     if importlib.util.find_spec("benchmarks.bench_simulator") is None:

@@ -194,7 +194,7 @@ class BenchCluster(BenchServer):
     directory_prefix = "sq-bench-cluster-"
 
     def _start(self, directory: Path) -> Any:
-        from sharded_queue.testing import RedisClusterNodes
+        from sharded_queue.testing_servers import RedisClusterNodes
 
         return RedisClusterNodes(directory)
 

@@ -63,7 +63,9 @@ class StorageError(QueueError):
     Attributes:
         stored: For a `Queue.register` call written in chunks (more requests
             than ``settings.register_chunk``), how many of its requests, in
-            order, were stored before the failure; 0 otherwise.
+            order, were stored before the failure; when fewer replicas than
+            ``settings.register_replicas`` acknowledged the writes, the requests
+            the primary holds, the last chunk's included; 0 otherwise.
     """
 
     stored: int = 0

@@ -22,7 +22,7 @@ class Queue(QueueAdmin):
     """Registers requests into their handler's tubes; reads and administers them (`QueueAdmin`).
 
     Args:
-        storage: A storage URL (``redis://``, ``rediss://``, ``redis+cluster://``),
+        storage: A storage URL (``redis://``, ``rediss://``, ``redis+cluster://``, ``redis+sentinel://``),
             a `Storage`, or None for ``settings.storage_url`` or, when that is
             unset too, the embedded in-process fakeredis.
         settings: Settings to use instead of the module-level ``settings``.
@@ -71,7 +71,9 @@ class Queue(QueueAdmin):
         Everything is validated and encoded first, then written in one round trip
         (chunks of ``settings.register_chunk``, in order, each all or nothing); on an
         error nothing of the chunk is written. Once this returns, the requests are
-        stored and will be performed at least once.
+        stored (on the primary, which a failover can lose, unless
+        ``settings.register_replicas`` made it wait for that many replicas: ``WAIT``)
+        and will be performed at least once.
 
         Args:
             handler: The handler class.
@@ -92,7 +94,8 @@ class Queue(QueueAdmin):
             TypeError: ``defer``, ``recurrent`` or ``if_not_exists`` of the wrong type.
             SerializationError: a request a worker could not decode.
             StorageFull: Redis is full (nothing of the chunk was written).
-            StorageError: Redis failed; its ``stored`` says how many earlier chunks stored.
+            StorageError: Redis failed, or fewer replicas than asked acknowledged (saying how
+                many); its ``stored`` says how many requests earlier chunks stored.
         """
         spec = self.spec(handler)
         when, schedule = _timing(defer, if_not_exists, recurrent, self.settings.coordinator_delay)
@@ -131,13 +134,14 @@ class Queue(QueueAdmin):
     async def _push(self, handler: str, chunks: list[list[TubeWrite]], total: int) -> int:
         """Push the chunks in order; a failure says how many requests earlier chunks stored."""
         stored = 0
+        replicas, timeout = self.settings.register_replicas, self.settings.storage_timeout
         for writes in chunks:
             try:
-                stored += await self.storage.push(handler, writes)
+                stored += await self.storage.push(handler, writes, replicas=replicas, timeout=timeout)
             except StorageError as exc:
                 if stored:
-                    exc.stored = stored
-                    exc.add_note(f"the first {stored} of {total} requests were stored")
+                    exc.stored += stored
+                    exc.add_note(f"the first {exc.stored} of {total} requests were stored")
                 raise
         return stored
 

@@ -83,6 +83,7 @@ _RULES: dict[str, _Rule] = {
     "storage_timeout": _Rule(float, 0, exclusive=True),
     "register_chunk": _Rule(int, 1, maximum=REGISTER_CHUNK_MAX),
     "perform_timeout": _Rule(float, 0, exclusive=True),
+    "register_replicas": _Rule(int, 0),
 }
 
 
@@ -101,8 +102,8 @@ class Settings:
         worker_empty_pause: Seconds between two empty polls of a bound thread.
         worker_hold_limit: Batches a loop performs on one thread before it lets
             the thread go if another thread waits for a loop (0: never).
-        storage_url: ``redis://``, ``rediss://`` or ``redis+cluster://`` URL; unset
-            means the embedded in-process fakeredis.
+        storage_url: ``redis://``, ``rediss://``, ``redis+cluster://`` or
+            ``redis+sentinel://`` URL; unset means the embedded in-process fakeredis.
         key_prefix: Prefix of every Redis key; two prefixes never see each other.
         lease_ttl: Seconds a thread lease lives without a heartbeat. A crashed
             worker's threads are taken over after at most this plus
@@ -120,6 +121,11 @@ class Settings:
             and counts as a failed attempt (``TimeoutError``); a handler's own
             ``timeout`` wins. A ``perform`` that blocks the event loop cannot be
             cancelled.
+        register_replicas: Replicas that must have a registration's writes before
+            `Queue.register` returns (Redis ``WAIT``, up to ``storage_timeout``); 0
+            (the default) returns once the primary has them, which a failover can
+            lose. Reads then wait a second longer than ``storage_timeout``, for
+            ``WAIT``'s answer.
     """
 
     coordinator_delay: float = 1.0
@@ -138,6 +144,7 @@ class Settings:
     storage_timeout: float = 10.0
     register_chunk: int = 10_000
     perform_timeout: float = 300.0
+    register_replicas: int = 0
     _ready: bool = field(default=False, init=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -191,12 +198,14 @@ class Settings:
 
 
 _URL_PASSWORD = re.compile(r"(?<=://)([^:/@]*)(:[^@/]*)?@")
+_QUERY_PASSWORD = re.compile(r"(?<=[?&])((?:sentinel_)?password=)[^&#]*")
 
 
 def redact_url(url: str | None) -> str | None:
-    """``url`` with its password replaced by ``***``, safe to log or print."""
+    """``url`` with its passwords (``user:pass@``, ``?sentinel_password=``) replaced by ``***``, safe to log."""
     if url is None:
         return None
+    url = _QUERY_PASSWORD.sub(lambda m: f"{m.group(1)}***", url)
     return _URL_PASSWORD.sub(lambda m: f"{m.group(1)}{':***' if m.group(2) else ''}@", url)
 
 

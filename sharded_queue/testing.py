@@ -123,49 +123,6 @@ class RedisServer:
         self.process = None
 
 
-class RedisClusterNodes:
-    """Three cluster-enabled redis-server processes joined into one cluster (no replicas), on free
-    loopback ports, their files in ``directory``; for tests and benchmarks. `stop` ends them."""
-
-    def __init__(self, directory: Path, count: int = 3) -> None:
-        self.nodes: list[RedisServer] = []
-        for index in range(count):
-            node_dir = directory / f"node{index}"
-            node_dir.mkdir()
-            self.nodes.append(
-                RedisServer(
-                    node_dir,
-                    *("--cluster-enabled", "yes", "--cluster-config-file", str(node_dir / "nodes.conf")),
-                    port=free_cluster_port(),
-                )
-            )
-        addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
-        subprocess.run(
-            ["redis-cli", "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
-        deadline = time.monotonic() + 30
-        for node in self.nodes:
-            client = redis.Redis(port=node.port, socket_timeout=5)
-            while client.cluster("info").get("cluster_state") != "ok":
-                if time.monotonic() > deadline:
-                    raise RuntimeError("redis cluster did not become ready")
-                time.sleep(0.05)
-            client.close()
-
-    @property
-    def url(self) -> str:
-        """The cluster's URL (its first node)."""
-        return f"redis+cluster://127.0.0.1:{self.nodes[0].port}"
-
-    def stop(self) -> None:
-        """Stop every node."""
-        for node in self.nodes:
-            node.stop()
-
-
 async def wait_until(
     condition: Callable[[], Awaitable[bool] | bool], timeout: float = 10.0, interval: float = 0.005
 ) -> None:

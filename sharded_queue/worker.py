@@ -114,7 +114,7 @@ class Worker:
         self.wakeups = Wakeups(self.answers)
         self._loops: set[asyncio.Task[Any]] = set()
         self.identity = f"{socket.gethostname()}:{os.getpid()}"
-        self.health = StorageHealth()
+        self.health = StorageHealth(queue.storage.primaries)
         self.id = f"{self.identity}-{secrets.token_hex(3)}"  # pids are reused, hosts cloned
         self.state = WorkerState(self.id, list(self.specs))
         sampler = self._sample_metrics if metrics is not None else None

@@ -17,7 +17,8 @@ import pytest
 
 from sharded_queue import Queue, Settings, Storage
 from sharded_queue.core import PollResult
-from sharded_queue.testing import RedisClusterNodes, RedisServer
+from sharded_queue.testing import RedisServer
+from sharded_queue.testing_servers import RedisClusterNodes
 
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 _prefixes = itertools.count()

@@ -219,19 +219,10 @@ async def test_stats_json_shows_depths_lags_holders_and_dead_letters(cli: Cli, q
     assert 100 <= lags[0] < 130 and 40 <= lags[1] < 70 and 40 <= lags[2] < 70 and lags[3] == lags[0]
     table = cli.run("stats", "--handler", name)
     assert table.returncode == 0 and "(total)" in table.stdout and "host:42-abc:3" in table.stdout
-    other = json.loads(cli.run("stats", "--json", "--handler", "nobody:ever", "--handler", name).stdout)
-    assert other[0] == {
-        "handler": "nobody:ever",
-        "thread": None,
-        "order": None,
-        "depth": 0,
-        "lag": None,
-        "holder": None,
-        "held_since": None,
-        "deferred": 0,
-        "dead": 0,
-    }
-    assert [row["depth"] for row in other[1:]] == [3, 1, 2, 6]
+    unknown = cli.run("stats", "--json", "--handler", "nobody:ever", "--handler", name)
+    assert unknown.returncode == 2 and "unknown handler 'nobody:ever'" in unknown.stderr  # a typo is not zeros
+    named = json.loads(cli.run("stats", "--json", "--handler", name).stdout)
+    assert [row["depth"] for row in named] == [3, 1, 2, 6]
     both = json.loads(cli.run("stats", "--json", "--handler", "nobody:ever", name).stdout)
     assert [row["handler"] for row in both] == ["nobody:ever", name, name, name, name]
 
@@ -270,7 +261,7 @@ async def test_dead_letters_list_requeue_purge_round_trip(cli: Cli, queue: Queue
     assert await queue.pending(Recorder) == 1
     assert cli.run("worker", HANDLER, "--burst").returncode == 0  # fails again, dead again
     purged = cli.run("dead-letters", "purge", HANDLER)
-    assert purged.returncode == 0 and purged.stdout.strip() == f"purged 1 dead letters of {HANDLER}"
+    assert purged.returncode == 0 and purged.stdout.strip() == f"purged 1 dead letter of {HANDLER}"
     assert await queue.dead_letter_count(Recorder) == 0
     assert await queue.pending(Recorder) == 0
     assert by_thread(cli.performed()) == {"0": [1, 3]}

@@ -277,7 +277,7 @@ def tick_times(processes: Processes) -> list[float]:
 async def test_no_duplicate_tick_with_three_worker_processes(processes: Processes) -> None:
     for _ in range(3):
         processes.spawn(loops=2)
-    queue = Queue(processes.url, settings=chaos_settings())
+    queue = Queue(processes.url, settings=chaos_settings().copy(coordinator_delay=0.1))  # as the workers poll
     await queue.register(ChaosHandler, [0, 999], recurrent=0.2)
     await wait_until(lambda: len(tick_times(processes)) >= 20, timeout=30)
     assert await queue.unschedule(ChaosHandler, [0, 999]) == 1
@@ -290,7 +290,7 @@ async def test_no_duplicate_tick_with_three_worker_processes(processes: Processe
 
 async def test_recurring_request_survives_a_killed_worker(processes: Processes) -> None:
     first = processes.spawn(loops=1)
-    queue = Queue(processes.url, settings=chaos_settings())
+    queue = Queue(processes.url, settings=chaos_settings().copy(coordinator_delay=0.1))  # as the workers poll
     await queue.register(ChaosHandler, [0, 999], recurrent=0.1)
     await wait_until(lambda: len(tick_times(processes)) >= 3, timeout=30)
     processes.kill(first)

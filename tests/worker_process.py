@@ -10,7 +10,9 @@ batch that was acked is always in the log:
 ``TEST_CLOCK_SKEW`` (seconds) sets this host's ``time.time`` that far off;
 ``TEST_CLOCK_URL`` keeps the counter in another Redis (one that is not full);
 ``TEST_BLOCK_SEQ`` names a request whose perform blocks the event loop for
-``TEST_BLOCK_SECONDS``.
+``TEST_BLOCK_SECONDS``; ``TEST_LOG_LEVEL`` is the level of the library's log
+lines written to stderr (default WARNING). A request ``[thread, seq, attempt]``
+(the failover runs') is logged as ``seq:attempt``.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ class ChaosHandler(Handler):
     async def perform(self, *requests: list[int]) -> None:
         assert CLOCK is not None
         thread = str(requests[0][0])
-        seqs = ",".join(str(r[1]) for r in requests)
+        seqs = ",".join(":".join(map(str, r[1:])) for r in requests)
         log("start", thread, seqs)
         if any(r[1] == BLOCK_SEQ for r in requests):
             time.sleep(BLOCK_SECONDS)  # a blocking call: no heartbeat can run meanwhile
@@ -81,5 +83,6 @@ if __name__ == "__main__":
     skew_clock(float(os.environ.get("TEST_CLOCK_SKEW", "0")))
     url, path, loops = sys.argv[1], sys.argv[2], int(sys.argv[3])
     LOG_FD = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-    logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format=f"{os.getpid()} %(message)s")
+    level = os.environ.get("TEST_LOG_LEVEL", "WARNING")
+    logging.basicConfig(stream=sys.stderr, level=level, format=f"{os.getpid()} %(levelname)s %(message)s")
     asyncio.run(main(url, loops))

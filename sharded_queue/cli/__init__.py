@@ -57,7 +57,10 @@ def parser() -> argparse.ArgumentParser:
     top.add_argument("--version", action="version", version=f"sharded-queue {_version()}")
     commands = top.add_subparsers(dest="command", required=True)
     url = argparse.ArgumentParser(add_help=False)
-    url.add_argument("--url", help="storage URL (default: QUEUE_STORAGE_URL); redis://, rediss://, redis+cluster://")
+    url.add_argument(
+        "--url",
+        help="storage URL (default: QUEUE_STORAGE_URL); redis://, rediss://, redis+cluster://, redis+sentinel://",
+    )
     work.add_parser(commands, url)
     inspect.add_parsers(commands, url)
     admin.add_parsers(commands, url)

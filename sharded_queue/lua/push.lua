@@ -27,7 +27,8 @@
 -- in the recurring zset (member: request '\n' order, scored by its next tick) and the
 -- schedules hash; registering it again replaces it. fire.lua registers each tick.
 -- The stamp makes the call idempotent: a client that retries it after a lost
--- reply appends nothing twice and gets the first call's count back. A stamp is
+-- reply appends nothing twice and gets the first call's count back (and the
+-- stamp is written again: a WAIT after the retry covers the first call). A stamp is
 -- scored (expiry second) * 2^20 + count and pruned once expired; the client
 -- forgets its settled stamps on its next call, so few are ever kept.
 -- Deferred requests of a written thread that came due are moved to their tubes' tails
@@ -65,6 +66,10 @@ end
 redis.call('ZREMRANGEBYSCORE', stamps, '-inf', '(' .. string.format('%.0f', math.floor(now) * SCALE))
 local known = redis.call('ZSCORE', stamps, ARGV[1])
 if known then
+  -- A retry: write the stamp again, so that a WAIT sent after this call on its connection
+  -- covers the first call's writes, which precede this write in the replication stream.
+  redis.call('ZREM', stamps, ARGV[1])
+  redis.call('ZADD', stamps, known, ARGV[1])
   local due = earliest(KEYS[4], KEYS[7])
   local counted = {}
   if not indexed then

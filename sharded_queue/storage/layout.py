@@ -46,6 +46,8 @@ class Layout(abc.ABC):
         self._keys = keys
         self._stamp_window = stamp_window
         self._eval = scripts.eval
+        self._eval_waiting = scripts.eval_waiting
+        self._on_nodes = scripts.on_nodes
         self._pipeline = scripts.pipeline
         self._push = scripts.push
         self._acquire = scripts.acquire
@@ -59,8 +61,15 @@ class Layout(abc.ABC):
         self._counts = scripts.counts
 
     @abc.abstractmethod
-    async def push(self, handler: str, writes: Sequence[TubeWrite], wake: bytes, stamp: str) -> int:
-        """Append ``writes`` (stamped ``stamp``), index their threads, publish ``wake``; how many."""
+    async def push(
+        self, handler: str, writes: Sequence[TubeWrite], wake: bytes, stamp: str, replicas: int, timeout: int
+    ) -> tuple[int, int]:
+        """Append ``writes`` (stamped ``stamp``), index their threads, publish ``wake``.
+
+        With ``replicas``, ``WAIT`` up to ``timeout`` ms for that many replicas to
+        have the writes. Returns how many envelopes were appended and how many
+        replicas acknowledged them (``replicas`` itself when none were asked for).
+        """
 
     @abc.abstractmethod
     async def acquire(self, ref: ThreadRef, token: str, ttl: int) -> Any:
@@ -151,8 +160,11 @@ class SingleServer(Layout):
         super().__init__(client, keys, scripts, stamp_window)
         self._settled: list[str] = []  # stamps of calls that returned: forgotten by the next push
 
-    async def push(self, handler: str, writes: Sequence[TubeWrite], wake: bytes, stamp: str) -> int:
-        """One atomic script call: all or nothing, and a full Redis refuses it whole (`StorageFull`)."""
+    async def push(
+        self, handler: str, writes: Sequence[TubeWrite], wake: bytes, stamp: str, replicas: int, timeout: int
+    ) -> tuple[int, int]:
+        """One atomic script call: all or nothing, and a full Redis refuses it whole (`StorageFull`);
+        with ``replicas``, its ``WAIT`` follows it in the same write, over the same connection."""
         schema = self._keys
         forget, self._settled = self._settled, []
         keys = [schema.stamps()]
@@ -160,12 +172,15 @@ class SingleServer(Layout):
         self._tube_arguments(writes, keys, args)
         keys += (schema.index(handler), schema.due_index(handler), *self._counting(handler))
         try:
-            count = int((await self._eval(self._push, keys, args))[0])
+            if replicas:
+                reply, acked = await self._eval_waiting(self._push, keys, args, replicas, timeout)
+            else:
+                reply, acked = await self._eval(self._push, keys, args), 0
         except BaseException:
             self._settled.extend(forget)  # harmless if the call did forget them
             raise
         self._settled.append(stamp)
-        return count
+        return int(reply[0]), acked
 
     async def acquire(self, ref: ThreadRef, token: str, ttl: int) -> Any:
         """One call: acquire.lua hides the thread, or unindexes it when empty, itself."""
@@ -241,43 +256,54 @@ class Cluster(Layout):
 
     transaction = False
 
-    async def push(self, handler: str, writes: Sequence[TubeWrite], wake: bytes, stamp: str) -> int:
+    async def push(
+        self, handler: str, writes: Sequence[TubeWrite], wake: bytes, stamp: str, replicas: int, timeout: int
+    ) -> tuple[int, int]:
         """Each thread's tubes are one call (pipelined per node), and the index is touched only
         once every tube is appended, which keeps a message from being stranded outside the index:
-        then the index, the due index and the threads' counts, in one pipelined round trip."""
+        then the index, the due index and the threads' counts, in one pipelined round trip.
+
+        With ``replicas``, each node's calls are followed by a ``WAIT`` on their
+        connection (`Scripts.on_nodes`), the index's too: its node fails over
+        independently of the threads', and a thread whose index entry a failover
+        lost would wait where no loop looks."""
         schema = self._keys
         by_thread: dict[str, list[TubeWrite]] = {}
         for write in writes:
             by_thread.setdefault(write.tube.thread, []).append(write)
-
-        def append(pipe: Any) -> None:
-            for thread, group in by_thread.items():
-                keys = [schema.stamps(ThreadRef(handler, thread))]
-                args: list[Any] = [stamp, self._stamp_window, "", "", 0]
-                self._tube_arguments(group, keys, args)
-                pipe.execute_command("EVALSHA", self._push.sha, len(keys), *keys, *args)
-
-        replies = await self._pipeline(append)
+        calls = []
+        for thread, group in by_thread.items():
+            keys = [schema.stamps(ThreadRef(handler, thread))]
+            args: list[Any] = [stamp, self._stamp_window, "", "", 0]
+            self._tube_arguments(group, keys, args)
+            calls.append(("EVALSHA", self._push.sha, len(keys), *keys, *args))
+        if replicas:
+            replies, acked = await self._on_nodes(calls, replicas, timeout)
+        else:
+            replies, acked = await self._pipeline(lambda pipe: [pipe.execute_command(*call) for call in calls]), 0
         queued = [
             thread
             for (thread, group), (_, _, moved, _) in zip(by_thread.items(), replies, strict=True)
             if moved or any(write.immediate for write in group)
         ]
-        calls: list[tuple[Any, list[str], list[Any]]] = []
+        follow: list[tuple[Any, list[str], list[Any]]] = []
         if queued:
-            calls.append((self._index, [schema.index(handler)], ["add", 0, *queued]))
-        calls += (
+            follow.append((self._index, [schema.index(handler)], ["add", 0, *queued]))
+        follow += (
             (self._index, [schema.due_index(handler)], ["at", due, thread])
             for thread, (_, due, _, _) in zip(by_thread, replies, strict=True)
             if due
         )
         counted = [item for *_, counts in replies for item in counts]
         if counted:
-            calls.append((self._counts, list(self._counting(handler)), ["apply", *counted]))
-        if calls:
-            await self._eval_all(calls)
+            follow.append((self._counts, list(self._counting(handler)), ["apply", *counted]))
+        if replicas and follow:
+            commands = [("EVALSHA", script.sha, len(keys), *keys, *args) for script, keys, args in follow]
+            acked = min(acked, (await self._on_nodes(commands, replicas, timeout))[1])
+        elif follow:
+            await self._eval_all(follow)
         await self._client.publish(schema.wake, wake)
-        return sum(int(count) for count, *_ in replies)
+        return sum(int(count) for count, *_ in replies), acked
 
     async def _settle(self, handler: str, counted: Sequence[Any]) -> None:
         """Apply threads' counts returned by a thread script to the handler's (counts.lua)."""

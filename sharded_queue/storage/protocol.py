@@ -62,8 +62,16 @@ class StoredSchedule(msgspec.Struct, omit_defaults=True):
 class QueueStorage(Protocol):
     """What a worker loop and a registration need of the storage (see `Storage` for each)."""
 
-    async def push(self, handler: str, writes: Sequence[TubeWrite], stamp: str | None = None) -> int:
-        """Append envelopes to ``handler``'s tubes, index their threads, wake idle loops; how many."""
+    async def push(
+        self,
+        handler: str,
+        writes: Sequence[TubeWrite],
+        stamp: str | None = None,
+        replicas: int = 0,
+        timeout: float = 10.0,
+    ) -> int:
+        """Append envelopes to ``handler``'s tubes, index their threads, wake idle loops; how many
+        (once ``replicas`` replicas have them, waiting up to ``timeout`` seconds)."""
         ...
 
     async def server_time(self) -> float:

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import socket
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from importlib import resources
 from typing import Any
 
@@ -23,7 +23,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 
 from ..errors import StorageConfigError, StorageError, StorageFull, StorageTimeout
 from .client import CLIENT_BACKOFF_CAP, CLIENT_RETRIES
-from .transport import Lane
+from .transport import Lane, NodeLanes
 
 SCRIPTS = (
     "push",
@@ -45,6 +45,15 @@ SCRIPTS = (
 """The scripts every `Scripts` registers (the worker registry's are registered on first use)."""
 
 _LANE_BACKOFF = ExponentialWithJitterBackoff(base=0.01, cap=CLIENT_BACKOFF_CAP)
+
+_NODE_FAILURES = (
+    redis_errors.ConnectionError,
+    redis_errors.TimeoutError,
+    redis_errors.AskError,  # MOVED too
+    redis_errors.TryAgainError,
+    redis_errors.ClusterDownError,
+)
+"""What `Scripts.on_nodes` sends again once redis-py has followed the cluster's new topology."""
 
 _LANES: weakref.WeakKeyDictionary[Any, list[Lane]] = weakref.WeakKeyDictionary()
 """Free lanes by client: storages sharing a client share them."""
@@ -116,7 +125,8 @@ class Scripts:
 
     def __init__(self, client: Any, lanes: bool) -> None:
         self.client = client
-        flags = not is_fake(client)
+        self.fake = is_fake(client)
+        flags = not self.fake
         self.all = {name: client.register_script(source(name, flags)) for name in SCRIPTS}
         self.push = self.all["push"]
         self.cycle = self.all["cycle"]
@@ -136,6 +146,13 @@ class Scripts:
         # Lanes: connections of their own, one per call in flight, taken from and given back
         # to a free list that storages sharing the client share (and `close` closes).
         self.lanes: list[Lane] | None = _LANES.setdefault(client, []) if lanes else None
+        self._node_lanes: NodeLanes | None = None
+
+    def node_lanes(self) -> NodeLanes:
+        """Lanes to a cluster's primaries (`transport.NodeLanes`), made at the first use."""
+        if self._node_lanes is None:
+            self._node_lanes = NodeLanes(self.client)
+        return self._node_lanes
 
     async def eval(self, script: Any, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         """Run a script over a lane on a single Redis, else through the client."""
@@ -143,6 +160,38 @@ class Scripts:
             return await script(keys=keys, args=args)
         (reply,) = await self.on_lane([("EVALSHA", script.sha, len(keys), *keys, *args)])
         return reply
+
+    async def eval_waiting(
+        self, script: Any, keys: Sequence[Any], args: Sequence[Any], replicas: int, timeout: int
+    ) -> tuple[Any, int]:
+        """Run a script, then ``WAIT replicas timeout`` (ms) on the same connection, in one round trip.
+
+        Returns the script's reply and how many replicas acknowledged its writes
+        (none on fakeredis, which has no replicas). A retried script that finds
+        its work done writes again (push.lua's stamp), so the ``WAIT`` on the
+        new connection covers the first call's writes too.
+        """
+        command = ("EVALSHA", script.sha, len(keys), *keys, *args)
+        if self.fake:
+            return await self.eval(script, keys, args), 0
+        wait = ("WAIT", replicas, timeout)
+        if self.lanes is None:
+            reply, acked = await self.pipeline(
+                lambda pipe: [pipe.execute_command(*command), pipe.execute_command(*wait)]
+            )
+        else:
+            reply, acked = await self.on_lane([command, wait])
+        return reply, int(acked)
+
+    async def send_loading(
+        self, send: Callable[[list[tuple[Any, ...]]], Awaitable[list[Any]]], commands: Sequence[tuple[Any, ...]]
+    ) -> list[Any]:
+        """``send(commands)`` (over one connection), loading the scripts into a server that lacks them."""
+        try:
+            return await send(list(commands))
+        except redis_errors.NoScriptError:
+            await send([("SCRIPT", "LOAD", script.script) for script in self.all.values()])
+            return await send(list(commands))
 
     async def on_lane(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         """Send script calls over a free lane and return their replies.
@@ -188,6 +237,59 @@ class Scripts:
             return await self.pipeline(lambda pipe: [pipe.execute_command(*command) for command in commands])
         return await self.on_lane(commands)
 
+    async def on_nodes(self, commands: Sequence[tuple[Any, ...]], replicas: int, timeout: int) -> tuple[list[Any], int]:
+        """Script calls on a cluster, each on the primary of its first key's slot, followed on each
+        node by ``WAIT replicas timeout`` (ms) over the same connection (`transport.NodeLanes`).
+
+        Commands are ``("EVALSHA", sha, numkeys, key, ...)``. A node that fails (dead,
+        ``MOVED``, ``CLUSTERDOWN``...) has its commands sent again once redis-py's
+        client has followed the new topology, like a command of its own
+        (`CLIENT_RETRIES` times, with backoff); every script of the queue may run
+        twice. Returns the replies, in order, and the fewest replicas that
+        acknowledged a node's writes.
+        """
+        lanes = self.node_lanes()
+        await self.client.initialize()
+        replies: list[Any] = [None] * len(commands)
+        acked = replicas
+        todo = list(range(len(commands)))
+        for attempt in range(CLIENT_RETRIES + 1):
+            groups: dict[str, tuple[Any, list[int]]] = {}
+            for index in todo:
+                node = lanes.node(commands[index][3])
+                groups.setdefault(node.name, (node, []))[1].append(index)
+            outcomes = await asyncio.gather(
+                *(
+                    self._on_node(lanes, node, [commands[i] for i in indexes], replicas, timeout)
+                    for node, indexes in groups.values()
+                ),
+                return_exceptions=True,
+            )
+            todo, failure = [], None
+            for (_, indexes), outcome in zip(groups.values(), outcomes, strict=True):
+                if isinstance(outcome, _NODE_FAILURES):
+                    todo, failure = todo + indexes, outcome
+                elif isinstance(outcome, BaseException):
+                    raise outcome
+                else:
+                    *done, count = outcome
+                    for index, reply in zip(indexes, done, strict=True):
+                        replies[index] = reply
+                    acked = min(acked, int(count))
+            if failure is None:
+                return replies, acked
+            if attempt == CLIENT_RETRIES:
+                raise failure
+            await asyncio.sleep(_LANE_BACKOFF.compute(attempt + 1))
+            await self.client.exists(commands[todo[0]][3])  # redis-py follows MOVED or a failover: its slot map moves
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _on_node(
+        self, lanes: NodeLanes, node: Any, commands: list[tuple[Any, ...]], replicas: int, timeout: int
+    ) -> list[Any]:
+        """``commands`` then ``WAIT`` over one connection of ``node``, loading the scripts if it lacks them."""
+        return await self.send_loading(lambda batch: lanes.send(node, batch), [*commands, ("WAIT", replicas, timeout)])
+
     async def pipeline(self, build: Callable[[Any], object]) -> list[Any]:
         """Run the commands ``build`` queues on a pipeline, loading the scripts if the server lacks them.
 
@@ -208,6 +310,8 @@ class Scripts:
 
     async def close(self) -> None:
         """Close the lanes (of every storage sharing the client), if any."""
+        if self._node_lanes is not None:
+            await self._node_lanes.close()
         lanes = self.lanes or []
         while lanes:
             with contextlib.suppress(Exception):

@@ -23,14 +23,15 @@ import msgspec
 from redis.asyncio.cluster import RedisCluster
 
 from ..core import Ack, DueMoves, DueTick, PollResult, ThreadRef, Tick
+from ..errors import StorageError
 from ..settings import Settings
 from .admin import Admin
-from .client import connect, stamp_window
+from .client import close_client, connect, stamp_window
 from .keys import Keys
 from .layout import Cluster, SingleServer
 from .protocol import QueueStorage, StoredSchedule, TubeWrite
 from .scripts import Scripts, is_fake, ms, translate_errors
-from .transport import fast_path
+from .transport import fast_path, sentinel_primary
 
 
 class Storage(Admin):
@@ -72,11 +73,26 @@ class Storage(Admin):
         """Close the client's connections and lanes (of every storage sharing the client)."""
         await self.scripts.close()
         with contextlib.suppress(Exception):
-            await self.client.aclose()
+            await close_client(self.client)
+
+    def primaries(self) -> frozenset[str] | None:
+        """``host:port`` of the primaries the client last found: a Sentinel-managed client's one
+        primary, a cluster's; None for a plain server (whose address never changes)."""
+        if self.cluster:
+            return frozenset(node.name for node in self.client.get_primaries())
+        primary = sentinel_primary(self.client)
+        return None if primary is None else frozenset([primary])
 
     # --- registration -------------------------------------------------------
 
-    async def push(self, handler: str, writes: Sequence[TubeWrite], stamp: str | None = None) -> int:
+    async def push(
+        self,
+        handler: str,
+        writes: Sequence[TubeWrite],
+        stamp: str | None = None,
+        replicas: int = 0,
+        timeout: float = 10.0,
+    ) -> int:
         """Append envelopes to ``handler``'s tubes, then index their threads, then wake idle loops.
 
         On one server this is one atomic script call: all or nothing, and a
@@ -86,13 +102,23 @@ class Storage(Admin):
         outside the index. Either way a client retry after a lost reply appends
         nothing twice (``stamp`` names a call; a fresh one by default). Returns
         how many envelopes were appended.
+
+        With ``replicas``, returns only once that many replicas have the writes
+        (Redis ``WAIT``, on the connection that wrote them, up to ``timeout``
+        seconds); else raises `StorageError` saying how many did, its ``stored``
+        set to the count the primary holds.
         """
         if not writes:
             return 0
         threads = list(dict.fromkeys(write.tube.thread_ref.thread for write in writes))
         wake = msgspec.json.encode([[handler, thread] for thread in threads])
         with translate_errors():
-            return await self._layout.push(handler, writes, wake, stamp or secrets.token_hex(8))
+            count, acked = await self._layout.push(
+                handler, writes, wake, stamp or secrets.token_hex(8), replicas, ms(timeout)
+            )
+        if acked < replicas:
+            raise not_replicated(count, acked, replicas, timeout)
+        return count
 
     # --- coordinator --------------------------------------------------------
 
@@ -281,6 +307,17 @@ class Storage(Admin):
 
 
 _CONTRACT: type[QueueStorage] = Storage  # mypy checks that `Storage` keeps the protocol
+
+
+def not_replicated(count: int, acked: int, replicas: int, timeout: float) -> StorageError:
+    """The error of a registration whose writes fewer than ``replicas`` replicas acknowledged in time."""
+    error = StorageError(
+        f"only {acked} of the {replicas} replicas asked for (QUEUE_REGISTER_REPLICAS) acknowledged the "
+        f"registration within {timeout:g} s: its {count} requests are stored on the primary, which a failover "
+        f"may lose"
+    )
+    error.stored = count
+    return error
 
 
 def raise_if_cancelled(task: asyncio.Task[Any] | None) -> None:

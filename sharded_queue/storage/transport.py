@@ -14,6 +14,14 @@ documented API:
 - the pool's ``connection_class``, replaced by a subclass that packs with hiredis;
 - ``RedisCluster._initialize`` (`InitializedCluster`).
 
+Registrations that wait for replicas (``QUEUE_REGISTER_REPLICAS``) on a Redis
+Cluster send their scripts and ``WAIT`` over `NodeLanes`, connections of their
+own to each primary, opened with a ``ClusterNode``'s ``connection_class`` and
+``connection_kwargs`` (redis-py's cluster pipeline sends a command that failed
+again on another connection than its ``WAIT``). And `sentinel_primary` reads the
+address a Sentinel pool last resolved (``SentinelConnectionPool.master_address``),
+to tell a failover from an outage in the logs; without it the logs only say outage.
+
 `missing` lists what the installed redis-py lacks of them, and `fast_path` is
 true only on a version in `TESTED` with nothing missing. Otherwise the storage
 takes redis-py's public path (its client, its scripts, its packing): slower,
@@ -24,6 +32,7 @@ an installed redis-py lacks a name, so an upgrade is noticed before a user does.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import logging
@@ -33,6 +42,8 @@ import redis
 import redis.exceptions as redis_errors
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 try:
     import hiredis
@@ -226,6 +237,8 @@ class Lane:
             connection = self._connection = self._pool.make_connection()
         replies: list[Any] = []
         try:
+            if not connection.is_connected:  # connect() finds a Sentinel-managed connection's primary; an
+                await connection.connect()  # implicit connect in send_packed_command would not
             await connection.send_packed_command(connection.pack_commands(commands), False)
             for _ in commands:
                 try:
@@ -246,3 +259,59 @@ class Lane:
         connection, self._connection = self._connection, None
         if connection is not None:
             await connection.disconnect()
+
+
+class _NodeConnections:
+    """What a `Lane` needs of a pool, for a cluster node: a new connection to it, that never retries by itself."""
+
+    def __init__(self, node: Any) -> None:
+        self._node = node
+
+    def make_connection(self) -> Any:
+        return self._node.connection_class(**{**self._node.connection_kwargs, "retry": Retry(NoBackoff(), 0)})
+
+
+class NodeLanes:
+    """Lanes to the primaries of a Redis Cluster, by node: several commands over one connection of a node.
+
+    A ``WAIT`` counts the replicas that have the writes of the connection it is
+    sent on, so a registration that waits for replicas sends each node's script
+    calls and its ``WAIT`` in one write over one of these. Failures raise
+    redis-py's errors (a ``MOVED`` reply as ``MovedError``, a dead node as
+    ``ConnectionError``); the caller lets redis-py's client follow the new
+    topology and sends again.
+    """
+
+    def __init__(self, cluster: RedisCluster) -> None:
+        self._cluster = cluster
+        self._free: dict[str, list[Lane]] = {}
+
+    def node(self, key: str) -> Any:
+        """The primary serving ``key``'s slot, in the client's current slot map."""
+        return self._cluster.get_node_from_key(key)
+
+    async def send(self, node: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Send ``commands`` to ``node`` in one write; their replies (the first error reply raises)."""
+        free = self._free.setdefault(node.name, [])
+        lane = free.pop() if free else Lane(_NodeConnections(node))
+        try:
+            return await lane.send(*commands)
+        finally:
+            free.append(lane)  # reusable after a failure: it reconnects
+
+    async def close(self) -> None:
+        """Close every lane."""
+        lanes = [lane for free in self._free.values() for lane in free]
+        self._free.clear()
+        for lane in lanes:
+            with contextlib.suppress(Exception):
+                await lane.close()
+
+
+def sentinel_primary(client: Any) -> str | None:
+    """``host:port`` of the primary a Sentinel-managed client last resolved, else None."""
+    address = getattr(getattr(client, "connection_pool", None), "master_address", None)
+    if not (isinstance(address, tuple) and len(address) == 2):
+        return None
+    host, port = address
+    return f"{host.decode() if isinstance(host, bytes) else host}:{port}"

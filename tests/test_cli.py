@@ -223,8 +223,6 @@ async def test_stats_json_shows_depths_lags_holders_and_dead_letters(cli: Cli, q
     assert unknown.returncode == 2 and "unknown handler 'nobody:ever'" in unknown.stderr  # a typo is not zeros
     named = json.loads(cli.run("stats", "--json", "--handler", name).stdout)
     assert [row["depth"] for row in named] == [3, 1, 2, 6]
-    both = json.loads(cli.run("stats", "--json", "--handler", "nobody:ever", name).stdout)
-    assert [row["handler"] for row in both] == ["nobody:ever", name, name, name, name]
 
 
 async def test_stats_watch_refreshes_until_interrupted(cli: Cli, queue: Queue) -> None:

@@ -12,7 +12,7 @@ here, on free loopback ports:
    once: acknowledged requests lost, duplicates, and when work resumed;
 3. **sentinel**: a primary, a replica and three Sentinels; producers registering,
    2 worker processes draining, the primary killed ``--failovers`` times
-   (`tests.failover_run`), with ``QUEUE_REGISTER_REPLICAS`` 0 and 1: acknowledged
+   (`benchmarks.failover_run`), with ``QUEUE_REGISTER_REPLICAS`` 0 and 1: acknowledged
    requests lost, duplicates, and the time until registrations and performs
    resumed; then the same with the replica lagging half a second behind when the
    primary dies (`SentinelGroup.kill_primary_lagging`);
@@ -30,11 +30,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from benchmarks.failover_run import Report, Setup, cluster_setup, run_failovers, sentinel_setup
+from benchmarks.worker_process import ChaosHandler
 from sharded_queue import Queue, Settings, StorageError
 from sharded_queue.testing import RedisServer
 from sharded_queue.testing_servers import FAST_SYNC, ReplicatedCluster, SentinelGroup, info, wait_for
-from tests.failover_run import Report, Setup, cluster_setup, run_failovers, sentinel_setup
-from tests.worker_process import ChaosHandler
 
 # --- the cost of waiting for a replica ------------------------------------------------------------
 
@@ -93,7 +93,7 @@ async def cost(directory: Path, quick: bool) -> dict[str, Any]:
 
 
 async def aof(directory: Path, count: int) -> dict[str, Any]:
-    """A single Redis ``kill -9``-ed ``count`` times under load (`tests.failover_run`), restarted at once
+    """A single Redis ``kill -9``-ed ``count`` times under load (`benchmarks.failover_run`), restarted at once
     from its files, as a supervisor would: what was lost, performed twice, and when work resumed."""
     rows = {}
     for name, persistence in (

@@ -66,8 +66,8 @@ WORKER_ENV = {
 
 @pytest.fixture
 def processes(tmp_path: Path) -> Iterator[Any]:
-    """Worker processes (`tests.worker_process`) against a redis-server of their own."""
-    from tests.test_crashes import Processes
+    """Worker processes (`benchmarks.worker_process`) against a redis-server of their own."""
+    from benchmarks.processes import Processes
 
     need_redis_server()
     server = RedisServer(tmp_path)

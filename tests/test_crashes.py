@@ -6,27 +6,22 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import os
 import random
 import signal
 import statistics
-import subprocess
-import sys
 import time
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from benchmarks.processes import Processes
+from benchmarks.worker_process import ChaosHandler
 from sharded_queue import Queue, Settings, ThreadRef, Worker
 from sharded_queue.testing import RedisServer, wait_until
 from tests.conftest import need_redis_server
-from tests.worker_process import ChaosHandler
-
-SCRIPT = Path(__file__).with_name("worker_process.py")
-ROOT = SCRIPT.parent.parent
 
 
 @pytest.fixture
@@ -35,54 +30,6 @@ def server(tmp_path: Path) -> Iterator[RedisServer]:
     instance = RedisServer(tmp_path, "--appendonly", "yes", "--appendfsync", "always")
     yield instance
     instance.stop()
-
-
-@dataclass
-class Processes:
-    url: str
-    directory: Path
-    env: dict[str, str]
-    running: list[subprocess.Popen[bytes]] = field(default_factory=list)
-    killed: set[int] = field(default_factory=set)
-    kill_times: list[tuple[float, int]] = field(default_factory=list)
-
-    @property
-    def log(self) -> Path:
-        return self.directory / "performs.log"
-
-    def spawn(self, loops: int = 2, **env: str) -> subprocess.Popen[bytes]:
-        stderr = open(self.directory / "workers.err", "ab")  # noqa: SIM115 - owned by the child
-        process = subprocess.Popen(
-            [sys.executable, str(SCRIPT), self.url, str(self.log), str(loops)],
-            env={**os.environ, **self.env, **env, "PYTHONPATH": str(ROOT)},
-            stderr=stderr,
-        )
-        stderr.close()
-        self.running.append(process)
-        return process
-
-    def kill(self, process: subprocess.Popen[bytes]) -> None:
-        process.kill()
-        process.wait(10)
-        self.kill_times.append((time.time(), process.pid))
-        self.killed.add(process.pid)
-        self.running.remove(process)
-
-    def stop_all(self) -> None:
-        for process in self.running:
-            process.kill()
-            process.wait(10)
-        self.running.clear()
-
-    def lines(self, event: str | None = None) -> list[list[str]]:
-        if not self.log.exists():
-            return []
-        rows = [line.split() for line in self.log.read_text().splitlines()]
-        return [row for row in rows if event is None or row[3] == event]
-
-    def errors(self) -> str:
-        path = self.directory / "workers.err"
-        return path.read_text() if path.exists() else ""
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ and failovers of Sentinel and of a Redis Cluster under load, against real proces
 The quick tests take a few seconds each; the runs of several failovers under load
 are marked slow (``make test-all``). Every server is started here, on free loopback
 ports. The numbers of ``docs/durability.md`` come from ``benchmarks/bench_failover.py``,
-which runs the same `tests.failover_run` with more failovers.
+which runs the same `benchmarks.failover_run` with more failovers.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ import fakeredis
 import pytest
 import redis
 
+from benchmarks.failover_run import Report, cluster_setup, run_failovers, sentinel_setup
+from benchmarks.worker_process import ChaosHandler
 from sharded_queue import (
     Handler,
     Queue,
@@ -42,8 +44,6 @@ from sharded_queue.storage.client import sentinel_parts
 from sharded_queue.testing import RedisServer, free_port, wait_until
 from sharded_queue.testing_servers import FAST_SYNC, ReplicatedCluster, SentinelGroup, info, wait_for
 from tests.conftest import need_redis_server
-from tests.failover_run import Report, cluster_setup, run_failovers, sentinel_setup
-from tests.worker_process import ChaosHandler
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -431,7 +431,7 @@ def _never_lost(report: Report) -> None:
 
 async def _failovers(directory: Path, clock: RedisServer, kind: str, failovers: int, replicas: int) -> Report:
     """``failovers`` failovers under load of a fresh `SentinelGroup` (``kind`` sentinel or lagging) or
-    `ReplicatedCluster` (cluster), with QUEUE_REGISTER_REPLICAS=``replicas`` (`tests.failover_run`)."""
+    `ReplicatedCluster` (cluster), with QUEUE_REGISTER_REPLICAS=``replicas`` (`benchmarks.failover_run`)."""
     need_redis_server()
     (directory / "servers").mkdir()
     (directory / "run").mkdir()
@@ -454,7 +454,7 @@ async def test_sentinel_failovers_under_load_lose_no_register_that_waited_for_a_
 ) -> None:
     """QUEUE_REGISTER_REPLICAS=1, 2 worker processes, producers registering: kill -9 of the primary,
     three times. Nothing acknowledged is lost, FIFO holds per thread, and the work resumes by itself
-    after each failover (`tests.failover_run` waits for performs of new requests, up to 60 s)."""
+    after each failover (`benchmarks.failover_run` waits for performs of new requests, up to 60 s)."""
     report = await _failovers(tmp_path, clock, "sentinel", failovers=3, replicas=1)
     _never_lost(report)
     assert sum(lines["failing"] for lines in report.logs.values()) == 2 * 3  # both workers, each failover

@@ -17,6 +17,8 @@ from typing import ClassVar
 import msgspec
 import pytest
 
+from benchmarks.processes import Processes
+from benchmarks.worker_process import ChaosHandler
 from sharded_queue import (
     Handler,
     Queue,
@@ -31,8 +33,7 @@ from sharded_queue import (
 from sharded_queue.storage import connect
 from sharded_queue.testing import RedisServer, wait_until
 from tests.conftest import WORKER_ENV, PollCounting, need_redis_server
-from tests.test_crashes import Processes, chaos_settings, pending, register_workload
-from tests.worker_process import ChaosHandler
+from tests.test_crashes import chaos_settings, pending, register_workload
 
 HOUR = 3600.0
 

@@ -11,6 +11,8 @@ from typing import Any, ClassVar
 import msgspec
 import pytest
 
+from benchmarks.processes import Processes
+from benchmarks.worker_process import ChaosHandler
 from sharded_queue import (
     Cron,
     Handler,
@@ -26,8 +28,7 @@ from sharded_queue import (
 )
 from sharded_queue.core import Schedule
 from sharded_queue.testing import drain, wait_until
-from tests.test_crashes import Processes, chaos_settings
-from tests.worker_process import ChaosHandler
+from tests.test_crashes import chaos_settings
 
 
 class Timed(Handler):

@@ -3,7 +3,7 @@
 Producers in this process register ``[thread, seq, attempt]`` requests at a
 steady rate (a call that raises `StorageError` is made again with the next
 attempt number, so that every message is unique); worker processes
-(``tests/worker_process.py``, which logs each perform with a global clock kept
+(``benchmarks/worker_process.py``, which logs each perform with a global clock kept
 in a Redis of its own) drain them; meanwhile the primary of a replicated Redis
 is killed (``kill -9``) again and again, a replica promoted in its place and
 the killed node brought back as a replica. At the end the queue is drained
@@ -26,11 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks.processes import Processes
+from benchmarks.worker_process import ChaosHandler
 from sharded_queue import Queue, Settings, StorageError
 from sharded_queue.testing import wait_until
 from sharded_queue.testing_servers import ReplicatedCluster, SentinelGroup
-from tests.test_crashes import Processes
-from tests.worker_process import ChaosHandler
 
 WORKER_ENV = {
     "QUEUE_KEY_PREFIX": "failover",

@@ -1,4 +1,4 @@
-"""A worker process for the crash tests: ``python tests/worker_process.py URL LOG LOOPS``.
+"""A worker process for the crash tests: ``python benchmarks/worker_process.py URL LOG LOOPS``.
 
 Settings come from ``QUEUE_*`` variables. Every perform appends one line to LOG
 with ``os.write`` (it survives kill -9 of this process) *before* returning, so a

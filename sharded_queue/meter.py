@@ -14,12 +14,15 @@ field                  what                                                 inst
 ``loops``              the most loops that ran at once                      the worker
 ``lag``                the event loop's lag: how late a timer fires         a probe every `LAG_EVERY` s
 ``speed``              seconds a fixed CPU-bound unit of work takes         a probe every `SPEED_EVERY` s
+``ping``               seconds a ``PING`` to the storage takes, there and   a probe every `PING_EVERY` s
+                       back (by the path the worker's scripts take)
+``storage_local``      whether the storage server shares this machine       its address
 ``storage``            redis-server's ``INFO commandstats`` (calls, usec    ``INFO`` at start and end, when
                        per command) and ``INFO cpu`` deltas                 the server answers it
 =====================  ===================================================  ==============================
 
-The probes cost this process a few microseconds every 50 ms and about 0.2 ms a
-second: a worker that does not trace pays nothing. The summary (`RunMeter.summary`)
+The probes cost this process a few microseconds every 50 ms, a ``PING`` every
+250 ms and about 0.2 ms a second: a worker that does not trace pays nothing. The summary (`RunMeter.summary`)
 is plain JSON, kept in the trace frame's ``attrs["meter"]`` (a list, one entry per
 worker process, so traces of several processes concatenate).
 """
@@ -40,12 +43,18 @@ LAG_EVERY = 0.05
 SPEED_EVERY = 1.0
 """Seconds between two speed probes."""
 
+PING_EVERY = 0.25
+"""Seconds between two round-trip probes."""
+
 SPEED_UNIT = 20_000
 """Iterations of the speed probe's unit of work (about 0.2 ms of one core here)."""
 
 
-class _Info(Protocol):
+class _Storage(Protocol):
     async def info(self, section: str) -> dict[str, Any]: ...
+    async def ping(self) -> float: ...
+    @property
+    def local(self) -> bool: ...
 
 
 def cores() -> int:
@@ -79,11 +88,12 @@ def speed_unit() -> float:
 class RunMeter:
     """Measures one worker process's run (see the module docstring); `start`, then `stop`."""
 
-    def __init__(self, storage: _Info | None = None) -> None:
+    def __init__(self, storage: _Storage | None = None) -> None:
         self.storage = storage
         self.loops = 0
         self.lag: list[float] = []
         self.speed: list[float] = []
+        self.ping: list[float] = []
         self._start: dict[str, Any] = {}
         self._end: dict[str, Any] = {}
         self._probes: list[asyncio.Task[None]] = []
@@ -93,6 +103,8 @@ class RunMeter:
         self._start = await self._readings()
         self._end = {}
         self._probes = [asyncio.create_task(self._lag()), asyncio.create_task(self._speed())]
+        if self.storage is not None:
+            self._probes.append(asyncio.create_task(self._ping()))
 
     async def stop(self) -> None:
         """Stop the probes and take the last readings."""
@@ -116,6 +128,8 @@ class RunMeter:
             "process_cpu": end["process_cpu"] - start["process_cpu"] if start else None,
             "lag": list(self.lag),
             "speed": list(self.speed),
+            "ping": list(self.ping),
+            "storage_local": self.storage.local if self.storage is not None else None,
         }
         if start.get("machine_busy") is not None and end.get("machine_busy") is not None:
             found["machine_busy"] = end["machine_busy"] - start["machine_busy"]
@@ -152,6 +166,15 @@ class RunMeter:
         while True:
             await asyncio.sleep(SPEED_EVERY)
             self.speed.append(speed_unit())
+
+    async def _ping(self) -> None:
+        assert self.storage is not None
+        while True:
+            await asyncio.sleep(PING_EVERY)
+            try:
+                self.ping.append(await self.storage.ping())
+            except Exception as exc:  # an outage: the loops report it; the probe waits for the next
+                logger.debug("trace: ping failed: %s", exc)
 
 
 def _storage_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:

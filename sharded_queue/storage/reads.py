@@ -8,6 +8,7 @@ per thread is paged (`Reads.thread_page`) or asked for by thread.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -132,6 +133,25 @@ class Reads:
         with translate_errors():
             seconds, micros = await self.client.time()
         return float(seconds) + float(micros) / 1_000_000
+
+    async def ping(self) -> float:
+        """Seconds one ``PING`` takes there and back, by the path the scripts take (a lane on one
+        server, the client elsewhere): the round trip the worker's calls pay besides the server's work."""
+        with translate_errors():
+            start = time.perf_counter()
+            await self.scripts.send_all([("PING",)])
+            return time.perf_counter() - start
+
+    @property
+    def local(self) -> bool:
+        """Whether the storage server runs on this machine (a loopback address, a unix socket or
+        the embedded fakeredis): its CPU then competes with the workers' for the same cores."""
+        location = self.location
+        return (
+            location == "embedded fakeredis"
+            or location.startswith("unix:")
+            or any(host in location for host in ("@127.", "//127.", "@localhost", "//localhost", "[::1]"))
+        )
 
     async def info(self, section: str) -> dict[str, Any]:
         """The server's ``INFO section`` (a single server; a cluster's nodes each have their own).

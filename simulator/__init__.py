@@ -17,13 +17,14 @@ time, and returns a `Result` with a trace in the shared schema::
 
 from .analysis import backlog, compare, summary
 from .arrivals import Backlog, Deferred, Deterministic, OnOff, Poisson, Recurring, Registered, Replay
-from .calibrate import Calibration, calibrate
+from .calibrate import Calibration, calibrate, calibrations
 from .checks import ScenarioError
 from .cpu import LIBRARY, NONE, Overhead, Pauses
 from .display import readable
 from .engine import SimulatedFailure
 from .noise import Empirical, Exponential, Fixed, LogNormal
 from .plots import plot_backlog, plot_latency, plot_sweep
+from .predict import predict
 from .requests import Generated, Keyed, KeySequence, RoundRobin, Uniform, Zipf
 from .result import Result
 from .scenario import Scenario
@@ -67,6 +68,7 @@ __all__ = [
     "backlog",
     "bulk_service_wait",
     "calibrate",
+    "calibrations",
     "compare",
     "erlang_c",
     "erlang_c_wait",
@@ -74,6 +76,7 @@ __all__ = [
     "plot_backlog",
     "plot_latency",
     "plot_sweep",
+    "predict",
     "readable",
     "simulate",
     "summary",

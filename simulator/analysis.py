@@ -159,13 +159,17 @@ def compare(
     real: pd.DataFrame,
     by: str | Iterable[str] = GROUP,
     metrics: Sequence[str] = METRICS,
+    prediction: bool = False,
     **options: Any,
 ) -> pd.DataFrame:
     """Relative errors of a simulation against a real run, per group and metric.
 
     The twin is a sample path too: pass several simulated traces (the same
-    scenario with other seeds) to compare their mean, with its 95% confidence
-    interval, rather than one path's draw.
+    scenario with other seeds) to compare their mean, with its 90% confidence
+    interval, rather than one path's draw. With ``prediction=True`` the runs are a
+    prediction's draws (other seeds, calibration draws and machine noise:
+    `simulator.predict`): ``sim`` is their median, the interval holds 90% of them
+    (5th to 95th percentile), and ``covered`` says whether the real value is inside.
 
     Args:
         sim: Simulated trace, or its `summary`; or a list of them (replications).
@@ -173,12 +177,13 @@ def compare(
         by: Grouping (as in `summary`); groups present in only one side are dropped.
         metrics: Summary columns to compare (``utilisation``, the old name of
             ``perform_share``, still works, with a DeprecationWarning).
+        prediction: For a list: a prediction interval of the runs (see above), not the mean's.
         **options: Passed to `summary` for traces (``start``, ``loops``...).
 
     Returns:
         Long format: the group columns, ``metric``, ``sim``, ``real`` and
         ``rel_error`` = ``(sim - real) / real``; for a list of simulations ``sim``
-        is their mean, with ``replications`` and the 95% intervals ``sim_low``,
+        is their mean, with ``replications`` and the 90% intervals ``sim_low``,
         ``sim_high``, ``rel_error_low`` and ``rel_error_high`` (Student's t).
     """
     names = group_columns(by)
@@ -190,7 +195,7 @@ def compare(
         )
         metrics = ["perform_share" if m == "utilisation" else m for m in metrics]
     if not isinstance(sim, pd.DataFrame):
-        return _compare_replications(list(sim), real, names, metrics, options)
+        return _compare_replications(list(sim), real, names, metrics, options, prediction)
     left = summary(sim, names, **options) if "enqueued_at" in sim.columns else sim
     right = summary(real, names, **options) if "enqueued_at" in real.columns else real
     missing = [m for m in metrics if m not in left.columns or m not in right.columns]
@@ -224,37 +229,51 @@ def _relative_errors(left: pd.DataFrame, right: pd.DataFrame, names: list[str], 
 
 
 def _compare_replications(
-    sims: list[pd.DataFrame], real: pd.DataFrame, names: list[str], metrics: Sequence[str], options: dict[str, Any]
+    sims: list[pd.DataFrame],
+    real: pd.DataFrame,
+    names: list[str],
+    metrics: Sequence[str],
+    options: dict[str, Any],
+    prediction: bool = False,
 ) -> pd.DataFrame:
-    """`compare` of the mean of several simulations, with 95% intervals."""
+    """`compare` of several simulations: their mean with its 90% interval, or (``prediction``)
+    their median with the interval holding 90% of them."""
     if not sims:
         raise ValueError("compare needs at least one simulated trace")
     right = summary(real, names, **options) if "enqueued_at" in real.columns else real
     stacked = pd.concat([compare(one, right, names, metrics, **options) for one in sims], ignore_index=True)
     keys = [*names, "metric"]
     grouped = stacked.groupby(keys, sort=False, observed=True)
-    out = grouped.agg(sim=("sim", "mean"), real=("real", "first"), replications=("sim", "size")).reset_index()
-    spread = grouped["sim"].std(ddof=1).to_numpy()
-    count = out["replications"].to_numpy()
-    half = np.array([t95(int(n) - 1) / math.sqrt(n) if n > 1 else math.nan for n in count]) * spread
-    out["sim_low"], out["sim_high"] = out["sim"] - half, out["sim"] + half
+    center = "median" if prediction else "mean"
+    out = grouped.agg(sim=("sim", center), real=("real", "first"), replications=("sim", "size")).reset_index()
+    if prediction:
+        tail = (1 - CONFIDENCE) / 2
+        out["sim_low"] = grouped["sim"].quantile(tail).to_numpy()
+        out["sim_high"] = grouped["sim"].quantile(1 - tail).to_numpy()
+    else:
+        spread = grouped["sim"].std(ddof=1).to_numpy()
+        count = out["replications"].to_numpy()
+        half = np.array([t_quantile(int(n) - 1) / math.sqrt(n) if n > 1 else math.nan for n in count]) * spread
+        out["sim_low"], out["sim_high"] = out["sim"] - half, out["sim"] + half
+    out["covered"] = (out["sim_low"] <= out["real"]) & (out["real"] <= out["sim_high"])
     scale = out["real"].where(out["real"] != 0)
     for column in ("", "_low", "_high"):
         out[f"rel_error{column}"] = (out[f"sim{column}"] - out["real"]) / scale
     return out
 
 
-CONFIDENCE = 0.95
-"""Level of the confidence intervals of replicated runs (`compare` of several, `sweep`)."""
+CONFIDENCE = 0.90
+"""Level of every interval the simulator reports (`compare` of several runs, `sweep`, `plan`,
+`simulator.predict`): 90%, so that coverage can be measured on a few dozen held-out runs."""
 
-# Two-sided 95% Student t quantiles by degrees of freedom (1..30); the normal's beyond.
-_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131)
-_T95 += (2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+# Two-sided 90% Student t quantiles by degrees of freedom (1..30); the normal's beyond.
+_T90 = (6.314, 2.920, 2.353, 2.132, 2.015, 1.943, 1.895, 1.860, 1.833, 1.812, 1.796, 1.782, 1.771, 1.761, 1.753)
+_T90 += (1.746, 1.740, 1.734, 1.729, 1.725, 1.721, 1.717, 1.714, 1.711, 1.708, 1.706, 1.703, 1.701, 1.699, 1.697)
 
 
-def t95(degrees: int) -> float:
-    """The 97.5% quantile of Student's t with ``degrees`` degrees of freedom."""
-    return _T95[degrees - 1] if degrees <= len(_T95) else 1.960
+def t_quantile(degrees: int) -> float:
+    """The 95% quantile of Student's t with ``degrees`` degrees of freedom (a two-sided 90% interval)."""
+    return _T90[degrees - 1] if degrees <= len(_T90) else 1.645
 
 
 def backlog(trace: pd.DataFrame, by: str | Iterable[str] = ("handler", "thread"), points: int = 200) -> pd.DataFrame:

@@ -33,23 +33,33 @@ How `calibrate` fits each part:
   acquire and a release per thread bound, `simulator.cpu.REGISTER_COMMANDS`
   per registration) as ``storage_cpu``: the twin then queues every command
   at the server, and its time per command is taken out of the round trip.
-* Pauses: a ``perform`` that ended more than `PAUSE_MIN` later than it
-  can (a timer: its envelope plus the timer's rounding; a CPU-bound one,
-  `CPU_BOUND_WAIT`: its own CPU) was stopped by a pause of the machine.
-  The late ends of all loops, merged where they overlap, give the pauses'
-  rate and lengths (`simulator.cpu.Pauses`), and the pause is taken out of
-  that ``perform``'s duration before its service is fitted.
-* The machine's speed, given ``run``: the twin replays the trace's own run
-  and the library's costs are scaled (`Overhead.scaled`, ``speed``) so that
-  its worker processes use the CPU the real ones did (``attrs["process_cpu"]``,
-  as `simulator.lab.realrun` records it), less ``perform``'s; then everything
-  above is fitted again. ``overhead`` is measured once
-  (`simulator.lab.measure.measure_overhead`), but a shared machine's speed
-  moves within minutes (here a no-op drain ran at 200,000 and 355,000
-  messages a second in consecutive runs): the speed during the run
-  calibrated on is the best guess for the run predicted next. Only where
-  the processes were busy (`SPEED_BUSY`) and ``perform``'s CPU is under
-  `SPEED_PERFORM_SHARE` of theirs: the library's work then is most of it.
+* The machine and the storage server, from what a traced worker measured of its
+  run (``trace.attrs["meter"]``: `sharded_queue.meter`, which ``Worker(trace=True)``
+  and ``sharded-queue worker --trace FILE`` record; `simulator.lab.realrun` too),
+  each from an instrument of its own:
+
+  - ``cores``: the cores the worker processes could run on (``sched_getaffinity``);
+  - ``background``: the CPU the other programs on the machine used (``/proc/stat``
+    less the worker processes' own ``process_time``), per message performed: the
+    producer, and the storage server when it is local;
+  - ``storage_cpu``: redis-server's own time per command (``INFO commandstats``:
+    microseconds over calls, every command of the run counted by the server);
+  - ``rtt``: the median ``PING`` round trip by the scripts' path (a probe every
+    250 ms), less the median lag of the event loop measured meanwhile (a reply
+    waits for the busy event loop like any timer; the twin simulates that wait
+    itself), and less ``storage_cpu``, which the twin queues at the server;
+  - ``overhead`` at the run's speed: the speed probe (a fixed unit of CPU work,
+    every second) against the speed it took when ``overhead`` was measured
+    (`Overhead.speed`): `Overhead.at_speed`.
+
+  A trace without ``attrs["meter"]`` (an older one, or a simulated one) keeps
+  what the scenario says of the machine, and the round trip comes from the gaps
+  above.
+
+No constant here was chosen because a table then passed: each parameter is measured,
+and `docs/model.md` lists every parameter with its instrument. The machine's pauses
+are not inferred from late performs (nothing could falsify that): `Pauses` stay what
+the scenario says.
 """
 
 from __future__ import annotations
@@ -65,40 +75,15 @@ import pandas as pd
 
 from .analysis import check_trace
 from .checks import ScenarioError
-from .cpu import LIBRARY, REGISTER_COMMANDS, Overhead, Pauses
+from .cpu import LIBRARY, Overhead, Pauses
 from .noise import Empirical, Fixed, Noise
 from .scenario import Scenario
 from .service import Service
-from .simulation import simulate
 
 TIMER_QUANTILE = 0.02
 """With ``timer=True``, the quantile of a batch size's waits taken as the timer's own length:
 an ``asyncio.sleep`` never ends early, and ends late by up to a millisecond when
 the event loop is idle (`simulator.machine`), so its length is the lower envelope."""
-
-
-PAUSE_MIN = 0.005
-"""A ``perform`` that took this much longer than it can was stopped by a pause of the machine
-(`simulator.cpu.Pauses`): the process was not running (the operating system, the hypervisor,
-a garbage collection). Shorter delays are the event loop's own, which the twin simulates."""
-
-CPU_BOUND_WAIT = 0.001
-"""A ``perform`` whose median wait (duration less CPU) is under this is CPU-bound: the rest of
-its duration is a pause. Pauses are not looked for in a ``perform`` that waits on I/O: its
-waits vary by themselves."""
-
-SPEED_PERFORM_SHARE = 0.25
-"""`calibrate` follows the machine's speed (``run=``) only where ``perform``'s own CPU is
-under this share of the worker processes' CPU. Above it the library's part is the small
-difference of two large numbers: on CPU-bound performs here its factor came out
-1.1-2.1 from one run to the next, and moved the predicted p50 by up to 45 points."""
-
-SPEED_BUSY = 0.3
-"""`calibrate` follows the machine's speed only where the worker processes were busy at least
-this share of the run (their CPU seconds over their count times the span from the first
-``perform`` to the last). An idle process pays to wake up, which the twin leaves out: in the
-accuracy grid's sleeping runs here (processes 1-13% busy) the factor was that cost, 1.2-4.9,
-not the machine's speed."""
 
 
 @dataclass(frozen=True)
@@ -107,23 +92,22 @@ class Calibration:
 
     Attributes:
         service: A fitted `Service` per handler name (as stored in the trace).
-        rtt: Estimated storage round trip (seconds), or NaN when the trace has no
-            back-to-back batches to measure it from.
-        rtt_noise: Unit-mean factor of each round trip; `calibrate` leaves it `Fixed`
-            (the spread of the measured gaps is the machine's contention, see `calibrate`).
+        rtt: The storage round trip (seconds): from the ``PING`` probe when the trace
+            was metered, else from back-to-back batches; NaN when neither says.
+        rtt_noise: Unit-mean factor of each round trip; `calibrate` leaves it `Fixed`:
+            the probe's spread is the event loop's and the cores' contention, which
+            the twin simulates from their causes.
         fit: Per handler: ``per_batch``, ``per_message``, their CPU parts, ``cv``
             of the noise, ``batches`` used and ``rtt_samples``.
-        overhead: The library's CPU per effect the fit assumed (and `apply` sets).
-        pauses: The machine's pauses seen in the trace (`apply` sets them).
-        cores: The cores of the machine the trace was recorded on, when the trace says
-            (``attrs["machine"]``, as `simulator.lab.realrun` records it); None: unknown.
+        overhead: The library's CPU per effect (at the run's speed, when measured), which `apply` sets.
+        pauses: The machine's pauses (`apply` sets them): none, as `calibrate` infers none.
+        cores: The cores the traced worker processes ran on (``attrs["meter"]``); None: unknown.
         background: CPU seconds the other programs on those cores used per message
             performed (the producer, a local storage server); `apply` sets both.
-        storage_cpu: CPU seconds a local storage server spent per command, when the trace
-            says (`Scenario.storage_cpu`; `apply` sets it); ``rtt`` is then the rest of a
-            round trip. 0: not known.
-        speed: The factor `calibrate` scaled ``overhead`` by to follow the machine's speed
-            during the trace (``run=``); 1: not scaled.
+        storage_cpu: The storage server's seconds per command (``INFO commandstats``),
+            `Scenario.storage_cpu`; 0: not known.
+        speed: The run's speed probe (seconds of `sharded_queue.meter.speed_unit`), median;
+            NaN: not measured. `overhead` is `Overhead.at_speed` of it.
     """
 
     service: Mapping[str, Service]
@@ -135,7 +119,7 @@ class Calibration:
     cores: int | None = None
     background: float = 0.0
     storage_cpu: float = 0.0
-    speed: float = 1.0
+    speed: float = math.nan
 
     def apply(self, scenario: Scenario, handlers: Mapping[str, str] | None = None) -> Scenario:
         """``scenario`` with the fitted service of each handler, the round trip, the overhead, the
@@ -176,7 +160,7 @@ class Calibration:
             rtt=rtt,
             rtt_noise=noise,
             overhead=self.overhead,
-            pauses=self.pauses,
+            pauses=scenario.pauses if self.pauses.none else self.pauses,
             cores=scenario.cores if self.cores is None else self.cores,
             background=scenario.background if self.cores is None else self.background,
             storage_cpu=self.storage_cpu or scenario.storage_cpu,
@@ -184,62 +168,51 @@ class Calibration:
 
 
 def calibrate(
-    trace: pd.DataFrame,
-    noise: bool = True,
-    timer: bool = False,
-    overhead: Overhead = LIBRARY,
-    run: Scenario | None = None,
+    trace: pd.DataFrame, noise: bool = True, timer: bool = False, overhead: Overhead = LIBRARY
 ) -> Calibration:
-    """Fit ``perform`` time, its CPU part and the round trip, per handler, from a trace.
-
-    How each part is fitted (service, CPU, timers, round trip, the machine,
-    pauses, the machine's speed) is in the module's docstring.
+    """Fit ``perform`` time, its CPU part, the round trip and the machine, per handler, from a trace
+    (how each part is measured: the module's docstring, and ``docs/model.md``).
 
     Args:
-        trace: A trace (real, or simulated to check the fit).
+        trace: A trace (real, or simulated to check the fit); a real worker's carries what
+            it measured of its run in ``attrs["meter"]`` (`sharded_queue.meter`).
         noise: Keep the measured noise of ``perform`` (`Empirical`) instead of `Fixed`.
         timer: ``perform`` waits by sleeping (``asyncio.sleep``), not on I/O.
-        overhead: The library's CPU per effect on the machine the trace comes from.
-        run: The trace's own run as a scenario (its handlers, loops, processes,
-            settings, and requests at the trace's enqueue times): follow the
-            machine's speed, as above. None: take ``overhead`` as it is.
+        overhead: The library's CPU per effect, as measured (`simulator.lab.measure.measure_overhead`);
+            taken to the run's speed when both speeds are known (`Overhead.at_speed`).
 
     Raises:
-        ValueError: the trace is empty, or ``run`` is given and the trace does not say its
-            worker processes' CPU.
+        ValueError: the trace is empty.
     """
-    fitted = _calibrate(trace, noise, timer, overhead)
-    factor = _speed(trace, fitted, run) if run is not None else None
-    if factor is None:
-        return fitted
-    return dataclasses.replace(_calibrate(trace, noise, timer, overhead.scaled(factor)), speed=factor)
-
-
-def _speed(trace: pd.DataFrame, fitted: Calibration, run: Scenario) -> float | None:
-    """What the library's costs are times the fitted ones during ``trace``: its worker processes'
-    CPU against the twin's, each less ``perform``'s; None where the trace cannot say."""
-    if not trace.attrs.get("process_cpu"):
-        raise ValueError(
-            "calibrate(run=...): the trace does not say its worker processes' CPU seconds"
-            ' (attrs["process_cpu"], as simulator.lab.realrun records it); leave run out'
-        )
-    used = float(sum(trace.attrs["process_cpu"]))
-    performed = 0.0
-    if "cpu" in trace.columns and bool(trace["cpu"].notna().all()):
-        performed = float(trace.groupby(["worker", "batch"], observed=True)["cpu"].first().sum())
-    span = float(trace["finished_at"].max() - trace["started_at"].min())
-    processes = len(trace.attrs["process_cpu"])
-    if used <= 0 or performed >= SPEED_PERFORM_SHARE * used or used < SPEED_BUSY * processes * span:
-        return None
-    twin = float(simulate(fitted.apply(run)).processes["cpu_busy"].sum()) - performed
-    return (used - performed) / twin if twin > 0 else None
-
-
-def _calibrate(trace: pd.DataFrame, noise: bool, timer: bool, overhead: Overhead) -> Calibration:
     check_trace(trace)
     if trace.empty:
         raise ValueError("cannot calibrate from an empty trace")
-    has_cpu = "cpu" in trace.columns and bool(trace["cpu"].notna().all())
+    meter = list(trace.attrs.get("meter") or [])
+    machine = _machine(meter, len(trace)) if meter else {}
+    if "speed" in machine:
+        overhead = overhead.at_speed(machine["speed"])
+    batches = _batches(trace)
+    lag = float(np.median(np.concatenate([m["lag"] for m in meter]))) if meter and _samples(meter, "lag") else 0.0
+    services: dict[str, Service] = {}
+    rows = []
+    for handler, part in batches.groupby("handler", sort=True):
+        services[str(handler)], row = _fit_handler(part, "cpu" in batches.columns, noise, timer, overhead, lag)
+        rows.append({"handler": handler, **row})
+    fit = pd.DataFrame(rows)
+    storage = machine.get("storage_cpu", 0.0)
+    if "rtt" in machine:
+        rtt = machine.pop("rtt")
+        fit["rtt_samples"] = machine.pop("rtt_samples")
+    else:
+        trips = _round_trips(batches, overhead)
+        fit["rtt_samples"] = len(trips)
+        rtt = float(np.median(trips)) if len(trips) else math.nan
+    rtt = max(rtt - storage, 0.0) if rtt > 0 else math.nan  # the server's part is queued at the server
+    return Calibration(services, rtt, fit, overhead, **machine)
+
+
+def _batches(trace: pd.DataFrame) -> pd.DataFrame:
+    """One row per performed batch: handler, thread, size, first enqueue, start, end, duration (and CPU)."""
     aggregations = {
         "handler": ("handler", "first"),
         "thread": ("thread", "first"),
@@ -248,57 +221,58 @@ def _calibrate(trace: pd.DataFrame, noise: bool, timer: bool, overhead: Overhead
         "started": ("started_at", "first"),
         "finished": ("finished_at", "first"),
     }
-    if has_cpu:
+    if "cpu" in trace.columns and bool(trace["cpu"].notna().all()):
         aggregations["cpu"] = ("cpu", "first")
     batches = trace.groupby(["worker", "batch"], sort=False, observed=True).agg(**aggregations).reset_index()
     batches["duration"] = batches["finished"] - batches["started"]
-    services: dict[str, Service] = {}
-    rows = []
-    stopped: list[np.ndarray] = []  # [start, end) of each perform's part that a pause took
-    for handler, part in batches.groupby("handler", sort=True):
-        services[str(handler)], row, paused = _fit_handler(part, has_cpu, noise, timer, overhead)
-        rows.append({"handler": handler, **row})
-        if paused is not None:
-            stopped.append(paused)
-    trips, ends = _round_trips(batches, overhead)
-    rtt = float(np.median(trips)) if len(trips) else math.nan
-    machine = _machine(trace, batches)
-    if len(trips):  # a round trip far above the usual one: the machine stopped meanwhile
-        late = trips - rtt
-        paused = late > PAUSE_MIN
-        stopped.append(np.column_stack((ends[paused] - late[paused], ends[paused])))
-    fit = pd.DataFrame(rows)
-    fit["rtt_samples"] = len(trips)
-    pauses = _pauses(stopped, float(batches["finished"].max() - batches["started"].min()))
-    # the storage server's time per command is simulated at the server: the rest is the round trip
-    rtt = max(rtt - machine.get("storage_cpu", 0.0), 0.0) if rtt > 0 else math.nan
-    return Calibration(services, rtt, fit, overhead, pauses=pauses, **machine)
+    return batches
+
+
+def _samples(meter: list[dict[str, Any]], name: str) -> bool:
+    return any(m.get(name) for m in meter)
+
+
+def _machine(meter: list[dict[str, Any]], messages: int) -> dict[str, Any]:
+    """What the worker processes measured of the machine and the storage server (each an instrument:
+    the module's docstring), as `Calibration` fields; ``rtt`` and ``rtt_samples`` besides."""
+    found: dict[str, Any] = {"cores": min(int(m["cores"]) for m in meter)}
+    used = sum(float(m.get("process_cpu") or 0.0) for m in meter)
+    busy = [float(m["machine_busy"]) for m in meter if m.get("machine_busy") is not None]
+    if busy and messages:  # every process read the same machine over about the same span: the widest
+        found["background"] = max(max(busy) - used, 0.0) / messages
+    storage = [m["storage"] for m in meter if m.get("storage")]
+    if storage:
+        commands = max(storage, key=lambda s: sum(c["calls"] for c in s["commands"].values()))["commands"]
+        calls = sum(c["calls"] for c in commands.values())
+        if calls:
+            found["storage_cpu"] = sum(c["usec"] for c in commands.values()) / calls / 1e6
+    if _samples(meter, "speed"):
+        found["speed"] = float(np.median(np.concatenate([m["speed"] for m in meter if m.get("speed")])))
+    if _samples(meter, "ping"):
+        pings = np.concatenate([m["ping"] for m in meter if m.get("ping")])
+        lags = np.concatenate([m["lag"] for m in meter if m.get("lag")]) if _samples(meter, "lag") else np.zeros(1)
+        found["rtt"] = max(float(np.median(pings) - np.median(lags)), 0.0)
+        found["rtt_samples"] = len(pings)
+    return found
 
 
 def _fit_handler(
-    part: pd.DataFrame, has_cpu: bool, noise: bool, timer: bool, overhead: Overhead
-) -> tuple[Service, dict[str, Any], np.ndarray | None]:
-    """One handler's batches (``part``): its fitted `Service`, its row of `Calibration.fit`, and
-    the ``[start, end)`` of the parts of its performs that a pause of the machine took (or None)."""
+    part: pd.DataFrame, has_cpu: bool, noise: bool, timer: bool, overhead: Overhead, lag: float
+) -> tuple[Service, dict[str, Any]]:
+    """One handler's batches (``part``): its fitted `Service` and its row of `Calibration.fit`.
+
+    With ``timer``, ``perform`` sleeps: its waits are the sleep plus how late the event loop's
+    timers fire. The run's lag probe measured that lateness (median ``lag``): the sleep is the
+    waits less it. A trace without the probe (``lag`` 0) takes the waits' lower envelope
+    (`TIMER_QUANTILE`): a sleep never ends early.
+    """
     size = part["size"].to_numpy(dtype=np.float64)
     duration = part["duration"].to_numpy()
     busy = np.minimum(part["cpu"].to_numpy(), duration) if has_cpu else np.zeros_like(duration)
     cpu_batch, cpu_message = _fit(size, busy)
     wait = duration - busy
     if timer:
-        wait_batch, wait_message = _envelope(size, wait)
-        late = wait - (wait_batch + wait_message * size + overhead.timer_resolution + overhead.timer_slack)
-    elif has_cpu and np.median(wait) < CPU_BOUND_WAIT:
-        late = wait
-    else:
-        late = np.zeros_like(wait)
-    paused = late > PAUSE_MIN
-    stopped = None
-    if paused.any():
-        finished = part["finished"].to_numpy()[paused]
-        stopped = np.column_stack((finished - late[paused], finished))
-        duration = np.where(paused, duration - late, duration)  # the machine's pause, not perform's time
-    if timer:
+        wait_batch, wait_message = _fit(size, np.maximum(wait - lag, 0.0)) if lag else _envelope(size, wait)
         per_batch, per_message = cpu_batch + wait_batch, cpu_message + wait_message
     else:
         per_batch, per_message = _fit(size, duration)
@@ -323,45 +297,7 @@ def _fit_handler(
         "cv": cv,
         "batches": len(part),
     }
-    return service, row, stopped
-
-
-def _machine(trace: pd.DataFrame, batches: pd.DataFrame) -> dict[str, Any]:
-    """The machine's cores, the other programs' CPU per message and the storage server's per
-    command, from ``trace.attrs["machine"]``."""
-    machine = trace.attrs.get("machine")
-    if not machine:
-        return {}
-    storage = float(machine.get("storage_cpu", 0.0))
-    found = {"cores": int(machine["cores"]), "background": float(machine["other_cpu"]) / len(trace)}
-    if storage > 0:
-        ordered = batches.sort_values(["worker", "started"], kind="stable")
-        loop, thread = ordered["worker"].to_numpy(), ordered["thread"].to_numpy()
-        binds = 1 + int(np.count_nonzero((loop[1:] != loop[:-1]) | (thread[1:] != thread[:-1])))
-        commands = len(batches) + 2 * binds + REGISTER_COMMANDS * int(machine.get("registrations", 0))
-        found["storage_cpu"] = storage / commands
-    return found
-
-
-def _pauses(stopped: list[np.ndarray], span: float) -> Pauses:
-    """The machine's pauses from the stopped parts of performs and round trips: overlapping ones
-    are one pause (several loops stopped by it), as long as the longest of them (where in a
-    perform the pause fell is not known); their rate per second of running time."""
-    intervals = np.concatenate(stopped) if stopped else np.empty((0, 2))
-    if not len(intervals):
-        return Pauses()
-    intervals = intervals[np.argsort(intervals[:, 0], kind="stable")]
-    lengths = []
-    end, longest = intervals[0][1], 0.0
-    for begin, finish in intervals:
-        if begin > end:
-            lengths.append(longest)
-            end, longest = finish, 0.0
-        end = max(end, finish)
-        longest = max(longest, finish - begin)
-    lengths.append(longest)
-    running = span - sum(lengths)
-    return Pauses(rate=len(lengths) / running, lengths=lengths) if running > 0 else Pauses()
+    return service, row
 
 
 def _fit(size: np.ndarray, duration: np.ndarray) -> tuple[float, float]:
@@ -391,8 +327,8 @@ def _envelope(size: np.ndarray, wait: np.ndarray) -> tuple[float, float]:
     return float(a), float(b)
 
 
-def _round_trips(batches: pd.DataFrame, overhead: Overhead) -> tuple[np.ndarray, np.ndarray]:
-    """Round trips seen in the trace, and when each ended: gaps between a loop's consecutive batches
+def _round_trips(batches: pd.DataFrame, overhead: Overhead) -> np.ndarray:
+    """Round trips seen in the trace: gaps between a loop's consecutive batches
     of one thread when the next was already waiting, less the CPU the loop's process used during
     the gap (clipped at 0).
 
@@ -411,7 +347,7 @@ def _round_trips(batches: pd.DataFrame, overhead: Overhead) -> tuple[np.ndarray,
     started = ordered["started"].to_numpy()[1:]
     keep = same & (ordered["first_enqueued"].to_numpy()[1:] <= finished)
     if not keep.any():
-        return np.empty(0), np.empty(0)
+        return np.empty(0)
     size = ordered["size"].to_numpy()
     library = overhead.cycle + 2 * overhead.idle + overhead.perform + overhead.trace
     library += (overhead.decode + overhead.perform_per_message + overhead.trace_per_message) * size
@@ -427,7 +363,7 @@ def _round_trips(batches: pd.DataFrame, overhead: Overhead) -> tuple[np.ndarray,
         busy = _busy(begins[mine], ends[mine])
         here = gap_process == name
         used[here] = busy(highs[here]) - busy(lows[here])
-    return np.maximum(highs - lows - used, 0.0), highs
+    return np.maximum(highs - lows - used, 0.0)
 
 
 def _busy(begins: np.ndarray, ends: np.ndarray) -> Any:
@@ -441,3 +377,45 @@ def _busy(begins: np.ndarray, ends: np.ndarray) -> Any:
         return np.asarray((started * times - begun[started]) - (finished * times - ended[finished]))
 
     return upto
+
+
+def calibrations(
+    trace: pd.DataFrame,
+    draws: int,
+    *,
+    seed: int = 0,
+    noise: bool = True,
+    timer: bool = False,
+    overhead: Overhead = LIBRARY,
+) -> list[Calibration]:
+    """``draws`` calibrations of ``trace`` as its uncertainty allows: the spread `predict` turns into intervals.
+
+    Each draw resamples, with replacement, the trace's batches (the calibration's own
+    uncertainty: what another run of the same length would have shown) and each probe
+    of the run's meter (the machine's run-to-run noise: its speed, round trips and
+    lag), then fits as `calibrate` does. The first draw is `calibrate` itself.
+    """
+    rng = np.random.default_rng(seed)
+    found = [calibrate(trace, noise, timer, overhead)]
+    keys = trace[["worker", "batch"]].drop_duplicates().to_numpy()
+    for _ in range(draws - 1):
+        chosen = keys[rng.integers(0, len(keys), len(keys))]
+        picked = pd.DataFrame(chosen, columns=["worker", "batch"])
+        # a batch drawn twice is two batches: number the copies apart
+        picked["copy"] = picked.groupby(["worker", "batch"]).cumcount()
+        resampled = picked.merge(trace, on=["worker", "batch"], how="left")
+        resampled["batch"] = resampled["batch"] * (len(keys) + 1) + resampled["copy"]
+        resampled = resampled.drop(columns="copy")
+        resampled.attrs["meter"] = [_resample_meter(m, rng) for m in trace.attrs.get("meter") or []]
+        found.append(calibrate(resampled, noise, timer, overhead))
+    return found
+
+
+def _resample_meter(meter: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+    """A meter reading whose probes (speed, round trips, lag) are resampled with replacement."""
+    out = dict(meter)
+    for name in ("speed", "ping", "lag"):
+        samples = meter.get(name) or []
+        if samples:
+            out[name] = list(rng.choice(np.asarray(samples, dtype=np.float64), len(samples)))
+    return out

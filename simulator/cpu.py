@@ -14,6 +14,7 @@ the machine's cores, the storage server, the pauses.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +48,8 @@ class Overhead:
         trace_per_message: What recording a trace adds per message.
         timer_slack: How late past the millisecond an idle event loop's timer fires.
         timer_resolution: ``epoll_wait``'s resolution: idle timers are rounded up to it.
+        speed: Seconds one unit of fixed CPU work took (`sharded_queue.meter.speed_unit`) when
+            these costs were measured; 0: not known. `at_speed` takes the costs to another speed.
     """
 
     poll: float = 0.0
@@ -63,6 +66,7 @@ class Overhead:
     trace_per_message: float = 0.0
     timer_slack: float = 0.0
     timer_resolution: float = 0.001
+    speed: float = 0.0
 
     def __post_init__(self) -> None:
         for item in dataclasses.fields(self):
@@ -71,15 +75,27 @@ class Overhead:
     @property
     def zero(self) -> bool:
         """Whether the library costs no CPU at all (the textbook queues)."""
-        return all(getattr(self, f.name) == 0 for f in dataclasses.fields(self) if f.name != "timer_resolution")
+        return all(getattr(self, f.name) == 0 for f in dataclasses.fields(self) if f.name not in _NOT_COSTS)
 
     def scaled(self, factor: float) -> Overhead:
         """Every CPU cost times ``factor`` (a faster or slower machine); timer constants unchanged."""
         check_positive("Overhead.scaled factor", factor)
-        timers = ("timer_slack", "timer_resolution")
         return dataclasses.replace(
-            self, **{f.name: getattr(self, f.name) * factor for f in dataclasses.fields(self) if f.name not in timers}
+            self,
+            **{f.name: getattr(self, f.name) * factor for f in dataclasses.fields(self) if f.name not in _NOT_COSTS},
+            speed=self.speed * factor,
         )
+
+    def at_speed(self, speed: float) -> Overhead:
+        """These costs on a machine whose speed probe took ``speed`` seconds (`speed`): scaled by
+        ``speed / self.speed``. Unchanged when either speed is unknown (0 or NaN)."""
+        if not (self.speed > 0 and speed > 0 and math.isfinite(speed)):
+            return self
+        return self.scaled(speed / self.speed)
+
+
+_NOT_COSTS = ("timer_slack", "timer_resolution", "speed")
+"""`Overhead` fields that are not CPU costs of the library."""
 
 
 NONE = Overhead()

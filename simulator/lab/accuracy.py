@@ -1,24 +1,21 @@
-"""How close the twin is: the same workloads on real workers and in the simulator.
+"""How close the twin is, out of sample: fitted on some real runs, scored on others.
 
-For each `Config` of `GRID` a handler whose ``perform`` costs a known
-``per_batch + per_message * n`` runs on a real Redis, with its worker loops in
-worker processes of their own (`simulator.lab.realrun`), `calibrate` fits the twin
-from that trace, and `simulate` replays the very same requests at the very
-same enqueue times. `compare` then gives, per thread and order, the relative
-error of throughput (drains) and of p50 and p99 latency (sojourn).
+Each `Family` is one workload. Its ``fit`` configuration runs on real worker processes (each
+tracing and measuring its run: `sharded_queue.meter`) and `simulator.calibrate.calibrations`
+fits the twin from that trace alone, with draws for the intervals. Each ``scored``
+configuration differs from it (rate x0.5 to x1.5, loops, processes, batch size, threads, hot
+keys, orders), runs for real too, and the twin predicts it from the fit: its runs replay the
+scored run's requests at their enqueue times, each calibrated by a draw with a seed of its own
+(`simulator.predict`). A cell is one metric of one group (overall, per order): its error is the
+prediction's median against the real value, and it is covered when the real value lies in the
+interval holding 90% of the prediction's runs.
 
-Each `Prediction` calibrates the twin on one real run and predicts another
-configuration: more loops, more processes, a higher load, a bigger drain.
+An open-loop family's rates are shares (``load``) of its fit configuration's drain rate,
+measured first by a backlog of it. The ``test`` configurations are kept out of the model's
+development: they run only with ``--test``, and were looked at once, at the end::
 
-The twin charges the library's CPU per effect as measured on the project's
-development machine (`simulator.cpu.LIBRARY`); the real runs may be on a
-machine with other costs, so the suite first measures this one's
-(`simulator.lab.measure.measure_overhead`), as a capacity planner measures the
-machines they plan for, and each calibration follows the machine's speed
-during the run it is fitted on (`fit`: `calibrate` with ``run``)::
-
-    python -m simulator.lab.accuracy                # both tables; spawns its own redis-server
-    python -m simulator.lab.accuracy --only predictions --url redis://127.0.0.1:6380/0
+    python -m simulator.lab.accuracy                 # the scored set; spawns its own redis-server
+    python -m simulator.lab.accuracy --test          # the test set
 """
 
 from __future__ import annotations
@@ -40,63 +37,71 @@ import pandas as pd
 from sharded_queue import Settings
 from sharded_queue.testing import RedisServer
 
-from ..analysis import compare, summary
+from ..analysis import compare
 from ..arrivals import Replay
-from ..calibrate import Calibration, calibrate
+from ..calibrate import Calibration, calibrations
 from ..cpu import TRACED, Overhead
+from ..predict import predict
 from ..requests import Keyed, KeySequence
 from ..scenario import Scenario
 from ..service import Service
-from ..simulation import simulate
 from ..workload import Workload
 from .handlers import TimedHandler, handler_from_spec
-from .measure import measure_overhead, measure_rtt
+from .measure import measure_overhead
 from .realrun import run_workers
 
 LATENCY = ("sojourn_p50", "sojourn_p99")
 METRICS = ("throughput", *LATENCY)
+BOUNDS = {"throughput": 0.15, "sojourn_p50": 0.25, "sojourn_p99": 0.40}
+"""The issue's bounds on |relative error|, per metric."""
+DRAWS = 20
+"""Runs of the twin per prediction (calibration draws, seeds, machine noise)."""
 
 
 @dataclass(frozen=True)
 class Config:
-    """One real run of the accuracy suite.
+    """One real run.
 
     Attributes:
         name: Short label.
-        loops: Worker loops in all.
+        loops: Worker loops in all, spread over ``processes``.
         batch: ``worker_batch_size``.
-        threads: Threads the requests are spread over (round robin).
+        threads: Threads the requests are spread over.
         orders: Orders ``"0"``, ``"1"``, ... (``"0"`` most urgent), round robin per thread.
-        delay: ``coordinator_delay`` in seconds.
-        messages: Requests in the run.
-        rate: Open-loop Poisson arrivals per second; None drains a backlog.
+        seconds: About how long the run lasts (open loop: messages = rate x seconds).
+        load: Open-loop Poisson arrivals at this share of the family's drain rate; None: a backlog.
+        messages: Requests of a backlog.
         per_batch: Seconds every ``perform`` costs.
         per_message: Seconds each request adds to it.
-        processes: Worker processes the loops are spread over.
-        perform: ``"sleep"`` (``asyncio.sleep``: waiting), ``"spin"`` (computing:
-            the process's CPU) or ``"noop"``.
-        hot: Share of the requests on thread ``"0"``, the hot thread; the rest
-            round robin over the other threads. 0: all threads alike.
+        processes: Worker processes.
+        perform: ``"sleep"`` (waiting), ``"spin"`` (computing) or ``"noop"``.
+        hot: Share of the requests on thread ``"0"``; 0: none.
+        zipf: Keys drawn from a Zipf law of this exponent over ``keys`` keys; 0: round robin.
+        keys: Keys of the Zipf law.
+        delay: ``coordinator_delay``.
     """
 
     name: str
     loops: int
     batch: int
     threads: int
-    orders: int
-    delay: float
-    messages: int
-    rate: float | None = None
-    per_batch: float = 0.030
-    per_message: float = 0.001
+    orders: int = 1
+    seconds: float = 2.0
+    load: float | None = None
+    messages: int = 0
+    per_batch: float = 0.0
+    per_message: float = 0.0
     processes: int = 1
     perform: str = "sleep"
     hot: float = 0.0
+    zipf: float = 0.0
+    keys: int = 0
+    delay: float = 0.05
 
     @property
     def mode(self) -> str:
         """``backlog`` or ``open``."""
-        return "backlog" if self.rate is None else "open"
+        return "backlog" if self.load is None else "open"
 
     def settings(self, url: str | None) -> Settings:
         """The settings of the real run and of the twin."""
@@ -112,356 +117,220 @@ class Config:
         return dataclasses.replace(self, **changes)
 
 
-GRID: tuple[Config, ...] = (
-    Config("b1", loops=1, batch=1, threads=1, orders=1, delay=0.0, messages=60),
-    Config("b2", loops=1, batch=32, threads=1, orders=1, delay=0.0, messages=800),
-    Config("b3", loops=2, batch=256, threads=4, orders=1, delay=0.1, messages=3000),
-    Config("b4", loops=4, batch=16, threads=8, orders=2, delay=0.0, messages=1200),
-    Config("b5", loops=8, batch=128, threads=32, orders=3, delay=0.05, messages=4000),
-    Config("b6", loops=8, batch=8, threads=20, orders=2, delay=0.2, messages=3000),
-    Config("o1", loops=1, batch=1, threads=1, orders=1, delay=0.0, messages=60, rate=10),
-    Config("o2", loops=2, batch=16, threads=4, orders=2, delay=0.1, messages=300, rate=75),
-    Config("o3", loops=4, batch=64, threads=8, orders=2, delay=0.2, messages=1000, rate=125),
-    Config("o4", loops=8, batch=32, threads=32, orders=1, delay=0.05, messages=450, rate=75),
-    Config("o5", loops=4, batch=4, threads=2, orders=1, delay=0.05, messages=300, rate=75),
-    Config("o6", loops=8, batch=256, threads=8, orders=3, delay=0.1, messages=1600, rate=250),
-    Config("o7", loops=4, batch=16, threads=8, orders=2, delay=0.05, messages=1200, rate=150, hot=0.5),
+@dataclass(frozen=True)
+class Family:
+    """A workload: fitted on ``fit``, scored on ``scored``; ``test`` is held out to the end."""
+
+    fit: Config
+    scored: tuple[Config, ...]
+    test: tuple[Config, ...]
+
+    @property
+    def name(self) -> str:
+        """The fit configuration's name."""
+        return self.fit.name
+
+
+def _variants(base: Config, **named: dict[str, Any]) -> tuple[Config, ...]:
+    return tuple(base.replace(name=f"{base.name}/{label}", **changes) for label, changes in named.items())
+
+
+_IO = Config("io", loops=8, batch=64, threads=32, load=0.6, per_batch=0.0005, per_message=0.00002)
+_ZIPF = Config(
+    "zipf", loops=8, batch=32, threads=64, load=0.7, per_batch=0.002, per_message=0.0001, zipf=1.2, keys=1000
 )
-"""Loops 1-8, batches 1-256, threads 1-32, 1-3 orders, coordinator delay 0-0.2 s,
-backlogs (``b*``) and open-loop arrivals below saturation (``o*``); ``o7`` puts
-half of its requests on one hot thread."""
+_ORDERS = Config("orders", loops=4, batch=16, threads=8, orders=3, load=0.8, per_batch=0.005, per_message=0.0005)
+_CPU = Config("cpu", loops=4, batch=16, threads=16, load=0.6, per_batch=0.001, per_message=0.00005, perform="spin")
+_DRAIN = Config("drain", loops=8, batch=64, threads=32, messages=100_000, perform="noop")
+
+FAMILIES: tuple[Family, ...] = (
+    Family(
+        _IO,
+        _variants(
+            _IO, low={"load": 0.4}, high={"load": 0.8}, processes={"loops": 8, "processes": 2}, batch={"batch": 16}
+        ),
+        _variants(_IO, test={"load": 0.5, "threads": 64, "processes": 2}),
+    ),
+    Family(
+        _ZIPF,
+        _variants(_ZIPF, low={"load": 0.5}, loops={"loops": 16}, batch={"batch": 8}),
+        _variants(_ZIPF, test={"zipf": 0.8, "load": 0.6}),
+    ),
+    Family(
+        _ORDERS,
+        _variants(_ORDERS, low={"load": 0.6}, orders={"orders": 2}, threads={"threads": 16}),
+        _variants(_ORDERS, test={"batch": 32, "load": 0.7}),
+    ),
+    Family(
+        _CPU,
+        _variants(_CPU, loops={"loops": 8}, high={"load": 0.8}, processes={"loops": 4, "processes": 2}),
+        _variants(_CPU, test={"batch": 64, "load": 0.5}),
+    ),
+    Family(
+        _DRAIN,
+        _variants(_DRAIN, loops={"loops": 16}, processes={"loops": 16, "processes": 2}, batch={"batch": 16}),
+        _variants(_DRAIN, test={"threads": 8, "loops": 4}),
+    ),
+)
+"""Open-loop I/O at 40-80% of the drain rate, Zipf-hot keys, several orders, a CPU-bound
+``perform`` and no-op drains; scored on other rates, loops, processes, batch sizes, threads,
+key skew and orders."""
 
 
 def handler_for(config: Config) -> type[TimedHandler]:
-    """A handler with the config's threads, orders, costs and kind of ``perform``."""
+    """A handler with the config's threads, orders, keys, costs and kind of ``perform``."""
     return handler_from_spec(spec_of(config))
 
 
 def spec_of(config: Config) -> dict[str, Any]:
     """What a worker process needs to rebuild `handler_for` (JSON)."""
     return {
-        "name": config.name,
+        "name": config.name.replace("/", "-"),
         "perform": config.perform,
         "threads": config.threads,
         "orders_used": config.orders,
         "per_batch": config.per_batch,
         "per_message": config.per_message,
         "hot": config.hot,
+        "zipf": config.zipf,
+        "keys": config.keys,
     }
 
 
-def arrivals(config: Config, seed: int = 0) -> list[float] | None:
-    """Open-loop Poisson arrival offsets, or None for a backlog."""
-    if config.rate is None:
-        return None
-    gaps = np.random.default_rng(seed).exponential(1 / config.rate, config.messages)
+def arrivals(rate: float, messages: int, seed: int = 0) -> list[float]:
+    """Open-loop Poisson arrival offsets."""
+    gaps = np.random.default_rng(seed).exponential(1 / rate, messages)
     return list(np.cumsum(gaps) - gaps[0])
 
 
-async def real_trace(config: Config, url: str, seed: int = 0) -> pd.DataFrame:
-    """The trace of ``config`` on real worker processes at ``url`` (`simulator.lab.realrun`)."""
+async def real_trace(config: Config, url: str, rate: float | None = None, seed: int = 0) -> pd.DataFrame:
+    """The trace of ``config`` on real worker processes (open loop at ``rate``, else a backlog)."""
+    messages = config.messages if rate is None else max(200, int(rate * config.seconds))
     return await run_workers(
         handler_for(config),
         spec_of(config),
-        list(range(config.messages)),
+        list(range(messages)),
         url=url,
         settings=config.settings(url),
         loops=config.loops,
         processes=config.processes,
-        at=arrivals(config, seed),
+        at=None if rate is None else arrivals(rate, messages, seed),
     )
 
 
-def replay(config: Config, real: pd.DataFrame, probe: float = math.nan, seed: int = 1) -> Scenario:
-    """``config`` as a scenario replaying ``real``'s requests at its enqueue times, not yet calibrated.
+def drain_rate(trace: pd.DataFrame) -> float:
+    """Messages per second of a drain, from the first perform's start to the last one's end."""
+    return len(trace) / float(trace["finished_at"].max() - trace["started_at"].min())
 
-    Args:
-        config: The configuration to simulate (loops, processes, batch size, delay).
-        real: The real run of ``config`` whose arrivals are replayed.
-        probe: Round trip to use when the calibration finds none (no back-to-back batches:
-            `simulator.lab.measure.measure_rtt`); default 0.
-        seed: The twin's seed.
-    """
+
+def replay(config: Config, real: pd.DataFrame, seed: int = 1) -> Scenario:
+    """``config`` as a scenario replaying ``real``'s requests at its enqueue times, not yet calibrated."""
     ordered = real.sort_values("enqueued_at", kind="stable")
     # A backlog is registered before the real workers start: the twin starts with all of it there.
     times = ordered["enqueued_at"].to_numpy() if config.mode == "open" else np.zeros(len(ordered))
-    workload = Workload(
-        handler_for(config),
-        Replay(times),
-        Service(),
-        Keyed(KeySequence(np.arange(len(ordered)))),  # request i was registered i-th, as in `real_trace`
-    )
-    return Scenario(
-        workload,
-        loops=config.loops,
-        processes=config.processes,
-        settings=config.settings(None),
-        rtt=0.0 if math.isnan(probe) else probe,
-        seed=seed,
-    )
+    workload = Workload(handler_for(config), Replay(times), Service(), Keyed(KeySequence(np.arange(len(ordered)))))
+    return Scenario(workload, loops=config.loops, processes=config.processes, settings=config.settings(None), seed=seed)
 
 
-def fit(config: Config, real: pd.DataFrame, overhead: Overhead = TRACED, probe: float = math.nan) -> Calibration:
-    """`calibrate` on a real run of ``config``, following the machine's speed during it."""
-    return calibrate(real, timer=config.perform == "sleep", overhead=overhead, run=replay(config, real, probe))
+def fit(config: Config, real: pd.DataFrame, overhead: Overhead = TRACED, seed: int = 0) -> list[Calibration]:
+    """`calibrations` of a real run of ``config`` (`DRAWS` of them)."""
+    return calibrations(real, DRAWS, seed=seed, timer=config.perform == "sleep", overhead=overhead)
 
 
-def twin_trace(
-    config: Config,
-    real: pd.DataFrame,
-    fitted: Calibration | None = None,
-    probe: float = math.nan,
-    seed: int = 1,
-    overhead: Overhead = TRACED,
-) -> pd.DataFrame:
-    """The simulated trace of ``config``, replaying ``real``'s requests and enqueue times (`replay`).
+def cells(config: Config, real: pd.DataFrame, fitted: Sequence[Calibration]) -> pd.DataFrame:
+    """The prediction of ``config`` from ``fitted`` against its real run ``real``: one row per cell
+    (metric and group: overall, per order), with the median, the 90% interval and ``covered``.
 
-    Args:
-        config: The configuration to simulate.
-        real: The real run of ``config`` whose arrivals are replayed.
-        fitted: The calibration to use; default: `fit` on ``real`` itself (the
-            same configuration). A prediction passes one fitted on another run.
-        probe: Round trip to use when the calibration found none; default 0.
-        seed: The twin's seed.
-        overhead: The library's CPU per effect on the machine of the real runs
-            (`simulator.lab.measure.measure_overhead`); ignored when ``fitted`` is given (it carries its own).
+    A backlog is registered before the real workers start, so its times count from the first
+    perform start. Latency is compared per order, not per thread: which thread a loop drains
+    first is a random choice, in the worker and its twin alike, so one thread's is a draw.
     """
-    fitted = fitted or fit(config, real, overhead, probe)
-    scenario = replay(config, real, probe, seed)
-    source = next(iter(fitted.service))  # one handler per run: the calibration's, whatever its run's name
+    scenario = replay(config, real)
     name = scenario.workloads[0].name  # type: ignore[index]
-    return simulate(fitted.apply(scenario, handlers={name: source})).trace
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """Calibrate the twin on a real run of ``calibrated``, predict a real run of ``predicted``."""
-
-    name: str
-    calibrated: Config
-    predicted: Config
-    what: str
-
-
-_SPIN = Config("spin-4", loops=4, batch=16, threads=16, orders=1, delay=0.05, messages=3000, rate=1000,
-               per_batch=0.001, per_message=0.00005, perform="spin")  # fmt: skip
-_SHORT = Config("io-8", loops=8, batch=64, threads=8, orders=1, delay=0.05, messages=6000, rate=1200,
-                per_batch=0.0005, per_message=0.00002)  # fmt: skip
-_DRAIN = Config("noop-8", loops=8, batch=64, threads=32, orders=1, delay=0.05, messages=200_000, perform="noop")
-
-PREDICTIONS: tuple[Prediction, ...] = (
-    Prediction("loops", _SPIN, _SPIN.replace(name="spin-8", loops=8), "CPU-bound perform, 4 -> 8 loops in one process"),
-    Prediction("load", _SPIN, _SPIN.replace(name="spin-4-hi", rate=1500, messages=4500), "CPU-bound, 1000 -> 1500/s"),
-    Prediction("processes", _SHORT, _SHORT.replace(name="io-2x4", processes=2), "0.5 ms sleeps, 1 x 8 -> 2 x 4 loops"),
-    Prediction(
-        "short-io", _SHORT, _SHORT.replace(name="io-8-hi", rate=1800, messages=9000), "0.5 ms sleeps, 1200 -> 1800/s"
-    ),
-    Prediction("drain", _DRAIN, _DRAIN.replace(name="noop-16", loops=16), "no-op backlog, 8 -> 16 loops"),
-)
-"""Calibrated on one run, predicting another: the capacity planner's questions."""
-
-
-def errors(config: Config, sim: pd.DataFrame, real: pd.DataFrame) -> pd.DataFrame:
-    """Relative errors: throughput of drains (overall and per order), p50 and p99 latency per order.
-
-    Throughput is compared only for backlogs: in an open-loop run every group
-    performs what arrives, in the twin as in the real run, so its error says
-    nothing. A backlog is registered before the real workers start, so its
-    times (throughput windows, latencies) count from the first perform start.
-    Not per thread: with fewer loops than threads, which threads are drained
-    first is a random choice, so one thread's drain time is a draw.
-    Latency (sojourn: enqueue to finish) is compared per order, not per thread:
-    which threads a loop drains first is a random choice (in the worker and in
-    its twin alike), so one thread's latency in a backlog is a draw, while an
-    order's is not. A config with a hot thread (open loop) adds that thread's
-    latency per order.
-    """
-    parts = []
-    if config.mode == "backlog":  # registered before the workers started: time counts from their start
-        sim, real = _from_first_start(sim), _from_first_start(real)
-        parts.append(compare(sim, real, by=(), metrics=("throughput",)).assign(order="*"))
-        parts.append(compare(sim, real, by=("order",), metrics=("throughput",)))
-    parts.append(compare(sim, real, by=("order",), metrics=LATENCY).assign(thread="*"))
-    if config.hot:  # open loop: the hot thread's latency per order is no draw
-        hot = compare(sim, real, by=("thread", "order"), metrics=LATENCY)
-        parts.append(hot[hot["thread"] == "0"])
+    sims = predict(scenario, fitted, handlers={name: next(iter(fitted[0].service))})
+    if config.mode == "backlog":
+        sims, real = [_from_first_start(sim) for sim in sims], _from_first_start(real)
+    parts = [compare(sims, real, by=(), metrics=METRICS, prediction=True).assign(order="*")]
+    if config.orders > 1:
+        parts.append(compare(sims, real, by=("order",), metrics=LATENCY, prediction=True))
     table = pd.concat(parts, ignore_index=True)
     table.insert(0, "config", config.name)
     return table
 
 
 def _from_first_start(trace: pd.DataFrame) -> pd.DataFrame:
-    """The trace with enqueue times no earlier than the first perform start (throughput window)."""
     return trace.assign(enqueued_at=trace["enqueued_at"].clip(lower=trace["started_at"].min()))
 
 
-async def run(
-    config: Config, url: str, runs: int = 1, overhead: Overhead = TRACED, probe: float = math.nan
+async def run_family(
+    family: Family, url: str, overhead: Overhead = TRACED, test: bool = False, seed: int = 0
 ) -> pd.DataFrame:
-    """`errors` of ``runs`` real runs of one config (other arrivals each), each against its twin
-    calibrated on it; ``real_p50``/``real_p99`` give the real side's run-to-run noise."""
+    """Fit ``family`` on a real run of its fit configuration; predict and score each configuration
+    of its scored set (or of its test set, with ``test``) against real runs of them."""
+    fit_config = family.fit
+    rate = None
+    if fit_config.mode == "open":
+        backlog = fit_config.replace(load=None, messages=0)
+        drained = await real_trace(backlog.replace(messages=_drain_messages(fit_config)), url)
+        rate = drain_rate(drained)
+    fitted = fit(fit_config, await real_trace(fit_config, url, _rate(fit_config, rate), seed), overhead, seed)
     tables = []
-    for number in range(runs):
-        real = await real_trace(config, url, seed=number)
-        table = twin_errors(config, real, overhead=overhead, probe=probe)
-        tables.append(table.assign(run=number, **_overall(real)))
+    for number, config in enumerate(family.test if test else family.scored, 1):
+        real = await real_trace(config, url, _rate(config, rate), seed + number)
+        table = cells(config, real, fitted)
+        tables.append(table.assign(family=family.name, drain_rate=rate, load=config.load))
     return pd.concat(tables, ignore_index=True)
 
 
-async def run_prediction(
-    prediction: Prediction, url: str, runs: int = 1, overhead: Overhead = TRACED, probe: float = math.nan
+def _rate(config: Config, drain: float | None) -> float | None:
+    return None if config.load is None or drain is None else config.load * drain
+
+
+def _drain_messages(config: Config) -> int:
+    """A backlog long enough to measure a drain rate (about a second of the library's pace)."""
+    per_message = config.per_batch / config.batch + config.per_message
+    return int(min(60_000, max(2_000, config.loops / max(per_message, 2e-5))))
+
+
+async def run_all(
+    url: str, families: Sequence[Family] = FAMILIES, overhead: Overhead = TRACED, test: bool = False
 ) -> pd.DataFrame:
-    """`errors` of ``runs`` predicted runs, the twin calibrated each time on a run of the other config."""
-    tables = []
-    for number in range(runs):
-        source = await real_trace(prediction.calibrated, url, seed=number)
-        target = await real_trace(prediction.predicted, url, seed=number + 1000)
-        fitted = fit(prediction.calibrated, source, overhead, probe)
-        table = twin_errors(prediction.predicted, target, fitted, probe=probe)
-        tables.append(table.assign(config=prediction.name, run=number, **_overall(target)))
-    return pd.concat(tables, ignore_index=True)
+    """Every family's cells, in one DataFrame."""
+    return pd.concat([await run_family(family, url, overhead, test) for family in families], ignore_index=True)
 
 
-TWIN_SEEDS = (1, 2, 3)
-"""The twin is one sample path too: each real run is compared with the median over these seeds."""
-
-
-def twin_errors(
-    config: Config,
-    real: pd.DataFrame,
-    fitted: Calibration | None = None,
-    overhead: Overhead = TRACED,
-    probe: float = math.nan,
-) -> pd.DataFrame:
-    """`errors` of ``real`` against its twin, the median over `TWIN_SEEDS` per metric and group.
-
-    A coordinator delay makes a drain's end a discrete draw (a loop that found
-    no thread waits the whole delay): one twin path against one real path
-    would count the twin's own draw as an error.
-    """
-    fitted = fitted or fit(config, real, overhead, probe)
-    tables = [errors(config, twin_trace(config, real, fitted, probe, seed), real) for seed in TWIN_SEEDS]
-    keys = ["config", "metric", *(c for c in ("thread", "order") if c in tables[0].columns)]
-    stacked = pd.concat(tables, ignore_index=True)
-    return stacked.groupby(keys, sort=False, dropna=False)[["sim", "real", "rel_error"]].median().reset_index()
-
-
-def _overall(real: pd.DataFrame) -> dict[str, float]:
-    """The real run's own p50 and p99 (for the run-to-run noise)."""
-    row = summary(real, ()).iloc[0]
-    return {"real_p50": float(row["sojourn_p50"]), "real_p99": float(row["sojourn_p99"])}
-
-
-def table(results: pd.DataFrame, grid: Sequence[Config] = GRID) -> pd.DataFrame:
-    """One row per config: its parameters, the worst |relative error| per metric (the median
-    over the runs when there are several) and the real p99's run-to-run spread."""
-    rows: list[dict[str, Any]] = []
-    for config in grid:
-        part = results[results["config"] == config.name]
-        row: dict[str, Any] = {
-            "config": config.name,
-            "mode": config.mode,
-            "loops": config.loops,
-            "batch": config.batch,
-            "threads": config.threads,
-            "orders": config.orders,
-            "delay": config.delay,
-            "hot": config.hot,
-            "messages": config.messages,
-        }
-        row.update(_worst(part))
-        row["real_p99_spread"] = _spread(part)
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def prediction_table(results: pd.DataFrame, predictions: Sequence[Prediction] = PREDICTIONS) -> pd.DataFrame:
-    """One row per prediction: what changed, and the worst signed relative error per metric."""
+def report(results: pd.DataFrame) -> pd.DataFrame:
+    """Per metric: cells, the share within the issue's bound (`BOUNDS`), the coverage of the 90%
+    intervals and their median width (relative to the real value)."""
     rows = []
-    for prediction in predictions:
-        part = results[results["config"] == prediction.name]
-        row = {"prediction": prediction.name, "what": prediction.what, **_worst(part, signed=True)}
-        row["real_p99_spread"] = _spread(part)
-        rows.append(row)
+    for metric, part in results.groupby("metric", sort=False):
+        error = part["rel_error"].abs()
+        width = (part["sim_high"] - part["sim_low"]) / part["real"].where(part["real"] != 0)
+        rows.append(
+            {
+                "metric": metric,
+                "cells": len(part),
+                "bound": BOUNDS[str(metric)],
+                "within": float((error <= BOUNDS[str(metric)]).mean()),
+                "median_abs_error": float(error.median()),
+                "coverage": float(part["covered"].mean()),
+                "median_width": float(width.median()),
+            }
+        )
     return pd.DataFrame(rows)
 
 
-def _worst(part: pd.DataFrame, signed: bool = False) -> dict[str, float]:
-    """Per metric, the largest |error| over the groups of a run (with its sign when ``signed``),
-    then the median over the runs; NaN where not compared."""
-    out = {}
-    runs = part["run"] if "run" in part.columns else pd.Series(0, index=part.index)
-    for metric in METRICS:
-        chosen = part[part["metric"] == metric]
-        if chosen.empty:
-            out[f"{metric}_err"] = math.nan
-            continue
-        worst = [
-            float(errors.loc[errors.abs().idxmax()]) for _, errors in chosen.groupby(runs[chosen.index])["rel_error"]
-        ]
-        median = float(np.median(worst))
-        out[f"{metric}_err"] = median if signed else abs(median)
-    return out
-
-
-def _spread(part: pd.DataFrame) -> float:
-    """(max - min) / median of the real runs' overall p99: the real side's run-to-run noise."""
-    if "real_p99" not in part.columns:
-        return math.nan
-    values = part.drop_duplicates("run")["real_p99"].to_numpy()
-    return float((values.max() - values.min()) / np.median(values)) if len(values) > 1 else math.nan
-
-
-async def run_grid(
-    url: str, grid: Sequence[Config] = GRID, runs: int = 1, overhead: Overhead = TRACED, probe: float = math.nan
-) -> pd.DataFrame:
-    """`errors` of every config, in one DataFrame."""
-    return pd.concat([await run(config, url, runs, overhead, probe) for config in grid], ignore_index=True)
-
-
-async def run_predictions(
-    url: str,
-    predictions: Sequence[Prediction] = PREDICTIONS,
-    runs: int = 1,
-    overhead: Overhead = TRACED,
-    probe: float = math.nan,
-) -> pd.DataFrame:
-    """`errors` of every prediction, in one DataFrame."""
-    return pd.concat([await run_prediction(p, url, runs, overhead, probe) for p in predictions], ignore_index=True)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Print the accuracy tables (Markdown)."""
-    parser = argparse.ArgumentParser(prog="python -m simulator.lab.accuracy", description=__doc__)
-    parser.add_argument("--url", help="Redis URL; default: spawn a redis-server on a free port")
-    parser.add_argument("--only", choices=("grid", "predictions"), help="run one table only")
-    parser.add_argument("--runs", type=int, default=3, help="real runs per config (errors: median over them)")
-    parser.add_argument(
-        "--library", action="store_true", help="charge simulator.cpu.TRACED instead of measuring this machine's"
-    )
-    arguments = parser.parse_args(argv)
-
-    async def both(url: str) -> None:
-        overhead = TRACED if arguments.library else await measure_overhead(url)
-        probe = await measure_rtt(url)
-        print(f"{overhead!r}\nround trip {probe * 1e3:.3f} ms\n", flush=True)
-        if arguments.only != "predictions":
-            grid = await run_grid(url, runs=arguments.runs, overhead=overhead, probe=probe)
-            print(markdown(table(grid)), flush=True)
-            print()
-        if arguments.only != "grid":
-            predictions = await run_predictions(url, runs=arguments.runs, overhead=overhead, probe=probe)
-            print(markdown(prediction_table(predictions)), flush=True)
-
-    if arguments.url:
-        asyncio.run(both(arguments.url))
-        return
-    with tempfile.TemporaryDirectory(prefix="sq-accuracy-") as directory:
-        server = RedisServer(Path(directory))
-        try:
-            asyncio.run(both(server.url))
-        finally:
-            server.stop()
+def per_config(results: pd.DataFrame) -> pd.DataFrame:
+    """One row per scored configuration: its worst signed error per metric, and its coverage."""
+    rows = []
+    for config, part in results.groupby("config", sort=False):
+        row: dict[str, Any] = {"config": config, "load": part["load"].iloc[0]}
+        for metric in METRICS:
+            chosen = part[part["metric"] == metric]["rel_error"]
+            row[f"{metric}_err"] = float(chosen.loc[chosen.abs().idxmax()]) if len(chosen.dropna()) else math.nan
+        row["covered"] = f"{int(part['covered'].sum())}/{len(part)}"
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def markdown(frame: pd.DataFrame) -> str:
@@ -475,6 +344,33 @@ def markdown(frame: pd.DataFrame) -> str:
     lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
     return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Print the held-out tables (Markdown)."""
+    parser = argparse.ArgumentParser(prog="python -m simulator.lab.accuracy", description=__doc__)
+    parser.add_argument("--url", help="Redis URL; default: spawn a redis-server on a free port")
+    parser.add_argument("--test", action="store_true", help="score the held-out test set instead")
+    parser.add_argument("--family", action="append", help="only these families (by name)")
+    parser.add_argument("--library", action="store_true", help="charge simulator.cpu.TRACED, not this machine's")
+    arguments = parser.parse_args(argv)
+    families = [f for f in FAMILIES if not arguments.family or f.name in arguments.family]
+
+    async def study(url: str) -> None:
+        overhead = TRACED if arguments.library else await measure_overhead(url)
+        print(f"{overhead!r}\n", flush=True)
+        results = await run_all(url, families, overhead, arguments.test)
+        print(markdown(per_config(results)), "", markdown(report(results)), sep="\n", flush=True)
+
+    if arguments.url:
+        asyncio.run(study(arguments.url))
+        return
+    with tempfile.TemporaryDirectory(prefix="sq-accuracy-") as directory:
+        server = RedisServer(Path(directory))
+        try:
+            asyncio.run(study(server.url))
+        finally:
+            server.stop()
 
 
 if __name__ == "__main__":

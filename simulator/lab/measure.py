@@ -3,7 +3,8 @@
 The twin charges every effect a worker loop carries out (poll, acquire, begin,
 cycle with its per-message decode, perform call, end) and every wake-up
 message a worker process receives to the process's one CPU. `measure_overhead`
-measures those costs from the library itself, on the machine it runs on;
+measures those costs from the library itself, on the machine it runs on, with
+the machine's speed meanwhile (`sharded_queue.meter.speed_unit`, `Overhead.speed`);
 `simulator.cpu.LIBRARY` holds what it measured on the project's development
 machine, and ``python -m benchmarks.bench_overhead`` prints a full report.
 
@@ -46,6 +47,7 @@ import redis.asyncio
 
 from sharded_queue import Handler, Queue, RequestRoute, Route, Settings, Worker
 from sharded_queue.core import Batch, Cycle, Effect, Perform
+from sharded_queue.meter import speed_unit
 
 from ..cpu import Overhead
 
@@ -271,6 +273,7 @@ async def sleep_times(seconds: float, count: int = 300) -> list[float]:
 async def measure(url: str, messages: int) -> dict[str, Any]:
     """Every measurement of the module docstring."""
     await drain(url, 16, 2000, 1)  # warm-up: script loading, first connections, imports
+    speeds = [speed_unit() for _ in range(20)]  # the machine's speed as the costs are measured
     single: list[Sample] = []
     for batch in (1, 16, 128):
         got, _, _ = await drain(url, batch, messages if batch > 1 else messages // 8, 1)
@@ -302,8 +305,10 @@ async def measure(url: str, messages: int) -> dict[str, Any]:
         trips = sum(name in TRIPS for name, *_ in samples)
         predicted = sum(_predict(costs, name, size) for name, size, _, _ in samples) + costs["idle"] * woke * trips
         check.append((loops, batch, cpu, predicted, share))
+    speeds += [speed_unit() for _ in range(20)]
     return {
         "costs": costs,
+        "speed": statistics.median(speeds),
         "sleeps": sleeps,
         "slack": slack,
         "check": check,
@@ -332,8 +337,10 @@ async def measure_overhead(url: str, messages: int = 40_000, repeat: int = 1) ->
     runs = [await measure(url, messages) for _ in range(repeat)]
     costs = {name: statistics.median(run["costs"][name] for run in runs) for name in runs[0]["costs"]}
     slack = statistics.median(run["slack"] for run in runs)
+    speed = statistics.median(run["speed"] for run in runs)
     names = {field.name for field in dataclasses.fields(Overhead)}
-    return Overhead(**{name: max(0.0, value) for name, value in costs.items() if name in names}, timer_slack=slack)
+    chosen = {name: max(0.0, value) for name, value in costs.items() if name in names}
+    return Overhead(**chosen, timer_slack=slack, speed=speed)
 
 
 async def measure_rtt(url: str, count: int = 300, gap: float = 0.002) -> float:

@@ -25,14 +25,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
-
-import msgspec
-import redis.asyncio
 
 from sharded_queue import Handler, Queue, Settings, Worker
 from sharded_queue.testing import register_at, wait_until
-from sharded_queue.trace import to_frame
+from sharded_queue.trace import load_trace
 
 from .handlers import handler_from_spec
 
@@ -60,13 +56,11 @@ async def run_workers(
 ) -> pd.DataFrame:
     """Run ``requests`` through worker processes and return the merged trace.
 
-    The trace's ``attrs["process_cpu"]`` lists the CPU seconds each worker process
-    used while serving (to check the twin's CPU model against); ``attrs["machine"]``
-    gives this machine's ``cores`` and the CPU seconds the other programs on them
-    used meanwhile (``other_cpu``: this process registering, and the storage server
-    when it is local, of which that server's own is ``storage_cpu``) and the
-    ``registrations`` (`Queue.register` calls) made meanwhile, which `calibrate`
-    turns into `Scenario.cores`, `Scenario.background` and `Scenario.storage_cpu`.
+    Each worker process traces with ``Worker(trace=True)`` and writes what it measured
+    of its run (`sharded_queue.meter`) with its trace, as a production worker does with
+    ``sharded-queue worker --trace FILE``: the merged trace's ``attrs["meter"]`` holds one
+    reading per process, which `calibrate` reads. Nothing here measures anything of
+    its own: this is a convenience that starts the processes and registers.
 
     Args:
         handler: The handler this process registers with (the workers rebuild it from ``spec``).
@@ -92,18 +86,14 @@ async def run_workers(
             for output, count in zip(outputs, split(loops, processes), strict=True):
                 children.append(_spawn(spec, url, settings, count, output))
             await _ready(children, time.monotonic() + 60)
-            before = await _other_cpu(url)
-            registrations = 0 if at is None else await register_at(queue, handler, requests, at)
+            if at is not None:
+                await register_at(queue, handler, requests, at)
             await wait_until(lambda: _drained(queue, handler, children), timeout=timeout, interval=0.01)
-            machine = {name: value - before[name] for name, value in (await _other_cpu(url)).items()}
             _stop(children)
         finally:
             await queue.close()
             _reap(children)
-        frame, process_cpu = _merged(outputs)
-    frame.attrs["process_cpu"] = process_cpu  # CPU seconds each worker process used while serving
-    frame.attrs["machine"] = {"cores": len(os.sched_getaffinity(0)), "registrations": registrations, **machine}
-    return frame
+        return load_trace(*map(str, outputs))
 
 
 def _stop(children: list[subprocess.Popen[bytes]]) -> None:
@@ -123,34 +113,6 @@ def _reap(children: list[subprocess.Popen[bytes]]) -> None:
             child.wait()
         if child.stdout is not None:
             child.stdout.close()
-
-
-def _merged(outputs: list[Path]) -> tuple[pd.DataFrame, list[float]]:
-    """The worker processes' traces merged into one, and the CPU seconds each process used."""
-    columns: dict[str, list[Any]] = {}
-    process_cpu = []
-    for output in outputs:
-        found = msgspec.json.decode(output.read_bytes())
-        process_cpu += found.pop("process_cpu")
-        for name, values in found.items():
-            columns.setdefault(name, []).extend(values)
-    return to_frame(columns), process_cpu
-
-
-async def _other_cpu(url: str) -> dict[str, float]:
-    """CPU seconds used so far by the other programs on this machine's cores (``other_cpu``):
-    this process (registering) and the storage server when it is local, whose own share
-    is then ``storage_cpu`` (``INFO cpu``)."""
-    used = {"other_cpu": time.process_time()}
-    if urlsplit(url).hostname in ("127.0.0.1", "localhost", "::1"):
-        client = redis.asyncio.Redis.from_url(url)
-        try:
-            info = await client.info("cpu")
-        finally:
-            await client.aclose()
-        used["storage_cpu"] = float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
-        used["other_cpu"] += used["storage_cpu"]
-    return used
 
 
 async def _drained(queue: Queue, handler: type[Handler], children: list[subprocess.Popen[bytes]]) -> bool:
@@ -190,12 +152,8 @@ async def _serve(arguments: dict[str, Any], output: Path) -> None:
     # every loop has polled once: idle (nothing to do yet), or bound to a thread of a backlog
     await wait_until(lambda: worker.ready_loops >= loops or serving.done(), timeout=60)
     print("ready", flush=True)
-    cpu = time.process_time()
     await serving
-    assert worker.recorder is not None
-    columns = dict(worker.recorder.columns)
-    columns["process_cpu"] = [time.process_time() - cpu]  # CPU seconds of this process while serving
-    output.write_bytes(msgspec.json.encode(columns))
+    worker.save_trace(str(output))
     await queue.close()
 
 

@@ -15,7 +15,9 @@ field                  what                                                 inst
 ``lag``                the event loop's lag: how late a timer fires         a probe every `LAG_EVERY` s
 ``speed``              seconds a fixed CPU-bound unit of work takes         a probe every `SPEED_EVERY` s
 ``ping``               seconds a ``PING`` to the storage takes, there and   a probe every `PING_EVERY` s
-                       back (by the path the worker's scripts take)
+                       back (by the path the worker's scripts take), and
+``ping_cpu``           the thread CPU this process spent meanwhile (other   ``time.thread_time``
+                       loops' work the reply waited for)
 ``storage_local``      whether the storage server shares this machine       its address
 ``storage``            redis-server's ``INFO commandstats`` (calls, usec    ``INFO`` at start and end, when
                        per command) and ``INFO cpu`` deltas                 the server answers it
@@ -94,6 +96,7 @@ class RunMeter:
         self.lag: list[float] = []
         self.speed: list[float] = []
         self.ping: list[float] = []
+        self.ping_cpu: list[float] = []
         self._start: dict[str, Any] = {}
         self._end: dict[str, Any] = {}
         self._probes: list[asyncio.Task[None]] = []
@@ -129,6 +132,7 @@ class RunMeter:
             "lag": list(self.lag),
             "speed": list(self.speed),
             "ping": list(self.ping),
+            "ping_cpu": list(self.ping_cpu),
             "storage_local": self.storage.local if self.storage is not None else None,
         }
         if start.get("machine_busy") is not None and end.get("machine_busy") is not None:
@@ -171,10 +175,14 @@ class RunMeter:
         assert self.storage is not None
         while True:
             await asyncio.sleep(PING_EVERY)
+            cpu = time.thread_time()
             try:
-                self.ping.append(await self.storage.ping())
+                taken = await self.storage.ping()
             except Exception as exc:  # an outage: the loops report it; the probe waits for the next
                 logger.debug("trace: ping failed: %s", exc)
+                continue
+            self.ping.append(taken)
+            self.ping_cpu.append(min(time.thread_time() - cpu, taken))
 
 
 def _storage_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:

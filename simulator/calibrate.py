@@ -45,9 +45,9 @@ How `calibrate` fits each part:
   - ``storage_cpu``: redis-server's own time per command (``INFO commandstats``:
     microseconds over calls, every command of the run counted by the server);
   - ``rtt``: the median ``PING`` round trip by the scripts' path (a probe every
-    250 ms), less the median lag of the event loop measured meanwhile (a reply
-    waits for the busy event loop like any timer; the twin simulates that wait
-    itself), and less ``storage_cpu``, which the twin queues at the server;
+    250 ms), each less the thread CPU the process spent meanwhile (the other
+    loops' work its reply waited for, which the twin simulates itself), and less
+    ``storage_cpu``, which the twin queues at the server;
   - ``overhead`` at the run's speed: the speed probe (a fixed unit of CPU work,
     every second) against the speed it took when ``overhead`` was measured
     (`Overhead.speed`): `Overhead.at_speed`.
@@ -250,8 +250,8 @@ def _machine(meter: list[dict[str, Any]], messages: int) -> dict[str, Any]:
         found["speed"] = float(np.median(np.concatenate([m["speed"] for m in meter if m.get("speed")])))
     if _samples(meter, "ping"):
         pings = np.concatenate([m["ping"] for m in meter if m.get("ping")])
-        lags = np.concatenate([m["lag"] for m in meter if m.get("lag")]) if _samples(meter, "lag") else np.zeros(1)
-        found["rtt"] = max(float(np.median(pings) - np.median(lags)), 0.0)
+        used = [m.get("ping_cpu") or [0.0] * len(m["ping"]) for m in meter if m.get("ping")]
+        found["rtt"] = max(float(np.median(pings - np.concatenate(used))), 0.0)
         found["rtt_samples"] = len(pings)
     return found
 

@@ -1,5 +1,5 @@
-"""The README cannot go stale: every ``python`` block in it runs, and the ``text`` block
-that follows one introduced by "prints" is what it printed.
+"""The README and the docs cannot go stale: every ``python`` block in them runs, and the
+``text`` block that follows one introduced by "prints" is what it printed.
 
 Each block runs as its own script in a fresh interpreter, in a temporary
 directory, against a redis-server this test starts: ``redis://localhost:6379``
@@ -22,12 +22,14 @@ from sharded_queue.testing import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
+PAGES = (README, *sorted((ROOT / "docs").glob("*.md")))
+"""The README and every page of the documentation site."""
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```\n", re.S | re.M)
 
 
-def blocks() -> list[tuple[int, str, str | None]]:
-    """(line, code, expected output or None) of each python block of the README."""
-    text = README.read_text()
+def blocks(page: Path = README) -> list[tuple[int, str, str | None]]:
+    """(line, code, expected output or None) of each python block of ``page``."""
+    text = page.read_text()
     found = list(FENCE.finditer(text))
     result = []
     for index, match in enumerate(found):
@@ -64,19 +66,25 @@ def readme_server(tmp_path_factory: pytest.TempPathFactory) -> RedisServer:
     server.stop()
 
 
+CASES = [(page, line, code, expected) for page in PAGES for line, code, expected in blocks(page)]
+
+
 @pytest.mark.parametrize(
-    ("line", "code", "expected"), blocks(), ids=lambda value: f"line{value}" if isinstance(value, int) else ""
+    ("page", "line", "code", "expected"),
+    CASES,
+    ids=[f"{page.stem}-line{line}" for page, line, _, _ in CASES],
 )
 def test_readme_block_runs_and_prints_what_it_says(
-    line: int, code: str, expected: str | None, readme_server: RedisServer, tmp_path: Path
+    page: Path, line: int, code: str, expected: str | None, readme_server: RedisServer, tmp_path: Path
 ) -> None:
-    script = tmp_path / f"readme_line_{line}.py"
+    where = f"{page.relative_to(ROOT)} block at line {line}"
+    script = tmp_path / f"{page.stem}_line_{line}.py"
     script.write_text(code.replace("redis://localhost:6379", f"redis://127.0.0.1:{readme_server.port}"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("QUEUE_")}
     env.update(PYTHONPATH=str(ROOT), MPLBACKEND="Agg")
     run = subprocess.run(
         [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
     )
-    assert run.returncode == 0, f"README block at line {line} failed:\n{run.stderr[-3000:]}"
+    assert run.returncode == 0, f"{where} failed:\n{run.stderr[-3000:]}"
     if expected is not None:
-        assert matches(expected, run.stdout), f"README block at line {line} printed:\n{run.stdout}"
+        assert matches(expected, run.stdout), f"{where} printed:\n{run.stdout}"

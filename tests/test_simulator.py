@@ -1114,16 +1114,16 @@ def test_calibrate_takes_the_machine_from_the_meter() -> None:
 
 def test_calibrate_takes_the_storage_and_the_round_trip_from_their_instruments() -> None:
     """``INFO commandstats`` (microseconds over calls, every command the server ran) is the server's
-    time per command; the ``PING`` probe less the event loop's lag meanwhile, less that time,
+    time per command; the ``PING`` probe, each less the process's CPU meanwhile, less that time,
     is the round trip."""
     workload = Workload(Notify, Poisson(100), Service(0.002), Keyed(RoundRobin(8), make=Note))
     trace = simulate(Scenario(workload, loops=2, duration=20).replace(rtt=0.001, worker_batch_size=4)).trace
     commands = {"evalsha": {"calls": 900, "usec": 90_000}, "publish": {"calls": 100, "usec": 10_000}}
-    pings, lags = [0.0012, 0.0013, 0.0014, 0.003], [0.0001, 0.0002, 0.0003]
-    trace.attrs["meter"] = [meter(storage={"commands": commands, "cpu": 0.2}, ping=pings, lag=lags)]
+    pings, used = [0.0012, 0.0013, 0.0014, 0.003], [0.0001, 0.0001, 0.0001, 0.0018]
+    trace.attrs["meter"] = [meter(storage={"commands": commands, "cpu": 0.2}, ping=pings, ping_cpu=used)]
     fitted = calibrate(trace)
     assert fitted.storage_cpu == pytest.approx(1e-4)
-    assert fitted.rtt == pytest.approx(float(np.median(pings)) - 0.0002 - 1e-4)
+    assert fitted.rtt == pytest.approx(0.0012 - 1e-4)  # the median of 1.1, 1.2, 1.3 and 1.2 ms
     assert fitted.fit["rtt_samples"].iloc[0] == len(pings)
 
 

@@ -384,3 +384,65 @@ async def test_a_closed_queue_refuses_calls(cli: Cli) -> None:
     with pytest.raises(RuntimeError, match="this Queue is closed"):
         await queue.stats()
     await queue.close()  # twice is fine
+
+
+def test_a_producer_on_the_embedded_default_is_warned_at_register_and_at_close() -> None:
+    """Requests on the embedded in-process storage die with the process unless a worker in it
+    performs them: the producer hears it at its first registration, and again when it closes
+    with requests still waiting."""
+    script = (
+        "import asyncio, warnings\n"
+        "from sharded_queue import EmbeddedStorageWarning, Handler, Queue\n"
+        "class Local(Handler):\n"
+        "    async def perform(self, *requests: int) -> None: ...\n"
+        "async def main() -> None:\n"
+        "    queue = Queue()\n"
+        "    with warnings.catch_warnings(record=True) as caught:\n"
+        "        warnings.simplefilter('always')\n"
+        "        await queue.register(Local, 1, 2)\n"
+        "        await queue.register(Local, 3)\n"
+        "        await queue.close()\n"
+        "    for warning in caught:\n"
+        "        assert warning.category is EmbeddedStorageWarning\n"
+        "        print(str(warning.message)[:40])\n"
+        "asyncio.run(main())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "Local requests went to the embedded in-p",
+        "closing a Queue on the embedded in-proce",
+    ]
+
+
+def test_without_pandas_the_dataframe_methods_name_the_extra_and_the_rest_works(tmp_path: Path) -> None:
+    hidden = tmp_path / "hidden"
+    hidden.mkdir()
+    (hidden / "pandas.py").write_text("raise ImportError('not installed here')\n")
+    script = (
+        "import asyncio\n"
+        "from sharded_queue import Handler, Worker\n"
+        "from sharded_queue.testing import drain, fresh_queue\n"
+        "class Plain(Handler):\n"
+        "    name = 'plain'\n"
+        "    async def perform(self, *requests: int) -> None: ...\n"
+        "async def main() -> None:\n"
+        "    queue = fresh_queue()\n"
+        "    await queue.register(Plain, 1, 2)\n"
+        "    print(await drain(Worker(queue)), await queue.pending(Plain))\n"
+        "    for call in (queue.stats(), queue.workers(), queue.peek(Plain)):\n"
+        "        try:\n"
+        "            await call\n"
+        "        except ImportError as exc:\n"
+        "            print(exc)\n"
+        "asyncio.run(main())\n"
+    )
+    env = {**os.environ, "PYTHONPATH": f"{hidden}{os.pathsep}{ROOT}"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, env=env)
+    assert done.returncode == 0, done.stderr
+    first, *errors = done.stdout.splitlines()
+    assert first == "2 0"
+    assert errors == [
+        f"{what} returns a pandas DataFrame and pandas is not installed: pip install 'sharded-queue[pandas]'"
+        for what in ("Queue.stats()", "Queue.workers()", "Queue.peek()")
+    ]

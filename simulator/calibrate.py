@@ -46,8 +46,8 @@ How `calibrate` fits each part:
     microseconds over calls, every command of the run counted by the server);
   - ``rtt``: the median ``PING`` round trip by the scripts' path (a probe every
     250 ms), each less the thread CPU the process spent meanwhile (the other
-    loops' work its reply waited for, which the twin simulates itself), and less
-    ``storage_cpu``, which the twin queues at the server;
+    loops' work its reply waited for, which the twin simulates itself); the
+    server's time for a script is ``storage_cpu``, queued at the server;
   - ``overhead`` at the run's speed: the speed probe (a fixed unit of CPU work,
     every second) against the speed it took when ``overhead`` was measured
     (`Overhead.speed`): `Overhead.at_speed`.
@@ -199,15 +199,14 @@ def calibrate(
         services[str(handler)], row = _fit_handler(part, "cpu" in batches.columns, noise, timer, overhead, lag)
         rows.append({"handler": handler, **row})
     fit = pd.DataFrame(rows)
-    storage = machine.get("storage_cpu", 0.0)
-    if "rtt" in machine:
+    if "rtt" in machine:  # a PING: the server's time for it is nothing to speak of
         rtt = machine.pop("rtt")
         fit["rtt_samples"] = machine.pop("rtt_samples")
-    else:
+    else:  # gaps between batches: the server's part of them is queued at the server, so it comes off
         trips = _round_trips(batches, overhead)
         fit["rtt_samples"] = len(trips)
-        rtt = float(np.median(trips)) if len(trips) else math.nan
-    rtt = max(rtt - storage, 0.0) if rtt > 0 else math.nan  # the server's part is queued at the server
+        rtt = float(np.median(trips)) - machine.get("storage_cpu", 0.0) if len(trips) else math.nan
+    rtt = max(rtt, 0.0) if rtt > 0 else math.nan
     return Calibration(services, rtt, fit, overhead, **machine)
 
 

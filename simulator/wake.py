@@ -14,7 +14,9 @@ advance, and the routing state (which loop holds which thread, which loops are
 idle, in which order, armed when) only changes at loop events. Between them,
 each touch of a thread that no loop holds wakes the oldest idle loop not woken
 yet: an idle loop with ``k`` such loops ahead of it is woken by the
-``k + 1``-th touch. So for each armed loop the twin looks up the first
+``k + 1``-th touch (`sharded_queue.core.waking_touch`, the closed form of the core's
+`wake_targets`, which the asyncio worker applies message by message; the core's
+tests check that the two wake the same loops). So for each armed loop the twin looks up the first
 registration that would wake it under the current state, and recomputes that
 when the state changes (for all the waiting idle loops of a process in one
 scan). A waiting loop gets a simpy timer at that moment.
@@ -31,6 +33,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import simpy
+
+from sharded_queue.core import waking_touch
 
 if TYPE_CHECKING:
     from .feed import Feed
@@ -124,7 +128,7 @@ class Wakeups:
         touch = math.inf
         process = loop.process
         if loop in process.idle:
-            touch = self.lookups.next_touch(process, start, self._ahead(loop, start + self.delivery) + 1)
+            touch = self.lookups.next_touch(process, start, waking_touch(self._ahead(loop, start + self.delivery)))
         self._found(loop, start, touch)
 
     def _found(self, loop: LoopState, start: float, touch: float) -> None:
@@ -232,13 +236,14 @@ class Wakeups:
             if loop.woken_at > at:
                 ahead += 1
         start = at - self.delivery  # every loop was armed by ``at``: registrations delivered after it
-        counted = ranked[-1][1] + 1
+        counted = waking_touch(ranked[-1][1])
         touches = self.lookups.touches(process, start, counted) if counted > 1 else []
         for loop, rank in ranked:
-            if rank == 0:
+            number = waking_touch(rank)  # the touch that wakes it (`core.waking_touch`)
+            if number == 1:
                 touch = self.lookups.next_unheld(process, start)
             else:
-                touch = touches[rank] if rank < len(touches) else math.inf
+                touch = touches[number - 1] if number - 1 < len(touches) else math.inf
             self._found(loop, start, touch)
 
     def poll(self, loop: LoopState, at: float) -> None:

@@ -365,7 +365,8 @@ def test_a_handler_defined_in_a_script_needs_a_name_off_the_embedded_default(cli
         "    await queue.close()\n"
         "asyncio.run(main())\n"
     )
-    done = subprocess.run([sys.executable, str(script), cli.url], capture_output=True, text=True, cwd=ROOT)
+    env = {key: value for key, value in os.environ.items() if not key.startswith("QUEUE_")}
+    done = subprocess.run([sys.executable, str(script), cli.url], capture_output=True, text=True, cwd=ROOT, env=env)
     first, second = done.stdout.splitlines()
     assert first == "1"
     assert second.startswith(
@@ -407,7 +408,8 @@ def test_a_producer_on_the_embedded_default_is_warned_at_register_and_at_close()
         "        print(str(warning.message)[:40])\n"
         "asyncio.run(main())\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    env = {key: value for key, value in os.environ.items() if not key.startswith("QUEUE_")}  # the embedded default
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, env=env)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [
         "Local requests went to the embedded in-p",
@@ -437,7 +439,8 @@ def test_without_pandas_the_dataframe_methods_name_the_extra_and_the_rest_works(
         "            print(exc)\n"
         "asyncio.run(main())\n"
     )
-    env = {**os.environ, "PYTHONPATH": f"{hidden}{os.pathsep}{ROOT}"}
+    env = {key: value for key, value in os.environ.items() if not key.startswith("QUEUE_")}
+    env["PYTHONPATH"] = f"{hidden}{os.pathsep}{ROOT}"
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, env=env)
     assert done.returncode == 0, done.stderr
     first, *errors = done.stdout.splitlines()

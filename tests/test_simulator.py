@@ -1213,7 +1213,7 @@ def test_summary_utilisation_is_now_perform_share() -> None:
 
 
 def test_compare_of_several_twin_paths_is_their_mean_with_an_interval() -> None:
-    """The twin is a sample path: compare() of several seeds gives their mean, the 95% interval
+    """The twin is a sample path: compare() of several seeds gives their mean, the 90% interval
     (Student's t) and the relative error of each end."""
     base = zipf_scenario(duration=6, warmup=1)
     real = simulate(base.replace(seed=50)).trace
@@ -1224,7 +1224,7 @@ def test_compare_of_several_twin_paths_is_their_mean_with_an_interval() -> None:
         values = [float(one[one["order"] == order]["sim"].iloc[0]) for one in singles]
         row = table.loc[(order, "sojourn_p99")]
         assert row["replications"] == 3 and row["sim"] == pytest.approx(np.mean(values))
-        assert row["sim_high"] - row["sim"] == pytest.approx(4.303 * np.std(values, ddof=1) / math.sqrt(3))
+        assert row["sim_high"] - row["sim"] == pytest.approx(2.920 * np.std(values, ddof=1) / math.sqrt(3))
         assert row["rel_error_low"] == pytest.approx((row["sim_low"] - row["real"]) / row["real"])
         assert row["rel_error_low"] < row["rel_error"] < row["rel_error_high"]
 
@@ -1239,7 +1239,7 @@ def test_keyed_without_make_fails_at_construction_naming_the_fix() -> None:
 
 
 def test_sweep_replications_give_means_and_intervals() -> None:
-    """Each point runs with seeds seed, seed + 1, ...: the mean is theirs and the 95% interval
+    """Each point runs with seeds seed, seed + 1, ...: the mean is theirs and the 90% interval
     brackets it; the runs spread over processes give the same numbers as runs here."""
     base = zipf_scenario(duration=6, warmup=1)
     frame = sweep(base, {"loops": [2, 4]}, replications=3, progress=False)
@@ -1248,7 +1248,7 @@ def test_sweep_replications_give_means_and_intervals() -> None:
     row = frame.set_index("loops").loc[4]
     assert row["sojourn_p99"] == pytest.approx(np.mean([s["sojourn_p99"] for s in singles]), rel=1e-9)
     assert row["sojourn_p99_low"] < row["sojourn_p99"] < row["sojourn_p99_high"]
-    half = 4.303 * np.std([s["sojourn_p99"] for s in singles], ddof=1) / math.sqrt(3)
+    half = 2.920 * np.std([s["sojourn_p99"] for s in singles], ddof=1) / math.sqrt(3)
     assert row["sojourn_p99_high"] - row["sojourn_p99"] == pytest.approx(half, rel=1e-9)
     serial = sweep(base, {"loops": [2, 4]}, replications=3, progress=False, processes=1)
     pd.testing.assert_frame_equal(frame.drop(columns=["wall", "wall_low", "wall_high"]),
@@ -1318,7 +1318,7 @@ def test_figures_have_units_titles_and_legends_off_the_data() -> None:
         "sojourn p99 (ms)",
     ]
     texts = _legend_texts(figure)
-    assert {"worker_batch_size 1", "worker_batch_size 32", "goal: 200 ms", "95% interval"} <= set(texts)
+    assert {"worker_batch_size 1", "worker_batch_size 32", "goal: 200 ms", "90% interval"} <= set(texts)
     assert any(text.startswith("saturated") for text in texts) == bool(frame["saturated"].any())
     p99 = figure.axes[1].get_lines()[0].get_ydata()
     assert max(p99) == pytest.approx(frame[frame["worker_batch_size"] == 1]["sojourn_p99"].max() * 1000)
@@ -1353,13 +1353,13 @@ def test_figures_have_units_titles_and_legends_off_the_data() -> None:
 
 
 def test_docs_example_runs(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The example of the README's Simulator section runs, shortened."""
+    """The example of the docs' simulator page runs, shortened."""
     import pathlib
     import re
     import sys
     import types
 
-    text = (pathlib.Path(__file__).parent.parent / "README.md").read_text().split("## Simulator", 1)[1]
+    text = (pathlib.Path(__file__).parent.parent / "docs" / "simulator.md").read_text()
     code = re.search(r"```python\n(.*?)```", text, re.S)
     assert code is not None
     source = code.group(1).replace("duration=30,", "duration=6,").replace("[2, 4, 8]", "[2, 8]")
@@ -1367,7 +1367,7 @@ def test_docs_example_runs(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.chdir(tmp_path)
     module = types.ModuleType("docs_example")  # dataclasses look their module up
     monkeypatch.setitem(sys.modules, module.__name__, module)
-    exec(compile(source, "README.md", "exec"), module.__dict__)
+    exec(compile(source, "docs/simulator.md", "exec"), module.__dict__)
     assert (tmp_path / "sweep.png").stat().st_size > 0
 
 

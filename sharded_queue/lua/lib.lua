@@ -69,21 +69,37 @@ local function tally(stem)
   return {waiting, redis.call('ZCARD', stem .. ':deferred'), redis.call('LLEN', stem .. ':dead'), head}
 end
 
+-- This server's clock in microseconds: the version of a tally taken on a cluster.
+local function microseconds()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+
 -- Apply a thread's tally to its handler's counts (hash: waiting, deferred, dead), moving them
 -- by the difference from the thread's last tally (hash tallies: thread -> 'waiting deferred
--- dead head'), and score the thread in heads (zset: thread -> oldest head's enqueued_at).
--- Idempotent: applying the same tally twice moves nothing.
+-- dead head[ version]'), and score the thread in heads (zset: thread -> oldest head's enqueued_at).
+-- Idempotent: applying the same tally twice moves nothing. With a `version` (a cluster, where
+-- clients apply tallies after the thread's script and may do so out of order), a tally no newer
+-- than the thread's last applied one, or than its emptying (zset gone: thread -> version), is
+-- left out.
 local COUNTED = {'waiting', 'deferred', 'dead'}
-local function settle(counts, tallies, heads, thread, counted)
+local function settle(counts, tallies, heads, thread, counted, version, gone)
   local now = string.format('%d %d %d %s', counted[1], counted[2], counted[3], counted[4] or '-')
   local last = redis.call('HGET', tallies, thread)
+  if version then
+    local known = tonumber(last and string.match(last, '^%d+ %d+ %d+ %S+ (%d+)$') or redis.call('ZSCORE', gone, thread))
+    if known and known >= version then
+      return
+    end
+    now = now .. string.format(' %d', version)
+  end
   if last == now then
     return
   end
   local before = {0, 0, 0}
   local head = '-'
   if last then
-    local w, d, x, h = string.match(last, '^(%d+) (%d+) (%d+) (%S+)$')
+    local w, d, x, h = string.match(last, '^(%d+) (%d+) (%d+) (%S+)')
     before, head = {tonumber(w), tonumber(d), tonumber(x)}, h
   end
   for i = 1, 3 do
@@ -93,8 +109,14 @@ local function settle(counts, tallies, heads, thread, counted)
   end
   if counted[1] + counted[2] + counted[3] == 0 then
     redis.call('HDEL', tallies, thread)
+    if version then
+      redis.call('ZADD', gone, version, thread)
+    end
   else
     redis.call('HSET', tallies, thread, now)
+    if version then
+      redis.call('ZREM', gone, thread)
+    end
   end
   if not counted[4] then
     if head ~= '-' then
@@ -107,8 +129,8 @@ end
 
 -- Count a thread after a change. With its handler's keys (one server: {counts, tallies, heads})
 -- the tally is applied now; without them (a cluster, where they live in another slot) it is
--- appended to `out` as thread, waiting, deferred, dead, head ('' for none), for the client
--- to apply with counts.lua.
+-- appended to `out` as thread, waiting, deferred, dead, head ('' for none) and its version
+-- (this server's microseconds), for the client to apply with counts.lua.
 local function count_thread(handler_keys, thread, stem, out)
   local counted = tally(stem)
   if handler_keys then
@@ -119,6 +141,7 @@ local function count_thread(handler_keys, thread, stem, out)
     out[#out + 1] = counted[2]
     out[#out + 1] = counted[3]
     out[#out + 1] = counted[4] or ''
+    out[#out + 1] = string.format('%d', microseconds())
   end
   return out
 end

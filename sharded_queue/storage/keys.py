@@ -29,6 +29,8 @@ single-slot)::
                                 recounted (server seconds of the last `Storage.recount`)
     P:{H}:tallies       hash    thread -> 'waiting deferred dead head': the counts of each of its
                                 threads last applied to P:{H}:counts (none for an empty thread)
+    P:{H}:gone          zset    a cluster: threads whose tally went to nothing, scored by its version
+                                (their node's microseconds), kept ten minutes: a late tally is left out
     P:{H}:heads         zset    threads that hold messages, scored by the enqueued_at of the oldest
                                 head of their tubes: the handler's lag
     P:wake              channel a message per registration naming its threads, to wake loops
@@ -63,12 +65,13 @@ read one hash, and the handler's lag one zset entry, however many threads.
 On one server this happens in the script's own call, atomically. On a cluster
 the handler's keys are another slot: the script returns the tally and the
 client applies it with ``counts.lua`` right after (`layout.Cluster`). A tally is
-absolute, so applying one is idempotent and the last one applied wins: a
+absolute, so applying one is idempotent, and it carries a version (the thread's
+node's clock in microseconds): two clients changing one thread at once may apply
+their tallies out of order, and the older one is then left out (``gone`` keeps
+the version of a thread that emptied, so a late tally cannot bring it back). A
 client that crashes (or loses its connection) between the two leaves the
 handler's counts off by that thread's change (a drift), until the thread
-changes again; a retried push or ack, which returns the tally again, mends it. Two
-clients changing one thread at once may also apply their tallies out of order,
-leaving the older one until the next change. `Storage.recount` (`Queue.recount`)
+changes again; a retried push or ack, which returns the tally again, mends it. `Storage.recount` (`Queue.recount`)
 rebuilds a handler's counts from its threads: it counts again every thread of
 its indexes and tallies (walked once, by ZSCAN and HSCAN), then sets ``counts``
 and ``heads`` to what the tallies add up to (one call, O(threads)); safe while
@@ -169,6 +172,10 @@ class Keys:
     def tallies(self, handler: str) -> str:
         """Hash of the counts of a handler's threads last applied to its counts."""
         return f"{self.prefix}:{{{handler}}}:tallies"
+
+    def gone(self, handler: str) -> str:
+        """A cluster: zset of the threads whose tally went to nothing, scored by its version."""
+        return f"{self.prefix}:{{{handler}}}:gone"
 
     def heads(self, handler: str) -> str:
         """Zset of a handler's threads holding messages, scored by their oldest head's enqueued_at."""

@@ -114,7 +114,7 @@ class Layout(abc.ABC):
     async def rebuild(self, handler: str, since: float) -> None:
         """Set ``handler``'s counts to what its threads' tallies add up to, recounted from ``since``
         (counts.lua, one call; also on a full Redis)."""
-        await self._eval(self._counts, self._counting(handler), ["rebuild", repr(since)])
+        await self._eval(self._counts, self._settling(handler), ["rebuild", repr(since)])
 
     @abc.abstractmethod
     async def before_subscribe(self) -> None:
@@ -124,6 +124,10 @@ class Layout(abc.ABC):
         """The handler's counts, tallies and heads, as the scripts take them (lib.lua's count_thread)."""
         keys = self._keys
         return keys.counts(handler), keys.tallies(handler), keys.heads(handler)
+
+    def _settling(self, handler: str) -> list[str]:
+        """counts.lua's keys: `_counting`'s and the threads gone (versions of emptied tallies)."""
+        return [*self._counting(handler), self._keys.gone(handler)]
 
     def _tube_arguments(self, writes: Sequence[TubeWrite], keys: list[str], args: list[Any]) -> None:
         """Append push.lua's keys and arguments of each of ``writes``."""
@@ -296,7 +300,7 @@ class Cluster(Layout):
         )
         counted = [item for *_, counts in replies for item in counts]
         if counted:
-            follow.append((self._counts, list(self._counting(handler)), ["apply", *counted]))
+            follow.append((self._counts, self._settling(handler), ["apply", *counted]))
         if replicas and follow:
             commands = [("EVALSHA", script.sha, len(keys), *keys, *args) for script, keys, args in follow]
             acked = min(acked, (await self._on_nodes(commands, replicas, timeout))[1])
@@ -308,7 +312,7 @@ class Cluster(Layout):
     async def _settle(self, handler: str, counted: Sequence[Any]) -> None:
         """Apply threads' counts returned by a thread script to the handler's (counts.lua)."""
         if counted:
-            await self._eval(self._counts, self._counting(handler), ["apply", *counted])
+            await self._eval(self._counts, self._settling(handler), ["apply", *counted])
 
     async def acquire(self, ref: ThreadRef, token: str, ttl: int) -> Any:
         """acquire.lua, then index.lua hides the thread (taken), or it is unindexed (empty)."""

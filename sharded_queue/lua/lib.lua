@@ -13,8 +13,9 @@ end
 -- request with telemetry on ('[t,request,"00-<32 hex>-<16 hex>-<2 hex>"]', serializer.py), so
 -- that marks and schedules are the same with tracing on or off. The request is one JSON value:
 -- a traceparent's comma is never the envelope's first.
-local TRACEPARENT = '^,"' .. string.rep('[0-9a-f]', 2) .. '%-' .. string.rep('[0-9a-f]', 32) .. '%-'
-  .. string.rep('[0-9a-f]', 16) .. '%-' .. string.rep('[0-9a-f]', 2) .. '"%]$'
+local TRACEPARENT = '^,"[0-9a-f][0-9a-f]%-'
+  .. '[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]%-'
+  .. '[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]%-[0-9a-f][0-9a-f]"%]$'
 local function request_of(envelope)
   local last = #envelope
   if string.byte(envelope, last) == 32 then

@@ -12,8 +12,10 @@ LATEST := .venv-latest
 COMPILE = $(BIN)/uv pip compile pyproject.toml requirements/build.in --generate-hashes --universal \
 	--python-version 3.11 --custom-compile-command "make lock" --quiet
 PYTEST = python -m pytest -q -p no:cacheprovider --nbval-lax
+# The quick tests run on every core, a file per process (a file's servers are started once).
+QUICK = $(PYTEST) -n auto --dist loadfile -m "not slow"
 
-.PHONY: demo test test-all test-latest lint lock bench docs clean
+.PHONY: demo test test-slow test-all test-latest lint lock bench docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,12 +38,13 @@ demo: $(STAMP_RUN)
 test: $(STAMP_DEV)
 	$(BIN)/ruff check $(SOURCES)
 	$(BIN)/mypy
-	$(BIN)/$(PYTEST) -m "not slow" tests notebooks
+	$(BIN)/$(QUICK) tests notebooks
 
-test-all: $(STAMP_DEV)
-	$(BIN)/ruff check $(SOURCES)
-	$(BIN)/mypy
-	$(BIN)/$(PYTEST) tests notebooks
+# The slow tests run one at a time: several of them measure real runs, which a neighbour would slow.
+test-slow: $(STAMP_DEV)
+	$(BIN)/$(PYTEST) -m slow tests notebooks
+
+test-all: test test-slow
 
 # The quick suite on the newest versions pyproject.toml allows, in a throwaway venv: what the
 # next releases break, before the lock is moved to them. Not part of CI.
@@ -53,7 +56,7 @@ test-latest:
 	$(LATEST)/bin/python -m pip list --format=freeze | grep -iE '^(redis|hiredis|fakeredis|lupa|msgspec|numpy|pandas|simpy|pytest|mypy|ruff)=='
 	$(LATEST)/bin/ruff check $(SOURCES)
 	$(LATEST)/bin/mypy
-	$(LATEST)/bin/$(PYTEST) -m "not slow" tests notebooks
+	$(LATEST)/bin/$(QUICK) tests notebooks
 
 # The documentation site (mkdocs, warnings as errors; the notebooks run against a redis-server it starts).
 docs: $(STAMP_DEV)

@@ -1,5 +1,5 @@
-"""``python -m benchmarks [--quick] ...``: the queue, peers, fault, scheduling and failover benchmarks, then the
-simulator's."""
+"""``python -m benchmarks [--quick] ...``: the queue, peers, fault, scheduling, failover and telemetry benchmarks,
+then the simulator's."""
 
 from __future__ import annotations
 
@@ -15,13 +15,14 @@ def main(argv: list[str] | None = None) -> int:
     from . import bench_queue
 
     status = bench_queue.main(argv)
-    from . import bench_failover, bench_faults, bench_peers, bench_scheduling
+    from . import bench_failover, bench_faults, bench_otel, bench_peers, bench_scheduling
 
     suites = (
         ("peers", bench_peers),
         ("fault", bench_faults),
         ("scheduling", bench_scheduling),
         ("failover", bench_failover),
+        ("telemetry", bench_otel),
     )
     for title, suite in suites:
         print(f"\n=== {title} benchmarks ({suite.__name__}) ===", flush=True)

@@ -22,6 +22,7 @@ from .errors import DecodeError
 from .frames import require_pandas
 from .handler import Handler, HandlerSpec
 from .registry import collect_workers, workers_frame
+from .serializer import Codec
 from .stats import DEFAULT_LIMIT, natural, stats_frame, stats_page
 from .storage import DeadTake, Storage
 
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 HandlerRef = str | type[Handler]
 """A handler class, or the name it is stored under (`Handler.name`, else ``module:qualname``)."""
 
-_PLAIN = msgspec.json.Decoder(tuple[float, Any])
+_PLAIN = Codec()  # plain JSON requests, either shape of envelope
 
 
 class QueueAdmin:

@@ -48,8 +48,10 @@ from .handler import Handler, HandlerSpec
 from .health import StorageHealth
 from .leases import lease_token
 from .registry import Counters
+from .serializer import traceparents
 from .settings import Settings
 from .storage import Storage, raise_if_cancelled
+from .telemetry import Telemetry
 from .trace import CpuTimed, TraceRecorder
 from .waking import Waker, Wakeups
 
@@ -76,6 +78,7 @@ class LoopHost(Protocol):
     health: StorageHealth
     wakeups: Wakeups
     metrics: Metrics | None
+    telemetry: Telemetry | None
     recorder: TraceRecorder | None
     observer: Callable[[Effect, Any], None] | None
 
@@ -120,6 +123,7 @@ class Loop:
         self.in_call = False  # awaiting a storage call (`_retrying`)
         self.holding = False  # ... that acks a performed batch
         self.interrupted = False  # cancelled by `interrupt` (a stop), not from outside
+        self.first_perform: tuple[list[bytes], object] | None = None  # telemetry: a fetched batch's first span
 
     async def run(self, program: Program) -> int:
         result: Any = None
@@ -158,6 +162,8 @@ class Loop:
             case Cycle():
                 return await self._cycle(effect)
             case Perform():
+                if self.worker.telemetry is not None:
+                    return await self._perform_traced(effect, self.worker.telemetry)
                 return await self._perform(effect)
             case Poll():
                 self.wakeups.polling(self.waker)
@@ -334,6 +340,20 @@ class Loop:
         if logger.isEnabledFor(logging.DEBUG):  # a line per batch, with its fields for --log-format json
             self._log_batch(effect, started)
         return None
+
+    async def _perform_traced(self, effect: Perform, telemetry: Telemetry) -> BaseException | None:
+        """`_perform` in a span linked to its requests' register spans and, unless it is the first
+        perform of the fetched batch, to the first one's span."""
+        raw, first = self.raw, self.first_perform
+        link = first[1] if first is not None and first[0] is raw else None
+        thread, count, registered = effect.thread, len(effect.messages), traceparents(raw, effect.messages)
+        order, attempt = self.batch_order, effect.attempt
+        with telemetry.perform(thread.handler, thread.thread, order, count, attempt, registered, link) as span:
+            if link is None:
+                self.first_perform = (raw, span.link)
+            error = await self._perform(effect)
+            span.finish(error, effect.final)
+        return error
 
     def _log_batch(self, effect: Perform, started: float) -> None:
         thread, count, duration = effect.thread, len(effect.messages), time.time() - started

@@ -16,6 +16,7 @@ from .handler import Handler, HandlerSpec
 from .settings import Settings
 from .settings import settings as default_settings
 from .storage import Storage, StoredSchedule, TubeWrite
+from .telemetry import RegisterSpan, Telemetry, resolve_telemetry
 
 
 class Queue(QueueAdmin):
@@ -26,10 +27,23 @@ class Queue(QueueAdmin):
             a `Storage`, or None for ``settings.storage_url`` or, when that is
             unset too, the embedded in-process fakeredis.
         settings: Settings to use instead of the module-level ``settings``.
+        telemetry: A span per `register` call, whose W3C traceparent its envelopes
+            carry (`sharded_queue.otel`, the ``otel`` extra): True, False, a
+            `sharded_queue.otel.OpenTelemetry`, or None for ``settings.otel``.
+
+    Raises:
+        ImportError: telemetry is on and the ``otel`` extra is not installed.
     """
 
-    def __init__(self, storage: str | Storage | None = None, *, settings: Settings | None = None) -> None:
+    def __init__(
+        self,
+        storage: str | Storage | None = None,
+        *,
+        settings: Settings | None = None,
+        telemetry: bool | Telemetry | None = None,
+    ) -> None:
         self.settings = settings or default_settings
+        self.telemetry = resolve_telemetry(telemetry, self.settings)
         self.storage = storage if isinstance(storage, Storage) else Storage.from_settings(self.settings, storage)
         self._specs: dict[type[Handler], HandlerSpec] = {}
         self._by_name: dict[str, HandlerSpec] = {}
@@ -104,28 +118,58 @@ class Queue(QueueAdmin):
             _check_importable(spec)
         if not requests:
             return 0
-        routes = check_routes(requests, await handler.route(*requests), f"{handler.__qualname__}.route()")
-        if schedule is not None:
-            when = f"@{schedule.first_after(await self.storage.server_time())!r}"
-        chunks = self._chunks(spec, routes, if_not_exists, when, schedule)
-        if spec.name not in self._registered:  # once per handler and Queue: names for stats, never imported
-            await self.storage.add_handlers([spec.name])
-        stored = await self._push(spec.name, chunks, len(requests))
-        self._registered.setdefault(spec.name, handler)
+        telemetry = self.telemetry
+        if telemetry is None:
+            stored = await self._store(spec, requests, if_not_exists, when, schedule, None)
+        else:
+            with telemetry.register(spec.name, len(requests)) as span:
+                stored = await self._store(spec, requests, if_not_exists, when, schedule, span)
+                span.stored(stored)
         if embedded and not self._warned:
             self._warned = True
             _warn_embedded(handler)
         return stored
 
+    async def _store(
+        self,
+        spec: HandlerSpec,
+        requests: tuple[Any, ...],
+        unique: bool,
+        when: str,
+        schedule: Schedule | None,
+        span: RegisterSpan | None,
+    ) -> int:
+        """Route, encode and push a registration (`register`), in ``span`` when telemetry is on."""
+        handler = spec.handler
+        routes = check_routes(requests, await handler.route(*requests), f"{handler.__qualname__}.route()")
+        traceparent = None
+        if span is not None:
+            span.routed({route.route.thread for route in routes})
+            traceparent = span.traceparent
+        if schedule is not None:
+            when = f"@{schedule.first_after(await self.storage.server_time())!r}"
+        chunks = self._chunks(spec, routes, unique, when, schedule, traceparent)
+        if spec.name not in self._registered:  # once per handler and Queue: names for stats, never imported
+            await self.storage.add_handlers([spec.name])
+        stored = await self._push(spec.name, chunks, len(requests))
+        self._registered.setdefault(spec.name, handler)
+        return stored
+
     def _chunks(
-        self, spec: HandlerSpec, routes: list[RequestRoute], unique: bool, when: str, schedule: Schedule | None
+        self,
+        spec: HandlerSpec,
+        routes: list[RequestRoute],
+        unique: bool,
+        when: str,
+        schedule: Schedule | None,
+        traceparent: str | None,
     ) -> list[list[TubeWrite]]:
         """Every write of a registration, encoded, in chunks of ``register_chunk`` requests."""
         now = time.time()  # the client's clock: for traces only, never compared by the storage
         size = self.settings.register_chunk
         return [
             [
-                self._write(spec, tube, spec.codec.encode(batch, now), unique, when, schedule)
+                self._write(spec, tube, spec.codec.encode(batch, now, traceparent), unique, when, schedule)
                 for tube, batch in group_by_tube(spec.name, routes[start : start + size]).items()
             ]
             for start in range(0, len(routes), size)

@@ -46,6 +46,8 @@ class _Rule:
         return value
 
     def _convert(self, raw: Any, where: str) -> Any:
+        if self.kind is bool:
+            return _boolean(raw, where)
         if self.kind is str:
             if not isinstance(raw, str | int) or isinstance(raw, bool):
                 raise SettingsError(f"{where}={raw!r}: expected a string")
@@ -66,6 +68,20 @@ class _Rule:
         return value
 
 
+_TRUE, _FALSE = frozenset({"1", "true", "yes", "on"}), frozenset({"0", "false", "no", "off", ""})
+
+
+def _boolean(raw: Any, where: str) -> bool:
+    """A bool, 0 or 1, or (any case) 1/true/yes/on or 0/false/no/off/empty."""
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, int) and raw in (0, 1):
+        return bool(raw)
+    if isinstance(raw, str) and raw.strip().lower() in _TRUE | _FALSE:
+        return raw.strip().lower() in _TRUE
+    raise SettingsError(f"{where}={raw!r}: expected a boolean (1/0, true/false, yes/no, on/off)")
+
+
 _RULES: dict[str, _Rule] = {
     "coordinator_delay": _Rule(float, 0),
     "default_order": _Rule(str),
@@ -84,6 +100,7 @@ _RULES: dict[str, _Rule] = {
     "register_chunk": _Rule(int, 1, maximum=REGISTER_CHUNK_MAX),
     "perform_timeout": _Rule(float, 0, exclusive=True),
     "register_replicas": _Rule(int, 0),
+    "otel": _Rule(bool),
 }
 
 
@@ -126,6 +143,10 @@ class Settings:
             (the default) returns once the primary has them, which a failover can
             lose. Reads then wait a second longer than ``storage_timeout``, for
             ``WAIT``'s answer.
+        otel: OpenTelemetry spans of `Queue.register` and of each ``perform``
+            call, and the register span's W3C traceparent in the envelopes, for a
+            `Queue` and `Worker` given no ``telemetry=`` (``sharded_queue.otel``;
+            needs the ``otel`` extra).
     """
 
     coordinator_delay: float = 1.0
@@ -145,6 +166,7 @@ class Settings:
     register_chunk: int = 10_000
     perform_timeout: float = 300.0
     register_replicas: int = 0
+    otel: bool = False
     _ready: bool = field(default=False, init=False, compare=False)
 
     def __post_init__(self) -> None:

@@ -41,6 +41,7 @@ import msgspec
 
 from .frames import require_pandas
 from .leases import parse_lease_token
+from .serializer import enqueued_at_of
 from .storage import HandlerCounts, Position, Storage, ThreadView
 
 if TYPE_CHECKING:
@@ -156,11 +157,8 @@ def _total_row(handler: str, counts: HandlerCounts, now: float) -> StatsRow:
 
 def _lag(head: bytes | None, now: float) -> float | None:
     """Server time minus the head envelope's ``enqueued_at``; None if it does not parse."""
-    if head is None:
-        return None
-    try:
-        enqueued_at, _ = msgspec.json.decode(head, type=tuple[float, msgspec.Raw])
-    except msgspec.DecodeError:
+    enqueued_at = None if head is None else enqueued_at_of(head)
+    if enqueued_at is None:
         return None
     return max(0.0, now - enqueued_at) if math.isfinite(enqueued_at) else None
 

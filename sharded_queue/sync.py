@@ -15,6 +15,7 @@ from .queue import Queue
 from .settings import Settings
 from .stats import DEFAULT_LIMIT
 from .storage import Storage
+from .telemetry import Telemetry
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -37,16 +38,23 @@ class SyncQueue:
         url_or_storage: As for `Queue`: a storage URL, a `Storage` that no other
             event loop has used, or None for ``settings.storage_url``.
         settings: Settings to use instead of the module-level ``settings``.
+        telemetry: As for `Queue`; a register span is a child of the calling thread's current span.
     """
 
-    def __init__(self, url_or_storage: str | Storage | None = None, *, settings: Settings | None = None) -> None:
+    def __init__(
+        self,
+        url_or_storage: str | Storage | None = None,
+        *,
+        settings: Settings | None = None,
+        telemetry: bool | Telemetry | None = None,
+    ) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="sharded-queue-sync", daemon=True)
         self._thread.start()
         self._closed = False
 
         async def make() -> Queue:
-            return Queue(url_or_storage, settings=settings)
+            return Queue(url_or_storage, settings=settings, telemetry=telemetry)
 
         self.queue = self._run(make())
 

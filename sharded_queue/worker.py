@@ -40,6 +40,7 @@ from .registry import Counters, Presence, WorkerState, wait_or_stop
 from .settings import Settings
 from .stats import collect_stats
 from .storage import Storage
+from .telemetry import Telemetry, resolve_telemetry
 from .trace import TraceRecorder, save_trace
 from .waking import Wakeups
 
@@ -66,11 +67,15 @@ class Worker:
         observer: Called as ``observer(effect, result)`` after each effect a loop
             carried out (`sharded_queue.core`), in the loop's task: for
             instruments that time the library per effect. Off by default.
+        telemetry: A span per ``perform`` call, linked to its requests' register
+            spans (`sharded_queue.otel`, the ``otel`` extra): True, False, a
+            `sharded_queue.otel.OpenTelemetry`, or None to do as ``queue`` does.
 
     While any of its loops runs, a worker keeps a heartbeat record in storage
     under `id` (see `Queue.workers`), and its loops' leases name it.
 
     Raises:
+        ImportError: telemetry is on and the ``otel`` extra is not installed.
         ValueError: no handlers (none given and none registered through ``queue``).
         TypeError: a handler's methods are not coroutine functions, or its
             ``route`` is not a classmethod.
@@ -85,6 +90,7 @@ class Worker:
         trace: bool = False,
         metrics: Metrics | None = None,
         observer: Callable[[Effect, Any], None] | None = None,
+        telemetry: bool | Telemetry | None = None,
     ) -> None:
         self.queue = queue
         self.observer = observer
@@ -104,6 +110,7 @@ class Worker:
                 stacklevel=2,
             )
         self.metrics = metrics
+        self.telemetry = queue.telemetry if telemetry is None else resolve_telemetry(telemetry, self.settings)
         self.control = Control()
         self.stopped = asyncio.Event()  # set with control.stopping: ends waits that must not outlast a stop
         self.forced: signal.Signals | None = None  # the second signal of `serve`, which cancelled the loops

@@ -187,11 +187,11 @@ def test_a_failing_request_is_retried_isolated_and_dead_lettered_in_the_ack() ->
             (True, Cycle(A, None, 2)),
             (both, Perform(A, both.messages, 300.0)),
             (error, Wait(0.5, wakeable=False)),
-            (None, Perform(A, both.messages, 300.0)),
+            (None, Perform(A, both.messages, 300.0, attempt=2)),
             (error, Perform(A, both.messages[:1], 300.0)),  # bisected: the first half succeeds
             (None, Perform(A, both.messages[1:], 300.0)),
             (error, Wait(0.5, wakeable=False)),
-            (None, Perform(A, both.messages[1:], 300.0)),
+            (None, Perform(A, both.messages[1:], 300.0, attempt=2, final=True)),  # a failure dead-letters it
             (error, Cycle(A, Ack("0", 2, (DeadLetter(1, error, 2),)), 2)),
         ],
         policy,

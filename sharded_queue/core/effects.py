@@ -228,11 +228,17 @@ class Cycle:
 @dataclass(frozen=True, slots=True)
 class Perform:
     """Call ``perform(*requests)``, cancelled after ``timeout`` seconds.
-    Result: the exception it raised (a `TimeoutError` when cancelled), or ``None``."""
+    Result: the exception it raised (a `TimeoutError` when cancelled), or ``None``.
+
+    ``attempt`` counts the performs of these messages (1, 2, ...; each half of a
+    bisection starts at 1); ``final``: a failure dead-letters the request (its
+    last attempt, alone). Shells only report them (telemetry)."""
 
     thread: ThreadRef
     messages: Sequence[Message]
     timeout: float = math.inf
+    attempt: int = 1
+    final: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -191,7 +191,8 @@ def _perform(
     attempts = policy.attempts_for(thread.handler) if whole or len(messages) == 1 else 1
     error: BaseException | None = None
     for attempt in range(1, attempts + 1):
-        error = yield Perform(thread, messages, policy.timeout_for(thread.handler))
+        final = attempt == attempts and len(messages) == 1
+        error = yield Perform(thread, messages, policy.timeout_for(thread.handler), attempt, final)
         if error is None:
             return []
         if attempt < attempts:

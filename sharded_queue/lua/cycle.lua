@@ -46,7 +46,7 @@ if ack_count > 0 and redis.call('GET', KEYS[4]) ~= stamp then
     local gone = {}
     for _, envelope in ipairs(redis.call('LRANGE', tube, 0, ack_count - 1)) do
       if string.byte(envelope, -1) == 32 then  -- a trailing space: it owns its request's mark
-        gone[#gone + 1] = string.sub(envelope, string.find(envelope, ',', 1, true) + 1)
+        gone[#gone + 1] = request_of(envelope) .. '] '
       end
     end
     for first = 1, #gone, 4000 do

@@ -8,6 +8,27 @@ local function clock()
   return tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
 
+-- The request of an envelope, as bytes: what follows its enqueued_at, without the ']' that
+-- closes it, an owner's trailing space (if_not_exists) or a W3C traceparent written after the
+-- request with telemetry on ('[t,request,"00-<32 hex>-<16 hex>-<2 hex>"]', serializer.py), so
+-- that marks and schedules are the same with tracing on or off. The request is one JSON value:
+-- a traceparent's comma is never the envelope's first.
+local TRACEPARENT = '^,"[0-9a-f][0-9a-f]%-'
+  .. '[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]%-'
+  .. '[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]%-[0-9a-f][0-9a-f]"%]$'
+local function request_of(envelope)
+  local last = #envelope
+  if string.byte(envelope, last) == 32 then
+    last = last - 1
+  end
+  local comma = string.find(envelope, ',', 1, true)
+  local cut = last - 58  -- where the comma of a traceparent (',"' 55 bytes '"]') would be
+  if cut > comma and string.find(string.sub(envelope, cut, last), TRACEPARENT) then
+    return string.sub(envelope, comma + 1, cut - 1)
+  end
+  return string.sub(envelope, comma + 1, last - 1)
+end
+
 -- Earliest due time of a thread's deferred and recurring requests, or nil.
 local function earliest(deferred, recurring)
   local a = redis.call('ZRANGE', deferred, 0, 0, 'WITHSCORES')[2]

@@ -19,7 +19,8 @@
 -- (valid JSON), which marks them as owners of their request's mark. One whose request
 -- bytes equal those of such a waiting (queued or deferred) one in the same tube is
 -- dropped; the tube's marks set holds 'request] ' of those waiting, and the ack of an
--- owner, and only of an owner, removes its mark (cycle.lua).
+-- owner, and only of an owner, removes its mark (cycle.lua). A traceparent after the
+-- request ('[t,request,"00-..."]', telemetry on) is no part of it (lib.lua's request_of).
 -- Deferred envelopes wait in the thread's deferred zset (member: 16 hex digits of a
 -- per-thread sequence number, the envelope, '\n', the order's rank, '\n', the order),
 -- scored by due time on this server's clock, so that those due together keep their
@@ -134,8 +135,8 @@ for key = 2, last, 7 do
   if unique or at then
     if unique and schedule == '' then  -- keep the first of each request not waiting already
       local members = {}
-      for i, envelope in ipairs(envelopes) do  -- what follows the enqueued_at: 'request] '
-        members[i] = string.sub(envelope, string.find(envelope, ',', 1, true) + 1)
+      for i, envelope in ipairs(envelopes) do  -- 'request] ', whatever the envelope carries after it
+        members[i] = request_of(envelope) .. '] '
       end
       local kept, new = {}, {}
       for first = 1, #members, 4000 do
@@ -165,8 +166,8 @@ for key = 2, last, 7 do
     end
     if schedule ~= '' then
       local pairs_, ticks = {}, {}
-      for _, envelope in ipairs(envelopes) do  -- request '\n' order
-        local member = string.sub(envelope, string.find(envelope, ',', 1, true) + 1, -2) .. '\n' .. order
+      for _, envelope in ipairs(envelopes) do  -- request '\n' order (a tick carries no traceparent)
+        local member = request_of(envelope) .. '\n' .. order
         pairs_[#pairs_ + 1] = member
         pairs_[#pairs_ + 1] = schedule
         ticks[#ticks + 1] = at

@@ -24,10 +24,7 @@ for _, member in ipairs(redis.call('ZRANGE', deferred, 0, -1)) do
   local order = string.sub(member, second + 1)
   local envelope = string.sub(member, 17, first - 1)
   local owner = string.byte(envelope, -1) == 32
-  if owner then
-    envelope = string.sub(envelope, 1, -2)
-  end
-  local request = string.sub(envelope, string.find(envelope, ',', 1, true) + 1, -2)
+  local request = request_of(envelope)
   if wanted[request .. '\n' .. order] then
     gone[#gone + 1] = member
     if owner then

@@ -1439,7 +1439,9 @@ class _Registrations:
         ([0.0, 1.0, 2.0], -math.inf, 3 * 100e-6, 2.0 + 100e-6),  # apart: each wakes the idle process
         ([0.0, 0.0, 0.0], -math.inf, 100e-6 + 2 * 60e-6, 220e-6),  # a burst: the first wakes it, the others share
         ([0.0, 0.0, 0.0], 1.0, 3 * 60e-6, 1.0 + 180e-6),  # the process is busy: all share its wake-up
-        (list(np.arange(20.0)), -math.inf, 20 * 100e-6, 19.0 + 100e-6),  # more than a few: vectorised
+        (list(np.arange(20.0)), -math.inf, 20 * 100e-6, 19.0 + 100e-6),  # many, apart
+        # 17: three in a burst are done at 220 us, so the fourth, at 250 us, wakes the process again
+        ([0.0] * 3 + [250e-6] + [1.0 + k for k in range(13)], -math.inf, 1620e-6, 13.0001),
         ([0.0] * 20, -math.inf, 100e-6 + 19 * 60e-6, 100e-6 + 19 * 60e-6),
         ([0.0] * 20, 1.0, 20 * 60e-6, 1.0 + 20 * 60e-6),
     ],

@@ -252,7 +252,7 @@ GOLDEN: dict[str, str] = {
     "textbook": "7c17e07343dde32c",
     "zipf-rtt": "ee4430d6bfff691b",
     "processes-cpu": "73ae36cf800ed574",
-    "storage-cores-pauses": "ed1b1f3293080471",
+    "storage-cores-pauses": "e9dc1f5f0a9165e9",
     "failures-retries": "6ae8ad59b6644d3d",
     "deferred-recurring-generated": "a6178d06accc278a",
     "backlog-drain": "4f4eedabd99b4b42",

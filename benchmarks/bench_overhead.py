@@ -7,7 +7,7 @@ message a worker process receives, to the process's one CPU; how they are
 measured is in `simulator.lab.measure`. This prints each constant with its spread
 over ``--repeat`` measurements (the median of three by default: the machine is
 shared), the asyncio timer's granularity, a check of the constants against
-runs of 2 to 16 loops in one process (the CPU the model predicts from the
+runs of 2 and 8 loops in one process, which no constant was fitted on (the CPU the model predicts from the
 effect counts against the thread's measured CPU), and the `Overhead(...)`
 literal that `simulator.cpu.LIBRARY` holds for the development machine.
 The redis-server is started on a free loopback port unless ``--url`` names one.
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
         q = np.percentile(taken, [50, 10, 90]) * 1000
         print(f"  {seconds * 1000:6.2f} -> {q[0]:.3f} {q[1]:.3f} {q[2]:.3f}")
     print(f"timer slack past the millisecond: {found['slack'] * 1e6:.0f} us")
-    print("check: several loops in one process, measured thread CPU against the constants (s)")
+    print("check, out of sample (loops not fitted on): measured thread CPU against the constants (s)")
     for loops, batch, cpu, predicted, per_effect in found["check"]:
         print(
             f"  loops {loops:2} batch {batch:3}: measured {cpu:.3f}, predicted {predicted:.3f} "

@@ -21,10 +21,11 @@ event loop's iterations. Cycle and perform costs are fitted as
 ``a + b * n`` over the batch sizes; the others are means. A wake-up message is
 timed by a subscribed listener while another thread publishes. The asyncio
 timer granularity is measured by timing ``asyncio.sleep`` on an idle event
-loop. Drains of 4 to 16 loops in one process keep it busy: what their round
+loop. Drains of 4 and 16 loops in one process keep it busy: what their round
 trips cost less than one loop's is what an effect that finds the process idle
-costs more (`idle_cost`). Drains of 2 to 16 loops check the constants: the CPU
-the model predicts from the effect counts against the thread's measured CPU.
+costs more (`idle_cost`). Drains of 2 and 8 loops, which none of the constants
+was fitted on, check them: the CPU the model predicts from the effect counts
+against the thread's measured CPU.
 """
 
 from __future__ import annotations
@@ -179,8 +180,11 @@ def effect_costs(samples: list[Sample]) -> dict[str, float]:
     }
 
 
-BUSY_LOOPS = 4
-"""Drains with this many loops (one per thread and more) keep the process busy: replies find it running."""
+FIT_LOOPS = (4, 16)
+"""Drains of this many loops (one per thread and more) keep the process busy: replies find it
+running. `idle_cost` is fitted on them."""
+CHECK_LOOPS = (2, 8)
+"""Drains of this many loops check the constants, out of sample."""
 
 TRIPS = ("Poll", "Acquire", "Cycle", "End")
 """The effects with a round trip: with one loop, each one's reply wakes the idle process."""
@@ -208,7 +212,7 @@ def idle_cost(costs: dict[str, float], busy: list[tuple[list[Sample], float, int
 
     One loop's process is idle at every reply: its effects' costs (``costs``)
     include the wake-up from ``epoll_wait``. Drains that keep the process busy
-    (``busy``: `BUSY_LOOPS` loops and more) share the event loop's iterations
+    (``busy``: `FIT_LOOPS` loops) share the event loop's iterations
     between replies: what their CPU falls short of the one-loop costs, per
     round trip, is the wake-up. Measured directly on the busy runs, it makes
     the constants fit a busy process's CPU, which is what limits a drain.
@@ -278,14 +282,14 @@ async def measure(url: str, messages: int) -> dict[str, Any]:
     for batch in (1, 16, 128):
         got, _, _ = await drain(url, batch, messages if batch > 1 else messages // 8, 1)
         single += got
-    shapes = [(loops, batch) for loops in (2, 4, 8, 16) for batch in (16, 128)]
+    shapes = [(loops, batch) for loops in sorted(FIT_LOOPS + CHECK_LOOPS) for batch in (16, 128)]
     runs = [await drain(url, batch, messages, loops) for loops, batch in shapes]
     traced: list[Sample] = []
     for batch in (1, 16, 128):
         got, _, _ = await drain(url, batch, messages if batch > 1 else messages // 8, 1, trace=True)
         traced += got
     costs = effect_costs(single)
-    idle = idle_cost(costs, [run for run, (loops, _) in zip(runs, shapes, strict=True) if loops >= BUSY_LOOPS])
+    idle = idle_cost(costs, [run for run, (loops, _) in zip(runs, shapes, strict=True) if loops in FIT_LOOPS])
     for name in TRIPS:  # the one-loop costs include a wake-up from idle
         costs[name.lower()] -= idle
     costs["idle"] = idle
@@ -297,9 +301,11 @@ async def measure(url: str, messages: int) -> dict[str, Any]:
     slack = statistics.median(statistics.median(t) - math.ceil(d * 1000 - 1e-9) / 1000 for d, t in sleeps.items())
     single_iterations = statistics.fmean(i for _, _, _, i in single)
     per_effect = [iterations / len(samples) for samples, _, iterations in runs]
-    floor = min(share for share, (loops, _) in zip(per_effect, shapes, strict=True) if loops >= BUSY_LOOPS)
+    floor = min(share for share, (loops, _) in zip(per_effect, shapes, strict=True) if loops in FIT_LOOPS)
     check = []
     for (samples, cpu, _), (loops, batch), share in zip(runs, shapes, per_effect, strict=True):
+        if loops not in CHECK_LOOPS:
+            continue
         # the share of effects that found the process idle: from the busy runs' iterations to one loop's
         woke = min(1.0, max(0.0, (share - floor) / (single_iterations - floor)))
         trips = sum(name in TRIPS for name, *_ in samples)

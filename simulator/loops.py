@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 class SimProcess:
     """One worker process (one `Worker` object): its loops and its wake-up routing."""
 
-    __slots__ = ("bound", "bound_mask", "cpu", "flushed", "idle", "index", "loops", "others")
+    __slots__ = ("bound", "bound_mask", "cpu", "flushed", "idle", "index", "lags", "loops", "others")
 
     def __init__(self, index: int) -> None:
         self.index = index
@@ -27,6 +27,7 @@ class SimProcess:
         self.bound_mask = np.zeros(64, dtype=bool)  # by thread index: held by a loop of this process
         self.others = np.zeros(0, dtype=bool)  # by thread index: another process answers its wake-ups
         self.flushed = -math.inf  # registrations are applied up to here
+        self.lags: list[float] = []  # its event loop's lag, probed as the worker's meter does
 
 
 class LoopState:

@@ -186,6 +186,8 @@ class Cpu:
         "pauses",
         "sequence",
         "sleepers",
+        "watch",
+        "woke",
     )
 
     def __init__(
@@ -211,12 +213,16 @@ class Cpu:
         self.accounted = -math.inf  # wake-up messages charged up to this delivery time
         self.sleepers: list[list[Any]] = []  # heap of [due, sequence, event]
         self.sequence = 0
+        self.watch = math.inf  # the lag probe's timer is due (`lag_probe`): the first wake-up after it
+        self.woke = math.inf  # ... is when the event loop next woke
 
     def claim(self, now: float, cost: float, tail: float = 0.0) -> float:
         """A loop needs ``cost`` CPU seconds from ``now``: when it is done (queued behind earlier work).
 
         With pauses, `mark` is then when the last ``tail`` seconds of it began.
         """
+        if now >= self.watch:
+            self.woke, self.watch = now, math.inf
         if self.overhead.wake:
             self._messages(now)
         sleepers = self.sleepers
@@ -337,6 +343,9 @@ class Cpu:
         wake = overhead.wake
         shared = max(wake - overhead.idle, 0.0)
         free, delivery, total = self.free, self.delivery, 0.0
+        if float(times[-1]) + delivery >= self.watch:  # a message woke the event loop after the probe was due
+            self.woke = float(times[times + delivery >= self.watch][0]) + delivery
+            self.watch = math.inf
         for time in times.tolist():
             arrival = time + delivery
             cost = shared if free >= arrival else wake
@@ -344,3 +353,31 @@ class Cpu:
             total += cost
         self.free = free
         self.busy += total
+
+
+def lag_probe(env: simpy.Environment, cpu: Cpu, every: float, lags: list[float]) -> Any:
+    """The worker's event-loop lag probe (`sharded_queue.meter`) on ``cpu``: a timer every
+    ``every`` seconds, each one's lateness appended to ``lags``. It only observes: its own CPU
+    (a few microseconds) is left out.
+
+    A timer due while the process is busy fires once the work claimed so far is done; one due
+    while it is idle fires at the next wake-up of its event loop (a claim of CPU, a wake-up
+    message) or at its own ``epoll_wait`` timeout, rounded up to `Overhead.timer_resolution`
+    from when the loop went idle, plus `Overhead.timer_slack` (as `Cpu.sleep`).
+    """
+    resolution, slack = cpu.overhead.timer_resolution, cpu.overhead.timer_slack
+    start = env.now
+    while True:
+        due = start + every
+        yield env.timeout(due - env.now)
+        if cpu.free > due:
+            fired = cpu.free
+        else:
+            idle = max(cpu.free, start)
+            timer = idle + math.ceil((due - idle) / resolution - 1e-9) * resolution + slack
+            cpu.watch, cpu.woke = due, math.inf
+            yield env.timeout(timer - due)
+            fired = min(timer, cpu.woke)
+            cpu.watch = math.inf
+        lags.append(fired - due)
+        start = fired

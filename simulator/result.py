@@ -81,6 +81,8 @@ class Result:
                 "process": [p["index"] for p in record.processes],
                 "loops": [p["loops"] for p in record.processes],
                 "cpu_busy": [p["cpu_busy"] for p in record.processes],
+                "lag": [p.get("lag", math.nan) for p in record.processes],
+                "lag_p99": [p.get("lag_p99", math.nan) for p in record.processes],
             }
         )
         self._storage_busy = record.storage_busy
@@ -297,7 +299,9 @@ class Result:
 
     @property
     def processes(self) -> pd.DataFrame:
-        """Per worker process: its loops, CPU seconds used (library and ``perform``) and CPU utilisation."""
+        """Per worker process: its loops, CPU seconds used (library and ``perform``), its event loop's
+        lag as the worker's meter probes it (``lag``, mean, and ``lag_p99``, seconds; NaN when CPU
+        is not modelled) and CPU utilisation."""
         frame = self._processes.copy()
         frame["cpu_utilisation"] = frame["cpu_busy"] / max(self.end, 1e-12)
         return frame

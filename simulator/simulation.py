@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import simpy
 
+from sharded_queue.meter import LAG_EVERY
+
 from .arrivals import finite_replay
 from .checks import ScenarioError
 from .cpu import REGISTER_COMMANDS
@@ -25,7 +27,7 @@ from .engine import RoundTrips, Shared, SimLoop
 from .feed import Feed
 from .lookups import Lookups
 from .loops import LoopState, SimProcess
-from .machine import Cores, Cpu, PauseSchedule, StorageServer
+from .machine import Cores, Cpu, PauseSchedule, StorageServer, lag_probe
 from .noise import Fixed
 from .record import Recorder, RunRecord, Sample
 from .result import Result
@@ -100,6 +102,9 @@ class Simulation:
         for stats, seed in zip(self.loops, self.loop_seeds, strict=True):
             self.env.process(SimLoop(self.shared, stats).run(random.Random(seed)))
         self.env.process(self._sample())
+        for process in self.processes:
+            if process.cpu is not None:
+                self.env.process(lag_probe(self.env, process.cpu, LAG_EVERY, process.lags))
         duration = self.scenario.duration
         # The heap (pandas, numpy, the user's objects) does not change during a run: keep
         # the cyclic garbage collector from walking it over and over (up to 30% of the time).
@@ -144,7 +149,13 @@ class Simulation:
                 for loop in self.loops
             ],
             processes=[
-                {"index": p.index, "loops": len(p.loops), "cpu_busy": p.cpu.busy if p.cpu is not None else 0.0}
+                {
+                    "index": p.index,
+                    "loops": len(p.loops),
+                    "cpu_busy": p.cpu.busy if p.cpu is not None else 0.0,
+                    "lag": float(np.mean(p.lags)) if p.lags else math.nan,
+                    "lag_p99": float(np.quantile(p.lags, 0.99)) if p.lags else math.nan,
+                }
                 for p in self.processes
             ],
             storage_busy=self.shared.server.busy if self.shared.server is not None else 0.0,

@@ -239,7 +239,7 @@ def digest(result: Result) -> str:
     parts = [
         repr((result.end, result.messages, result.dead, result.arrived)),
         result.loops.to_csv(),
-        result.processes.to_csv(),
+        result.processes[["process", "loops", "cpu_busy", "cpu_utilisation"]].to_csv(),
         result.backlog(("handler", "thread", "order")).to_csv(),
         result.summary().to_csv(),
     ]

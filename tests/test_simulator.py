@@ -12,6 +12,7 @@ import dataclasses
 import math
 import multiprocessing
 import os
+import random
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +61,8 @@ from simulator import (
 )
 from simulator.cpu import LIBRARY, NONE
 from simulator.theory import (
+    PollingRecursion,
+    ReplayedChoice,
     WaitEstimate,
     bulk_service_wait,
     cpu_scenario,
@@ -70,6 +73,12 @@ from simulator.theory import (
     mm1_sojourn,
     mm1_wait,
     mmc_scenario,
+    polling_paths,
+    polling_scenario,
+    rebinding_mean_wait,
+    rebinding_wait,
+    setup_wait,
+    uniform_choice,
 )
 
 # --- handlers ----------------------------------------------------------------------
@@ -385,6 +394,172 @@ def test_closed_forms() -> None:
     assert bulk_service_wait(3.2, 1.0, 4) == pytest.approx(bulk_wait_numerically(3.2, 1.0, 4), rel=1e-5)
     with pytest.raises(ValueError, match="lambda < B"):
         bulk_service_wait(4.0, 1.0, 4)
+
+
+# --- theory: one loop binding and releasing threads (a polling system with switchovers) ---------
+
+
+REBINDING = (0.4, 0.2)
+"""Arrival rate and round trip (``perform`` exponential, mean 1 s) of the one-thread checks:
+a switch costs 0.6 s against a 1.2 s cycle and perform, so the switchovers are 37% of the wait."""
+
+
+def rebinding_mutants(arrival_rate: float, rtt: float) -> dict[str, float]:
+    """`rebinding_wait` with a wrong switchover: what a check must tell apart from the twin."""
+    service = (rtt + 1.0, rtt * rtt + 2 * rtt + 2.0)
+    return {
+        "Welch, no close-down": setup_wait(arrival_rate, service, 0.0, 0.0, 3.5 * rtt) + rtt / 2,
+        "a round trip fewer per switch": setup_wait(arrival_rate, service, rtt, rtt, 2.5 * rtt) + rtt / 2,
+        "a round trip more per switch": setup_wait(arrival_rate, service, 3 * rtt, 3 * rtt, 3.5 * rtt) + rtt / 2,
+    }
+
+
+def test_polling_setup_wait_has_welchs_and_the_textbooks_special_cases() -> None:
+    """Without close-down, `setup_wait` is Welch's M/G/1 with exceptional first service
+    (a deterministic setup ``D``); without setups it is Pollaczek-Khinchine (here M/M/1)."""
+    rate, setup = 0.5, 0.3
+    welch = (2 * setup + rate * setup**2) / (2 * (1 + rate * setup))
+    assert setup_wait(rate, (1.0, 2.0), 0.0, 0.0, setup) == pytest.approx(mm1_wait(rate, 1.0) + welch)
+    assert setup_wait(rate, (1.0, 2.0), 0.0, 0.0, 0.0) == pytest.approx(mm1_wait(rate, 1.0))
+    assert rebinding_wait(rate, 0.0) == pytest.approx(mm1_wait(rate, 1.0))  # no round trip, no switchover
+    with pytest.raises(ValueError, match="lambda E"):
+        rebinding_wait(0.9, 0.2)  # 0.9 * (1 + 0.2) >= 1: no steady state
+
+
+def test_polling_recursion_matches_the_rebinding_closed_form() -> None:
+    """The derivation of `rebinding_wait`, checked without the twin: `PollingRecursion` (one
+    thread, batch 1) fed 150k Poisson arrivals and exponential performs. The control variate
+    is the FIFO M/G/1 queue with service ``rtt + S`` on the same arrivals and performs (mean
+    by Pollaczek-Khinchine): it takes away the sampling noise, none of the switchovers. The
+    switchovers one round trip shorter or longer, or Welch's setup without the close-down,
+    are rejected by many standard errors."""
+    rate, rtt = REBINDING
+    rng = np.random.default_rng(11)
+    arrivals = np.cumsum(rng.exponential(1 / rate, 150_000))
+    performs = rng.exponential(1.0, len(arrivals))
+    draws = iter(performs.tolist())
+    waits = PollingRecursion([arrivals], 1, rtt, lambda _: next(draws), uniform_choice(random.Random(0))).run()[0]
+    kept = arrivals >= 200.0
+    control = fcfs_waits(arrivals, performs + rtt, 1)[kept]
+    service = (rtt + 1.0, rtt * rtt + 2 * rtt + 2.0)
+    estimate = WaitEstimate(
+        float(waits[kept].mean()),
+        int(kept.sum()),
+        tuple(float(p.mean()) for p in np.array_split(waits[kept], 20)),
+        tuple(float(p.mean()) for p in np.array_split(control, 20)),
+        setup_wait(rate, service, 0.0, 0.0, 0.0),
+    )
+    mean, error = WaitEstimate.controlled([estimate])
+    expected = rebinding_wait(rate, rtt)
+    assert error < 0.002 * expected, "too noisy to tell a round trip"
+    assert abs(mean - expected) < 4 * error
+    for name, wrong in rebinding_mutants(rate, rtt).items():
+        assert abs(mean - wrong) > 10 * error, name
+
+
+@pytest.mark.parametrize(
+    ("rate", "threads", "batch", "rtt", "hold_limit", "coordinator_delay"),
+    [
+        (0.4, 1, 1, 0.2, 0, None),  # `rebinding_wait`'s loop
+        (1.5, 2, 4, 0.05, 0, None),  # two threads: the choice is forced, visits alternate
+        (2.0, 5, 4, 0.05, 2, 1.0),  # hold-limited visits; idle polls after 1 s
+        (1.0, 3, 2, 0.1, 0, 0.0),  # coordinator_delay=0: an idle loop polls again at once
+        (3.0, 4, 8, 0.02, 3, 1.0),
+        (1.2, 20, 2, 0.01, 1, 0.5),  # more threads than a poll's 16 candidates
+    ],
+)
+def test_polling_twin_equals_the_recursion_path_by_path(
+    rate: float, threads: int, batch: int, rtt: float, hold_limit: int, coordinator_delay: float | None
+) -> None:
+    """One loop, several threads: fed the twin's arrivals, ``perform`` times and choices of
+    thread (each checked to be one the rule allows: any visible thread but the one just
+    left, among the 16 oldest-visible), `PollingRecursion` gives every message the twin's
+    wait, to float rounding. A switchover a round trip off moves every wait after the
+    first switch by that round trip (`test_polling_path_check_sees_a_switchover_a_round_trip_off`)."""
+    delay = {} if coordinator_delay is None else {"coordinator_delay": coordinator_delay}
+    result = simulate(polling_scenario(rate, threads, batch, 3_000, rtt, seed=1, hold_limit=hold_limit, **delay))
+    arrivals, waits, performs, visits = polling_paths(result.trace, threads)
+    durations = iter(performs)
+    recursion = PollingRecursion(
+        arrivals,
+        batch,
+        rtt,
+        lambda _: next(durations),
+        ReplayedChoice(visits),
+        hold_limit=hold_limit,
+        coordinator_delay=result.scenario.settings.coordinator_delay,
+    )
+    expected = recursion.run()
+    assert next(durations, None) is None, "the recursion performed fewer batches than the twin"
+    assert result.loops.iloc[0]["binds"] > 300  # many switchovers, idle periods among them
+    for simulated, computed in zip(waits, expected, strict=True):
+        assert simulated == pytest.approx(computed, abs=1e-6)
+
+
+class ShortSwitch(PollingRecursion):
+    """A release that costs no round trip: a switchover of two round trips instead of three."""
+
+    def _release(self, thread: int) -> None:
+        self.released[thread] = self.now
+
+
+def test_polling_path_check_sees_a_switchover_a_round_trip_off() -> None:
+    """The path-by-path check fails for a loop whose switchover is one round trip short."""
+    result = simulate(polling_scenario(0.4, 1, 1, 2_000, 0.2, seed=1))
+    arrivals, waits, performs, visits = polling_paths(result.trace, 1)
+    durations = iter(performs)
+    short = ShortSwitch(arrivals, 1, 0.2, lambda _: next(durations), ReplayedChoice(visits)).run()
+    assert np.abs(waits[0] - short[0]).max() > 0.19
+
+
+def test_polling_choices_are_uniform_among_the_other_visible_threads() -> None:
+    """The rule behind the replayed choices: the twin binds any visible thread but the one
+    just left with equal chances (`sharded_queue.core.order_candidates` shuffles). Over
+    10k choices among 2 to 4 threads, the share of the oldest-visible and the mean rank
+    by age are within 4 standard errors of uniform; always taking the oldest would be
+    off by more than 50."""
+    result = simulate(polling_scenario(2.0, 5, 4, 40_000, 0.05, seed=2, hold_limit=2))
+    arrivals, _, performs, visits = polling_paths(result.trace, 5)
+    durations, choices = iter(performs), ReplayedChoice(visits)
+    PollingRecursion(arrivals, 4, 0.05, lambda _: next(durations), choices, hold_limit=2).run()
+    ranks = np.array([rank for rank in choices.ranks if rank[1] > 1])
+    assert len(ranks) > 5_000
+
+    def deviations(rank: np.ndarray, among: np.ndarray) -> tuple[float, float]:
+        """z-scores of the share of oldest picks and of the mean rank, against uniform choices."""
+        oldest = ((rank == 0) - 1 / among).sum() / math.sqrt((1 / among * (1 - 1 / among)).sum())
+        mean = (rank - (among - 1) / 2).sum() / math.sqrt(((among**2 - 1) / 12).sum())
+        return float(oldest), float(mean)
+
+    assert max(map(abs, deviations(ranks[:, 0], ranks[:, 1]))) < 4
+    assert min(map(abs, deviations(np.zeros(len(ranks)), ranks[:, 1]))) > 50
+
+
+@pytest.fixture(scope="module")
+def rebinding_runs() -> list[WaitEstimate]:
+    """Two seeded twin runs of `rebinding_wait`'s loop, 200k messages each, on two cores."""
+    jobs = [(*REBINDING, 200_000, seed) for seed in range(2)]
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(min(2, os.cpu_count() or 1), mp_context=context) as pool:
+        return list(pool.map(rebinding_mean_wait, *zip(*jobs, strict=True)))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # two runs of about 12 s each on an idle core
+def test_polling_mean_wait_matches_the_rebinding_closed_form(rebinding_runs: list[WaitEstimate]) -> None:
+    """One thread, one loop that releases it when empty and binds it again (3 round trips
+    a switch, 3.5 from idle): the twin's mean wait is `rebinding_wait`'s, the M/G/1 with
+    a close-down and setups, within 4 standard errors of a control-variate estimate
+    (the FIFO M/G/1 on the same arrivals and performs). The raw mean agrees within its
+    own error; every wrong switchover of `rebinding_mutants` is many errors away."""
+    expected = rebinding_wait(*REBINDING)
+    mean, error = WaitEstimate.controlled(rebinding_runs)
+    assert error < 0.002 * expected, "too noisy to tell a round trip"
+    assert abs(mean - expected) < 4 * error
+    raw, raw_error = WaitEstimate.pooled(rebinding_runs)
+    assert abs(raw - expected) < 4 * raw_error
+    for name, wrong in rebinding_mutants(*REBINDING).items():
+        assert abs(mean - wrong) > 10 * error, name
 
 
 # --- deterministic timelines -------------------------------------------------------------

@@ -11,7 +11,17 @@ from __future__ import annotations
 
 import pytest
 
-from simulator.lab.accuracy import FAMILIES, Family, handler_for, markdown, per_config, report, run_all
+from simulator.lab.accuracy import (
+    FAMILIES,
+    METRICS,
+    Family,
+    handler_for,
+    markdown,
+    per_config,
+    report,
+    run_all,
+    where_the_time_goes,
+)
 from simulator.lab.measure import measure_overhead
 
 GROSS = {"throughput": 0.5, "sojourn_p50": 1.0}
@@ -44,9 +54,12 @@ async def test_the_twin_predicts_held_out_real_runs(redis_url: str) -> None:
     overhead = await measure_overhead(redis_url, messages=10_000)
     chosen = [Family(f.fit, f.scored[:1], f.test) for f in FAMILIES if f.name in ("cpu", "drain")]
     results = await run_all(redis_url, chosen, overhead)
-    print(markdown(per_config(results)), markdown(report(results)), sep="\n\n")
+    print(*map(markdown, (per_config(results), report(results), where_the_time_goes(results))), sep="\n\n")
     overall = results[results["order"] == "*"]
     for metric, bound in GROSS.items():
         errors = overall[overall["metric"] == metric]["rel_error"].abs()
         assert (errors <= bound).all(), f"{metric} off by more than {bound:.0%}: {list(errors)}"
-    assert (results["sim_low"] <= results["sim"]).all() and (results["sim"] <= results["sim_high"]).all()
+    scored = results[results["metric"].isin(METRICS)]
+    assert (scored["sim_low"] <= scored["sim"]).all() and (scored["sim"] <= scored["sim_high"]).all()
+    used = where_the_time_goes(results)
+    assert (used["worker_cpu_real"] > 0).all() and used["worker_cpu_err"].notna().all()

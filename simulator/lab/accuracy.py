@@ -41,14 +41,16 @@ from ..analysis import compare
 from ..arrivals import Replay
 from ..calibrate import Calibration, calibrations
 from ..cpu import TRACED, Overhead
-from ..predict import predict
+from ..predict import prediction_runs
 from ..requests import Keyed, KeySequence
 from ..scenario import Scenario
 from ..service import Service
+from ..simulation import simulate
 from ..workload import Workload
 from .handlers import TimedHandler, handler_from_spec
 from .measure import measure_overhead
 from .realrun import run_workers
+from .resources import QUANTITIES, resources
 
 LATENCY = ("sojourn_p50", "sojourn_p99")
 METRICS = ("throughput", *LATENCY)
@@ -239,7 +241,8 @@ def fit(config: Config, real: pd.DataFrame, overhead: Overhead = TRACED, seed: i
 
 def cells(config: Config, real: pd.DataFrame, fitted: Sequence[Calibration]) -> pd.DataFrame:
     """The prediction of ``config`` from ``fitted`` against its real run ``real``: one row per cell
-    (metric and group: overall, per order), with the median, the 90% interval and ``covered``.
+    (metric and group: overall, per order), with the median, the 90% interval and ``covered``;
+    then one row per resource the twin charges (`simulator.lab.resources`: where the time goes).
 
     A backlog is registered before the real workers start, so its times count from the first
     perform start. Latency is compared per order, not per thread: which thread a loop drains
@@ -247,12 +250,16 @@ def cells(config: Config, real: pd.DataFrame, fitted: Sequence[Calibration]) -> 
     """
     scenario = replay(config, real)
     name = scenario.workloads[0].name  # type: ignore[index]
-    sims = predict(scenario, fitted, handlers={name: next(iter(fitted[0].service))})
+    runs = prediction_runs(scenario, fitted, handlers={name: next(iter(fitted[0].service))})
+    results = [simulate(run) for run in runs]
+    used = resources(results, real).rename(columns={"quantity": "metric"}).assign(order="*")
+    sims = [result.trace for result in results]
     if config.mode == "backlog":
         sims, real = [_from_first_start(sim) for sim in sims], _from_first_start(real)
     parts = [compare(sims, real, by=(), metrics=METRICS, prediction=True).assign(order="*")]
     if config.orders > 1:
         parts.append(compare(sims, real, by=("order",), metrics=LATENCY, prediction=True))
+    parts.append(used)
     table = pd.concat(parts, ignore_index=True)
     table.insert(0, "config", config.name)
     return table
@@ -303,7 +310,7 @@ def report(results: pd.DataFrame) -> pd.DataFrame:
     """Per metric: cells, the share within the issue's bound (`BOUNDS`), the coverage of the 90%
     intervals and their median width (relative to the real value)."""
     rows = []
-    for metric, part in results.groupby("metric", sort=False):
+    for metric, part in results[results["metric"].isin(METRICS)].groupby("metric", sort=False):
         error = part["rel_error"].abs()
         width = (part["sim_high"] - part["sim_low"]) / part["real"].where(part["real"] != 0)
         rows.append(
@@ -320,8 +327,19 @@ def report(results: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def where_the_time_goes(results: pd.DataFrame) -> pd.DataFrame:
+    """Per configuration, each resource the twin charges (`simulator.lab.resources`): the real
+    value per message, the twin's median and its relative error."""
+    part = results[results["metric"].isin(QUANTITIES)]
+    table = part.pivot_table(index="config", columns="metric", values=["real", "rel_error"], sort=False)
+    table.columns = [f"{metric}_{'err' if kind == 'rel_error' else 'real'}" for kind, metric in table.columns]
+    ordered = [f"{q}_{kind}" for q in QUANTITIES for kind in ("real", "err") if f"{q}_{kind}" in table.columns]
+    return table[ordered].reset_index()
+
+
 def per_config(results: pd.DataFrame) -> pd.DataFrame:
     """One row per scored configuration: its worst signed error per metric, and its coverage."""
+    results = results[results["metric"].isin(METRICS)]
     rows = []
     for config, part in results.groupby("config", sort=False):
         row: dict[str, Any] = {"config": config, "load": part["load"].iloc[0]}
@@ -360,7 +378,8 @@ def main(argv: list[str] | None = None) -> None:
         overhead = TRACED if arguments.library else await measure_overhead(url)
         print(f"{overhead!r}\n", flush=True)
         results = await run_all(url, families, overhead, arguments.test)
-        print(markdown(per_config(results)), "", markdown(report(results)), sep="\n", flush=True)
+        tables = (per_config(results), report(results), where_the_time_goes(results))
+        print(*map(markdown, tables), sep="\n\n", flush=True)
 
     if arguments.url:
         asyncio.run(study(arguments.url))

@@ -179,8 +179,84 @@ class Pauses:
 
 
 REGISTER_COMMANDS = 2
-"""Storage commands a registration costs (`simulator.machine.StorageServer`): the append script and
-the wake-up ``PUBLISH``."""
+"""Storage commands a registration costs when every command costs the same (`Scenario.storage_cpu`
+a number): the append script and the wake-up ``PUBLISH``."""
+
+
+@dataclass(frozen=True)
+class ServerCosts:
+    """Seconds the storage server spends running each of the library's scripts.
+
+    Redis runs one command at a time; a script's time grows with what it touches. A
+    registration (``push.lua``) appends each request and counts each thread it
+    writes (its index, its tally, its handler's counts); a cycle (``cycle.lua``) trims
+    the acked requests and reads the next batch. `simulator.lab.measure.measure_server`
+    times every script on a redis-server by its ``SLOWLOG`` (each call's own
+    microseconds, by script), and `SERVER` holds what it measured here.
+
+    Attributes:
+        poll: A coordinator poll (``candidates.lua``).
+        acquire: A lease attempt (``acquire.lua``).
+        release: A release (``release.lua``).
+        cycle: An ack and fetch, without its messages.
+        cycle_per_message: Per message acked or fetched.
+        register: A registration call (``push.lua``), without its threads and messages.
+        register_per_thread: Per thread the call writes to.
+        register_per_message: Per request it appends.
+    """
+
+    poll: float = 0.0
+    acquire: float = 0.0
+    release: float = 0.0
+    cycle: float = 0.0
+    cycle_per_message: float = 0.0
+    register: float = 0.0
+    register_per_thread: float = 0.0
+    register_per_message: float = 0.0
+
+    def __post_init__(self) -> None:
+        for item in dataclasses.fields(self):
+            check_positive(f"ServerCosts {item.name}", getattr(self, item.name), zero=True)
+
+    def registration(self, messages: Any, threads: Any) -> Any:
+        """A registration call's seconds, for its requests and the threads it writes (numbers or arrays)."""
+        return self.register + self.register_per_thread * threads + self.register_per_message * messages
+
+    def scaled(self, factor: float) -> ServerCosts:
+        """Every cost times ``factor`` (a faster or slower server)."""
+        check_positive("ServerCosts.scaled factor", factor)
+        return ServerCosts(**{f.name: getattr(self, f.name) * factor for f in dataclasses.fields(self)})
+
+
+SERVER = ServerCosts(
+    poll=2.2e-05,
+    acquire=2.2e-05,
+    release=1.8e-05,
+    cycle=4.5e-05,
+    cycle_per_message=1.2e-07,
+    register=3.5e-05,
+    register_per_thread=2.0e-05,
+    register_per_message=5.0e-07,
+)
+"""A local redis-server 7 on this project's 2-core development machine, measured by::
+
+    .venv/bin/python -m benchmarks.bench_overhead
+
+(`simulator.lab.measure.measure_server`). `simulator.calibrate` takes them to a traced
+run's own server by its ``INFO commandstats`` (the scripts' microseconds)."""
+
+
+def check_storage_cpu(value: Any) -> float | ServerCosts:
+    """``value`` if it is seconds per command (>= 0) or `ServerCosts`, else a `ScenarioError`."""
+    if isinstance(value, ServerCosts):
+        return value
+    check_positive("Scenario storage_cpu", value, zero=True)
+    return float(value)
+
+
+def models_server(value: float | ServerCosts) -> bool:
+    """Whether ``value`` (`Scenario.storage_cpu`) models the storage server at all."""
+    return isinstance(value, ServerCosts) or value > 0
 
 
 def check_overhead(value: Any) -> Overhead:

@@ -186,6 +186,7 @@ class SimLoop:
         "rtt",
         "samplers",
         "server",
+        "server_costs",
         "shared",
         "spins",
         "stats",
@@ -209,7 +210,8 @@ class SimLoop:
         self.samplers = shared.samplers
         self.costs = shared.overhead
         self.background = shared.background
-        self.server = shared.server
+        self.server = server = shared.server
+        self.server_costs = _command_costs(server)
         self.rtt = shared.rtt
         self.half = shared.rtt / 2
         self.next_rtt = shared.round_trips.next if shared.round_trips is not None else None
@@ -267,9 +269,10 @@ class SimLoop:
             self.feed.ensure(now)
         return now
 
-    def _reply(self, trips: int, at: float) -> Steps:
-        """Wait for the reply of a call of ``trips`` round trips that reached the storage at ``at``."""
-        rest = trips * self.rtt - self.half + (self.server.call(at) if self.server is not None else 0.0)
+    def _reply(self, trips: int, at: float, cost: float) -> Steps:
+        """Wait for the reply of a call of ``trips`` round trips that reached the storage at ``at``
+        and takes the server ``cost`` seconds."""
+        rest = trips * self.rtt - self.half + (self.server.call(at, cost) if self.server is not None else 0.0)
         if rest:
             yield self.timeout(rest)
             self.now += rest
@@ -280,14 +283,14 @@ class SimLoop:
         self.stats.polls += 1
         at = yield from self._reach(self.costs.poll)
         result = PollResult(self.storage.candidates(at))
-        yield from self._reply(POLL_TRIPS, at)
+        yield from self._reply(POLL_TRIPS, at, self.server_costs[0])
         return result
 
     def acquire(self, effect: Acquire) -> Steps:
         """``Acquire``: try the lease; a loop that got it wakes another idle loop if threads wait."""
         at = yield from self._reach(self.costs.acquire)
         code = self.storage.acquire(self.threads[id(effect.thread)], at)
-        yield from self._reply(ACQUIRE_TRIPS[code], at)
+        yield from self._reply(ACQUIRE_TRIPS[code], at, self.server_costs[1])
         if code == 1:
             self.wakeups.acquired(self.stats, self.now)
             if effect.wake_next:  # the program saw other threads waiting: wake another idle loop
@@ -302,7 +305,7 @@ class SimLoop:
         left = self.storage.release(self.threads[id(effect.thread)], at)
         stats.bound += at - stats.bound_since
         stats.bound_since = math.nan
-        yield from self._reply(RELEASE_TRIPS[left], at)
+        yield from self._reply(RELEASE_TRIPS[left], at, self.server_costs[2])
 
     def cycle(self, effect: Cycle) -> Steps:
         """``Cycle``: ack and fetch in one call. The storage acts at once; the wait for the reply is
@@ -326,7 +329,9 @@ class SimLoop:
             trips += DEAD_LETTER_TRIPS
         wait = sent - now + trips * self.rtt
         if server is not None:
-            wait += server.call(at)
+            _, _, _, base, per_message = self.server_costs
+            moved = (ack.count if ack is not None else 0) + (result.size if result is not None else 0)
+            wait += server.call(at, base + per_message * moved)
         if wait:
             if reply is None:
                 yield self.timeout(wait)
@@ -425,6 +430,16 @@ class SimLoop:
             self.shared.cores.background(now, self.background * count)  # type: ignore[union-attr]
         started = done - busy if self.cpu.pauses is None else self.cpu.mark
         return started, done
+
+
+def _command_costs(server: StorageServer | None) -> tuple[float, float, float, float, float]:
+    """The server's seconds for a poll, an acquire, a release, a cycle and a cycle's message."""
+    if server is None:
+        return (0.0,) * 5
+    costs = server.costs
+    if costs is None:  # the same for every command
+        return server.cost, server.cost, server.cost, server.cost, 0.0
+    return costs.poll, costs.acquire, costs.release, costs.cycle, costs.cycle_per_message
 
 
 class StepTable(dict[type, Callable[[Any], Steps]]):

@@ -133,6 +133,28 @@ class Feed:
         np.not_equal(times[1:], times[:-1], out=first[1:])
         return times[first]
 
+    def registration_calls(self, after: float, until: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The `registrations` in ``(after, until]``, and each one's requests and distinct threads."""
+        if self.frontier < until:
+            self.ensure(until)
+        wake = self.wake
+        low = int(wake.searchsorted(after, "right"))
+        high = int(wake.searchsorted(until, "right"))
+        if high <= low:
+            return _EMPTY, _EMPTY, _EMPTY
+        times = wake[low:high]
+        first = np.empty(high - low, dtype=bool)  # in order: a call starts where the time changes
+        first[0] = True
+        np.not_equal(times[1:], times[:-1], out=first[1:])
+        starts = np.flatnonzero(first)
+        messages = np.diff(np.append(starts, high - low))
+        calls = np.cumsum(first) - 1  # each request's call
+        written = self.wake_threads[low:high]
+        span = int(written.max()) + 1
+        pairs = np.unique(calls * span + written)  # (call, thread), once each
+        threads = np.bincount(pairs // span, minlength=len(starts))
+        return times[starts], messages, threads
+
     def next_registration(self, since: float, before: float) -> float:
         """The first enqueue time at or after ``since`` if it comes before ``before``, else ``inf``."""
         if self.frontier < before:

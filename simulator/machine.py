@@ -21,8 +21,9 @@ programs on the same machine (the producer, a storage server: per message
 performed, `Scenario.background`) take their share of them.
 
 `StorageServer` is Redis itself: one command at a time. With
-`Scenario.storage_cpu` every storage call and registration queues there, so
-round trips grow with the load on the server.
+`Scenario.storage_cpu` (seconds per command, or `simulator.cpu.ServerCosts` per
+script) every storage call and registration queues there, so round trips grow
+with the load on the server.
 
 `PauseSchedule` draws the machine's pauses (`simulator.cpu.Pauses`): moments
 when the machine stops running the worker processes altogether (the operating
@@ -43,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .cpu import REGISTER_COMMANDS
+from .cpu import REGISTER_COMMANDS, ServerCosts
 
 if TYPE_CHECKING:
     import simpy
@@ -127,35 +128,53 @@ class StorageServer:
     """The storage server: Redis runs one command at a time, first come, first served.
 
     Every storage call of a loop (poll, acquire, cycle, release) is one command
-    and every registration `REGISTER_COMMANDS`, each costing the server ``cost``
-    seconds. A command reaches the server half a round trip after it is sent
-    and waits there for the commands that came before it: the round trip is
-    then the network's and the client's part alone. The server does not wait
-    for the machine's `Cores`: a process that runs briefly and often is run at
-    once by the kernel's scheduler (on 2 cores shared with 3 busy processes,
-    queueing it for a core first come first served put the p99 of 0.5 ms sleeps
-    at 1,200/s 34-37% high, against 9-27% without); its CPU is part of
+    and every registration call one more (`ServerCosts`: each script its own time,
+    a registration's by its threads and requests; or the same ``cost`` for every
+    command, `REGISTER_COMMANDS` per registration). A command reaches the server
+    half a round trip after it is sent and waits there for the commands that came
+    before it: the round trip is then the network's and the client's part alone.
+    The server does not wait for the machine's `Cores`: a process that runs briefly
+    and often is run at once by the kernel's scheduler (on 2 cores shared with 3
+    busy processes, queueing it for a core first come first served put the p99 of
+    0.5 ms sleeps at 1,200/s 34-37% high, against 9-27% without); its CPU is part of
     `Scenario.background`.
     """
 
-    __slots__ = ("accounted", "busy", "cost", "feed", "free", "half")
+    __slots__ = ("accounted", "busy", "calls", "cost", "costs", "feed", "free", "half")
 
-    def __init__(self, feed: Feed, cost: float, half: float) -> None:
+    def __init__(self, feed: Feed, cost: float | ServerCosts, half: float) -> None:
         self.feed = feed
-        self.cost = cost
+        self.costs = cost if isinstance(cost, ServerCosts) else None
+        self.cost = 0.0 if isinstance(cost, ServerCosts) else cost
         self.half = half  # a registration reaches the server half a round trip after its enqueue time
         self.free = -math.inf
         self.accounted = -math.inf  # registrations served up to this enqueue time
         self.busy = 0.0  # seconds of commands claimed (beyond the run's end when it cannot keep up)
+        self.calls = 0  # commands served
 
-    def call(self, arrival: float) -> float:
-        """A command reaching the server at ``arrival``: the seconds until its reply leaves."""
+    def call(self, arrival: float, cost: float) -> float:
+        """A command of ``cost`` seconds reaching the server at ``arrival``: the seconds until its reply leaves."""
         until = arrival - self.half
         if until > self.accounted:
-            for time in self.feed.registrations(self.accounted, until).tolist():
-                self._serve(time + self.half, self.cost * REGISTER_COMMANDS)
-            self.accounted = until
-        return self._serve(arrival, self.cost) - arrival
+            self._registrations(until)
+        self.calls += 1
+        return self._serve(arrival, cost) - arrival
+
+    def _registrations(self, until: float) -> None:
+        """Serve the registrations enqueued up to ``until``, each at its arrival."""
+        half, costs = self.half, self.costs
+        if costs is None:
+            times = self.feed.registrations(self.accounted, until)
+            for time in times.tolist():
+                self._serve(time + half, self.cost * REGISTER_COMMANDS)
+            self.calls += REGISTER_COMMANDS * len(times)
+        else:
+            times, messages, threads = self.feed.registration_calls(self.accounted, until)
+            seconds = costs.registration(messages, threads)
+            for time, cost in zip(times.tolist(), seconds.tolist(), strict=True):
+                self._serve(time + half, cost)
+            self.calls += len(times)
+        self.accounted = until
 
     def _serve(self, ready: float, cost: float) -> float:
         self.free = (self.free if self.free > ready else ready) + cost

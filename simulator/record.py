@@ -261,6 +261,7 @@ class RunRecord:
             ``binds``, ``polls``, ``busy`` and ``bound`` (seconds).
         processes: Per worker process: ``index``, ``loops`` and ``cpu_busy`` (CPU seconds).
         storage_busy: Seconds of commands the storage server was given (0: not modelled).
+        storage_calls: Commands it was given.
         cores_busy: CPU seconds placed on the machine's cores (0: not modelled).
     """
 
@@ -279,4 +280,5 @@ class RunRecord:
     loops: list[dict[str, Any]]
     processes: list[dict[str, Any]]
     storage_busy: float = 0.0
+    storage_calls: int = 0
     cores_busy: float = 0.0

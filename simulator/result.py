@@ -86,6 +86,8 @@ class Result:
             }
         )
         self._storage_busy = record.storage_busy
+        self.storage_calls = record.storage_calls
+        """Commands the storage server was given (0 when it is not modelled)."""
         self._cores_busy = record.cores_busy
         if not self._recorder.keep:
             self._recorder.flush()

@@ -23,7 +23,7 @@ from sharded_queue.handler import handler_name
 
 from .arrivals import finite_replay
 from .checks import ScenarioError, check_count, check_positive
-from .cpu import LIBRARY, Overhead, Pauses, check_overhead
+from .cpu import LIBRARY, Overhead, Pauses, ServerCosts, check_overhead, check_storage_cpu
 from .display import duration
 from .noise import Fixed, Noise
 from .workload import Workload, arrivals_text, perform_text, requests_text
@@ -65,7 +65,8 @@ class Scenario:
         background: CPU seconds that other programs on those cores spend per message
             performed (a producer or a storage server on the same machine), run as one
             more process; needs ``cores``.
-        storage_cpu: Seconds the storage server spends on each command; 0 (the default):
+        storage_cpu: Seconds the storage server spends on each command, or `ServerCosts`:
+            each script's own (`simulator.cpu.SERVER`: measured here); 0 (the default):
             the round trip is all there is. Otherwise Redis is one server that runs
             commands one at a time (`simulator.machine.StorageServer`): every storage call
             and every registration queues there, so round trips grow with the load;
@@ -89,7 +90,7 @@ class Scenario:
     pauses: Pauses = field(default_factory=Pauses)
     cores: int | None = None
     background: float = 0.0
-    storage_cpu: float = 0.0
+    storage_cpu: float | ServerCosts = 0.0
     workers: InitVar[int | None] = None
 
     def __post_init__(self, workers: int | None) -> None:
@@ -135,7 +136,7 @@ class Scenario:
         if not isinstance(self.settings, Settings):
             raise ScenarioError(f"Scenario settings must be sharded_queue.Settings, got {self.settings!r}")
         check_positive("Scenario rtt", self.rtt, zero=True)
-        check_positive("Scenario storage_cpu", self.storage_cpu, zero=True)
+        check_storage_cpu(self.storage_cpu)
         if not hasattr(self.rtt_noise, "sample"):
             raise ScenarioError(f"Scenario rtt_noise must be a noise model (Fixed, Empirical), got {self.rtt_noise!r}")
         if self.duration is not None:
@@ -230,8 +231,11 @@ def scenario_text(scenario: Scenario) -> str:
         f"process{'es' if scenario.processes != 1 else ''}, worker_batch_size {policy.batch_size}, "
         f"coordinator_delay {duration(policy.coordinator_delay)}, rtt {duration(scenario.rtt)}"
     )
-    if scenario.storage_cpu:
-        fleet += f", storage {duration(scenario.storage_cpu)}/command"
+    storage = scenario.storage_cpu
+    if isinstance(storage, ServerCosts):
+        fleet += f", storage {duration(storage.cycle)}/cycle, {duration(storage.registration(1, 1))}/registration"
+    elif storage:
+        fleet += f", storage {duration(storage)}/command"
     if not scenario.pauses.none:
         fleet += f", pauses {scenario.pauses.rate:.3g}/s of {duration(float(np.mean(scenario.pauses.lengths)))}"
     if scenario.cores is not None:

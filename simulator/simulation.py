@@ -22,7 +22,7 @@ from sharded_queue.meter import LAG_EVERY
 
 from .arrivals import finite_replay
 from .checks import ScenarioError
-from .cpu import REGISTER_COMMANDS
+from .cpu import REGISTER_COMMANDS, ServerCosts, models_server
 from .engine import RoundTrips, Shared, SimLoop
 from .feed import Feed
 from .lookups import Lookups
@@ -57,8 +57,8 @@ class Simulation:
             loop.process.loops.append(loop)
         self.samples: list[Sample] = []
         # A wake-up message is published by the storage server once it has run the registration
-        # (`REGISTER_COMMANDS`, without the queue there), then travels on to the worker processes.
-        delivery = scenario.rtt + REGISTER_COMMANDS * scenario.storage_cpu
+        # (a one-request call's, without the queue there), then travels on to the worker processes.
+        delivery = scenario.rtt + _registration_seconds(scenario.storage_cpu)
         wakeups = Wakeups(self.env, self.feed, Lookups(self.feed, self.storage), delivery, self.processes)
         self.feed.low_water = lambda: min(loop.armed_at for loop in self.loops) - delivery
         noisy = scenario.rtt and not isinstance(scenario.rtt_noise, Fixed)
@@ -76,7 +76,9 @@ class Simulation:
             overhead=scenario.overhead,
             cores=cores,
             background=scenario.background if cores is not None else 0.0,
-            server=StorageServer(self.feed, scenario.storage_cpu, scenario.rtt / 2) if scenario.storage_cpu else None,
+            server=StorageServer(self.feed, scenario.storage_cpu, scenario.rtt / 2)
+            if models_server(scenario.storage_cpu)
+            else None,
             target=_target(scenario),
         )
 
@@ -159,6 +161,7 @@ class Simulation:
                 for p in self.processes
             ],
             storage_busy=self.shared.server.busy if self.shared.server is not None else 0.0,
+            storage_calls=self.shared.server.calls if self.shared.server is not None else 0,
             cores_busy=self.shared.cores.busy if self.shared.cores is not None else 0.0,
         )
 
@@ -185,6 +188,11 @@ class Simulation:
         if self.samples and self.samples[-1][0] == at:
             self.samples.pop()
         self.samples.append((at, waiting, arrived))
+
+
+def _registration_seconds(storage: float | ServerCosts) -> float:
+    """The server's time for a registration call of one request."""
+    return storage.registration(1, 1) if isinstance(storage, ServerCosts) else REGISTER_COMMANDS * storage
 
 
 def _target(scenario: Scenario) -> float:

@@ -134,11 +134,17 @@ def primary_and_replica(tmp_path: Path) -> Iterator[tuple[RedisServer, RedisServ
     primary = RedisServer(tmp_path / "primary", *FAST_SYNC)
     replica = RedisServer(tmp_path / "replica", *FAST_SYNC, "--replicaof", "127.0.0.1", str(primary.port))
     wait_for(lambda: info(replica.port, "replication").get("master_link_status") == "up", 20, "replica in sync")
+    wait_for(lambda: replica_online(primary.port), 20, "the primary sees its replica online")
     yield primary, replica
     if replica.process is not None:
         replica.process.send_signal(signal.SIGCONT)
     replica.stop()
     primary.stop()
+
+
+def replica_online(port: int) -> bool:
+    replica = info(port, "replication").get("slave0")
+    return isinstance(replica, dict) and replica.get("state") == "online"
 
 
 def one_write(queue: Queue, seq: int) -> tuple[str, list[TubeWrite]]:
@@ -151,27 +157,32 @@ async def test_register_waits_for_its_replicas(
     primary_and_replica: tuple[RedisServer, RedisServer], fast: bool
 ) -> None:
     """N=1 returns once the replica has the writes; a stalled replica makes it raise, saying so;
-    a retried call (same stamp, another connection) waits for the first call's writes too."""
+    a retried call (same stamp, another connection) waits for the first call's writes too. Calls
+    that should succeed get a patient timeout (a loaded machine may take a while); the ones a
+    stalled replica must fail get a short one."""
     primary, replica = primary_and_replica
-    settings = Settings(key_prefix="waits", register_replicas=1, storage_timeout=0.2)
-    queue = Queue(Storage.from_settings(settings, primary.url, fast=fast), settings=settings)
+    patient = Settings(key_prefix="waits", register_replicas=1, storage_timeout=10)
+    hasty = Settings(key_prefix="waits", register_replicas=1, storage_timeout=0.2)
+    queue = Queue(Storage.from_settings(patient, primary.url, fast=fast), settings=patient)
+    stalled = Queue(Storage.from_settings(hasty, primary.url, fast=fast), settings=hasty)
     assert await queue.register(ChaosHandler, [0, 1], [1, 2]) == 2
     name, writes = one_write(queue, 3)
-    first = Storage.from_settings(settings, primary.url, fast=fast)  # a call whose reply is lost...
-    assert await first.push(name, writes, stamp="first", replicas=1, timeout=0.2) == 1
+    first = Storage.from_settings(patient, primary.url, fast=fast)  # a call whose reply is lost...
+    assert await first.push(name, writes, stamp="first", replicas=1, timeout=10) == 1
     assert replica.process is not None
     replica.process.send_signal(signal.SIGSTOP)  # the replica stops acknowledging
     with pytest.raises(StorageError, match="only 0 of the 1 replicas") as raised:
-        await queue.register(ChaosHandler, [0, 4], [1, 5], [2, 6])
+        await stalled.register(ChaosHandler, [0, 4], [1, 5], [2, 6])
     assert raised.value.stored == 3  # on the primary, not on a replica
-    other = Storage.from_settings(settings, primary.url, fast=fast)  # ...is retried on a fresh connection
+    other = Storage.from_settings(patient, primary.url, fast=fast)  # ...is retried on a fresh connection
     with pytest.raises(StorageError, match="only 0 of the 1 replicas"):
         await other.push(name, writes, stamp="first", replicas=1, timeout=0.2)
     replica.process.send_signal(signal.SIGCONT)
-    assert await other.push(name, writes, stamp="first", replicas=1, timeout=0.2) == 1
+    assert await other.push(name, writes, stamp="first", replicas=1, timeout=10) == 1
     assert await queue.pending(ChaosHandler) == 6  # the retried call appended nothing twice
     await first.close()
     await other.close()
+    await stalled.close()
     await queue.close()
 
 

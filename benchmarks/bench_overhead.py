@@ -1,6 +1,6 @@
 """The library's own CPU per effect on this machine: a report of `simulator.lab.measure`.
 
-    .venv/bin/python -m benchmarks.bench_overhead            # prints the table and the Overhead(...) literal
+    .venv/bin/python -m benchmarks.bench_overhead    # the tables, then the Overhead(...) and ServerCosts(...) literals
 
 The twin charges every effect a worker loop carries out, and every wake-up
 message a worker process receives, to the process's one CPU; how they are
@@ -9,7 +9,9 @@ over ``--repeat`` measurements (the median of three by default: the machine is
 shared), the asyncio timer's granularity, a check of the constants against
 runs of 2 and 8 loops in one process, which no constant was fitted on (the CPU the model predicts from the
 effect counts against the thread's measured CPU), and the `Overhead(...)`
-literal that `simulator.cpu.LIBRARY` holds for the development machine.
+literal that `simulator.cpu.LIBRARY` holds for the development machine; then each
+script's time on the redis-server (`simulator.lab.measure.measure_server`, by its
+``SLOWLOG``) and the `ServerCosts(...)` literal that `simulator.cpu.SERVER` holds.
 The redis-server is started on a free loopback port unless ``--url`` names one.
 """
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import statistics
 import tempfile
 from pathlib import Path
@@ -25,7 +28,8 @@ from typing import Any
 import numpy as np
 
 from sharded_queue.testing import RedisServer
-from simulator.lab.measure import KINDS, measure
+from simulator.cpu import ServerCosts
+from simulator.lab.measure import KINDS, measure, measure_server
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -36,16 +40,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeat", type=int, default=3, help="measurements; each constant is their median")
     options = parser.parse_args(argv)
 
-    def measure_all(url: str) -> list[dict[str, Any]]:
-        return [asyncio.run(measure(url, options.messages)) for _ in range(options.repeat)]
+    def measure_all(url: str) -> tuple[list[dict[str, Any]], list[ServerCosts]]:
+        runs = [asyncio.run(measure(url, options.messages)) for _ in range(options.repeat)]
+        return runs, [asyncio.run(measure_server(url, options.messages // 2)) for _ in range(options.repeat)]
 
     if options.url:
-        runs = measure_all(options.url)
+        runs, servers = measure_all(options.url)
     else:
         with tempfile.TemporaryDirectory(prefix="sq-overhead-") as directory:
             server = RedisServer(Path(directory))
             try:
-                runs = measure_all(server.url)
+                runs, servers = measure_all(server.url)
             finally:
                 server.stop()
     found = runs[-1]  # sleeps, checks: the last run's
@@ -86,6 +91,22 @@ def main(argv: list[str] | None = None) -> None:
         if name in costs:
             print(f"    {name}={costs[name]:.3g},")
     print(f"    timer_slack={found['slack']:.3g},")
+    print(")")
+    _print_server(servers)
+
+
+def _print_server(servers: list[ServerCosts]) -> None:
+    """Each script's time on the server: the median of the measurements, with their spread."""
+    print("\nthe storage server's time per script (us), median and spread (max - min) / median:")
+    medians = {}
+    for item in dataclasses.fields(ServerCosts):
+        values = [getattr(costs, item.name) for costs in servers]
+        medians[item.name] = statistics.median(values)
+        spread = (max(values) - min(values)) / medians[item.name] if medians[item.name] else 0.0
+        print(f"  {item.name:22} {medians[item.name] * 1e6:8.2f} {spread:6.0%}")
+    print("\nServerCosts(")
+    for name, value in medians.items():
+        print(f"    {name}={value:.2g},")
     print(")")
 
 

@@ -47,6 +47,7 @@ from .errors import StorageError
 from .handler import Handler, HandlerSpec
 from .health import StorageHealth
 from .leases import lease_token
+from .meter import RunMeter
 from .registry import Counters
 from .serializer import traceparents
 from .settings import Settings
@@ -80,6 +81,7 @@ class LoopHost(Protocol):
     metrics: Metrics | None
     telemetry: Telemetry | None
     recorder: TraceRecorder | None
+    meter: RunMeter | None
     observer: Callable[[Effect, Any], None] | None
 
     @property
@@ -130,6 +132,8 @@ class Loop:
         task = self.task = asyncio.current_task()
         assert task is not None
         observer = self.worker.observer
+        meter = self.worker.meter
+        counted = meter.effects if meter is not None else None  # tracing: the storage calls made, by effect
         try:
             while True:
                 try:
@@ -138,6 +142,9 @@ class Loop:
                     return int(stop.value)
                 result = await self.execute(effect)
                 raise_if_cancelled(task)
+                if counted is not None:
+                    name = type(effect).__name__
+                    counted[name] = counted.get(name, 0) + 1
                 if observer is not None:
                     observer(effect, result)
         except _GaveUp:

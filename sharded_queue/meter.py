@@ -12,6 +12,8 @@ field                  what                                                 inst
 ``cores``              cores this process may run on                        ``os.sched_getaffinity``
 ``machine_busy``       CPU seconds all programs used on the machine         ``/proc/stat`` (Linux)
 ``loops``              the most loops that ran at once                      the worker
+``effects``            the effects its loops carried out, by kind (polls,   the worker
+                       acquires, cycles, releases: its storage calls)
 ``lag``                the event loop's lag: how late a timer fires         a probe every `LAG_EVERY` s
 ``speed``              seconds a fixed CPU-bound unit of work takes         a probe every `SPEED_EVERY` s
 ``ping``               seconds a ``PING`` to the storage takes, there and   a probe every `PING_EVERY` s
@@ -93,6 +95,7 @@ class RunMeter:
     def __init__(self, storage: _Storage | None = None) -> None:
         self.storage = storage
         self.loops = 0
+        self.effects: dict[str, int] = {}  # counted by the worker's loops
         self.lag: list[float] = []
         self.speed: list[float] = []
         self.ping: list[float] = []
@@ -126,6 +129,7 @@ class RunMeter:
             "pid": os.getpid(),
             "cores": cores(),
             "loops": self.loops,
+            "effects": dict(self.effects),
             "started": start.get("wall"),
             "stopped": end["wall"],
             "process_cpu": end["process_cpu"] - start["process_cpu"] if start else None,

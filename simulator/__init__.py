@@ -19,7 +19,7 @@ from .analysis import backlog, compare, summary
 from .arrivals import Backlog, Deferred, Deterministic, OnOff, Poisson, Recurring, Registered, Replay
 from .calibrate import Calibration, calibrate, calibrations
 from .checks import ScenarioError
-from .cpu import LIBRARY, NONE, Overhead, Pauses
+from .cpu import LIBRARY, NONE, SERVER, Overhead, Pauses, ServerCosts
 from .display import readable
 from .engine import SimulatedFailure
 from .noise import Empirical, Exponential, Fixed, LogNormal
@@ -37,6 +37,7 @@ from .workload import Workload
 __all__ = [
     "LIBRARY",
     "NONE",
+    "SERVER",
     "Backlog",
     "Calibration",
     "Deferred",
@@ -60,6 +61,7 @@ __all__ = [
     "RoundRobin",
     "Scenario",
     "ScenarioError",
+    "ServerCosts",
     "Service",
     "SimulatedFailure",
     "Uniform",

@@ -66,7 +66,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,7 +75,7 @@ import pandas as pd
 
 from .analysis import check_trace
 from .checks import ScenarioError
-from .cpu import LIBRARY, Overhead, Pauses
+from .cpu import LIBRARY, SERVER, Overhead, Pauses, ServerCosts, models_server
 from .noise import Empirical, Fixed, Noise
 from .scenario import Scenario
 from .service import Service
@@ -104,8 +104,8 @@ class Calibration:
         cores: The cores the traced worker processes ran on (``attrs["meter"]``); None: unknown.
         background: CPU seconds the other programs on those cores used per message
             performed (the producer, a local storage server); `apply` sets both.
-        storage_cpu: The storage server's seconds per command (``INFO commandstats``),
-            `Scenario.storage_cpu`; 0: not known.
+        storage_cpu: The storage server's time per script (`ServerCosts`, at the level its
+            ``INFO commandstats`` measured over the run), `Scenario.storage_cpu`; 0: not known.
         speed: The run's speed probe (seconds of `sharded_queue.meter.speed_unit`), median;
             NaN: not measured. `overhead` is `Overhead.at_speed` of it.
     """
@@ -118,7 +118,7 @@ class Calibration:
     pauses: Pauses = dataclasses.field(default_factory=Pauses)
     cores: int | None = None
     background: float = 0.0
-    storage_cpu: float = 0.0
+    storage_cpu: float | ServerCosts = 0.0
     speed: float = math.nan
 
     def apply(self, scenario: Scenario, handlers: Mapping[str, str] | None = None) -> Scenario:
@@ -163,12 +163,16 @@ class Calibration:
             pauses=scenario.pauses if self.pauses.none else self.pauses,
             cores=scenario.cores if self.cores is None else self.cores,
             background=scenario.background if self.cores is None else self.background,
-            storage_cpu=self.storage_cpu or scenario.storage_cpu,
+            storage_cpu=self.storage_cpu if models_server(self.storage_cpu) else scenario.storage_cpu,
         )
 
 
 def calibrate(
-    trace: pd.DataFrame, noise: bool = True, timer: bool = False, overhead: Overhead = LIBRARY
+    trace: pd.DataFrame,
+    noise: bool = True,
+    timer: bool = False,
+    overhead: Overhead = LIBRARY,
+    server: ServerCosts = SERVER,
 ) -> Calibration:
     """Fit ``perform`` time, its CPU part, the round trip and the machine, per handler, from a trace
     (how each part is measured: the module's docstring, and ``docs/model.md``).
@@ -180,6 +184,9 @@ def calibrate(
         timer: ``perform`` waits by sleeping (``asyncio.sleep``), not on I/O.
         overhead: The library's CPU per effect, as measured (`simulator.lab.measure.measure_overhead`);
             taken to the run's speed when both speeds are known (`Overhead.at_speed`).
+        server: Each script's time on the storage server, as measured
+            (`simulator.lab.measure.measure_server`); taken to the run's server by what its
+            ``INFO commandstats`` says the scripts took (`server_level`).
 
     Raises:
         ValueError: the trace is empty.
@@ -192,6 +199,9 @@ def calibrate(
     if "speed" in machine:
         overhead = overhead.at_speed(machine["speed"])
     batches = _batches(trace)
+    storage = server_level(meter, trace, batches, server)
+    if storage is not None:
+        machine["storage_cpu"] = storage
     lag = float(np.median(np.concatenate([m["lag"] for m in meter]))) if meter and _samples(meter, "lag") else 0.0
     services: dict[str, Service] = {}
     rows = []
@@ -205,7 +215,7 @@ def calibrate(
     else:  # gaps between batches: the server's part of them is queued at the server, so it comes off
         trips = _round_trips(batches, overhead)
         fit["rtt_samples"] = len(trips)
-        rtt = float(np.median(trips)) - machine.get("storage_cpu", 0.0) if len(trips) else math.nan
+        rtt = float(np.median(trips)) - (storage.cycle if storage is not None else 0.0) if len(trips) else math.nan
     rtt = max(rtt, 0.0) if rtt > 0 else math.nan
     return Calibration(services, rtt, fit, overhead, **machine)
 
@@ -239,12 +249,6 @@ def _machine(meter: list[dict[str, Any]], messages: int) -> dict[str, Any]:
     busy = [float(m["machine_busy"]) for m in meter if m.get("machine_busy") is not None]
     if busy and messages:  # every process read the same machine over about the same span: the widest
         found["background"] = max(max(busy) - used, 0.0) / messages
-    storage = [m["storage"] for m in meter if m.get("storage")]
-    if storage:
-        commands = max(storage, key=lambda s: sum(c["calls"] for c in s["commands"].values()))["commands"]
-        calls = sum(c["calls"] for c in commands.values())
-        if calls:
-            found["storage_cpu"] = sum(c["usec"] for c in commands.values()) / calls / 1e6
     if _samples(meter, "speed"):
         found["speed"] = float(np.median(np.concatenate([m["speed"] for m in meter if m.get("speed")])))
     if _samples(meter, "ping"):
@@ -253,6 +257,70 @@ def _machine(meter: list[dict[str, Any]], messages: int) -> dict[str, Any]:
         found["rtt"] = max(float(np.median(pings - np.concatenate(used))), 0.0)
         found["rtt_samples"] = len(pings)
     return found
+
+
+SCRIPTS = ("evalsha", "evalsha_ro", "eval", "eval_ro", "fcall", "fcall_ro")
+"""The commands that run a script. ``INFO commandstats`` counts the commands a script runs too,
+and times them inside the script's own microseconds: the scripts' are the server's time."""
+
+
+def scripts(meter: Sequence[dict[str, Any]]) -> tuple[int, float]:
+    """Script calls and their microseconds on the storage server over the run (``INFO commandstats``,
+    read by each worker process over its own lifetime: the longest reading); (0, 0) when no
+    process could read it (a cluster, a server that refuses ``INFO``)."""
+    readings = []
+    for reading in meter:
+        if reading.get("storage"):
+            commands = reading["storage"]["commands"]
+            chosen = [stats for name, stats in commands.items() if name in SCRIPTS]
+            readings.append((sum(c["calls"] for c in chosen), float(sum(c["usec"] for c in chosen))))
+    return max(readings, default=(0, 0.0))
+
+
+def server_level(
+    meter: Sequence[dict[str, Any]], trace: pd.DataFrame, batches: pd.DataFrame, server: ServerCosts
+) -> ServerCosts | None:
+    """``server`` taken to the run's storage server: scaled so that the scripts the run sent cost
+    what the server's own clock says they took (``INFO commandstats``); None when it did not say.
+
+    How many scripts of each kind: the workers counted their storage calls (``effects`` of
+    their meters: polls, acquires, cycles, releases); each message was fetched once and acked
+    once; a registration call is a distinct enqueue time within the workers' run (its requests
+    and threads, from the trace). The server counted the rest (heartbeats, other clients'
+    reads): charged as polls. A trace whose meters did not count effects takes a cycle per
+    batch and an acquire and a release per thread bound, and charges the rest as polls.
+    """
+    calls, usec = scripts(meter)
+    if not calls:
+        return None
+    start = min((float(m["started"]) for m in meter if m.get("started") is not None), default=-math.inf)
+    stop = max((float(m["stopped"]) for m in meter if m.get("stopped") is not None), default=math.inf)
+    inside = trace[(trace["enqueued_at"] >= start) & (trace["enqueued_at"] <= stop)]
+    registered = inside.groupby("enqueued_at", sort=False).agg(
+        messages=("thread", "size"), threads=("thread", "nunique")
+    )
+    counted = _effects(meter, batches)
+    others = max(calls - len(registered) - sum(counted.values()), 0)
+    predicted = (
+        float(server.registration(registered["messages"], registered["threads"]).sum())
+        + 2 * len(trace) * server.cycle_per_message
+        + counted["Cycle"] * server.cycle
+        + counted["Acquire"] * server.acquire
+        + counted["End"] * server.release
+        + (counted["Poll"] + others) * server.poll
+    )
+    return server.scaled(usec * 1e-6 / predicted) if predicted > 0 and usec > 0 else None
+
+
+def _effects(meter: Sequence[dict[str, Any]], batches: pd.DataFrame) -> dict[str, int]:
+    """The workers' storage calls by kind: as their meters counted them, else from the batches."""
+    kinds = ("Poll", "Acquire", "Cycle", "End")
+    if all(m.get("effects") for m in meter):
+        return {kind: sum(int(m["effects"].get(kind, 0)) for m in meter) for kind in kinds}
+    ordered = batches.sort_values(["worker", "started"], kind="stable")
+    changed = (ordered["thread"] != ordered["thread"].shift()) | (ordered["worker"] != ordered["worker"].shift())
+    binds = int(changed.sum())  # a loop's batches of one thread in a row: one bind
+    return {"Poll": 0, "Acquire": binds, "Cycle": len(batches), "End": binds}
 
 
 def _fit_handler(
@@ -386,6 +454,7 @@ def calibrations(
     noise: bool = True,
     timer: bool = False,
     overhead: Overhead = LIBRARY,
+    server: ServerCosts = SERVER,
 ) -> list[Calibration]:
     """``draws`` calibrations of ``trace`` as its uncertainty allows: the spread `predict` turns into intervals.
 
@@ -395,7 +464,7 @@ def calibrations(
     lag), then fits as `calibrate` does. The first draw is `calibrate` itself.
     """
     rng = np.random.default_rng(seed)
-    found = [calibrate(trace, noise, timer, overhead)]
+    found = [calibrate(trace, noise, timer, overhead, server)]
     keys = trace[["worker", "batch"]].drop_duplicates().to_numpy()
     for _ in range(draws - 1):
         chosen = keys[rng.integers(0, len(keys), len(keys))]
@@ -406,7 +475,7 @@ def calibrations(
         resampled["batch"] = resampled["batch"] * (len(keys) + 1) + resampled["copy"]
         resampled = resampled.drop(columns="copy")
         resampled.attrs["meter"] = [_resample_meter(m, rng) for m in trace.attrs.get("meter") or []]
-        found.append(calibrate(resampled, noise, timer, overhead))
+        found.append(calibrate(resampled, noise, timer, overhead, server))
     return found
 
 

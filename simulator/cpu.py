@@ -229,21 +229,23 @@ class ServerCosts:
 
 
 SERVER = ServerCosts(
-    poll=2.2e-05,
-    acquire=2.2e-05,
-    release=1.8e-05,
-    cycle=4.5e-05,
-    cycle_per_message=1.2e-07,
-    register=3.5e-05,
-    register_per_thread=2.0e-05,
-    register_per_message=5.0e-07,
+    poll=2.4e-05,
+    acquire=3.0e-05,
+    release=1.7e-05,
+    cycle=6.2e-05,
+    cycle_per_message=1.3e-07,
+    register=4.5e-05,
+    register_per_thread=2.1e-05,
+    register_per_message=6.4e-07,
 )
-"""A local redis-server 7 on this project's 2-core development machine, measured by::
+"""A local redis-server 7 on this project's 2-core development machine, the medians of three
+measurements by::
 
     .venv/bin/python -m benchmarks.bench_overhead
 
-(`simulator.lab.measure.measure_server`). `simulator.calibrate` takes them to a traced
-run's own server by its ``INFO commandstats`` (the scripts' microseconds)."""
+(`simulator.lab.measure.measure_server`), taken while other programs ran: their spread was
+12-78% (156% for ``cycle_per_message``, a hundredth of the cycle). `simulator.calibrate` takes
+them to a traced run's own server by its ``INFO commandstats`` (the scripts' microseconds)."""
 
 
 def check_storage_cpu(value: Any) -> float | ServerCosts:

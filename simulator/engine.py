@@ -288,6 +288,7 @@ class SimLoop:
 
     def acquire(self, effect: Acquire) -> Steps:
         """``Acquire``: try the lease; a loop that got it wakes another idle loop if threads wait."""
+        self.stats.acquires += 1
         at = yield from self._reach(self.costs.acquire)
         code = self.storage.acquire(self.threads[id(effect.thread)], at)
         yield from self._reply(ACQUIRE_TRIPS[code], at, self.server_costs[1])
@@ -300,6 +301,7 @@ class SimLoop:
     def end(self, effect: End) -> Steps:
         """``End``: let go of the thread, release its lease."""
         stats = self.stats
+        stats.releases += 1
         self.wakeups.unbind(stats, self.now)
         at = yield from self._reach(self.costs.end)
         left = self.storage.release(self.threads[id(effect.thread)], at)
@@ -312,6 +314,7 @@ class SimLoop:
         owed, and waited together with the ``perform`` that follows (nothing happens to the loop meanwhile)."""
         now = self.now
         claim, feed, server = self.claim, self.feed, self.server
+        self.stats.cycles += 1
         self.wakeups.arm(self.stats, now)
         sent = now if claim is None else claim(now, self.costs.cycle)
         at = sent + self.half

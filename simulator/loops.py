@@ -34,12 +34,14 @@ class LoopState:
     """One simulated loop: what it did (statistics) and its waker."""
 
     __slots__ = (
+        "acquires",
         "armed_at",
         "binds",
         "bound",
         "bound_since",
         "busy",
         "checked",
+        "cycles",
         "deadline",
         "event",
         "failures",
@@ -49,6 +51,7 @@ class LoopState:
         "performs",
         "polls",
         "process",
+        "releases",
         "thread",
         "timer",
         "wait_id",
@@ -75,3 +78,6 @@ class LoopState:
         self.failures = 0
         self.messages = 0
         self.polls = 0
+        self.acquires = 0  # lease attempts
+        self.cycles = 0  # ack and fetch calls
+        self.releases = 0

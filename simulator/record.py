@@ -258,7 +258,7 @@ class RunRecord:
         batch_limits: Per tube: its handler's batch size.
         samples: The backlog over time (`Sample`).
         loops: Per loop: ``index``, ``process``, ``messages``, ``performs``, ``failures``,
-            ``binds``, ``polls``, ``busy`` and ``bound`` (seconds).
+            ``binds``, ``polls``, ``acquires``, ``cycles``, ``releases``, ``busy`` and ``bound`` (seconds).
         processes: Per worker process: ``index``, ``loops`` and ``cpu_busy`` (CPU seconds).
         storage_busy: Seconds of commands the storage server was given (0: not modelled).
         storage_calls: Commands it was given.

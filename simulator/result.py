@@ -70,6 +70,9 @@ class Result:
                     "failures": loop["failures"],
                     "binds": loop["binds"],
                     "polls": loop["polls"],
+                    "acquires": loop.get("acquires", 0),
+                    "cycles": loop.get("cycles", 0),
+                    "releases": loop.get("releases", 0),
                     "busy": loop["busy"],
                     "bound": loop["bound"],
                 }
@@ -288,7 +291,8 @@ class Result:
 
     @property
     def loops(self) -> pd.DataFrame:
-        """Per loop: messages, performs, failures, binds, polls, busy and bound seconds, utilisation."""
+        """Per loop: messages, performs, failures, binds, its storage calls (polls, acquires, cycles,
+        releases), busy and bound seconds, utilisation."""
         frame = self._loops.copy()
         frame["utilisation"] = frame["busy"] / max(self.end, 1e-12)
         return frame

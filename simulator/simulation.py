@@ -145,6 +145,9 @@ class Simulation:
                     "failures": loop.failures,
                     "binds": loop.binds,
                     "polls": loop.polls,
+                    "acquires": loop.acquires,
+                    "cycles": loop.cycles,
+                    "releases": loop.releases,
                     "busy": loop.busy,
                     "bound": loop.bound + (0.0 if math.isnan(loop.bound_since) else end - loop.bound_since),
                 }

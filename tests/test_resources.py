@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
+import redis
 
+from sharded_queue.testing import RedisServer
 from simulator import Scenario, Service, Workload, simulate
 from simulator.arrivals import Poisson
+from simulator.lab.measure import measure_server
 from simulator.lab.resources import QUANTITIES, measured, resources, simulated
 from simulator.requests import Keyed, Uniform
+from tests.conftest import need_redis_server
 from tests.test_simulator import settings
 from tests.test_twin_lag import Spread
 
@@ -58,3 +63,20 @@ def test_the_twin_charges_each_resource_and_the_real_run_is_set_against_them() -
     table = resources(runs, real).set_index("quantity")
     assert table.loc["worker_cpu", "covered"] and abs(table.loc["worker_cpu", "rel_error"]) < 0.2
     assert not table.loc["storage_calls", "covered"]  # the real server counted no call
+
+
+async def test_measure_server_times_each_script_by_the_servers_slow_log(tmp_path: Path) -> None:
+    """`measure_server` on a real redis-server: every script has a time of its own, a
+    registration grows with the threads it writes far more than with its requests, and the
+    server's slow-log settings are put back."""
+    need_redis_server()
+    server = RedisServer(tmp_path)
+    try:
+        with redis.Redis(port=server.port) as client:
+            before = client.config_get("slowlog-*")
+            costs = await measure_server(server.url, messages=2000)
+            assert min(costs.poll, costs.acquire, costs.release, costs.cycle, costs.register) > 0
+            assert costs.register_per_thread > costs.register_per_message > 0
+            assert client.config_get("slowlog-*") == before
+    finally:
+        server.stop()

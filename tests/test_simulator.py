@@ -59,7 +59,7 @@ from simulator import (
     summary,
     sweep,
 )
-from simulator.cpu import LIBRARY, NONE
+from simulator.cpu import LIBRARY, NONE, SERVER, ServerCosts
 from simulator.theory import (
     PollingRecursion,
     ReplayedChoice,
@@ -267,6 +267,39 @@ def test_the_storage_server_runs_one_command_at_a_time() -> None:
         commands = counts["performs"] + counts["polls"] + 3 * counts["binds"]
         assert result.end == pytest.approx(commands * 0.001, rel=0.01)
     assert _server_drain(4, 0.0, rtt=0.001).end == pytest.approx(result.end / 4, rel=0.05)
+
+
+def test_each_script_takes_the_storage_server_its_own_time() -> None:
+    """With `ServerCosts`, a drain by one loop lasts exactly as long as its scripts take the
+    server: each poll, acquire, release and cycle its own time, and every message moved (fetched
+    once, acked once) the cycle's time per message; and the server counts every call (the
+    backlog is one registration)."""
+    costs = ServerCosts(poll=1e-3, acquire=2e-3, release=3e-3, cycle=4e-3, cycle_per_message=5e-4)
+    result = _server_drain(1, 0.0).scenario.replace(storage_cpu=costs)
+    result = simulate(result)
+    counts = result.loops[["polls", "acquires", "cycles", "releases"]].sum()
+    seconds = (
+        counts["polls"] * costs.poll
+        + counts["acquires"] * costs.acquire
+        + counts["releases"] * costs.release
+        + counts["cycles"] * costs.cycle
+        + 2 * 2000 * costs.cycle_per_message
+    )
+    assert counts["cycles"] >= 2000 and counts["acquires"] >= 4
+    assert result.storage_utilisation * result.end == pytest.approx(seconds)
+    assert result.end == pytest.approx(seconds, rel=0.01)
+    assert result.storage_calls == counts.sum() + 1  # and the backlog's one registration
+
+
+def test_a_registration_takes_the_server_by_its_threads_and_requests() -> None:
+    """Requests with the same enqueue time are one registration call: three requests on two
+    threads at 0.5 s and one at 1 s cost ``register`` twice, ``register_per_thread`` three
+    times and ``register_per_message`` four times."""
+    costs = ServerCosts(register=1e-4, register_per_thread=1e-3, register_per_message=1e-2)
+    result = simulate(replay([0.5, 0.5, 0.5, 1.0], ["a", "a", "b", "c"], storage_cpu=costs))
+    assert len(result.trace) == 4
+    registrations = 2 * costs.register + 3 * costs.register_per_thread + 4 * costs.register_per_message
+    assert result.storage_utilisation * result.end == pytest.approx(registrations)
 
 
 def test_registrations_keep_the_storage_server_busy() -> None:
@@ -1288,17 +1321,30 @@ def test_calibrate_takes_the_machine_from_the_meter() -> None:
 
 
 def test_calibrate_takes_the_storage_and_the_round_trip_from_their_instruments() -> None:
-    """``INFO commandstats`` (microseconds over calls, every command the server ran) is the server's
-    time per command; the ``PING`` probe, each less the process's CPU meanwhile, is the round trip."""
+    """``INFO commandstats``' scripts (their microseconds: the server's time for everything they
+    do) set the level of each script's measured time (`SERVER`): a run on a server twice as slow
+    comes out at about twice as much. The ``PING`` probe, each less the process's CPU meanwhile,
+    is the round trip."""
     workload = Workload(Notify, Poisson(100), Service(0.002), Keyed(RoundRobin(8), make=Note))
-    trace = simulate(Scenario(workload, loops=2, duration=20).replace(rtt=0.001, worker_batch_size=4)).trace
-    commands = {"evalsha": {"calls": 900, "usec": 90_000}, "publish": {"calls": 100, "usec": 10_000}}
+    slow = SERVER.scaled(2)
+    run = simulate(Scenario(workload, loops=2, duration=20, storage_cpu=slow).replace(rtt=0.001, worker_batch_size=4))
+    trace = run.trace
+    usec = run.storage_utilisation * run.end * 1e6
+    commands = {"evalsha": {"calls": run.storage_calls, "usec": usec}, "publish": {"calls": 100, "usec": 10_000}}
     pings, used = [0.0012, 0.0013, 0.0014, 0.003], [0.0001, 0.0001, 0.0001, 0.0018]
-    trace.attrs["meter"] = [meter(storage={"commands": commands, "cpu": 0.2}, ping=pings, ping_cpu=used)]
+    loops = run.loops
+    effects = {"Poll": loops["polls"].sum(), "Acquire": loops["acquires"].sum(), "Cycle": loops["cycles"].sum()}
+    effects["End"] = loops["releases"].sum()  # as the worker counts its storage calls
+    storage = {"commands": commands, "cpu": 0.2}
+    trace.attrs["meter"] = [meter(storage=storage, effects=effects, ping=pings, ping_cpu=used)]
     fitted = calibrate(trace)
-    assert fitted.storage_cpu == pytest.approx(1e-4)
+    assert isinstance(fitted.storage_cpu, ServerCosts)
+    assert fitted.storage_cpu.cycle == pytest.approx(slow.cycle, rel=1e-3)  # the last batch was never acked
+    assert fitted.storage_cpu.registration(1, 1) == pytest.approx(slow.registration(1, 1), rel=1e-3)
     assert fitted.rtt == pytest.approx(0.0012)  # the median of 1.1, 1.2, 1.3 and 1.2 ms
     assert fitted.fit["rtt_samples"].iloc[0] == len(pings)
+    del commands["evalsha"]  # the server ran no script the meter saw: not known
+    assert calibrate(trace).storage_cpu == 0.0
 
 
 def test_calibrate_takes_the_library_to_the_runs_speed() -> None:

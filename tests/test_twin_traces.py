@@ -238,7 +238,7 @@ def digest(result: Result) -> str:
     """A hash of what a run produced: trace, loops, processes, backlog, summary, totals."""
     parts = [
         repr((result.end, result.messages, result.dead, result.arrived)),
-        result.loops.to_csv(),
+        result.loops.drop(columns=["acquires", "cycles", "releases"]).to_csv(),
         result.processes[["process", "loops", "cpu_busy", "cpu_utilisation"]].to_csv(),
         result.backlog(("handler", "thread", "order")).to_csv(),
         result.summary().to_csv(),

@@ -40,7 +40,7 @@ from sharded_queue.testing import RedisServer
 from ..analysis import compare
 from ..arrivals import Replay
 from ..calibrate import Calibration, calibrations
-from ..cpu import TRACED, Overhead
+from ..cpu import SERVER, TRACED, Overhead, ServerCosts
 from ..predict import prediction_runs
 from ..requests import Keyed, KeySequence
 from ..scenario import Scenario
@@ -48,7 +48,7 @@ from ..service import Service
 from ..simulation import simulate
 from ..workload import Workload
 from .handlers import TimedHandler, handler_from_spec
-from .measure import measure_overhead
+from .measure import measure_overhead, measure_server
 from .realrun import run_workers
 from .resources import QUANTITIES, resources
 
@@ -234,9 +234,11 @@ def replay(config: Config, real: pd.DataFrame, seed: int = 1) -> Scenario:
     return Scenario(workload, loops=config.loops, processes=config.processes, settings=config.settings(None), seed=seed)
 
 
-def fit(config: Config, real: pd.DataFrame, overhead: Overhead = TRACED, seed: int = 0) -> list[Calibration]:
+def fit(
+    config: Config, real: pd.DataFrame, overhead: Overhead = TRACED, seed: int = 0, server: ServerCosts = SERVER
+) -> list[Calibration]:
     """`calibrations` of a real run of ``config`` (`DRAWS` of them)."""
-    return calibrations(real, DRAWS, seed=seed, timer=config.perform == "sleep", overhead=overhead)
+    return calibrations(real, DRAWS, seed=seed, timer=config.perform == "sleep", overhead=overhead, server=server)
 
 
 def cells(config: Config, real: pd.DataFrame, fitted: Sequence[Calibration]) -> pd.DataFrame:
@@ -270,7 +272,12 @@ def _from_first_start(trace: pd.DataFrame) -> pd.DataFrame:
 
 
 async def run_family(
-    family: Family, url: str, overhead: Overhead = TRACED, test: bool = False, seed: int = 0
+    family: Family,
+    url: str,
+    overhead: Overhead = TRACED,
+    test: bool = False,
+    seed: int = 0,
+    server: ServerCosts = SERVER,
 ) -> pd.DataFrame:
     """Fit ``family`` on a real run of its fit configuration; predict and score each configuration
     of its scored set (or of its test set, with ``test``) against real runs of them."""
@@ -280,7 +287,7 @@ async def run_family(
         backlog = fit_config.replace(load=None, messages=0)
         drained = await real_trace(backlog.replace(messages=_drain_messages(fit_config)), url)
         rate = drain_rate(drained)
-    fitted = fit(fit_config, await real_trace(fit_config, url, _rate(fit_config, rate), seed), overhead, seed)
+    fitted = fit(fit_config, await real_trace(fit_config, url, _rate(fit_config, rate), seed), overhead, seed, server)
     tables = []
     for number, config in enumerate(family.test if test else family.scored, 1):
         real = await real_trace(config, url, _rate(config, rate), seed + number)
@@ -300,10 +307,15 @@ def _drain_messages(config: Config) -> int:
 
 
 async def run_all(
-    url: str, families: Sequence[Family] = FAMILIES, overhead: Overhead = TRACED, test: bool = False
+    url: str,
+    families: Sequence[Family] = FAMILIES,
+    overhead: Overhead = TRACED,
+    test: bool = False,
+    server: ServerCosts = SERVER,
 ) -> pd.DataFrame:
     """Every family's cells, in one DataFrame."""
-    return pd.concat([await run_family(family, url, overhead, test) for family in families], ignore_index=True)
+    found = [await run_family(family, url, overhead, test, server=server) for family in families]
+    return pd.concat(found, ignore_index=True)
 
 
 def report(results: pd.DataFrame) -> pd.DataFrame:
@@ -370,14 +382,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--url", help="Redis URL; default: spawn a redis-server on a free port")
     parser.add_argument("--test", action="store_true", help="score the held-out test set instead")
     parser.add_argument("--family", action="append", help="only these families (by name)")
-    parser.add_argument("--library", action="store_true", help="charge simulator.cpu.TRACED, not this machine's")
+    parser.add_argument(
+        "--library", action="store_true", help="charge simulator.cpu.TRACED and SERVER, not this machine's"
+    )
     arguments = parser.parse_args(argv)
     families = [f for f in FAMILIES if not arguments.family or f.name in arguments.family]
 
     async def study(url: str) -> None:
         overhead = TRACED if arguments.library else await measure_overhead(url)
-        print(f"{overhead!r}\n", flush=True)
-        results = await run_all(url, families, overhead, arguments.test)
+        server = SERVER if arguments.library else await measure_server(url)
+        print(f"{overhead!r}\n{server!r}\n", flush=True)
+        results = await run_all(url, families, overhead, arguments.test, server)
         tables = (per_config(results), report(results), where_the_time_goes(results))
         print(*map(markdown, tables), sep="\n\n", flush=True)
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import math
 import selectors
 import statistics
@@ -49,8 +50,9 @@ import redis.asyncio
 from sharded_queue import Handler, Queue, RequestRoute, Route, Settings, Worker
 from sharded_queue.core import Batch, Cycle, Effect, Perform
 from sharded_queue.meter import speed_unit
+from sharded_queue.storage.scripts import SCRIPTS, source
 
-from ..cpu import Overhead
+from ..cpu import Overhead, ServerCosts
 
 THREADS = 4
 
@@ -368,3 +370,116 @@ async def measure_rtt(url: str, count: int = 300, gap: float = 0.002) -> float:
     finally:
         await client.aclose()
     return statistics.median(taken)
+
+
+class Spread(Handler):
+    """Requests are ints; request ``r`` goes to thread ``r % 64``."""
+
+    name = "bench-overhead:spread"
+
+    @classmethod
+    async def route(cls, *requests: int) -> list[RequestRoute]:
+        return [RequestRoute(r, Route(thread=r % 64)) for r in requests]
+
+    async def perform(self, *requests: int) -> None:
+        pass
+
+
+REGISTRATIONS = ((1, 1), (64, 1), (64, 64), (512, 8), (512, 64))
+"""(requests, threads) of the registration calls `measure_server` times."""
+
+
+class SlowLog:
+    """Every command's own microseconds on a redis-server (``SLOWLOG`` with no threshold),
+    named by script for the library's ``EVALSHA`` calls; the server's settings put back after."""
+
+    def __init__(self, url: str) -> None:
+        self.client = redis.Redis.from_url(url)
+        self.names = {_sha(source(name)): name for name in SCRIPTS}
+        self.saved: dict[str, Any] = {}
+
+    def __enter__(self) -> SlowLog:
+        try:
+            self.saved = self.client.config_get("slowlog-*")
+            self.client.config_set("slowlog-log-slower-than", 0)
+            self.client.config_set("slowlog-max-len", 1_000_000)
+        except redis.ResponseError as exc:
+            self.client.close()
+            raise RuntimeError(f"measure_server needs CONFIG SET on the server (its SLOWLOG): {exc}") from exc
+        self.client.slowlog_reset()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for name, value in self.saved.items():
+            self.client.config_set(name, value)
+        self.client.slowlog_reset()
+        self.client.close()
+
+    def take(self) -> dict[str, list[float]]:
+        """Seconds of each script call since the last `take`, by script name."""
+        entries = self.client.slowlog_get(1_000_000)
+        self.client.slowlog_reset()
+        by: dict[str, list[float]] = defaultdict(list)
+        for entry in entries:
+            words = entry["command"].split()
+            if words and words[0].lower() == b"evalsha" and len(words) > 1:
+                name = self.names.get(words[1].decode(), "")
+                if name:
+                    by[name].append(entry["duration"] * 1e-6)
+        return by
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
+async def measure_server(url: str, messages: int = 20_000) -> ServerCosts:
+    """Each script's time on the redis-server at ``url``, from its ``SLOWLOG`` (see `ServerCosts`).
+
+    Registration calls of the `REGISTRATIONS` shapes give ``register``, ``register_per_thread``
+    and ``register_per_message`` (least squares); drains of ``messages`` with batches of 1, 16
+    and 128 give the cycle's cost and its cost per message moved (each message is fetched once
+    and acked once), and the polls', acquires' and releases' means. The server's slow-log
+    settings are put back after.
+
+    Raises:
+        RuntimeError: the server refuses ``CONFIG SET`` (a managed Redis): measure a local one.
+    """
+    with SlowLog(url) as log:
+        shapes, durations = [], []
+        for count, threads in REGISTRATIONS:
+            settings = Settings(storage_url=url, key_prefix=f"bench-server-{uuid.uuid4().hex[:8]}")
+            queue = Queue(url, settings=settings)
+            try:
+                log.take()
+                stride = 64 // threads
+                for call in range(max(20, 4000 // count)):
+                    await queue.register(
+                        Spread, *(stride * (i % threads) + 64 * (call * count + i) for i in range(count))
+                    )
+                taken = log.take()["push"]
+                shapes += [(1.0, threads, count)] * len(taken)
+                durations += taken
+            finally:
+                await queue.close()
+        (register, per_thread, per_message), *_ = np.linalg.lstsq(np.asarray(shapes), np.asarray(durations), rcond=None)
+        rows, totals, scripts = [], [], defaultdict(list)
+        for batch in (1, 16, 128):
+            log.take()
+            await drain(url, batch, messages if batch > 1 else messages // 8, 4)
+            taken = log.take()
+            rows.append((len(taken["cycle"]), 2.0 * (messages if batch > 1 else messages // 8)))
+            totals.append(sum(taken["cycle"]))
+            for name in ("candidates", "acquire", "release"):
+                scripts[name] += taken[name]
+        (cycle, per_moved), *_ = np.linalg.lstsq(np.asarray(rows), np.asarray(totals), rcond=None)
+    return ServerCosts(
+        poll=statistics.fmean(scripts["candidates"]),
+        acquire=statistics.fmean(scripts["acquire"]),
+        release=statistics.fmean(scripts["release"]),
+        cycle=max(float(cycle), 0.0),
+        cycle_per_message=max(float(per_moved), 0.0),
+        register=max(float(register), 0.0),
+        register_per_thread=max(float(per_thread), 0.0),
+        register_per_message=max(float(per_message), 0.0),
+    )

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..calibrate import scripts
 from ..result import Result
 
 QUANTITIES = ("worker_cpu", "storage_calls", "storage_cpu", "others_cpu", "lag_mean", "lag_p99")
@@ -55,25 +56,6 @@ def measured(real: pd.DataFrame) -> dict[str, float]:
     if lags.size:
         found["lag_mean"], found["lag_p99"] = float(lags.mean()), float(np.quantile(lags, 0.99))
     return found
-
-
-SCRIPTS = ("evalsha", "evalsha_ro", "eval", "eval_ro", "fcall", "fcall_ro")
-"""The commands that run a script: the server's time for everything the script does."""
-
-
-def scripts(meters: Sequence[dict[str, Any]]) -> tuple[int, float]:
-    """Script calls and their microseconds on the storage server over the run (``INFO commandstats``
-    read by the worker processes; each read it over its own lifetime: the longest reading). (0, 0)
-    when no process could read it."""
-    readings = [
-        (
-            sum(stats["calls"] for name, stats in m["storage"]["commands"].items() if name in SCRIPTS),
-            sum(stats["usec"] for name, stats in m["storage"]["commands"].items() if name in SCRIPTS),
-        )
-        for m in meters
-        if m.get("storage")
-    ]
-    return max(readings, default=(0, 0.0))
 
 
 def simulated(result: Result) -> dict[str, float]:

@@ -20,6 +20,8 @@ field                  what                                                 inst
                        back (by the path the worker's scripts take), and
 ``ping_cpu``           the thread CPU this process spent meanwhile (other   ``time.thread_time``
                        loops' work the reply waited for)
+``ping_wait``          the time the thread waited meanwhile for a core      ``/proc/thread-self/schedstat``
+                       (busy with other programs)                           (Linux; else none)
 ``storage_local``      whether the storage server shares this machine       its address
 ``storage``            redis-server's ``INFO commandstats`` (calls, usec    ``INFO`` at start and end, when
                        per command) and ``INFO cpu`` deltas                 the server answers it
@@ -100,6 +102,7 @@ class RunMeter:
         self.speed: list[float] = []
         self.ping: list[float] = []
         self.ping_cpu: list[float] = []
+        self.ping_wait: list[float] = []
         self._start: dict[str, Any] = {}
         self._end: dict[str, Any] = {}
         self._probes: list[asyncio.Task[None]] = []
@@ -137,6 +140,7 @@ class RunMeter:
             "speed": list(self.speed),
             "ping": list(self.ping),
             "ping_cpu": list(self.ping_cpu),
+            "ping_wait": list(self.ping_wait),
             "storage_local": self.storage.local if self.storage is not None else None,
         }
         if start.get("machine_busy") is not None and end.get("machine_busy") is not None:
@@ -179,14 +183,26 @@ class RunMeter:
         assert self.storage is not None
         while True:
             await asyncio.sleep(PING_EVERY)
-            cpu = time.thread_time()
+            cpu, waited = time.thread_time(), run_queue_wait()
             try:
                 taken = await self.storage.ping()
             except Exception as exc:  # an outage: the loops report it; the probe waits for the next
                 logger.debug("trace: ping failed: %s", exc)
                 continue
             self.ping.append(taken)
-            self.ping_cpu.append(min(time.thread_time() - cpu, taken))
+            used = min(time.thread_time() - cpu, taken)
+            self.ping_cpu.append(used)
+            if waited is not None:
+                self.ping_wait.append(min((run_queue_wait() or waited) - waited, taken - used))
+
+
+def run_queue_wait() -> float | None:
+    """Seconds this thread has waited for a core so far (Linux ``schedstat``); None elsewhere."""
+    try:
+        with open("/proc/thread-self/schedstat", "rb") as stat:
+            return int(stat.read().split()[1]) * 1e-9
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def _storage_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:

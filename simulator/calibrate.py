@@ -25,28 +25,26 @@ How `calibrate` fits each part:
   cores, pauses), and a spread drawn afresh for every round trip would
   add up on every message's path of several round trips: on 0.5 ms
   sleeps at 1200/s it put the p99 50-170% too high.
-* The machine: a trace recorded by `simulator.lab.realrun` says how many cores
-  the machine had and how much CPU the other programs on them used (the
-  producer, a local storage server): per message performed, that is the
-  scenario's ``background``. When it gives the storage server's own CPU,
-  that is spread over the commands the run sent it (a cycle per batch, an
-  acquire and a release per thread bound, `simulator.cpu.REGISTER_COMMANDS`
-  per registration) as ``storage_cpu``: the twin then queues every command
-  at the server, and its time per command is taken out of the round trip.
 * The machine and the storage server, from what a traced worker measured of its
   run (``trace.attrs["meter"]``: `sharded_queue.meter`, which ``Worker(trace=True)``
   and ``sharded-queue worker --trace FILE`` record; `simulator.lab.realrun` too),
   each from an instrument of its own:
 
   - ``cores``: the cores the worker processes could run on (``sched_getaffinity``);
-  - ``background``: the CPU the other programs on the machine used (``/proc/stat``
-    less the worker processes' own ``process_time``), per message performed: the
-    producer, and the storage server when it is local;
-  - ``storage_cpu``: redis-server's own time per command (``INFO commandstats``:
-    microseconds over calls, every command of the run counted by the server);
+  - ``background``: the storage server's own CPU (``INFO cpu``; none when it is on
+    another machine) per message performed: one more process, whose work grows with
+    the messages;
+  - ``unrelated``: the CPU the other programs on the machine used (``/proc/stat`` less
+    the worker processes' own ``process_time`` and the storage server's), per second of
+    the run: the producer and whatever else runs there. A meter that could not read the
+    server's CPU (a cluster) leaves it all in ``background``, per message, as one process;
+  - ``storage_cpu``: each script's time on the server (``server``, `ServerCosts`), at the
+    level the server's ``INFO commandstats`` says its scripts took over the run
+    (`server_level`);
   - ``rtt``: the median ``PING`` round trip by the scripts' path (a probe every
     250 ms), each less the thread CPU the process spent meanwhile (the other
-    loops' work its reply waited for, which the twin simulates itself); the
+    loops' work its reply waited for, which the twin simulates itself) and the
+    time the thread waited for a core (``schedstat``: the cores the twin shares); the
     server's time for a script is ``storage_cpu``, queued at the server;
   - ``overhead`` at the run's speed: the speed probe (a fixed unit of CPU work,
     every second) against the speed it took when ``overhead`` was measured
@@ -102,8 +100,10 @@ class Calibration:
         overhead: The library's CPU per effect (at the run's speed, when measured), which `apply` sets.
         pauses: The machine's pauses (`apply` sets them): none, as `calibrate` infers none.
         cores: The cores the traced worker processes ran on (``attrs["meter"]``); None: unknown.
-        background: CPU seconds the other programs on those cores used per message
-            performed (the producer, a local storage server); `apply` sets both.
+        background: CPU seconds a local storage server used per message performed
+            (all the other programs', when its CPU was not read); `apply` sets it with ``cores``.
+        unrelated: Cores' worth of CPU the other programs kept busy over the run (the
+            producer, anything else on the machine), `Scenario.unrelated`.
         storage_cpu: The storage server's time per script (`ServerCosts`, at the level its
             ``INFO commandstats`` measured over the run), `Scenario.storage_cpu`; 0: not known.
         speed: The run's speed probe (seconds of `sharded_queue.meter.speed_unit`), median;
@@ -118,6 +118,7 @@ class Calibration:
     pauses: Pauses = dataclasses.field(default_factory=Pauses)
     cores: int | None = None
     background: float = 0.0
+    unrelated: float = 0.0
     storage_cpu: float | ServerCosts = 0.0
     speed: float = math.nan
 
@@ -163,6 +164,7 @@ class Calibration:
             pauses=scenario.pauses if self.pauses.none else self.pauses,
             cores=scenario.cores if self.cores is None else self.cores,
             background=scenario.background if self.cores is None else self.background,
+            unrelated=scenario.unrelated if self.cores is None else self.unrelated,
             storage_cpu=self.storage_cpu if models_server(self.storage_cpu) else scenario.storage_cpu,
         )
 
@@ -248,13 +250,22 @@ def _machine(meter: list[dict[str, Any]], messages: int) -> dict[str, Any]:
     used = sum(float(m.get("process_cpu") or 0.0) for m in meter)
     busy = [float(m["machine_busy"]) for m in meter if m.get("machine_busy") is not None]
     if busy and messages:  # every process read the same machine over about the same span: the widest
-        found["background"] = max(max(busy) - used, 0.0) / messages
+        others = max(max(busy) - used, 0.0)
+        remote = any(m.get("storage_local") is False for m in meter)  # its CPU is not on these cores
+        server = 0.0 if remote else max((float(m["storage"]["cpu"]) for m in meter if m.get("storage")), default=None)
+        spans = [float(m["stopped"]) - float(m["started"]) for m in meter if m.get("started") is not None]
+        if server is None or not spans:
+            found["background"] = others / messages
+        else:
+            found["background"] = min(server, others) / messages
+            found["unrelated"] = max(others - server, 0.0) / max(spans)
     if _samples(meter, "speed"):
         found["speed"] = float(np.median(np.concatenate([m["speed"] for m in meter if m.get("speed")])))
     if _samples(meter, "ping"):
         pings = np.concatenate([m["ping"] for m in meter if m.get("ping")])
         used = [m.get("ping_cpu") or [0.0] * len(m["ping"]) for m in meter if m.get("ping")]
-        found["rtt"] = max(float(np.median(pings - np.concatenate(used))), 0.0)
+        waited = [m.get("ping_wait") or [0.0] * len(m["ping"]) for m in meter if m.get("ping")]
+        found["rtt"] = max(float(np.median(pings - np.concatenate(used) - np.concatenate(waited))), 0.0)
         found["rtt_samples"] = len(pings)
     return found
 

@@ -65,6 +65,9 @@ class Scenario:
         background: CPU seconds that other programs on those cores spend per message
             performed (a producer or a storage server on the same machine), run as one
             more process; needs ``cores``.
+        unrelated: Cores' worth of CPU that programs unrelated to the queue keep busy on
+            those cores, whatever the queue does (other services, a test suite); 0 (the
+            default): none. Needs ``cores``.
         storage_cpu: Seconds the storage server spends on each command, or `ServerCosts`:
             each script's own (`simulator.cpu.SERVER`: measured here); 0 (the default):
             the round trip is all there is. Otherwise Redis is one server that runs
@@ -91,6 +94,7 @@ class Scenario:
     cores: int | None = None
     background: float = 0.0
     storage_cpu: float | ServerCosts = 0.0
+    unrelated: float = 0.0
     workers: InitVar[int | None] = None
 
     def __post_init__(self, workers: int | None) -> None:
@@ -132,6 +136,11 @@ class Scenario:
         if self.background and self.cores is None:
             raise ScenarioError(
                 f"Scenario background ({self.background:g} s per message) runs on the machine's cores: set cores too"
+            )
+        check_positive("Scenario unrelated", self.unrelated, zero=True)
+        if self.unrelated and self.cores is None:
+            raise ScenarioError(
+                f"Scenario unrelated ({self.unrelated:g} cores busy) runs on the machine's cores: set cores too"
             )
         if not isinstance(self.settings, Settings):
             raise ScenarioError(f"Scenario settings must be sharded_queue.Settings, got {self.settings!r}")
@@ -242,6 +251,8 @@ def scenario_text(scenario: Scenario) -> str:
         fleet += f", {scenario.cores} core{'s' if scenario.cores != 1 else ''}"
         if scenario.background:
             fleet += f" (others {duration(scenario.background)}/message)"
+        if scenario.unrelated:
+            fleet += f" ({scenario.unrelated:.2g} busy with unrelated programs)"
     run = []
     if scenario.duration is not None:
         run.append(duration(scenario.duration))

@@ -91,7 +91,7 @@ class Simulation:
         if scenario.overhead.zero and not any(w.service.uses_cpu for w in workloads) and not paused:
             return None
         # The machine's cores, when fewer than the processes may want: shared by their CPUs and the background.
-        cores = Cores(scenario.cores) if scenario.cores is not None else None
+        cores = Cores(scenario.cores, scenario.unrelated) if scenario.cores is not None else None
         pauses = PauseSchedule(scenario.pauses, np.random.default_rng(pause_seed)) if paused else None
         for process in self.processes:
             process.cpu = Cpu(self.env, self.feed, scenario.overhead, delivery, pauses, cores)

@@ -216,7 +216,7 @@ def test_loops_sharing_a_cpu_are_exactly_one_fcfs_server() -> None:
     assert (trace["finished_at"] - trace["started_at"]).to_numpy() == pytest.approx(trace["cpu"].to_numpy())
 
 
-def _spinning_drain(cores: int | None, background: float = 0.0) -> Any:
+def _spinning_drain(cores: int | None, background: float = 0.0, **changes: Any) -> Any:
     """Four processes of one loop each drain 400 messages over 4 threads; ``perform`` computes 10 ms."""
     workload = Workload(
         Notify, Backlog(400), Service(per_batch=0.01, cpu_per_batch=0.01), Keyed(RoundRobin(400), make=Note)
@@ -229,7 +229,7 @@ def _spinning_drain(cores: int | None, background: float = 0.0) -> Any:
         overhead=NONE,
         cores=cores,
         background=background,
-    )
+    ).replace(**changes)
     return simulate(scenario)
 
 
@@ -240,6 +240,26 @@ def test_processes_share_the_machines_cores(cores: int | None, background: float
     """Four CPU-bound processes drain 4 CPU seconds in 4 / min(4, cores) seconds; other programs
     taking 10 ms of the cores per message (``background``) double the work the cores do."""
     assert _spinning_drain(cores, background).end == pytest.approx(seconds, rel=0.01)
+
+
+@pytest.mark.parametrize(("processes", "unrelated", "seconds"), [(4, 1.0, 4.0), (4, 1.5, 8.0), (1, 1.0, 4.0)])
+def test_unrelated_programs_take_their_share_of_the_cores(processes: int, unrelated: float, seconds: float) -> None:
+    """Programs that keep ``unrelated`` of 2 cores busy leave the rest to the worker processes:
+    4 CPU seconds take 4 / (2 - unrelated) seconds when the processes could use both cores;
+    one process alone loses nothing to one core's worth of them (they run on the other)."""
+    result = _spinning_drain(2, loops=processes, processes=processes, unrelated=unrelated)
+    assert result.end == pytest.approx(seconds, rel=0.02)
+
+
+def test_the_unrelated_programs_grain_hardly_matters(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The share, not the grain, sets the pace: pieces every 0.5 ms or every 3 ms drain alike."""
+    from simulator import machine
+
+    ends = []
+    for quantum in (0.0005, 0.003):
+        monkeypatch.setattr(machine, "UNRELATED_QUANTUM", quantum)
+        ends.append(_spinning_drain(2, unrelated=0.7).end)
+    assert ends[0] == pytest.approx(ends[1], rel=0.02)
 
 
 def _server_drain(loops: int, storage_cpu: float, rtt: float = 0.0) -> Any:
@@ -1320,28 +1340,47 @@ def test_calibrate_takes_the_machine_from_the_meter() -> None:
     assert applied.cores == 2 and applied.background == pytest.approx(3e-4) and applied.storage_cpu == 0.0
 
 
+def test_calibrate_splits_the_other_programs_by_what_drives_them() -> None:
+    """The machine's busy CPU less the workers': a local storage server's own CPU (``INFO cpu``)
+    grows with the messages (``background``, per message); the rest, the producer and unrelated
+    programs, is cores' worth busy over the run (``unrelated``). A server on another machine is
+    none of it."""
+    trace = simulate(Scenario(Workload(OneThread, Poisson(50), Service(0.01)), duration=20)).trace
+    busy = 0.5 + 0.2 + 1.5 * 10  # the workers, the server, unrelated programs at 1.5 cores for 10 s
+    reading = meter(process_cpu=0.5, machine_busy=busy, started=100.0, stopped=110.0, storage_local=True)
+    reading["storage"] = {"commands": {}, "cpu": 0.2}
+    trace.attrs["meter"] = [reading]
+    fitted = calibrate(trace)
+    assert fitted.background == pytest.approx(0.2 / len(trace)) and fitted.unrelated == pytest.approx(1.5)
+    applied = fitted.apply(Scenario(Workload(OneThread, Poisson(50), Service()), duration=5))
+    assert applied.cores == 2 and applied.unrelated == pytest.approx(1.5)
+    reading["storage_local"] = False
+    fitted = calibrate(trace)
+    assert fitted.background == 0.0 and fitted.unrelated == pytest.approx(1.52)
+
+
 def test_calibrate_takes_the_storage_and_the_round_trip_from_their_instruments() -> None:
     """``INFO commandstats``' scripts (their microseconds: the server's time for everything they
     do) set the level of each script's measured time (`SERVER`): a run on a server twice as slow
     comes out at about twice as much. The ``PING`` probe, each less the process's CPU meanwhile,
-    is the round trip."""
+    is the round trip, each less the process's CPU and its wait for a core meanwhile."""
     workload = Workload(Notify, Poisson(100), Service(0.002), Keyed(RoundRobin(8), make=Note))
     slow = SERVER.scaled(2)
     run = simulate(Scenario(workload, loops=2, duration=20, storage_cpu=slow).replace(rtt=0.001, worker_batch_size=4))
     trace = run.trace
     usec = run.storage_utilisation * run.end * 1e6
     commands = {"evalsha": {"calls": run.storage_calls, "usec": usec}, "publish": {"calls": 100, "usec": 10_000}}
-    pings, used = [0.0012, 0.0013, 0.0014, 0.003], [0.0001, 0.0001, 0.0001, 0.0018]
+    pings, used, waited = [0.0012, 0.0013, 0.0014, 0.003], [0.0001, 0.0001, 0.0001, 0.0018], [0.0001] * 4
     loops = run.loops
     effects = {"Poll": loops["polls"].sum(), "Acquire": loops["acquires"].sum(), "Cycle": loops["cycles"].sum()}
     effects["End"] = loops["releases"].sum()  # as the worker counts its storage calls
     storage = {"commands": commands, "cpu": 0.2}
-    trace.attrs["meter"] = [meter(storage=storage, effects=effects, ping=pings, ping_cpu=used)]
+    trace.attrs["meter"] = [meter(storage=storage, effects=effects, ping=pings, ping_cpu=used, ping_wait=waited)]
     fitted = calibrate(trace)
     assert isinstance(fitted.storage_cpu, ServerCosts)
     assert fitted.storage_cpu.cycle == pytest.approx(slow.cycle, rel=1e-3)  # the last batch was never acked
     assert fitted.storage_cpu.registration(1, 1) == pytest.approx(slow.registration(1, 1), rel=1e-3)
-    assert fitted.rtt == pytest.approx(0.0012)  # the median of 1.1, 1.2, 1.3 and 1.2 ms
+    assert fitted.rtt == pytest.approx(0.0011)  # the median of 1.0, 1.1, 1.2 and 1.1 ms
     assert fitted.fit["rtt_samples"].iloc[0] == len(pings)
     del commands["evalsha"]  # the server ran no script the meter saw: not known
     assert calibrate(trace).storage_cpu == 0.0

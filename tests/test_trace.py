@@ -115,6 +115,8 @@ async def test_a_traced_worker_measures_what_calibrating_the_twin_needs(redis_ur
     assert commands["evalsha"]["calls"] >= 30 and commands["evalsha"]["usec"] > 0  # a cycle per batch, at least
     assert meter["storage"]["cpu"] >= 0 and meter["machine_busy"] >= 0
     assert meter["ping"] and 0 < min(meter["ping"]) < 1 and meter["storage_local"] is True
+    assert len(meter["ping_wait"]) == len(meter["ping"]) and min(meter["ping_wait"]) >= 0  # Linux's schedstat
+    assert all(w + c <= p + 1e-12 for w, c, p in zip(meter["ping_wait"], meter["ping_cpu"], meter["ping"], strict=True))
     await queue.close()
 
 

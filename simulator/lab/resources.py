@@ -11,7 +11,7 @@ quantity            real: the instrument                                  twin
 ``storage_calls``   redis-server's ``INFO commandstats``: script calls     the storage server's commands
 ``storage_cpu``     ``INFO commandstats``: microseconds in scripts        the storage server's busy seconds
 ``others_cpu``      ``/proc/stat``'s busy CPU less the workers'            the other programs' work on the cores
-                    (the producer, redis-server, anything else)            (`Scenario.background`)
+                    (the producer, redis-server, anything else)            (`Scenario.background`, `unrelated`)
 ``lag_mean``,       the meter's lag probe: how late a 50 ms timer fires    the same probe on the simulated event loop
 ``lag_p99``                                                                (`simulator.machine.lag_probe`)
 ==================  ====================================================  ==============================================
@@ -70,7 +70,9 @@ def simulated(result: Result) -> dict[str, float]:
         "worker_cpu": workers / messages,
         "storage_calls": result.storage_calls / messages if served else math.nan,
         "storage_cpu": storage / messages if served else math.nan,
-        "others_cpu": scenario.background if scenario.cores is not None else math.nan,
+        "others_cpu": scenario.background + scenario.unrelated * result.end / messages
+        if scenario.cores is not None
+        else math.nan,
         "lag_mean": float(processes["lag"].mean()),
         "lag_p99": float(processes["lag_p99"].max()),
     }

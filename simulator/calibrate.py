@@ -270,6 +270,17 @@ def _machine(meter: list[dict[str, Any]], messages: int) -> dict[str, Any]:
     return found
 
 
+def unrelated_load(trace: pd.DataFrame) -> float | None:
+    """Cores' worth of CPU that programs other than the workers and the storage server kept busy
+    over a traced run (``attrs["meter"]``, as `calibrate` reads it); None when it did not say.
+    A condition of the run, as its arrival times are: what a planner states of the machine."""
+    meter = trace.attrs.get("meter") or []
+    if not meter:
+        return None
+    found = _machine(meter, max(len(trace), 1))
+    return found.get("unrelated")
+
+
 SCRIPTS = ("evalsha", "evalsha_ro", "eval", "eval_ro", "fcall", "fcall_ro")
 """The commands that run a script. ``INFO commandstats`` counts the commands a script runs too,
 and times them inside the script's own microseconds: the scripts' are the server's time."""

@@ -59,6 +59,7 @@ from simulator import (
     summary,
     sweep,
 )
+from simulator.calibrate import unrelated_load
 from simulator.cpu import LIBRARY, NONE, SERVER, ServerCosts
 from simulator.theory import (
     PollingRecursion,
@@ -1352,11 +1353,14 @@ def test_calibrate_splits_the_other_programs_by_what_drives_them() -> None:
     trace.attrs["meter"] = [reading]
     fitted = calibrate(trace)
     assert fitted.background == pytest.approx(0.2 / len(trace)) and fitted.unrelated == pytest.approx(1.5)
+    assert unrelated_load(trace) == pytest.approx(1.5)  # the run's condition, for a prediction of it
     applied = fitted.apply(Scenario(Workload(OneThread, Poisson(50), Service()), duration=5))
     assert applied.cores == 2 and applied.unrelated == pytest.approx(1.5)
     reading["storage_local"] = False
     fitted = calibrate(trace)
     assert fitted.background == 0.0 and fitted.unrelated == pytest.approx(1.52)
+    trace.attrs["meter"] = []
+    assert unrelated_load(trace) is None
 
 
 def test_calibrate_takes_the_storage_and_the_round_trip_from_their_instruments() -> None:

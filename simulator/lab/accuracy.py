@@ -39,7 +39,7 @@ from sharded_queue.testing import RedisServer
 
 from ..analysis import compare
 from ..arrivals import Replay
-from ..calibrate import Calibration, calibrations
+from ..calibrate import Calibration, calibrations, unrelated_load
 from ..cpu import SERVER, TRACED, Overhead, ServerCosts
 from ..predict import prediction_runs
 from ..requests import Keyed, KeySequence
@@ -246,6 +246,10 @@ def cells(config: Config, real: pd.DataFrame, fitted: Sequence[Calibration]) -> 
     (metric and group: overall, per order), with the median, the 90% interval and ``covered``;
     then one row per resource the twin charges (`simulator.lab.resources`: where the time goes).
 
+    The twin replays the real run's arrivals and is given the machine's other load during it
+    (`unrelated_load`): conditions of the run, as a planner states them; everything the queue
+    does is predicted from ``fitted``.
+
     A backlog is registered before the real workers start, so its times count from the first
     perform start. Latency is compared per order, not per thread: which thread a loop drains
     first is a random choice, in the worker and its twin alike, so one thread's is a draw.
@@ -253,6 +257,9 @@ def cells(config: Config, real: pd.DataFrame, fitted: Sequence[Calibration]) -> 
     scenario = replay(config, real)
     name = scenario.workloads[0].name  # type: ignore[index]
     runs = prediction_runs(scenario, fitted, handlers={name: next(iter(fitted[0].service))})
+    unrelated = unrelated_load(real)  # the machine's other load then: a condition, as the arrivals are
+    if unrelated is not None and fitted[0].cores is not None:
+        runs = [run.replace(unrelated=unrelated) for run in runs]
     results = [simulate(run) for run in runs]
     used = resources(results, real).rename(columns={"quantity": "metric"}).assign(order="*")
     sims = [result.trace for result in results]

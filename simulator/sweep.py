@@ -25,12 +25,13 @@ import pandas as pd
 
 from .analysis import CONFIDENCE as CONFIDENCE  # the level, here as before (90%)
 from .analysis import t_quantile
-from .arrivals import Deterministic, OnOff, Poisson
+from .arrivals import Deterministic, OnOff, Poisson, Registered
 from .checks import ScenarioError
 from .display import duration, html_table, per_second, readable
 from .predict import prediction_runs
 from .scenario import Scenario
 from .simulation import simulate
+from .workload import Workload
 
 if TYPE_CHECKING:
     from .calibrate import Calibration
@@ -339,18 +340,23 @@ def with_rate(scenario: Scenario, rate: float) -> Scenario:
     """
     workloads = scenario.workloads  # type: ignore[union-attr]
     for workload in workloads:
-        if not isinstance(workload.arrivals, Poisson | Deterministic | OnOff):
+        inner = workload.arrivals.arrivals if isinstance(workload.arrivals, Registered) else workload.arrivals
+        if not isinstance(inner, Poisson | Deterministic | OnOff):
             raise ScenarioError(
-                f"plan(rate=...) scales Poisson, Deterministic or OnOff arrivals; {workload.name} has "
-                f"{type(workload.arrivals).__name__}"
+                f"plan(rate=...) scales Poisson, Deterministic or OnOff arrivals (or those Registered in bulk); "
+                f"{workload.name} has {type(inner).__name__}"
             )
-    total = sum(w.arrivals.mean_rate() for w in workloads)
-    factor = rate / total
-    scaled = tuple(
-        dataclasses.replace(w, arrivals=dataclasses.replace(w.arrivals, rate=w.arrivals.rate * factor))
-        for w in workloads
-    )
-    return dataclasses.replace(scenario, workloads=scaled)
+    factor = rate / sum(w.arrivals.mean_rate() for w in workloads)
+    return dataclasses.replace(scenario, workloads=tuple(_scaled(w, factor) for w in workloads))
+
+
+def _scaled(workload: Workload, factor: float) -> Workload:
+    """``workload`` with its arrival rate times ``factor`` (a bulk producer's inner arrivals)."""
+    arrivals = workload.arrivals
+    if isinstance(arrivals, Registered):
+        inner = dataclasses.replace(arrivals.arrivals, rate=arrivals.arrivals.rate * factor)
+        return dataclasses.replace(workload, arrivals=dataclasses.replace(arrivals, arrivals=inner))
+    return dataclasses.replace(workload, arrivals=dataclasses.replace(arrivals, rate=arrivals.rate * factor))
 
 
 def plan(

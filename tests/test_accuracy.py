@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import pytest
 
+from simulator.cpu import SERVER, TRACED
 from simulator.lab.accuracy import (
     FAMILIES,
     METRICS,
+    Config,
     Family,
     handler_for,
     markdown,
@@ -23,6 +25,7 @@ from simulator.lab.accuracy import (
     where_the_time_goes,
 )
 from simulator.lab.measure import measure_overhead
+from simulator.lab.plancheck import Question, check, verdict
 
 GROSS = {"throughput": 0.5, "sojourn_p50": 1.0}
 """On a shared 2-core machine the real side moves by tens of percent between runs, and one CI
@@ -63,3 +66,18 @@ async def test_the_twin_predicts_held_out_real_runs(redis_url: str) -> None:
     assert (scored["sim_low"] <= scored["sim"]).all() and (scored["sim"] <= scored["sim_high"]).all()
     used = where_the_time_goes(results)
     assert (used["worker_cpu_real"] > 0).all() and used["worker_cpu_err"].notna().all()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+async def test_a_plans_answer_is_run_for_real(redis_url: str) -> None:
+    """`simulator.lab.plancheck` on a small question: every candidate runs for real beside the
+    twin's p99, and the verdict names the choice (or says there was none)."""
+    config = Config("plan-small", loops=2, batch=16, threads=8, seconds=1.0, per_batch=0.001, per_message=0.0001)
+    question = Question(config, load=0.3, goals=(1e-6, 0.5), loops=(1, 2))
+    (impossible, _), (answer, table) = await check(question, redis_url, overhead=TRACED, server=SERVER)
+    assert impossible.choice is None  # no queue performs within a microsecond
+    assert list(table["loops"]) == [1, 2] and (table["real_p99"] > 0).all()
+    assert (table["twin_p99_high"] >= table["twin_p99"]).all() and table["rate"].iloc[0] > 0
+    assert table["chosen"].sum() == (answer.choice is not None)
+    assert verdict(table).startswith("chose" if answer.choice else "no choice")

@@ -154,7 +154,12 @@ SIMULATOR_LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
         "runs, results and plots",
         frozenset({"simulation", "result", "analysis", "plots", "sweep", "calibrate", "predict", "theory"}),
     ),
-    ("the lab", frozenset({"lab", "lab.measure", "lab.realrun", "lab.handlers", "lab.accuracy", "lab.resources"})),
+    (
+        "the lab",
+        frozenset(
+            {"lab", "lab.measure", "lab.realrun", "lab.handlers", "lab.accuracy", "lab.resources", "lab.plancheck"}
+        ),
+    ),
     ("the package", frozenset({""})),
 )
 """DESIGN.md section 7: each layer imports only the ones before it (and itself, without cycles)."""

@@ -31,6 +31,7 @@ from .core import (
     End,
     Envelopes,
     Fire,
+    Held,
     LoopPolicy,
     Lost,
     MoveDue,
@@ -38,6 +39,7 @@ from .core import (
     Poll,
     PollResult,
     Program,
+    Short,
     ThreadRef,
     Wait,
     enqueued_times,
@@ -50,7 +52,7 @@ from .leases import lease_token
 from .registry import Counters
 from .serializer import traceparents
 from .settings import Settings
-from .storage import Storage, raise_if_cancelled
+from .storage import NO_CONTROLS, CycleControls, Storage, raise_if_cancelled
 from .telemetry import Telemetry
 from .trace import CpuTimed, TraceRecorder
 from .waking import Waker, Wakeups
@@ -257,15 +259,31 @@ class Loop:
                 logger.warning("lease of %s/%s lost; its batch will not be acked", thread.handler, thread.thread)
                 return
 
-    async def _cycle(self, effect: Cycle) -> Batch | Lost | None:
+    def _controls(self, effect: Cycle) -> CycleControls:
+        """What the cycle passes of its thread's controls: rate limits, a hold, linger."""
+        spec = self.worker.specs[effect.thread.handler]
+        if spec.rate is None and spec.thread_rate is None and effect.hold is None and not effect.linger:
+            return NO_CONTROLS
+        size = spec.handler.batch_size or self.settings.worker_batch_size
+        return CycleControls(
+            "" if spec.thread_rate is None else spec.thread_rate.argument(size),
+            "" if spec.rate is None else spec.rate.argument(size),
+            effect.hold,
+            effect.linger,
+        )
+
+    async def _cycle(self, effect: Cycle) -> Batch | Lost | Held | Short | None:
         thread, ack = effect.thread, effect.ack
         dead = self._dead_records(thread, ack) if ack is not None and ack.dead else []
         if ack is not None:
             self.seq += 1
         seq = self.seq
         self.waker.arm()
+        controls = self._controls(effect)
         reply = await self._retrying(
-            lambda: self.storage.cycle(thread, self.token, self.settings.lease_ttl, ack, seq, dead, effect.limit),
+            lambda: self.storage.cycle(
+                thread, self.token, self.settings.lease_ttl, ack, seq, dead, effect.limit, controls
+            ),
             holding=ack is not None,
         )
         if reply is False:
@@ -275,8 +293,8 @@ class Loop:
             self.acked += ack.count
             if ack.dead:
                 self._dead_lettered(thread, ack)
-        if reply is None:
-            return None
+        if reply is None or isinstance(reply, Held | Short):
+            return reply
         assert isinstance(reply, tuple)
         order, self.raw, losses = reply
         self.batch_order = order

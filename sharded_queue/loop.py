@@ -45,7 +45,7 @@ from .core import (
     enqueued_times,
 )
 from .deadletters import DeadLetterRecord
-from .errors import StorageError
+from .errors import RateLimited, StorageError
 from .handler import Handler, HandlerSpec
 from .health import StorageHealth
 from .leases import lease_token
@@ -337,6 +337,9 @@ class Loop:
                 else:  # tracing: count perform's own CPU time too
                     timed = CpuTimed(self.instance.perform(*requests))
                     await timed
+        except RateLimited as exc:  # not a failure: the batch waits at the head of its thread
+            logger.info("%s.perform rate limited on thread %s: %s", handler, effect.thread.thread, exc)
+            return exc
         except Exception as exc:
             error = exc
             if isinstance(exc, TimeoutError) and deadline.expired():

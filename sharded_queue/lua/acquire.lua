@@ -28,9 +28,9 @@ if redis.call('EXISTS', KEYS[3]) == 1 or (index and redis.call('EXISTS', KEYS[5]
   end
   if ends and redis.call('GET', KEYS[1]) ~= ARGV[1] then
     if index then
-      redis.call('ZADD', index, 'XX', stamp(ends), ARGV[3])
+      redis.call('ZADD', index, 'XX', as_time(ends), ARGV[3])
     end
-    return {-2, stamp(ends)}
+    return {-2, as_time(ends)}
   end
 end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) or redis.call('GET', KEYS[1]) == ARGV[1] then

@@ -89,7 +89,7 @@ elseif ack_count > 0 and not handler_keys then
 end
 if ARGV[13] ~= '' then  -- hold: not before, and a fetched head goes back uncounted
   local seconds, order = string.match(ARGV[13], '^(%S+) ?(.*)$')
-  redis.call('HSET', KEYS[6], 'after', stamp(clock() + tonumber(seconds)))
+  redis.call('HSET', KEYS[6], 'after', as_time(clock() + tonumber(seconds)))
   if order ~= '' and redis.call('HINCRBY', KEYS[5], order, -1) <= 0 then
     redis.call('HDEL', KEYS[5], order)
   end
@@ -129,7 +129,7 @@ while true do
   if ARGV[14] == '1' then
     local waiting = redis.call('LLEN', tube)
     if waiting > 0 and waiting < limit then
-      return {'', 'short', waiting, stamp(now or clock()), counted}
+      return {'', 'short', waiting, as_time(now or clock()), counted}
     end
   end
   local items = redis.call('LRANGE', tube, 0, limit - 1)

@@ -19,8 +19,8 @@ local now = clock()
 if mode == 'take' then
   local all = handler_paused(KEYS[2], now)
   if all then
-    redis.call('ZADD', KEYS[1], 'XX', stamp(all), ARGV[3])
-    return {-2, stamp(all)}
+    redis.call('ZADD', KEYS[1], 'XX', as_time(all), ARGV[3])
+    return {-2, as_time(all)}
   end
   mode = 'hide'
 end

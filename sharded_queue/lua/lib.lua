@@ -205,7 +205,7 @@ end
 
 -- A time as a reply or a field: a string (Lua numbers become integers in replies).
 local FOREVER = 1e15
-local function stamp(at)
+local function as_time(at)
   return string.format('%.6f', at)
 end
 

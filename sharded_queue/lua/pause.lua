@@ -10,5 +10,5 @@ if string.sub(when, 1, 1) == '+' then
 elseif string.sub(when, 1, 1) == '@' then
   ends = tonumber(string.sub(when, 2))
 end
-redis.call('HSET', KEYS[1], ARGV[1], stamp(ends))
-return stamp(ends)
+redis.call('HSET', KEYS[1], ARGV[1], as_time(ends))
+return as_time(ends)

@@ -136,6 +136,23 @@ async def _no_lease(queue: Queue, ref: ThreadRef) -> bool:
     return await queue.storage.lease_token(ref) is None
 
 
+async def test_a_thread_that_appears_during_a_handler_wide_pause_is_refused_too(queue: Queue) -> None:
+    """No copy of the pause is in it (it was not indexed when the pause was written): acquire reads
+    the handler's pause itself (on a cluster, the index call that follows it)."""
+    Pausable.log = []
+    name = queue.spec(Pausable).name
+    await queue.pause(Pausable)
+    await queue.register(Pausable, *jobs("new", 3))
+    worker = Worker(queue)
+    async with running(worker):
+        await wait_until(lambda: hidden_until_resumed(queue, name, "new"), timeout=20)
+        assert await queue.storage.lease_token(ThreadRef(name, "new")) is None
+        assert Pausable.log == []
+        await queue.resume(Pausable)
+        await wait_until(lambda: len(performed(Pausable.log, "new")) == 3, timeout=20)
+    assert performed(Pausable.log, "new") == [0, 1, 2]
+
+
 async def test_a_handler_wide_pause_leaves_threads_paused_by_name(queue: Queue) -> None:
     await queue.pause(Pausable, thread="x")
     await queue.pause(Pausable)

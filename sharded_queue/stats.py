@@ -104,9 +104,9 @@ async def stats_page(
     names = list(dict.fromkeys(handlers)) if handlers is not None else await storage.handler_names()
     start = _position(cursor)
     page = await storage.thread_page(names, start, limit)
-    totals, views = await storage.snapshot(names if start is None else [], page.refs)
+    totals, views, stored = await storage.page_snapshot(names if start is None else [], page.refs, names)
     now = await storage.server_time()
-    pauses = await storage.pauses(names, now)
+    pauses = {name: {thread for thread, ends in stored[name].items() if ends > now} for name in names}
     by_handler: dict[str, list[ThreadView]] = {name: [] for name in names}
     for view in views:
         by_handler[view.ref.handler].append(view)

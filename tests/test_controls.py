@@ -413,3 +413,15 @@ async def test_a_short_batch_is_performed_once_the_linger_has_passed(queue: Queu
     assert BriefLinger.log == [("0", [0, 1])]
     assert any(isinstance(result, Short) for result in seen)
     assert not any(isinstance(result, Held) for result in seen)
+
+
+def test_sync_queue_pauses_and_resumes(redis_url: str) -> None:
+    from sharded_queue import Settings, SyncQueue
+
+    with SyncQueue(redis_url, settings=Settings(key_prefix="sync-controls")) as sync:
+        sync.pause(Pausable, thread=1, for_=60)
+        sync.pause(Pausable)
+        assert sync.paused(Pausable) == ["*", "1"]
+        sync.resume(Pausable)
+        sync.resume(Pausable, thread="1")
+        assert sync.paused(Pausable) == []

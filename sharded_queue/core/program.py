@@ -2,8 +2,9 @@
 
 Bind a thread, drain it in batches, release it, repeat: the choice of thread,
 batch sizing, empty-limit/pause, release, retries with backoff, poison
-bisection and lease-loss handling are decided here, once, for the asyncio
-worker and the simulator alike.
+bisection, lease-loss handling and what the thread controls ask (a pause, a
+rate limit, `RateLimited`, `BatchFailed`, linger) are decided here, once, for
+the asyncio worker and the simulator alike.
 """
 
 from __future__ import annotations
@@ -83,6 +84,12 @@ def worker_program(
     than loops, every thread is served (0 disables this). A handler whose
     ``start()`` fails gets its thread released untouched, and the loop pauses
     (one backoff step) before it binds again.
+
+    Thread controls: a cycle held back by a pause lets the thread go; one held
+    back by an empty rate bucket waits, or holds the thread and lets it go
+    (`_held_back`); a ``perform`` that raises `RateLimited` sends its batch back
+    and holds the thread; one that raises `BatchFailed` retries only the
+    requests it names (`_perform`); with a linger, a short batch waits to fill.
 
     Returns (as the generator's value) how many messages were taken off tubes:
     performed, or dead-lettered. Ends after ``limit`` of them, or when

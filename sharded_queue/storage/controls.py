@@ -102,19 +102,6 @@ class Controls(Admin):
         pauses = {field.decode(): float(ends) for field, ends in stored.items()}
         return {thread: _ends(ends) for thread, ends in sorted(pauses.items()) if ends > now}
 
-    async def pauses(self, handlers: Sequence[str], now: float) -> dict[str, set[str]]:
-        """The threads of each of ``handlers`` paused at ``now`` (the storage's clock), ``*`` for
-        a handler-wide pause, in one round trip (stats)."""
-        if not handlers:
-            return {}
-        with translate_errors():
-            replies = await self.scripts.send_all([("HGETALL", self.keys.paused(name)) for name in handlers])
-        found = {}
-        for name, flat in zip(handlers, replies, strict=True):
-            items = flat.items() if isinstance(flat, dict) else zip(flat[::2], flat[1::2], strict=True)
-            found[name] = {field.decode() for field, ends in items if float(ends) > now}
-        return found
-
 
 def _ends(ends: float) -> float:
     """A stored end of a pause, with no end as ``inf``."""

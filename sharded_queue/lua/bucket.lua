@@ -9,4 +9,4 @@ local tokens, rate, size = bucket_tokens(KEYS[1], ARGV[1], now)
 tokens = math.min(size, tokens + tonumber(ARGV[3]))
 local taken = math.max(0, math.min(tonumber(ARGV[2]), math.floor(tokens)))
 bucket_spend(KEYS[1], tokens, taken, now, rate, size)
-return {taken, string.format('%.6f', taken > 0 and 0 or (1 - tokens) / rate)}
+return {taken, string.format('%.6f', taken > 0 and 0 or token_wait(tokens, rate))}

@@ -113,7 +113,9 @@ if thread_rate ~= '' or handler_rate ~= '' or redis.call('EXISTS', KEYS[6]) == 1
       local tokens, rate, size = bucket_tokens(rated[1], rated[2], now)
       buckets[#buckets + 1] = {rated[1], tokens, rate, size}
       limit = math.min(limit, math.floor(tokens))
-      wait = math.max(wait, (1 - tokens) / rate)
+      if tokens < 1 then
+        wait = math.max(wait, token_wait(tokens, rate))
+      end
     end
   end
   if limit < 1 then

@@ -222,6 +222,12 @@ local function bucket_tokens(key, spec, now)
   return math.min(size, tokens + math.max(0, now - at) * rate), rate, size
 end
 
+-- Seconds until a bucket holding `tokens` (< 1) at `rate` holds one: rounded up to the next
+-- microsecond, this server's clock's step, so that a cycle after that wait finds one.
+local function token_wait(tokens, rate)
+  return math.ceil((1 - tokens) / rate * 1000000 + 1) / 1000000
+end
+
 -- Take `used` tokens out of a bucket that held `tokens` at `now`; it expires once it would be full.
 local function bucket_spend(key, tokens, used, now, rate, size)
   local left = tokens - used

@@ -1,5 +1,5 @@
-"""``python -m benchmarks [--quick] ...``: the queue, peers, fault, scheduling, failover and telemetry benchmarks,
-then the simulator's."""
+"""``python -m benchmarks [--quick] ...``: the queue, peers, fault, scheduling, failover, telemetry and
+controls benchmarks, then the simulator's."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ def main(argv: list[str] | None = None) -> int:
     from . import bench_queue
 
     status = bench_queue.main(argv)
-    from . import bench_failover, bench_faults, bench_otel, bench_peers, bench_scheduling
+    from . import bench_controls, bench_failover, bench_faults, bench_otel, bench_peers, bench_scheduling
 
     suites = (
         ("peers", bench_peers),
@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
         ("scheduling", bench_scheduling),
         ("failover", bench_failover),
         ("telemetry", bench_otel),
+        ("controls", bench_controls),
     )
     for title, suite in suites:
         print(f"\n=== {title} benchmarks ({suite.__name__}) ===", flush=True)

@@ -7,9 +7,11 @@ The public names are listed in ``__all__``; every other module is private.
 from .core import Cron, ThreadRef, Tube
 from .deadletters import DeadLetterRecord
 from .errors import (
+    BatchFailed,
     DecodeError,
     EmbeddedStorageWarning,
     QueueError,
+    RateLimited,
     RouteError,
     RouteTypeError,
     SerializationError,
@@ -18,6 +20,7 @@ from .errors import (
     StorageError,
     StorageFull,
     StorageTimeout,
+    ThreadFull,
 )
 from .handler import Handler, RequestRoute, Route
 from .metrics import Metrics
@@ -28,6 +31,7 @@ from .sync import SyncQueue
 from .worker import Worker
 
 __all__ = [
+    "BatchFailed",
     "Cron",
     "DeadLetterRecord",
     "DecodeError",
@@ -36,6 +40,7 @@ __all__ = [
     "Metrics",
     "Queue",
     "QueueError",
+    "RateLimited",
     "RequestRoute",
     "Route",
     "RouteError",
@@ -49,6 +54,7 @@ __all__ = [
     "StorageFull",
     "StorageTimeout",
     "SyncQueue",
+    "ThreadFull",
     "ThreadRef",
     "Tube",
     "Worker",

@@ -10,13 +10,14 @@ JSON. `Queue` inherits all of it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from .core import ThreadRef, order_rank
+from .core import ThreadRef, check_name, order_rank
 from .deadletters import DeadLetterRecord
 from .errors import DecodeError
 from .frames import require_pandas
@@ -75,6 +76,35 @@ class QueueAdmin:
                 return float("nan"), envelope
 
         return decoded
+
+    # --- controls -----------------------------------------------------------
+
+    async def pause(
+        self, handler: HandlerRef, thread: str | int | None = None, for_: float | timedelta | None = None
+    ) -> None:
+        """Pause ``thread`` of ``handler``, or (None) the whole handler, until `resume` or for ``for_``.
+
+        No loop binds a paused thread; one holding it finishes the batch in hand,
+        acks it and lets the thread go. Registrations to it are stored as usual and
+        wait. The pause is stored (it survives worker restarts) and a duration
+        runs on the storage server's clock.
+
+        Raises:
+            ValueError: ``for_`` is not a number of seconds (or `timedelta`) > 0, or a bad thread name.
+        """
+        name = self._name(handler)
+        seconds = _duration(for_)
+        await self.storage.pause(name, None if thread is None else check_name("thread", thread), seconds)
+
+    async def resume(self, handler: HandlerRef, thread: str | int | None = None) -> None:
+        """End the pause of ``thread`` of ``handler`` (None: the handler-wide pause, leaving threads
+        paused by name paused); idle loops are woken to take the threads at once."""
+        name = self._name(handler)
+        await self.storage.resume(name, None if thread is None else check_name("thread", thread))
+
+    async def paused(self, handler: HandlerRef) -> list[str]:
+        """The paused threads of ``handler``, sorted; a handler-wide pause is listed as ``*``."""
+        return list(await self.storage.paused(self._name(handler)))
 
     # --- counts and stats ---------------------------------------------------
 
@@ -281,3 +311,13 @@ def _when(enqueued_at: float) -> datetime | None:
 def _chunks(threads: list[str], size: int = 1000) -> list[list[str]]:
     """Threads in pipelines of ``size``: a fixed number of round trips per thousand threads."""
     return [threads[start : start + size] for start in range(0, len(threads), size)]
+
+
+def _duration(value: float | timedelta | None) -> float | None:
+    """A pause's ``for_`` in seconds (None: until resumed)."""
+    if value is None:
+        return None
+    seconds = value.total_seconds() if isinstance(value, timedelta) else value
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 < seconds < math.inf:
+        raise ValueError(f"pause(for_=...) takes a number of seconds > 0 or a timedelta, got {value!r}")
+    return float(seconds)

@@ -9,11 +9,15 @@ Every error the queue raises on purpose derives from `QueueError`::
     ├── SerializationError   a request cannot be encoded for storage (also TypeError)
     ├── DecodeError          a stored payload cannot be decoded (dead-lettered, never raised to users)
     ├── LeaseLost            a request kept losing its holder's lease (dead-lettered, never raised to users)
+    ├── ThreadFull           a registration would put more than ``Handler.max_pending`` requests in a thread
     └── StorageError         Redis could not be reached or answered with an error
         ├── StorageTimeout   no answer within the timeout
         ├── StorageFull      Redis reached maxmemory (noeviction): registrations are refused
         └── StorageConfigError  Redis refused this configuration: a wrong password, an unknown
                              database or host; retrying cannot help
+
+Raised by a handler's ``perform`` to steer its batch (never by the queue): `RateLimited`
+(the batch waits at the head of its thread), `BatchFailed` (only some requests failed).
 
 Warnings: `EmbeddedStorageWarning` (a `UserWarning`), when requests go to the
 embedded in-process storage, where only this process can ever perform them.
@@ -23,6 +27,8 @@ redis-py's own exceptions are translated into `StorageError` in one place,
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 
 class QueueError(Exception):
@@ -55,6 +61,65 @@ class LeaseLost(QueueError):
     Recorded in the dead letter of a request whose ``perform`` blocks the event
     loop longer than the lease TTL (so no heartbeat runs), or kills its worker.
     """
+
+
+class ThreadFull(QueueError):
+    """A registration would put more than ``Handler.max_pending`` requests in one thread.
+
+    Nothing of the thread's part of the call was written (on one server, nothing of
+    the call at all). Attributes: ``handler``, ``thread``, ``depth`` (requests waiting
+    in its tubes), ``limit`` (``max_pending``), ``stored`` (requests of the call that
+    were stored: on a cluster, other threads' parts).
+    """
+
+    def __init__(self, handler: str, thread: str, depth: int, limit: int, stored: int = 0) -> None:
+        super().__init__(
+            f"thread {thread!r} of {handler} is full: {depth} requests wait and max_pending is {limit}; "
+            "register again once workers have drained it, or raise max_pending"
+        )
+        self.handler, self.thread, self.depth, self.limit, self.stored = handler, thread, depth, limit, stored
+
+
+class RateLimited(Exception):
+    """Raise from ``perform`` when a downstream service said "too many requests".
+
+    The batch stays at the head of its thread, no attempt is counted, and the
+    thread is not performed again before ``retry_after`` seconds (on the storage
+    server's clock); other threads go on.
+
+    Args:
+        retry_after: Seconds to wait, a finite number >= 0.
+    """
+
+    def __init__(self, retry_after: float) -> None:
+        if isinstance(retry_after, bool) or not isinstance(retry_after, int | float) or not 0 <= retry_after < 1e9:
+            raise ValueError(f"RateLimited(retry_after=...) takes a finite number of seconds >= 0, got {retry_after!r}")
+        super().__init__(f"rate limited: retry after {retry_after:g} s")
+        self.retry_after = float(retry_after)
+
+
+class BatchFailed(Exception):
+    """Raise from ``perform`` when only some requests of the batch failed.
+
+    ``failures`` maps the index of each failed request in ``perform``'s
+    ``requests`` to its exception. Those take the retry and dead-letter path
+    (the thread holds its FIFO order meanwhile); the others are acked and never
+    performed again.
+
+    Args:
+        failures: ``{index: exception}``, at least one.
+    """
+
+    def __init__(self, failures: Mapping[int, BaseException]) -> None:
+        if not isinstance(failures, Mapping) or not failures:
+            raise ValueError(f"BatchFailed takes a non-empty {{index: exception}} mapping, got {failures!r}")
+        for index, error in failures.items():
+            if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+                raise ValueError(f"BatchFailed: an index must be an int >= 0, got {index!r}")
+            if not isinstance(error, BaseException):
+                raise ValueError(f"BatchFailed: request {index} must map to an exception, got {error!r}")
+        super().__init__(f"{len(failures)} requests of the batch failed: {sorted(failures)}")
+        self.failures = dict(failures)
 
 
 class StorageError(QueueError):

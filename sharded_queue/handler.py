@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from .core.controls import Rate, parse_rate
 from .core.routing import RequestRoute, Route, check_name
 from .serializer import Codec
 
@@ -36,6 +37,18 @@ class Handler:
         timeout: Optional seconds one ``perform`` call may run, overriding
             ``settings.perform_timeout`` (300 s by default). A ``perform`` past it
             is cancelled and counts as a failed attempt (``TimeoutError``).
+        rate_limit: Optional rate limit of the whole handler, across all workers
+            (``"500/s"``, ``"10/min"``, ``"2/h"``): a token bucket on the storage's
+            clock cuts each batch to what it allows.
+        thread_rate_limit: Optional rate limit of each of its threads.
+        max_pending: Optional most requests waiting in one thread: a registration
+            that would exceed it raises `ThreadFull` and writes nothing of the thread.
+        batch_linger: Optional seconds a loop whose thread holds fewer than a batch
+            waits for more (woken as soon as it fills), overriding
+            ``settings.worker_batch_linger``.
+
+    Rate strings, ``max_pending`` and ``batch_linger`` are checked when the class
+    is defined (a `ValueError` naming the attribute).
 
     ``route``, ``start``, ``perform`` and ``stop`` must be coroutine functions
     (``async def``) and ``route`` a classmethod; a handler that breaks this is a
@@ -47,6 +60,14 @@ class Handler:
     batch_size: ClassVar[int | None] = None
     retry_attempts: ClassVar[int | None] = None
     timeout: ClassVar[float | None] = None
+    rate_limit: ClassVar[str | None] = None
+    thread_rate_limit: ClassVar[str | None] = None
+    max_pending: ClassVar[int | None] = None
+    batch_linger: ClassVar[float | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        check_controls(cls)
 
     @classmethod
     async def route(cls, *requests: Any) -> list[RequestRoute]:
@@ -95,6 +116,29 @@ def check_methods(handler: type[Handler]) -> None:
             )
 
 
+def check_controls(handler: type[Handler]) -> tuple[Rate | None, Rate | None]:
+    """Check ``handler``'s controls; returns its rate limits (handler-wide, per thread), read.
+
+    Raises:
+        ValueError: a rate string that does not read (`core.parse_rate`), a ``max_pending``
+            that is not an int >= 1, or a ``batch_linger`` that is not a finite number >= 0.
+    """
+    where = handler.__qualname__
+    rates = (
+        parse_rate(handler.rate_limit, f"{where}.rate_limit"),
+        parse_rate(handler.thread_rate_limit, f"{where}.thread_rate_limit"),
+    )
+    cap = handler.max_pending
+    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+        raise ValueError(f"{where}.max_pending must be an int >= 1 (requests waiting in a thread) or None, got {cap!r}")
+    linger = handler.batch_linger
+    if linger is not None and (
+        isinstance(linger, bool) or not isinstance(linger, int | float) or not 0 <= linger < math.inf
+    ):
+        raise ValueError(f"{where}.batch_linger must be a number of seconds >= 0 or None, got {linger!r}")
+    return rates
+
+
 def request_type(handler: type[Handler]) -> Any:
     """The request type annotated on ``perform``'s ``*requests`` (`typing.Any` if none)."""
     parameters = inspect.signature(handler.perform).parameters.values()
@@ -125,6 +169,8 @@ class HandlerSpec:
     handler: type[Handler]
     codec: Codec
     orders: tuple[str, ...] | None
+    rate: Rate | None = None
+    thread_rate: Rate | None = None
 
     @classmethod
     def of(cls, handler: type[Handler]) -> HandlerSpec:
@@ -133,7 +179,8 @@ class HandlerSpec:
         Raises:
             TypeError: a method is not a coroutine function, or ``route`` not a classmethod.
             ValueError: ``batch_size`` or ``retry_attempts`` is set but not an int >= 1,
-                or ``timeout`` is set but not a finite number > 0.
+                or ``timeout`` is set but not a finite number > 0, or a control is bad
+                (`check_controls`).
         """
         name = handler_name(handler)
         check_methods(handler)
@@ -146,4 +193,5 @@ class HandlerSpec:
             isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < math.inf
         ):
             raise ValueError(f"{handler.__qualname__}.timeout must be a number of seconds > 0 or None, got {timeout!r}")
-        return cls(name, handler, Codec(request_type(handler)), declared_orders(handler))
+        rate, thread_rate = check_controls(handler)
+        return cls(name, handler, Codec(request_type(handler)), declared_orders(handler), rate, thread_rate)

@@ -31,6 +31,7 @@ from .core import (
     End,
     Envelopes,
     Fire,
+    Held,
     LoopPolicy,
     Lost,
     MoveDue,
@@ -38,12 +39,13 @@ from .core import (
     Poll,
     PollResult,
     Program,
+    Short,
     ThreadRef,
     Wait,
     enqueued_times,
 )
 from .deadletters import DeadLetterRecord
-from .errors import StorageError
+from .errors import RateLimited, StorageError
 from .handler import Handler, HandlerSpec
 from .health import StorageHealth
 from .leases import lease_token
@@ -51,7 +53,7 @@ from .meter import RunMeter
 from .registry import Counters
 from .serializer import traceparents
 from .settings import Settings
-from .storage import Storage, raise_if_cancelled
+from .storage import NO_CONTROLS, CycleControls, Storage, raise_if_cancelled
 from .telemetry import Telemetry
 from .trace import CpuTimed, TraceRecorder
 from .waking import Waker, Wakeups
@@ -264,15 +266,31 @@ class Loop:
                 logger.warning("lease of %s/%s lost; its batch will not be acked", thread.handler, thread.thread)
                 return
 
-    async def _cycle(self, effect: Cycle) -> Batch | Lost | None:
+    def _controls(self, effect: Cycle) -> CycleControls:
+        """What the cycle passes of its thread's controls: rate limits, a hold, linger."""
+        spec = self.worker.specs[effect.thread.handler]
+        if spec.rate is None and spec.thread_rate is None and effect.hold is None and not effect.linger:
+            return NO_CONTROLS
+        size = spec.handler.batch_size or self.settings.worker_batch_size
+        return CycleControls(
+            "" if spec.thread_rate is None else spec.thread_rate.argument(size),
+            "" if spec.rate is None else spec.rate.argument(size),
+            effect.hold,
+            effect.linger,
+        )
+
+    async def _cycle(self, effect: Cycle) -> Batch | Lost | Held | Short | None:
         thread, ack = effect.thread, effect.ack
         dead = self._dead_records(thread, ack) if ack is not None and ack.dead else []
         if ack is not None:
             self.seq += 1
         seq = self.seq
         self.waker.arm()
+        controls = self._controls(effect)
         reply = await self._retrying(
-            lambda: self.storage.cycle(thread, self.token, self.settings.lease_ttl, ack, seq, dead, effect.limit),
+            lambda: self.storage.cycle(
+                thread, self.token, self.settings.lease_ttl, ack, seq, dead, effect.limit, controls
+            ),
             holding=ack is not None,
         )
         if reply is False:
@@ -282,8 +300,8 @@ class Loop:
             self.acked += ack.count
             if ack.dead:
                 self._dead_lettered(thread, ack)
-        if reply is None:
-            return None
+        if reply is None or isinstance(reply, Held | Short):
+            return reply
         assert isinstance(reply, tuple)
         order, self.raw, losses = reply
         self.batch_order = order
@@ -326,6 +344,9 @@ class Loop:
                 else:  # tracing: count perform's own CPU time too
                     timed = CpuTimed(self.instance.perform(*requests))
                     await timed
+        except RateLimited as exc:  # not a failure: the batch waits at the head of its thread
+            logger.info("%s.perform rate limited on thread %s: %s", handler, effect.thread.thread, exc)
+            return exc
         except Exception as exc:
             error = exc
             if isinstance(exc, TimeoutError) and deadline.expired():

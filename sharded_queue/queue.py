@@ -11,7 +11,7 @@ import msgspec
 
 from .admin import QueueAdmin
 from .core import Cron, RequestRoute, Schedule, Tube, check_routes, due_when, group_by_tube, order_rank
-from .errors import EmbeddedStorageWarning, StorageError
+from .errors import EmbeddedStorageWarning, StorageError, ThreadFull
 from .handler import Handler, HandlerSpec
 from .settings import Settings
 from .settings import settings as default_settings
@@ -107,6 +107,9 @@ class Queue(QueueAdmin):
                 them, or (off the embedded default) a ``__main__`` handler without ``name``.
             TypeError: ``defer``, ``recurrent`` or ``if_not_exists`` of the wrong type.
             SerializationError: a request a worker could not decode.
+            ThreadFull: a thread would hold more than ``handler.max_pending`` requests
+                (nothing of the chunk was written, on one server; its ``stored`` says
+                how many requests were).
             StorageFull: Redis is full (nothing of the chunk was written).
             StorageError: Redis failed, or fewer replicas than asked acknowledged (saying how
                 many); its ``stored`` says how many requests earlier chunks stored.
@@ -151,7 +154,7 @@ class Queue(QueueAdmin):
         chunks = self._chunks(spec, routes, unique, when, schedule, traceparent)
         if spec.name not in self._registered:  # once per handler and Queue: names for stats, never imported
             await self.storage.add_handlers([spec.name])
-        stored = await self._push(spec.name, chunks, len(requests))
+        stored = await self._push(spec, chunks, len(requests))
         self._registered.setdefault(spec.name, handler)
         return stored
 
@@ -175,14 +178,17 @@ class Queue(QueueAdmin):
             for start in range(0, len(routes), size)
         ]
 
-    async def _push(self, handler: str, chunks: list[list[TubeWrite]], total: int) -> int:
+    async def _push(self, spec: HandlerSpec, chunks: list[list[TubeWrite]], total: int) -> int:
         """Push the chunks in order; a failure says how many requests earlier chunks stored."""
         stored = 0
         replicas, timeout = self.settings.register_replicas, self.settings.storage_timeout
+        cap = spec.handler.max_pending
         for writes in chunks:
             try:
-                stored += await self.storage.push(handler, writes, replicas=replicas, timeout=timeout)
-            except StorageError as exc:
+                stored += await self.storage.push(
+                    spec.name, writes, replicas=replicas, timeout=timeout, max_pending=cap
+                )
+            except (StorageError, ThreadFull) as exc:
                 if stored:
                     exc.stored += stored
                     exc.add_note(f"the first {exc.stored} of {total} requests were stored")

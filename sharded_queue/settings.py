@@ -90,6 +90,7 @@ _RULES: dict[str, _Rule] = {
     "worker_empty_limit": _Rule(int, 1),
     "worker_empty_pause": _Rule(float, 0),
     "worker_hold_limit": _Rule(int, 0),
+    "worker_batch_linger": _Rule(float, 0),
     "storage_url": _Rule(str, optional=True),
     "key_prefix": _Rule(str),
     "lease_ttl": _Rule(float, 0, exclusive=True),
@@ -119,6 +120,10 @@ class Settings:
         worker_empty_pause: Seconds between two empty polls of a bound thread.
         worker_hold_limit: Batches a loop performs on one thread before it lets
             the thread go if another thread waits for a loop (0: never).
+        worker_batch_linger: Seconds a loop whose thread holds fewer than a batch
+            waits for more before it performs what there is (woken as soon as the
+            batch fills); 0 (the default) performs at once. A handler's own
+            ``batch_linger`` wins.
         storage_url: ``redis://``, ``rediss://``, ``redis+cluster://`` or
             ``redis+sentinel://`` URL; unset means the embedded in-process fakeredis.
         key_prefix: Prefix of every Redis key; two prefixes never see each other.
@@ -156,6 +161,7 @@ class Settings:
     worker_empty_limit: int = 16
     worker_empty_pause: float = 0.1
     worker_hold_limit: int = 16
+    worker_batch_linger: float = 0.0
     storage_url: str | None = None
     key_prefix: str = "sq"
     lease_ttl: float = 10.0

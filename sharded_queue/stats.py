@@ -27,7 +27,9 @@ Columns:
 - ``deferred``: the thread's deferred requests not yet due, and
 - ``dead``: its dead letters, each counted once per thread: on its first row,
   or on a row of its own (order None, depth 0) when nothing waits in it. The
-  total row has the handler's totals.
+  total row has the handler's totals;
+- ``paused``: the thread is paused (`Queue.pause`), by name or with its whole
+  handler; on the total row, the whole handler is.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from .storage import HandlerCounts, Position, Storage, ThreadView
 if TYPE_CHECKING:
     import pandas as pd
 
-COLUMNS = ("handler", "thread", "order", "depth", "lag", "holder", "held_since", "deferred", "dead")
+COLUMNS = ("handler", "thread", "order", "depth", "lag", "holder", "held_since", "deferred", "dead", "paused")
 
 DEFAULT_LIMIT = 1000
 """Threads per page of stats rows, unless told otherwise."""
@@ -66,6 +68,7 @@ class StatsRow:
     held_since: float | None
     deferred: int
     dead: int
+    paused: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         """The row as a plain dict with the keys of `COLUMNS` (JSON-ready)."""
@@ -101,17 +104,19 @@ async def stats_page(
     names = list(dict.fromkeys(handlers)) if handlers is not None else await storage.handler_names()
     start = _position(cursor)
     page = await storage.thread_page(names, start, limit)
-    totals, views = await storage.snapshot(names if start is None else [], page.refs)
+    totals, views, stored = await storage.page_snapshot(names if start is None else [], page.refs, names)
     now = await storage.server_time()
+    pauses = {name: {thread for thread, ends in stored[name].items() if ends > now} for name in names}
     by_handler: dict[str, list[ThreadView]] = {name: [] for name in names}
     for view in views:
         by_handler[view.ref.handler].append(view)
     rows: list[StatsRow] = []
     for name in names:
+        paused = pauses.get(name, set())
         for view in sorted(by_handler[name], key=lambda v: natural(v.ref.thread)):
-            rows += _thread_rows(view, now)
+            rows += _thread_rows(view, now, "*" in paused or view.ref.thread in paused)
         if name in totals:
-            rows.append(_total_row(name, totals[name], now))
+            rows.append(_total_row(name, totals[name], now, "*" in paused))
     return StatsPage(rows, None if page.next is None else msgspec.json.encode(list(page.next)).decode())
 
 
@@ -133,7 +138,7 @@ def _position(cursor: str | None) -> Position | None:
     return Position(handler, phase, scan, skip)
 
 
-def _thread_rows(view: ThreadView, now: float) -> list[StatsRow]:
+def _thread_rows(view: ThreadView, now: float, paused: bool) -> list[StatsRow]:
     holder, since = parse_lease_token(view.lease) if view.lease is not None else (None, None)
     handler, thread = view.ref.handler, view.ref.thread
     rows = []
@@ -142,17 +147,17 @@ def _thread_rows(view: ThreadView, now: float) -> list[StatsRow]:
         if tube.depth <= 0:
             continue
         lag = _lag(tube.envelopes[0] if tube.envelopes else None, now)
-        rows.append(StatsRow(handler, thread, tube.order, tube.depth, lag, holder, since, deferred, dead))
+        rows.append(StatsRow(handler, thread, tube.order, tube.depth, lag, holder, since, deferred, dead, paused))
         deferred = dead = 0  # counted once, on the thread's first row
     if deferred or dead:
-        rows.append(StatsRow(handler, thread, None, 0, None, holder, since, deferred, dead))
+        rows.append(StatsRow(handler, thread, None, 0, None, holder, since, deferred, dead, paused))
     return rows
 
 
-def _total_row(handler: str, counts: HandlerCounts, now: float) -> StatsRow:
+def _total_row(handler: str, counts: HandlerCounts, now: float, paused: bool) -> StatsRow:
     oldest = counts.oldest
     lag = max(0.0, now - oldest) if oldest is not None and math.isfinite(oldest) else None
-    return StatsRow(handler, None, None, counts.waiting, lag, None, None, counts.deferred, counts.dead)
+    return StatsRow(handler, None, None, counts.waiting, lag, None, None, counts.deferred, counts.dead, paused)
 
 
 def _lag(head: bytes | None, now: float) -> float | None:
@@ -188,5 +193,6 @@ def stats_frame(rows: Sequence[StatsRow], cursor: str | None = None) -> pd.DataF
     for name in ("depth", "deferred", "dead"):
         frame[name] = frame[name].astype("int64")
     frame["lag"] = frame["lag"].astype("float64")
+    frame["paused"] = frame["paused"].astype("bool")
     frame.attrs["cursor"] = cursor
     return frame

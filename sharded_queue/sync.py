@@ -115,6 +115,20 @@ class SyncQueue:
         """`Queue.dead_letter_count`."""
         return self._run(self.queue.dead_letter_count(handler))
 
+    def pause(
+        self, handler: HandlerRef, thread: str | int | None = None, for_: float | timedelta | None = None
+    ) -> None:
+        """`Queue.pause`."""
+        self._run(self.queue.pause(handler, thread, for_))
+
+    def resume(self, handler: HandlerRef, thread: str | int | None = None) -> None:
+        """`Queue.resume`."""
+        self._run(self.queue.resume(handler, thread))
+
+    def paused(self, handler: HandlerRef) -> list[str]:
+        """`Queue.paused`."""
+        return self._run(self.queue.paused(handler))
+
     def close(self) -> None:
         """Close the storage connections and stop the queue's thread (idempotent)."""
         if self._closed:

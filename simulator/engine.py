@@ -58,6 +58,7 @@ import simpy
 
 from sharded_queue.core import (
     Acquire,
+    Batch,
     Begin,
     Cycle,
     End,
@@ -321,10 +322,13 @@ class SimLoop:
         if feed.frontier < at:
             feed.ensure(at)
         ack = effect.ack
-        reply = self.storage.cycle(self.threads[id(effect.thread)], ack, effect.limit, at)
+        hold = effect.hold.seconds if effect.hold is not None else 0.0
+        reply = self.storage.cycle(self.threads[id(effect.thread)], ack, effect.limit, at, effect.linger, hold)
         result = None
         if reply is not None:
-            result, self.fetched = reply
+            result, fetched = reply
+            if fetched is not None:
+                self.fetched = fetched
         trips = CYCLE_TRIPS
         if ack is not None and ack.dead:
             self.shared.dead += len(ack.dead)
@@ -333,7 +337,7 @@ class SimLoop:
         wait = sent - now + trips * self.rtt
         if server is not None:
             _, _, _, base, per_message = self.server_costs
-            moved = (ack.count if ack is not None else 0) + (result.size if result is not None else 0)
+            moved = (ack.count if ack is not None else 0) + (result.size if isinstance(result, Batch) else 0)
             wait += server.call(at, base + per_message * moved)
         if wait:
             if reply is None:

@@ -47,7 +47,9 @@ class Simulation:
         workloads: Sequence[Workload] = scenario.workloads  # type: ignore[assignment]
         root = np.random.SeedSequence(scenario.seed)
         feed_seed, service_seed, loop_seed, rtt_seed, pause_seed = root.spawn(5)
-        self.storage = SimStorage(workloads, scenario.processes)
+        policy = scenario.policy()
+        sizes = {workload.name: policy.batch_limit(workload.name, None) for workload in workloads}
+        self.storage = SimStorage(workloads, scenario.processes, sizes)
         self.feed = Feed(scenario, self.storage, feed_seed.spawn(len(workloads)))
         service_rngs = [np.random.default_rng(s) for s in service_seed.spawn(len(workloads))]
         self.loop_seeds = [int(s.generate_state(1)[0]) for s in loop_seed.spawn(scenario.loops)]

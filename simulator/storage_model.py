@@ -5,6 +5,14 @@ index of its first unacked message; each thread its tubes by precedence, its
 lease and its place in its handler's index. The calls mirror
 `sharded_queue.storage.Storage` on a single Redis, and so do their round trips
 (`POLL_TRIPS`, ...): `simulator.engine` charges them.
+
+Of the thread controls, the two a workload sets on its handler class are
+modelled as ``cycle.lua`` keeps them: the rate limits (`Buckets`: a token bucket
+per thread and per handler, on the simulated clock, which cuts the batch, or holds
+the thread back with the wait for a token) and the batch linger (a lingering cycle
+that finds fewer than its limit fetches nothing and says how many wait). Pauses,
+``RateLimited``, ``BatchFailed`` and ``max_pending`` come from operators and from
+``perform``'s outcomes, which no workload describes: not modelled.
 """
 
 from __future__ import annotations
@@ -20,13 +28,16 @@ from sharded_queue.core import (
     CANDIDATES_PER_HANDLER,
     Ack,
     Batch,
+    Held,
     Message,
+    Rate,
+    Short,
     ThreadRef,
     Tube,
     answering,
     order_key,
 )
-from sharded_queue.handler import declared_orders
+from sharded_queue.handler import check_controls, declared_orders
 
 if TYPE_CHECKING:
     from .workload import Workload
@@ -35,7 +46,7 @@ if TYPE_CHECKING:
 # handler's indexes (on a cluster the indexes live in another slot: acquire and release
 # take 2 or 3 round trips there, and a cycle carrying dead letters one more).
 POLL_TRIPS = 1
-ACQUIRE_TRIPS = {1: 1, 0: 1, -1: 1}  # taken, empty (unindexed), held by another: one script call
+ACQUIRE_TRIPS = {1: 1, 0: 1, -1: 1, -2: 1}  # taken, empty (unindexed), held by another, held back: one call
 RELEASE_TRIPS = {True: 1, False: 1}  # left non-empty (shown) or emptied (unindexed): one script call
 CYCLE_TRIPS = 1
 DEAD_LETTER_TRIPS = 0  # the cycle script indexes the thread's dead letters itself
@@ -122,7 +133,9 @@ class SimThread:
     """One (handler, thread): its tubes by precedence, lease and place in the index."""
 
     __slots__ = (
+        "after",
         "answerer",
+        "bucket",
         "by_order",
         "heap",
         "index",
@@ -147,6 +160,8 @@ class SimThread:
         self.version = 0
         self.released_at = -math.inf
         self.indexed = False
+        self.bucket: list[float] | None = None  # its rate limit's [tokens, at], once used
+        self.after = -math.inf  # not performed before (a rate limit's long wait: `core.Hold`)
 
     def next_arrival(self) -> float:
         """Enqueue time of the oldest unacked message (``inf`` if none materialised yet)."""
@@ -176,8 +191,11 @@ class SimStorage:
     invalidates the entry.
     """
 
-    def __init__(self, workloads: Sequence[Workload], processes: int = 1) -> None:
+    def __init__(
+        self, workloads: Sequence[Workload], processes: int = 1, batch_sizes: dict[str, int] | None = None
+    ) -> None:
         self.peers = [str(process) for process in range(processes)]  # the worker processes, as ids
+        self.buckets = Buckets(workloads, batch_sizes or {})
         self.handlers = [w.name for w in workloads]
         self.declared = {w.name: declared_orders(w.handler) for w in workloads}
         self.heaps: dict[str, list[tuple[float, bytes, int, SimThread]]] = {name: [] for name in self.handlers}
@@ -226,7 +244,8 @@ class SimStorage:
             thread.indexed = False  # re-indexed when its next arrival is materialised
             return first
         thread.indexed = True
-        heapq.heappush(thread.heap, (first if first > now else now, thread.key, thread.version, thread))
+        visible = max(first, now, thread.after)  # a thread held back is hidden until then
+        heapq.heappush(thread.heap, (visible, thread.key, thread.version, thread))
         return first
 
     def candidates(self, at: float) -> list[ThreadRef]:
@@ -249,12 +268,16 @@ class SimStorage:
         return [entry[3].ref for entry in found]
 
     def acquire(self, thread: SimThread, at: float) -> int:
-        """Take the lease: 1 taken, 0 thread empty (unindexed), -1 held by another loop."""
+        """Take the lease: 1 taken, 0 thread empty (unindexed), -1 held by another loop, -2 held
+        back (not before `SimThread.after`: hidden until then)."""
         if thread.leased:
             return -1
         if not thread.has_messages(at):
             self.reindex(thread, at)
             return 0
+        if at < thread.after:
+            self.reindex(thread, at)
+            return -2
         thread.leased = True
         thread.version += 1
         return 1
@@ -265,14 +288,25 @@ class SimStorage:
         thread.released_at = at
         return self.reindex(thread, at) <= at
 
-    def cycle(self, thread: SimThread, ack: Ack | None, limit: int, at: float) -> tuple[Batch, SimTube] | None:
-        """Apply ``ack``, then fetch up to ``limit`` from the most urgent non-empty tube at ``at``."""
+    def cycle(
+        self, thread: SimThread, ack: Ack | None, limit: int, at: float, linger: bool = False, hold: float = 0.0
+    ) -> tuple[Batch | Held | Short, SimTube | None] | None:
+        """Apply ``ack``, then fetch up to ``limit`` from the most urgent non-empty tube at ``at``,
+        as far as the rate limits allow (else `Held`); lingering, fetch only a full batch (else `Short`).
+        ``hold``: not before ``at + hold`` (the thread is let go next)."""
         if ack is not None and ack.count:
             acked = thread.by_order[ack.order]
             acked.head += ack.count
             self.acked[acked.group] += ack.count
+        if hold:
+            thread.after = at + hold
         if limit == 0:
             return None
+        rated = thread.ref.handler in self.buckets.rates
+        if rated:
+            limit, wait = self.buckets.allowed(thread, limit, at)
+            if limit == 0:
+                return Held(wait), None
         for tube in thread.tubes:
             times = tube.times
             head = tube.head
@@ -285,5 +319,65 @@ class SimStorage:
             else:
                 size = int(times.searchsorted(at, "right")) - head
                 size = size if size < limit else limit
+            if linger and size < limit:
+                return Short(size, at), None
+            if rated:
+                self.buckets.spend(thread, size, at)
             return Batch(tube.order, size, Messages(times[head : head + size])), tube
         return None
+
+
+class Buckets:
+    """The rate limits' token buckets, as ``cycle.lua`` keeps them, on the simulated clock.
+
+    A handler's ``rate_limit`` is one bucket for all its threads, its
+    ``thread_rate_limit`` one per thread; each refills at its rate up to
+    `sharded_queue.core.Rate.capacity` (a fresh one is full), and a batch takes
+    no more than both hold.
+    """
+
+    def __init__(self, workloads: Sequence[Workload], batch_sizes: dict[str, int]) -> None:
+        self.rates: dict[str, tuple[Rate | None, Rate | None]] = {}
+        self.sizes: dict[str, int] = {}
+        self.handler_buckets: dict[str, list[float]] = {}
+        for workload in workloads:
+            rates = check_controls(workload.handler)
+            if rates != (None, None):
+                self.rates[workload.name] = rates
+                self.sizes[workload.name] = batch_sizes.get(workload.name, 128)
+
+    def allowed(self, thread: SimThread, limit: int, at: float) -> tuple[int, float]:
+        """How many of ``limit`` the buckets allow at ``at``, and (when none) the seconds until one."""
+        wait = 0.0
+        for rate, bucket in self._buckets(thread):
+            tokens = _refilled(bucket, rate, self.sizes[thread.ref.handler], at)
+            limit = min(limit, math.floor(tokens))
+            if tokens < 1:  # as cycle.lua: to the next microsecond, so the cycle after the wait finds one
+                wait = max(wait, math.ceil((1 - tokens) / rate.per_second * 1e6 + 1) / 1e6)
+        return max(limit, 0), wait
+
+    def spend(self, thread: SimThread, used: int, at: float) -> None:
+        """Take ``used`` tokens out of the buckets of ``thread`` at ``at``."""
+        for rate, bucket in self._buckets(thread):
+            bucket[0] = _refilled(bucket, rate, self.sizes[thread.ref.handler], at) - used
+            bucket[1] = at
+
+    def _buckets(self, thread: SimThread) -> list[tuple[Rate, list[float]]]:
+        handler = thread.ref.handler
+        whole, each = self.rates[handler]
+        found = []
+        if each is not None:
+            if thread.bucket is None:
+                thread.bucket = [math.nan, math.nan]
+            found.append((each, thread.bucket))
+        if whole is not None:
+            found.append((whole, self.handler_buckets.setdefault(handler, [math.nan, math.nan])))
+        return found
+
+
+def _refilled(bucket: list[float], rate: Rate, batch_size: int, at: float) -> float:
+    """The tokens a bucket ``[tokens, at]`` holds at ``at`` (a fresh one, ``nan``, is full)."""
+    size = rate.capacity(batch_size)
+    if math.isnan(bucket[0]):
+        return float(size)
+    return min(size, bucket[0] + max(0.0, at - bucket[1]) * rate.per_second)

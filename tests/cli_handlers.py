@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 
 from sharded_queue import Handler, RequestRoute, Route
 
@@ -37,6 +38,23 @@ class Recorder(Handler):
             os.write(fd, lines.encode())
         finally:
             os.close(fd)
+
+
+class RatedRecorder(Recorder):
+    """`Recorder` under a handler-wide rate limit; also appends ``<time> <count>`` per perform, at
+    its start, to ``CLI_TEST_LOG`` + ``.times``."""
+
+    name = "cli:rated"
+    rate_limit = "40/s"
+    batch_size = 4
+
+    async def perform(self, *requests: list[int]) -> None:
+        fd = os.open(os.environ["CLI_TEST_LOG"] + ".times", os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        try:
+            os.write(fd, f"{time.time()!r} {len(requests)}\n".encode())
+        finally:
+            os.close(fd)
+        await super().perform(*requests)
 
 
 class NotAHandler:

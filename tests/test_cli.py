@@ -205,7 +205,7 @@ async def test_stats_json_shows_depths_lags_holders_and_dead_letters(cli: Cli, q
     assert done.returncode == 0, done.stderr
     rows = json.loads(done.stdout)
     assert [set(row) for row in rows] == [
-        {"handler", "thread", "order", "depth", "lag", "holder", "held_since", "deferred", "dead"}
+        {"handler", "thread", "order", "depth", "lag", "holder", "held_since", "deferred", "dead", "paused"}
     ] * 4
     assert [
         (r["handler"], r["thread"], r["order"], r["depth"], r["holder"], r["held_since"], r["dead"]) for r in rows

@@ -352,3 +352,94 @@ def test_the_closed_form_the_twin_uses_wakes_the_same_loops_as_per_registration_
 def test_the_next_tick_is_the_first_after_now(every: float, due: float, now: float, next_due: float) -> None:
     (tick,) = next_ticks([DueTick(b"m", due, b"stored", Schedule(every=every), "1", True)], now)
     assert tick == Tick(b"m", b"stored", next_due, "1", True)
+
+
+# --- thread controls (issue #27): what a loop decides when a cycle is held back ---------------
+
+
+def test_a_paused_thread_is_let_go_after_the_batch_in_hand_is_acked() -> None:
+    from sharded_queue.core import Held
+
+    run(
+        [
+            *bound(),
+            (True, Cycle(A, None, 3)),
+            (batch(1, 2), Perform(A, batch(1, 2).messages, 300.0, 1, False)),
+            (None, Cycle(A, Ack("0", 2), 3)),
+            (Held(paused=True), End(A)),
+        ]
+    )
+
+
+def test_an_empty_bucket_keeps_the_thread_for_a_short_wait_and_holds_it_for_a_long_one() -> None:
+    from sharded_queue.core import Held, Hold
+
+    run(
+        [
+            *bound(),
+            (True, Cycle(A, None, 3)),
+            (Held(wait=0.25), Wait(0.25, wakeable=False)),  # up to coordinator_delay: keep it
+            (None, Cycle(A, None, 3)),
+            (Held(wait=30.0), Cycle(A, None, 0, hold=Hold(30.0))),  # longer: not before, let go
+            (None, End(A)),
+        ]
+    )
+
+
+def test_rate_limited_sends_the_batch_back_whole_and_holds_the_thread() -> None:
+    from sharded_queue.core import Hold
+    from sharded_queue.errors import RateLimited
+
+    fetched = batch(1, 2, 3)
+    run(
+        [
+            *bound(),
+            (True, Cycle(A, None, 3)),
+            (fetched, Perform(A, fetched.messages, 300.0, 1, False)),
+            (RateLimited(5.0), Cycle(A, None, 0, hold=Hold(5.0, "0"))),  # no retry, no attempt
+            (None, End(A)),
+        ]
+    )
+
+
+def test_batch_failed_retries_only_the_named_requests_then_dead_letters_them() -> None:
+    from sharded_queue.errors import BatchFailed
+
+    fetched = batch(10, 11, 12, 13)
+    first, third = ValueError("one"), ValueError("three")
+    policy = LoopPolicy(batch_size=4, empty_limit=2, coordinator_delay=1.0, hold_limit=0, retry_attempts=2)
+    failed = [fetched.messages[1], fetched.messages[3]]
+    run(
+        [
+            *bound(),
+            (True, Cycle(A, None, 4)),
+            (fetched, Perform(A, fetched.messages, 300.0, 1, False)),
+            (BatchFailed({1: first, 3: third}), Wait(policy.backoff(1, InOrder()), wakeable=False)),
+            (None, Perform(A, failed, 300.0, 2, False)),
+            (
+                BatchFailed({0: first, 1: third}),
+                Cycle(A, Ack("0", 4, (DeadLetter(1, first, 2), DeadLetter(3, third, 2))), 4),
+            ),
+        ],
+        policy,
+    )
+
+
+def test_a_lingering_loop_waits_for_the_batch_to_fill_then_takes_what_there_is() -> None:
+    from sharded_queue.core import Short
+
+    policy = LoopPolicy(batch_size=3, empty_limit=2, coordinator_delay=1.0, hold_limit=0, batch_linger=0.5)
+    run(
+        [
+            *bound(),
+            (True, Cycle(A, None, 3, linger=True)),
+            (Short(1, now=100.0), Wait(0.5)),  # woken by a registration, or after the linger
+            (None, Cycle(A, None, 3, linger=True)),
+            (Short(2, now=100.25), Wait(0.25)),
+            (None, Cycle(A, None, 3, linger=True)),
+            (Short(2, now=100.5), Cycle(A, None, 3)),  # the linger has passed: take what there is
+            (batch(1, 2), Perform(A, batch(1, 2).messages, 300.0, 1, False)),
+            (None, Cycle(A, Ack("0", 2), 3, linger=True)),  # the next batch lingers again
+        ],
+        policy,
+    )

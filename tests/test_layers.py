@@ -152,7 +152,7 @@ SIMULATOR_LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     ("the engine", frozenset({"engine"})),
     (
         "runs, results and plots",
-        frozenset({"simulation", "result", "analysis", "plots", "sweep", "calibrate", "predict", "theory"}),
+        frozenset({"simulation", "result", "analysis", "plots", "sweep", "calibrate", "predict", "theory", "dispatch"}),
     ),
     (
         "the lab",

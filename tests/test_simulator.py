@@ -1756,3 +1756,48 @@ def test_plan_says_which_resource_ran_out_when_nothing_meets_the_goal() -> None:
         ),
     )
     assert simulate(cpu).bottleneck == "a worker process's CPU"
+
+
+class Controlled(Notify):
+    """`Notify` with the controls a class can set (issue #27): 40 requests a second per thread."""
+
+    name = "notify-controlled"
+    thread_rate_limit = "40/s"
+    rate_limit = "1000/s"
+    batch_linger = 0.05
+
+
+class Lingers(Notify):
+    name = "notify-lingers"
+    batch_linger = 0.5
+
+
+def _controlled(handler: type[Handler], workload_arrivals: Any, messages: int) -> Any:
+    workload = Workload(handler, workload_arrivals, Service(), Keyed(RoundRobin(messages), make=Note))
+    quick = settings(coordinator_delay=0.05, worker_empty_pause=0.01, worker_batch_size=8)
+    return simulate(Scenario(workload, loops=4, settings=quick, overhead=NONE, messages=messages))
+
+
+def test_the_twin_holds_each_thread_to_its_rate_limit() -> None:
+    """4 threads of 100 messages at 40/s each: a bucket of 8 (one batch), then 40 a second, as
+    cycle.lua keeps it; without the limit the drain takes no time at all."""
+    trace = _controlled(Controlled, Backlog(400), 400).trace
+    assert len(trace) == 400
+    for _, part in trace.groupby("thread"):
+        span = part["started_at"].max() - part["started_at"].min()
+        assert span == pytest.approx((100 - 8) / 40, rel=0.05)
+    unlimited = _controlled(Notify, Backlog(400), 400).trace
+    assert unlimited["started_at"].max() < 0.1
+
+
+def test_the_twin_lingers_for_fuller_batches() -> None:
+    """Sparse arrivals (20 a second over 4 threads): lingering half a second for a batch of 8
+    makes batches larger than the one or two messages a loop finds without it."""
+    plain = _controlled(Notify, Poisson(20.0), 400).trace
+    lingering = _controlled(Lingers, Poisson(20.0), 400).trace
+
+    def mean_batch(trace: pd.DataFrame) -> float:
+        return float(trace.groupby(["worker", "batch"]).size().mean())
+
+    assert len(lingering) == 400
+    assert mean_batch(lingering) > 2 * mean_batch(plain)

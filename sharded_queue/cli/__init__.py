@@ -10,6 +10,8 @@
     sharded-queue enqueue MODULE:HANDLER JSON [JSON ...] [--defer SECONDS] [--if-not-exists] [--url URL]
     sharded-queue unschedule MODULE:HANDLER JSON [JSON ...] [--url URL]
     sharded-queue dead-letters list|requeue|purge MODULE:HANDLER [--url URL] [--json]
+    sharded-queue pause MODULE:HANDLER [--thread T] [--for SECONDS] [--url URL]
+    sharded-queue resume MODULE:HANDLER [--thread T] [--url URL]
     sharded-queue settings [--url URL] [--json]
     sharded-queue dashboard [--url URL] [--host HOST] [--port PORT] [--allow-actions] [--token TOKEN]
     sharded-queue demo

@@ -1,4 +1,4 @@
-"""Commands that change the queue: ``enqueue``, ``unschedule`` and ``dead-letters``."""
+"""Commands that change the queue: ``enqueue``, ``unschedule``, ``dead-letters``, ``pause`` and ``resume``."""
 
 from __future__ import annotations
 
@@ -37,6 +37,19 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser], u
     dead.add_argument("handler", metavar="MODULE:HANDLER")
     dead.add_argument("--json", action="store_true", help="JSON output")
     dead.set_defaults(run=dead_letters_command)
+
+    pause = commands.add_parser("pause", parents=[url], help="pause a handler, or one of its threads")
+    pause.add_argument("handler", metavar="MODULE:HANDLER")
+    pause.add_argument("--thread", metavar="T", help="the thread to pause (default: the whole handler)")
+    pause.add_argument(
+        "--for", dest="for_", type=seconds, metavar="SECONDS", help="end the pause after SECONDS (server clock)"
+    )
+    pause.set_defaults(run=pause_command)
+
+    resume = commands.add_parser("resume", parents=[url], help="resume a paused handler, or one of its threads")
+    resume.add_argument("handler", metavar="MODULE:HANDLER")
+    resume.add_argument("--thread", metavar="T", help="the thread to resume (default: the handler-wide pause)")
+    resume.set_defaults(run=resume_command)
 
 
 def _decoded(queue: Queue, handler: type[Handler], texts: Sequence[str]) -> list[Any]:
@@ -114,6 +127,35 @@ def dead_letters_command(arguments: argparse.Namespace) -> int:
         return 0
 
     return _on_queue(arguments, dead_letters)
+
+
+def pause_command(arguments: argparse.Namespace) -> int:
+    """``pause MODULE:HANDLER [--thread T] [--for SECONDS]``: `Queue.pause`, then what is paused."""
+
+    async def pause(queue: Queue, handler: type[Handler]) -> int:
+        await queue.pause(handler, thread=arguments.thread, for_=arguments.for_)
+        what = f"thread {arguments.thread}" if arguments.thread is not None else "every thread"
+        until = f" for {arguments.for_:g} s" if arguments.for_ is not None else " until resumed"
+        print(f"paused {what} of {queue.spec(handler).name}{until}; paused: {_paused(await queue.paused(handler))}")
+        return 0
+
+    return _on_queue(arguments, pause)
+
+
+def resume_command(arguments: argparse.Namespace) -> int:
+    """``resume MODULE:HANDLER [--thread T]``: `Queue.resume`, then what is still paused."""
+
+    async def resume(queue: Queue, handler: type[Handler]) -> int:
+        await queue.resume(handler, thread=arguments.thread)
+        what = f"thread {arguments.thread}" if arguments.thread is not None else "the handler"
+        print(f"resumed {what} of {queue.spec(handler).name}; paused: {_paused(await queue.paused(handler))}")
+        return 0
+
+    return _on_queue(arguments, resume)
+
+
+def _paused(threads: Sequence[str]) -> str:
+    return ", ".join(threads) if threads else "none"
 
 
 def dead_letters_table(records: Sequence[DeadLetterRecord]) -> str:

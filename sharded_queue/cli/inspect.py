@@ -138,6 +138,8 @@ def stats_table(rows: Sequence[StatsRow]) -> str:
                 value = time.strftime("%H:%M:%S", time.localtime(value))
             elif name == "lag" and value is not None:
                 value = f"{value:.3f}"
+            elif name == "paused":
+                value = "paused" if value else None
             line.append("" if value is None else str(value))
         cells.append(line)
     widths = [max(len(line[column]) for line in cells) for column in range(len(COLUMNS))]

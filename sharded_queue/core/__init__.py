@@ -12,12 +12,14 @@ Modules, each importing only those before it:
 
 - `routing`: `Route`, `RequestRoute`, `ThreadRef`, `Tube`, order precedence;
 - `schedule`: deferred and recurring requests' times;
+- `controls`: rate limits read from their strings;
 - `effects`: the effects, their results, batches;
 - `policy`: `LoopPolicy`, the numbers a loop decides with;
 - `wakeups`: which loops a registration wakes;
 - `program`: `worker_program`.
 """
 
+from .controls import Rate, parse_rate
 from .effects import (
     LOST,
     Ack,
@@ -31,6 +33,8 @@ from .effects import (
     End,
     Envelopes,
     Fire,
+    Held,
+    Hold,
     Lost,
     Message,
     MoveDue,
@@ -38,6 +42,7 @@ from .effects import (
     Poll,
     PollResult,
     Program,
+    Short,
     Wait,
     enqueued_times,
 )
@@ -75,6 +80,8 @@ __all__ = [
     "End",
     "Envelopes",
     "Fire",
+    "Held",
+    "Hold",
     "LoopPolicy",
     "Lost",
     "Message",
@@ -83,9 +90,11 @@ __all__ = [
     "Poll",
     "PollResult",
     "Program",
+    "Rate",
     "RequestRoute",
     "Route",
     "Schedule",
+    "Short",
     "ThreadRef",
     "Tick",
     "Tube",
@@ -102,6 +111,7 @@ __all__ = [
     "order_candidates",
     "order_key",
     "order_rank",
+    "parse_rate",
     "wake_targets",
     "waking_touch",
     "worker_program",

@@ -11,7 +11,8 @@ effect      what the shell does                                        result
 `Fire`      register due recurring ticks once, schedule the next       ``int`` registered
 `Acquire`   take a thread's lease (and wake one more idle loop)        ``bool``
 `Begin`     call the handler's ``start()``                             ``bool``: it succeeded
-`Cycle`     ack the last batch and fetch the next, fenced by the lease `Batch`, None or `LOST`
+`Cycle`     ack the last batch and fetch the next, fenced by the lease `Batch`, None, `LOST`,
+                                                                       `Held` or `Short`
 `Perform`   call ``perform(*requests)``, cancelled at its timeout      the exception, or None
 `Wait`      sleep, or less when woken                                  None
 `End`       ``stop()`` (if started) and release the lease              None
@@ -215,14 +216,50 @@ class Begin:
 
 
 @dataclass(frozen=True, slots=True)
+class Hold:
+    """Keep the bound thread from being performed for ``seconds`` (on the storage's clock); its
+    lease is released next. ``order``: a tube whose fetched head goes back unperformed, its
+    fetch not counted as a loss (a ``perform`` that raised `RateLimited`)."""
+
+    seconds: float
+    order: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """What a `Cycle` returns when the thread's controls hold it back: nothing was fetched.
+
+    ``paused``: the thread or its handler is paused, or not to be performed yet
+    (`Hold`): let it go. Else the rate limit's bucket is empty for ``wait`` seconds.
+    """
+
+    wait: float = 0.0
+    paused: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Short:
+    """What a lingering `Cycle` returns when fewer than its limit wait in the most urgent
+    tube: nothing was fetched. ``waiting`` wait there; ``now`` is the storage's clock."""
+
+    waiting: int
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
 class Cycle:
     """One round trip: apply ``ack`` (if any), then fetch up to ``limit`` messages
     (none when 0), both only if the lease is still ours.
-    Result: `Batch`, ``None`` (thread empty) or `LOST`."""
+    Result: `Batch`, ``None`` (thread empty), `LOST`, `Held` (controls: paused, rate limit)
+    or, when ``linger``, `Short` (fewer than ``limit`` wait: nothing fetched).
+
+    ``hold``: store a not-before for the thread (and put a fetched head back)."""
 
     thread: ThreadRef
     ack: Ack | None
     limit: int
+    hold: Hold | None = None
+    linger: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,7 @@
 """The numbers a worker loop decides with, and the small decisions made from them.
 
 `LoopPolicy` is built once from `Settings` and the handlers' own overrides
-(``batch_size``, ``retry_attempts``, ``timeout``), by the asyncio `Worker` and
+(``batch_size``, ``retry_attempts``, ``timeout``, ``batch_linger``), by the asyncio `Worker` and
 by the simulator alike (`LoopPolicy.for_handlers`).
 """
 
@@ -37,9 +37,11 @@ class LoopPolicy:
     retry_backoff_max: float = 5.0
     hold_limit: int = 16
     perform_timeout: float = 300.0
+    batch_linger: float = 0.0
     batch_sizes: Mapping[str, int] = field(default_factory=dict)
     attempts: Mapping[str, int] = field(default_factory=dict)
     timeouts: Mapping[str, float] = field(default_factory=dict)
+    lingers: Mapping[str, float] = field(default_factory=dict)
 
     @classmethod
     def from_settings(
@@ -48,8 +50,9 @@ class LoopPolicy:
         batch_sizes: Mapping[str, int] | None = None,
         attempts: Mapping[str, int] | None = None,
         timeouts: Mapping[str, float] | None = None,
+        lingers: Mapping[str, float] | None = None,
     ) -> LoopPolicy:
-        """The policy of ``settings``, with per-handler batch sizes, attempts and timeouts."""
+        """The policy of ``settings``, with per-handler batch sizes, attempts, timeouts and lingers."""
         return cls(
             batch_size=settings.worker_batch_size,
             empty_limit=settings.worker_empty_limit,
@@ -60,21 +63,26 @@ class LoopPolicy:
             retry_backoff_max=settings.retry_backoff_max,
             hold_limit=settings.worker_hold_limit,
             perform_timeout=settings.perform_timeout,
+            batch_linger=settings.worker_batch_linger,
             batch_sizes=dict(batch_sizes or {}),
             attempts=dict(attempts or {}),
             timeouts=dict(timeouts or {}),
+            lingers=dict(lingers or {}),
         )
 
     @classmethod
     def for_handlers(cls, settings: Settings, handlers: Mapping[str, Any]) -> LoopPolicy:
         """The policy of ``settings`` for ``handlers`` (handler classes by stored name): each
-        handler's ``batch_size``, ``retry_attempts`` and ``timeout``, where set, override the settings."""
+        handler's ``batch_size``, ``retry_attempts``, ``timeout`` and ``batch_linger``, where set, override
+        the settings."""
 
         def own(attribute: str) -> dict[str, Any]:
             values = {name: getattr(handler, attribute, None) for name, handler in handlers.items()}
             return {name: value for name, value in values.items() if value}
 
-        return cls.from_settings(settings, own("batch_size"), own("retry_attempts"), own("timeout"))
+        return cls.from_settings(
+            settings, own("batch_size"), own("retry_attempts"), own("timeout"), own("batch_linger")
+        )
 
     def batch_limit(self, handler: str, remaining: int | None) -> int:
         """How many messages to fetch next: the batch size, capped by what is left."""
@@ -88,6 +96,10 @@ class LoopPolicy:
     def timeout_for(self, handler: str) -> float:
         """Seconds one ``perform`` call of ``handler`` may run before it is cancelled."""
         return self.timeouts.get(handler, self.perform_timeout)
+
+    def linger_for(self, handler: str) -> float:
+        """Seconds a loop waits for a short batch to fill before it performs it (0: never)."""
+        return self.lingers.get(handler, self.batch_linger)
 
     def backoff(self, attempt: int, rng: random.Random) -> float:
         """Pause after failed attempt ``attempt`` (1-based): exponential, half jittered."""

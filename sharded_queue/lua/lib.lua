@@ -174,3 +174,63 @@ local function counting(first)
   end
   return nil
 end
+
+-- Controls (keys.py, "Controls"). When a thread's controls (hash: paused, all, after, each a
+-- time on this server's clock; FOREVER for a pause without end) hold it back at `now`: the latest of those
+-- still ahead, or nil. Fields that have passed are dropped, and so is the hash when none is
+-- left: a thread with no control set costs the scripts one EXISTS.
+local CONTROLS = {'paused', 'all', 'after'}
+local function held_until(controls, now)
+  local values = redis.call('HMGET', controls, 'paused', 'all', 'after')
+  local latest = nil
+  for i = 1, 3 do
+    local at = tonumber(values[i])
+    if at and at > now then
+      latest = math.max(latest or at, at)
+    elseif values[i] then
+      redis.call('HDEL', controls, CONTROLS[i])
+    end
+  end
+  return latest
+end
+
+-- When a handler-wide pause (field '*' of the handler's paused hash) ends, if it is ahead of `now`.
+local function handler_paused(paused, now)
+  local at = tonumber(redis.call('HGET', paused, '*'))
+  if at and at > now then
+    return at
+  end
+  return nil
+end
+
+-- A time as a reply or a field: a string (Lua numbers become integers in replies).
+local FOREVER = 1e15
+local function as_time(at)
+  return string.format('%.6f', at)
+end
+
+-- A token bucket (hash: tokens, at) of `spec` ('<per second> <size>'): the tokens in it at `now`
+-- (a fresh bucket is full) and its rate.
+local function bucket_tokens(key, spec, now)
+  local rate, size = string.match(spec, '^(%S+) (%S+)$')
+  rate, size = tonumber(rate), tonumber(size)
+  local values = redis.call('HMGET', key, 'tokens', 'at')
+  local tokens, at = tonumber(values[1]), tonumber(values[2])
+  if not tokens then
+    return size, rate, size
+  end
+  return math.min(size, tokens + math.max(0, now - at) * rate), rate, size
+end
+
+-- Seconds until a bucket holding `tokens` (< 1) at `rate` holds one: rounded up to the next
+-- microsecond, this server's clock's step, so that a cycle after that wait finds one.
+local function token_wait(tokens, rate)
+  return math.ceil((1 - tokens) / rate * 1000000 + 1) / 1000000
+end
+
+-- Take `used` tokens out of a bucket that held `tokens` at `now`; it expires once it would be full.
+local function bucket_spend(key, tokens, used, now, rate, size)
+  local left = tokens - used
+  redis.call('HSET', key, 'tokens', string.format('%.6f', left), 'at', string.format('%.6f', now))
+  redis.call('PEXPIRE', key, math.ceil((size - left) / rate * 1000) + 1000)
+end

@@ -8,7 +8,7 @@
 --       tallies and heads (lib.lua's count_thread).
 -- ARGV: stamp, stamp window (s), wake channel ('' for a cluster slot's call: the
 --       client indexes and wakes once every slot is written), wake message,
---       count f of settled stamps to forget, the f stamps,
+--       count f of settled stamps to forget, max pending ('' for none), the f stamps,
 --       then per tube: thread, order, order rank, envelopes joined by '\n',
 --       if_not_exists ('1' or '0'), when ('' now, '+seconds' from now, '@epoch seconds'),
 --       schedule (JSON of a recurring request's schedule, or '').
@@ -37,6 +37,10 @@
 -- Every thread written is counted (lib.lua's count_thread): on one server in its handler's counts,
 -- on a cluster in the reply, for the client to apply; a cluster client's retry of a call
 -- already applied counts its threads again, in case the first reply was lost.
+-- With max pending, a call that would leave more than that many requests in the tubes of one
+-- of its threads (counting what waits there and what this call appends now; deferred and
+-- recurring requests count once they join a tube, and due moves are never refused) writes
+-- nothing and returns {-1, thread, requests waiting in it, {}}.
 -- Returns {stored, earliest due of the last thread deferred to (false when none),
 -- how many due requests were moved, the threads' counts (cluster)}: a cluster client indexes
 -- and counts the threads with them.
@@ -74,7 +78,7 @@ if known then
   local due = earliest(KEYS[4], KEYS[7])
   local counted = {}
   if not indexed then
-    local found, stems = threads(6 + tonumber(ARGV[5]))
+    local found, stems = threads(7 + tonumber(ARGV[5]))
     for _, stem in ipairs(stems) do
       count_thread(nil, found[stem], stem, counted)
     end
@@ -83,7 +87,7 @@ if known then
 end
 local forget = tonumber(ARGV[5])
 if forget > 0 then
-  redis.call('ZREM', stamps, unpack(ARGV, 6, 5 + forget))
+  redis.call('ZREM', stamps, unpack(ARGV, 7, 6 + forget))
 end
 
 -- envelopes joined by '\n', as a table
@@ -107,9 +111,65 @@ local function batched(command, key, items)
   end
 end
 
+-- How many of a tube write's envelopes join it now: none deferred or scheduled, and only the
+-- first of each if_not_exists request not waiting already.
+local function joining(marks, data, unique, when, schedule)
+  if when ~= '' or schedule ~= '' then
+    return 0
+  end
+  local envelopes = split(data)
+  if not unique then
+    return #envelopes
+  end
+  local seen, count = {}, 0
+  for _, envelope in ipairs(envelopes) do
+    local member = request_of(envelope) .. '] '
+    if not seen[member] and redis.call('SISMEMBER', marks, member) == 0 then
+      count = count + 1
+    end
+    seen[member] = true
+  end
+  return count
+end
+
+-- The first thread of the call that would hold more than `cap` requests, and how many it holds.
+local function over_cap(cap, first_arg)
+  local incoming, stems = {}, {}
+  local arg = first_arg
+  for key = 2, last, 7 do
+    local tube, order = KEYS[key], ARGV[arg + 1]
+    local stem = string.sub(tube, 1, #tube - #order - 3)
+    if not incoming[stem] then
+      incoming[stem] = 0
+      stems[#stems + 1] = {stem, ARGV[arg]}
+    end
+    incoming[stem] = incoming[stem]
+      + joining(KEYS[key + 4], ARGV[arg + 3], ARGV[arg + 4] == '1', ARGV[arg + 5], ARGV[arg + 6])
+    arg = arg + 7
+  end
+  for _, entry in ipairs(stems) do
+    local depth = 0
+    for _, order in ipairs(redis.call('ZRANGE', entry[1] .. ':orders', 0, -1)) do
+      depth = depth + redis.call('LLEN', entry[1] .. ':o:' .. order)
+    end
+    if incoming[entry[1]] > 0 and depth + incoming[entry[1]] > cap then
+      return {entry[2], depth}
+    end
+  end
+  return nil
+end
+
+local cap = tonumber(ARGV[6])
+if cap then
+  local full = over_cap(cap, 7 + forget)
+  if full then
+    return {-1, full[1], full[2], {}}
+  end
+end
+
 local count = 0
 local due = nil
-local arg = 6 + forget
+local arg = 7 + forget
 local moved = 0
 local prefix = nil
 local came_due = 0
@@ -208,7 +268,7 @@ for key = 2, last, 7 do
 end
 
 local counted = {}
-local found, stems = threads(6 + forget)
+local found, stems = threads(7 + forget)
 for _, stem in ipairs(stems) do
   count_thread(handler_keys, found[stem], stem, counted)
 end

@@ -14,6 +14,7 @@ held, not subclassed; the worker and the queue use the operations of
 - `layout`: the handlers' indexes on one server (`SingleServer`) or a cluster (`Cluster`);
 - `reads`: counts and recounts, pages of threads, what a thread holds, deferred and recurring requests;
 - `admin`: writes off the hot path: schedules, dead letters, the worker registry;
+- `controls`: pausing and resuming threads and handlers;
 - `store`: `Storage`, the queue's hot path over all of these.
 """
 
@@ -22,7 +23,7 @@ from __future__ import annotations
 from .admin import DeadTake, WorkerRecordRaw
 from .client import CLIENT_BACKOFF_CAP, CLIENT_RETRIES, CLUSTER_SCHEMES, connect, describe_client, stamp_window
 from .keys import Keys
-from .protocol import QueueStorage, StoredSchedule, TubeWrite
+from .protocol import NO_CONTROLS, CycleControls, QueueStorage, StoredSchedule, TubeWrite
 from .reads import DeferredEntry, HandlerCounts, Position, ThreadPage, ThreadView, TubeView
 from .scripts import SCRIPTS, translate_errors
 from .store import Storage, raise_if_cancelled, wake_threads
@@ -31,7 +32,9 @@ __all__ = [
     "CLIENT_BACKOFF_CAP",
     "CLIENT_RETRIES",
     "CLUSTER_SCHEMES",
+    "NO_CONTROLS",
     "SCRIPTS",
+    "CycleControls",
     "DeadTake",
     "DeferredEntry",
     "HandlerCounts",

@@ -17,6 +17,8 @@ single-slot)::
     P:{H/T}:recurring   zset    recurring requests (request newline order), scored by their next tick
     P:{H/T}:schedules   hash    recurring request -> its schedule (JSON: every or cron, rank, unique)
     P:{H/T}:dead        list    dead letters of the thread (JSON records, each with its order's rank)
+    P:{H/T}:controls    hash    what holds the thread back (see Controls): paused, all, after
+    P:{H/T}:bucket      hash    the thread's rate-limit token bucket: tokens, at (PX: until full)
     P:{H}:threads       zset    index of non-empty threads, scored by when they become
                                 visible to the coordinator (now, or lease expiry while leased),
                                 on the storage server's clock
@@ -33,6 +35,9 @@ single-slot)::
                                 (their node's microseconds), kept ten minutes: a late tally is left out
     P:{H}:heads         zset    threads that hold messages, scored by the enqueued_at of the oldest
                                 head of their tubes: the handler's lag
+    P:{H}:paused        hash    the handler's pauses: thread (or '*', the whole handler) -> when it ends
+    P:{H}:pause-copies  set     threads given a copy of a handler-wide pause (their controls' 'all')
+    P:{H}:bucket        hash    the handler's rate-limit token bucket (one server; see Controls)
     P:wake              channel a message per registration naming its threads, to wake loops
 
 Operations (worker registry and inspection; see `sharded_queue.registry` and
@@ -78,6 +83,24 @@ and ``heads`` to what the tallies add up to (one call, O(threads)); safe while
 workers run. Reads run it by themselves once per handler, when ``recounted`` is
 missing: a handler written by a version without counts (whose threads were
 counted only as they changed), or never read yet. Nothing else runs it.
+
+Controls: a thread's ``controls`` hash holds, each as a time on the storage
+server's clock (``1e15`` for a pause without end): ``paused`` (the thread is
+paused), ``all`` (a copy of a handler-wide pause) and ``after`` (not before:
+a ``perform`` raised `RateLimited`, or a rate limit's bucket stays empty long).
+acquire.lua refuses a thread they hold back, or whose handler is paused
+(``P:{H}:paused``'s ``'*'``: read by acquire.lua on one server, by index.lua's
+``take`` on a cluster, both in the handler's slot), and hides it in the index
+until then; cycle.lua returns no batch for it, so its holder acks and lets go.
+Fields that have passed are dropped as they are read; a thread with none set
+costs acquire and cycle one ``EXISTS``. A handler-wide pause is written to
+``P:{H}:paused`` first, then copied to the threads of the index (a thread that
+joins the index later is refused at acquire); a resume removes it and the copies
+(``pause-copies``), and shows the threads again. Rate limits are token buckets
+that cycle.lua reads and spends on its clock, cutting the batch to what they
+hold: the thread's in its slot; the handler's in ``P:{H}:bucket``, passed to
+cycle.lua on one server, and on a cluster (another slot) reserved by
+``bucket.lua`` before the cycle, and what a short batch left unused given back.
 
 Time: every score and expiry the storage compares is the storage server's clock
 (Lua ``TIME``) or a relative TTL, never a client's ``time.time()``: clients'
@@ -160,6 +183,24 @@ class Keys:
     def losses(self, ref: ThreadRef) -> str:
         """Per order, fetches of the head never acked (lease lost or holder dead mid-batch)."""
         return f"{self.thread(ref)}:losses"
+
+    def controls(self, ref: ThreadRef) -> str:
+        """Hash of what holds a thread back: paused, all (a handler-wide pause's copy), after."""
+        return f"{self.thread(ref)}:controls"
+
+    def bucket(self, ref: ThreadRef | str) -> str:
+        """A rate limit's token bucket: a thread's, or (by name) its handler's."""
+        if isinstance(ref, str):
+            return f"{self.prefix}:{{{ref}}}:bucket"
+        return f"{self.thread(ref)}:bucket"
+
+    def paused(self, handler: str) -> str:
+        """Hash of a handler's pauses: thread (``*``: all of them) -> when it ends."""
+        return f"{self.prefix}:{{{handler}}}:paused"
+
+    def pause_copies(self, handler: str) -> str:
+        """Set of the threads given a copy of the handler-wide pause."""
+        return f"{self.prefix}:{{{handler}}}:pause-copies"
 
     def dead(self, ref: ThreadRef) -> str:
         """A thread's dead letters."""

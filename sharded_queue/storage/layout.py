@@ -62,13 +62,22 @@ class Layout(abc.ABC):
 
     @abc.abstractmethod
     async def push(
-        self, handler: str, writes: Sequence[TubeWrite], wake: bytes, stamp: str, replicas: int, timeout: int
-    ) -> tuple[int, int]:
+        self,
+        handler: str,
+        writes: Sequence[TubeWrite],
+        wake: bytes,
+        stamp: str,
+        replicas: int,
+        timeout: int,
+        cap: int | None = None,
+    ) -> tuple[int, int, tuple[str, int] | None]:
         """Append ``writes`` (stamped ``stamp``), index their threads, publish ``wake``.
 
         With ``replicas``, ``WAIT`` up to ``timeout`` ms for that many replicas to
-        have the writes. Returns how many envelopes were appended and how many
-        replicas acknowledged them (``replicas`` itself when none were asked for).
+        have the writes. With ``cap`` (``max_pending``), a thread that would hold
+        more than that many requests refuses its writes. Returns how many envelopes
+        were appended, how many replicas acknowledged them (``replicas`` itself
+        when none were asked for), and the (thread, depth) of a thread that refused.
         """
 
     @abc.abstractmethod
@@ -85,10 +94,17 @@ class Layout(abc.ABC):
 
     @abc.abstractmethod
     async def call(
-        self, script: Any, ref: ThreadRef, keys: Sequence[str], args: Sequence[Any], indexes: Sequence[str] = ()
+        self,
+        script: Any,
+        ref: ThreadRef,
+        keys: Sequence[str],
+        args: Sequence[Any],
+        indexes: Sequence[str] = (),
+        after: Sequence[str] = (),
     ) -> Any:
         """Run a thread script that counts ``ref`` (cycle, due, fire: the last item of its reply
-        is the thread's counts, for a cluster) with the handler's ``indexes`` it takes and its counts."""
+        is the thread's counts, for a cluster) with the handler's ``indexes`` it takes and its counts,
+        then the handler's keys ``after`` (one server only: a cluster's are another slot)."""
 
     @abc.abstractmethod
     async def before_dead_letters(self, ref: ThreadRef) -> None:
@@ -165,14 +181,21 @@ class SingleServer(Layout):
         self._settled: list[str] = []  # stamps of calls that returned: forgotten by the next push
 
     async def push(
-        self, handler: str, writes: Sequence[TubeWrite], wake: bytes, stamp: str, replicas: int, timeout: int
-    ) -> tuple[int, int]:
+        self,
+        handler: str,
+        writes: Sequence[TubeWrite],
+        wake: bytes,
+        stamp: str,
+        replicas: int,
+        timeout: int,
+        cap: int | None = None,
+    ) -> tuple[int, int, tuple[str, int] | None]:
         """One atomic script call: all or nothing, and a full Redis refuses it whole (`StorageFull`);
         with ``replicas``, its ``WAIT`` follows it in the same write, over the same connection."""
         schema = self._keys
         forget, self._settled = self._settled, []
         keys = [schema.stamps()]
-        args: list[Any] = [stamp, self._stamp_window, schema.wake, wake, len(forget), *forget]
+        args: list[Any] = [stamp, self._stamp_window, schema.wake, wake, len(forget), _cap(cap), *forget]
         self._tube_arguments(writes, keys, args)
         keys += (schema.index(handler), schema.due_index(handler), *self._counting(handler))
         try:
@@ -183,14 +206,19 @@ class SingleServer(Layout):
         except BaseException:
             self._settled.extend(forget)  # harmless if the call did forget them
             raise
+        if int(reply[0]) < 0:  # a thread is full: nothing written, the stamp not kept
+            return 0, acked, (reply[1].decode(), int(reply[2]))
         self._settled.append(stamp)
-        return int(reply[0]), acked
+        return int(reply[0]), acked, None
 
     async def acquire(self, ref: ThreadRef, token: str, ttl: int) -> Any:
-        """One call: acquire.lua hides the thread, or unindexes it when empty, itself."""
+        """One call: acquire.lua refuses a thread held back (or whose handler is paused) and hides
+        it, hides the thread taken, or unindexes it when empty, itself."""
         keys = self._keys
         return await self._eval(
-            self._acquire, [keys.lease(ref), keys.orders(ref), keys.index(ref.handler)], [token, ttl, ref.thread]
+            self._acquire,
+            [keys.lease(ref), keys.orders(ref), keys.controls(ref), keys.index(ref.handler), keys.paused(ref.handler)],
+            [token, ttl, ref.thread],
         )
 
     async def renew(self, ref: ThreadRef, token: str, ttl: int) -> Any:
@@ -206,10 +234,16 @@ class SingleServer(Layout):
         )
 
     async def call(
-        self, script: Any, ref: ThreadRef, keys: Sequence[str], args: Sequence[Any], indexes: Sequence[str] = ()
+        self,
+        script: Any,
+        ref: ThreadRef,
+        keys: Sequence[str],
+        args: Sequence[Any],
+        indexes: Sequence[str] = (),
+        after: Sequence[str] = (),
     ) -> Any:
         """One call: the script is passed the indexes and the counts, and updates them."""
-        return await self._eval(script, [*keys, *indexes, *self._counting(ref.handler)], args)
+        return await self._eval(script, [*keys, *indexes, *self._counting(ref.handler), *after], args)
 
     async def before_dead_letters(self, ref: ThreadRef) -> None:
         """Nothing to do: cycle.lua is passed the dead-letter index and marks the thread itself."""
@@ -261,8 +295,15 @@ class Cluster(Layout):
     transaction = False
 
     async def push(
-        self, handler: str, writes: Sequence[TubeWrite], wake: bytes, stamp: str, replicas: int, timeout: int
-    ) -> tuple[int, int]:
+        self,
+        handler: str,
+        writes: Sequence[TubeWrite],
+        wake: bytes,
+        stamp: str,
+        replicas: int,
+        timeout: int,
+        cap: int | None = None,
+    ) -> tuple[int, int, tuple[str, int] | None]:
         """Each thread's tubes are one call (pipelined per node), and the index is touched only
         once every tube is appended, which keeps a message from being stranded outside the index:
         then the index, the due index and the threads' counts, in one pipelined round trip.
@@ -278,13 +319,18 @@ class Cluster(Layout):
         calls = []
         for thread, group in by_thread.items():
             keys = [schema.stamps(ThreadRef(handler, thread))]
-            args: list[Any] = [stamp, self._stamp_window, "", "", 0]
+            args: list[Any] = [stamp, self._stamp_window, "", "", 0, _cap(cap)]
             self._tube_arguments(group, keys, args)
             calls.append(("EVALSHA", self._push.sha, len(keys), *keys, *args))
         if replicas:
             replies, acked = await self._on_nodes(calls, replicas, timeout)
         else:
             replies, acked = await self._pipeline(lambda pipe: [pipe.execute_command(*call) for call in calls]), 0
+        full = next(((reply[1].decode(), int(reply[2])) for reply in replies if int(reply[0]) < 0), None)
+        if full is not None:  # a full thread wrote nothing; the others' writes stand
+            kept = [(item, reply) for item, reply in zip(by_thread.items(), replies, strict=True) if int(reply[0]) >= 0]
+            by_thread = dict(item for item, _ in kept)
+            replies = [reply for _, reply in kept]
         queued = [
             thread
             for (thread, group), (_, _, moved, _) in zip(by_thread.items(), replies, strict=True)
@@ -307,7 +353,7 @@ class Cluster(Layout):
         elif follow:
             await self._eval_all(follow)
         await self._client.publish(schema.wake, wake)
-        return sum(int(count) for count, *_ in replies), acked
+        return sum(int(count) for count, *_ in replies), acked, full
 
     async def _settle(self, handler: str, counted: Sequence[Any]) -> None:
         """Apply threads' counts returned by a thread script to the handler's (counts.lua)."""
@@ -315,13 +361,21 @@ class Cluster(Layout):
             await self._eval(self._counts, self._settling(handler), ["apply", *counted])
 
     async def acquire(self, ref: ThreadRef, token: str, ttl: int) -> Any:
-        """acquire.lua, then index.lua hides the thread (taken), or it is unindexed (empty)."""
+        """acquire.lua, then index.lua hides the thread taken, unless its handler is paused (then the
+        lease goes back, and the thread stays hidden until the pause ends); a thread held back by its
+        controls is hidden until then; an empty one is unindexed."""
         keys = self._keys
-        taken = await self._eval(self._acquire, [keys.lease(ref), keys.orders(ref)], [token, ttl])
+        index = keys.index(ref.handler)
+        taken = await self._eval(self._acquire, [keys.lease(ref), keys.orders(ref), keys.controls(ref)], [token, ttl])
         if taken == 1:
-            await self._eval(self._index, [keys.index(ref.handler)], ["hide", ttl, ref.thread])
+            hidden = await self._eval(self._index, [index, keys.paused(ref.handler)], ["take", ttl, ref.thread])
+            if isinstance(hidden, list):  # the handler is paused: let go at once
+                await self._eval(self._release, [keys.lease(ref), keys.orders(ref)], [token])
+                return hidden
         elif taken == 0:
             await self._unindex(ref)
+        elif isinstance(taken, list):
+            await self._eval(self._index, [index], ["until", taken[1], ref.thread])
         return taken
 
     async def renew(self, ref: ThreadRef, token: str, ttl: int) -> Any:
@@ -342,7 +396,13 @@ class Cluster(Layout):
             await self._eval(self._index, [keys.index(ref.handler)], ["show", 0, ref.thread])
 
     async def call(
-        self, script: Any, ref: ThreadRef, keys: Sequence[str], args: Sequence[Any], indexes: Sequence[str] = ()
+        self,
+        script: Any,
+        ref: ThreadRef,
+        keys: Sequence[str],
+        args: Sequence[Any],
+        indexes: Sequence[str] = (),
+        after: Sequence[str] = (),
     ) -> Any:
         """The script alone, then the counts it returned applied (`due_moved` follows up on the indexes)."""
         reply = await self._eval(script, keys, args)
@@ -438,3 +498,8 @@ class Cluster(Layout):
         scores = [score for _, score in (*deferred, *recurring)]
         if scores:
             await self._eval(self._index, [index], ["at", repr(min(scores)), ref.thread])
+
+
+def _cap(cap: int | None) -> str:
+    """push.lua's max pending argument: '' for none."""
+    return "" if cap is None else str(cap)

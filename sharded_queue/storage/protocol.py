@@ -18,7 +18,7 @@ from typing import Protocol
 
 import msgspec
 
-from ..core import Ack, DueMoves, PollResult, Schedule, ThreadRef, Tick, Tube
+from ..core import Ack, DueMoves, Held, Hold, PollResult, Schedule, Short, ThreadRef, Tick, Tube
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +69,7 @@ class QueueStorage(Protocol):
         stamp: str | None = None,
         replicas: int = 0,
         timeout: float = 10.0,
+        max_pending: int | None = None,
     ) -> int:
         """Append envelopes to ``handler``'s tubes, index their threads, wake idle loops; how many
         (once ``replicas`` replicas have them, waiting up to ``timeout`` seconds)."""
@@ -106,8 +107,9 @@ class QueueStorage(Protocol):
         ack_seq: int,
         dead: Sequence[bytes],
         limit: int,
-    ) -> tuple[str, list[bytes], int] | bool | None:
-        """Ack the previous batch and fetch the next, fenced by the lease."""
+        controls: CycleControls = ...,
+    ) -> tuple[str, list[bytes], int] | Held | Short | bool | None:
+        """Ack the previous batch and fetch the next, fenced by the lease and held back by controls."""
         ...
 
     async def renew(self, ref: ThreadRef, token: str, ttl: float) -> bool:
@@ -129,3 +131,24 @@ class QueueStorage(Protocol):
     async def close(self) -> None:
         """Close the connections."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class CycleControls:
+    """What a batch cycle passes of its thread's controls (`QueueStorage.cycle`).
+
+    Attributes:
+        thread_rate: The thread's rate limit as the scripts take it (`core.Rate.argument`), or "".
+        handler_rate: The handler's, or "".
+        hold: Keep the thread from being performed for a while (`core.Hold`).
+        linger: Fetch only a full batch; else report how many wait (`core.Short`).
+    """
+
+    thread_rate: str = ""
+    handler_rate: str = ""
+    hold: Hold | None = None
+    linger: bool = False
+
+
+NO_CONTROLS = CycleControls()
+"""No control: today's cycle."""

@@ -205,16 +205,32 @@ class Reads:
 
         A handler never recounted is recounted first, and read again.
         """
+        found, views, _ = await self.page_snapshot(handlers, refs, (), limit, across)
+        return found, views
+
+    async def page_snapshot(
+        self,
+        handlers: Sequence[str],
+        refs: Sequence[ThreadRef],
+        paused: Sequence[str],
+        limit: int = 1,
+        across: bool = False,
+    ) -> tuple[dict[str, HandlerCounts], list[ThreadView], dict[str, dict[str, float]]]:
+        """`snapshot`, with the stored pauses of ``paused`` handlers (thread or ``*`` -> when it
+        ends, passed or not), all in one round trip (a page of stats)."""
         commands = [command for handler in handlers for command in self._count_commands(handler)]
         commands += (self.scripts.command(*self._inspect_call(ref, limit, across)) for ref in refs)
+        commands += (("HGETALL", self.keys.paused(handler)) for handler in paused)
         with translate_errors():
             replies = await self.scripts.send_all(commands) if commands else []
         found: dict[str, HandlerCounts] = {}
         for position, handler in enumerate(handlers):
             counted = _counts(replies[2 * position], replies[2 * position + 1])
             found[handler] = await self.recount(handler) if counted is None else counted
-        views = [_view(ref, reply) for ref, reply in zip(refs, replies[2 * len(handlers) :], strict=True)]
-        return found, views
+        first = 2 * len(handlers)
+        views = [_view(ref, reply) for ref, reply in zip(refs, replies[first : first + len(refs)], strict=True)]
+        stored = replies[first + len(refs) :]
+        return found, views, {handler: _pauses(raw) for handler, raw in zip(paused, stored, strict=True)}
 
     def _count_commands(self, handler: str) -> list[tuple[Any, ...]]:
         keys = self.keys
@@ -410,3 +426,13 @@ def _deferred_entry(thread: str, member: bytes, due: float) -> DeferredEntry:
     body, _, order = member[16:].rpartition(b"\n")
     envelope, _, _ = body.rpartition(b"\n")
     return DeferredEntry(thread, order.decode(), float(due), envelope)
+
+
+def _pauses(raw: Any) -> dict[str, float]:
+    """An HGETALL of a paused hash (a dict, or a flat list when sent raw): thread -> when it ends."""
+    items = raw.items() if isinstance(raw, dict) else zip(raw[::2], raw[1::2], strict=True)
+    return {_text(field): float(ends) for field, ends in items}
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

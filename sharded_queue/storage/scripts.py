@@ -41,6 +41,8 @@ SCRIPTS = (
     "counts",
     "scan",
     "inspect",
+    "bucket",
+    "pause",
 )
 """The scripts every `Scripts` registers (the worker registry's are registered on first use)."""
 
@@ -143,6 +145,8 @@ class Scripts:
         self.counts = self.all["counts"]
         self.scan = self.all["scan"]
         self.inspect = self.all["inspect"]
+        self.bucket = self.all["bucket"]
+        self.pause = self.all["pause"]
         # Lanes: connections of their own, one per call in flight, taken from and given back
         # to a free list that storages sharing the client share (and `close` closes).
         self.lanes: list[Lane] | None = _LANES.setdefault(client, []) if lanes else None

@@ -22,19 +22,19 @@ from typing import Any
 import msgspec
 from redis.asyncio.cluster import RedisCluster
 
-from ..core import Ack, DueMoves, DueTick, PollResult, ThreadRef, Tick
-from ..errors import StorageError
+from ..core import Ack, DueMoves, DueTick, Held, PollResult, Short, ThreadRef, Tick
+from ..errors import StorageError, ThreadFull
 from ..settings import Settings
-from .admin import Admin
 from .client import close_client, connect, stamp_window
+from .controls import Controls
 from .keys import Keys
 from .layout import Cluster, SingleServer
-from .protocol import QueueStorage, StoredSchedule, TubeWrite
+from .protocol import NO_CONTROLS, CycleControls, QueueStorage, StoredSchedule, TubeWrite
 from .scripts import Scripts, is_fake, ms, translate_errors
 from .transport import fast_path, sentinel_primary
 
 
-class Storage(Admin):
+class Storage(Controls):
     """The queue's view of Redis: a narrow set of operations over a held client.
 
     Args:
@@ -62,6 +62,8 @@ class Storage(Admin):
         self._candidates = scripts.candidates
         self._due = scripts.due
         self._fire = scripts.fire
+        self._bucket = scripts.bucket
+        self._unused: dict[str, int] = {}  # a cluster: handler tokens reserved and not spent, to give back
 
     @classmethod
     def from_settings(cls, settings: Settings, url: str | None = None, fast: bool | None = None) -> Storage:
@@ -92,6 +94,7 @@ class Storage(Admin):
         stamp: str | None = None,
         replicas: int = 0,
         timeout: float = 10.0,
+        max_pending: int | None = None,
     ) -> int:
         """Append envelopes to ``handler``'s tubes, then index their threads, then wake idle loops.
 
@@ -107,15 +110,23 @@ class Storage(Admin):
         (Redis ``WAIT``, on the connection that wrote them, up to ``timeout``
         seconds); else raises `StorageError` saying how many did, its ``stored``
         set to the count the primary holds.
+
+        With ``max_pending``, a thread that would hold more than that many
+        requests in its tubes refuses its writes (`ThreadFull`): on one server
+        the whole call writes nothing; on a cluster each thread's writes are one
+        call, so other threads' may stand (``ThreadFull.stored`` says how many).
         """
         if not writes:
             return 0
         threads = list(dict.fromkeys(write.tube.thread_ref.thread for write in writes))
         wake = msgspec.json.encode([[handler, thread] for thread in threads])
         with translate_errors():
-            count, acked = await self._layout.push(
-                handler, writes, wake, stamp or secrets.token_hex(8), replicas, ms(timeout)
+            count, acked, full = await self._layout.push(
+                handler, writes, wake, stamp or secrets.token_hex(8), replicas, ms(timeout), max_pending
             )
+        if full is not None:
+            assert max_pending is not None
+            raise ThreadFull(handler, full[0], full[1], max_pending, count)
         if acked < replicas:
             raise not_replicated(count, acked, replicas, timeout)
         return count
@@ -224,8 +235,9 @@ class Storage(Admin):
         ack_seq: int,
         dead: Sequence[bytes],
         limit: int,
-    ) -> tuple[str, list[bytes], int] | bool | None:
-        """Ack the previous batch and fetch the next, fenced by the lease.
+        controls: CycleControls = NO_CONTROLS,
+    ) -> tuple[str, list[bytes], int] | Held | Short | bool | None:
+        """Ack the previous batch and fetch the next, fenced by the lease and held back by controls.
 
         Safe to retry with the same ``ack_seq`` after a lost reply: an ack is
         applied once per (token, seq).
@@ -234,8 +246,37 @@ class Storage(Admin):
             ``(order, payloads, losses)``, where ``losses`` counts earlier fetches
             of that head that were never acked; ``None`` when the thread is empty
             (or nothing was asked); ``False`` when the lease is not ours and
-            nothing changed.
+            nothing changed; `Held` when a control held the thread back (paused,
+            an empty rate bucket) and `Short` when ``controls.linger`` and fewer
+            than ``limit`` wait: nothing fetched.
         """
+        handler_rate, reserved = controls.handler_rate, 0
+        if handler_rate and self.cluster and limit:  # the handler's bucket is another slot
+            reserved, wait = await self._reserve(ref.handler, handler_rate, limit)
+            if not reserved:
+                if ack is not None and await self.cycle(ref, token, ttl, ack, ack_seq, dead, 0) is False:
+                    return False
+                return Held(wait)
+            limit, controls = reserved, CycleControls(controls.thread_rate, "", controls.hold, controls.linger)
+        with translate_errors():
+            reply = await self._cycle_call(ref, token, ttl, ack, ack_seq, dead, limit, controls)
+        if reserved:
+            fetched = len(reply[1]) if reply and len(reply) == 4 else 0
+            self._unused[ref.handler] = self._unused.get(ref.handler, 0) + reserved - fetched
+        return _cycle_reply(reply)
+
+    async def _cycle_call(
+        self,
+        ref: ThreadRef,
+        token: str,
+        ttl: float,
+        ack: Ack | None,
+        ack_seq: int,
+        dead: Sequence[bytes],
+        limit: int,
+        controls: CycleControls,
+    ) -> Any:
+        """cycle.lua on ``ref`` (its dead letters indexed first, on a cluster); its reply."""
         keys = self.keys
         thread_keys = [
             keys.lease(ref),
@@ -243,35 +284,44 @@ class Storage(Admin):
             keys.dead(ref),
             keys.acked(ref),
             keys.losses(ref),
+            keys.controls(ref),
+            keys.bucket(ref),
         ]
+        hold = controls.hold
+        if dead:
+            await self._layout.before_dead_letters(ref)
+        return await self._layout.call(
+            self._cycle,
+            ref,
+            thread_keys,
+            [
+                keys.tube_prefix(ref),
+                token,
+                ms(ttl),
+                ack.order if ack else "",
+                ack.count if ack else 0,
+                ack_seq,
+                limit,
+                ref.thread,
+                1 if ack is None or ack.clears_losses else 0,
+                keys.marks_prefix(ref),
+                controls.thread_rate,
+                controls.handler_rate,
+                "" if hold is None else f"{hold.seconds!r} {hold.order}".rstrip(),
+                1 if controls.linger else 0,
+                *dead,
+            ],
+            [keys.dead_index(ref.handler)],
+            [keys.bucket(ref.handler)] if controls.handler_rate else [],
+        )
+
+    async def _reserve(self, handler: str, rate: str, want: int) -> tuple[int, float]:
+        """A cluster: take up to ``want`` tokens of ``handler``'s bucket (bucket.lua), giving back
+        what earlier reservations left unused. Returns how many, and the seconds until one when none."""
+        give_back = self._unused.pop(handler, 0)
         with translate_errors():
-            if dead:
-                await self._layout.before_dead_letters(ref)
-            reply = await self._layout.call(
-                self._cycle,
-                ref,
-                thread_keys,
-                [
-                    keys.tube_prefix(ref),
-                    token,
-                    ms(ttl),
-                    ack.order if ack else "",
-                    ack.count if ack else 0,
-                    ack_seq,
-                    limit,
-                    ref.thread,
-                    1 if ack is None or ack.clears_losses else 0,
-                    keys.marks_prefix(ref),
-                    *dead,
-                ],
-                [keys.dead_index(ref.handler)],
-            )
-        if reply is None:
-            return False
-        if len(reply) == 1:  # only the thread's counts: it is empty, or nothing was asked
-            return None
-        order, payloads, losses, _ = reply
-        return order.decode(), payloads, int(losses)
+            taken, wait = await self._eval(self._bucket, [self.keys.bucket(handler)], [rate, want, give_back])
+        return int(taken), float(wait)
 
     async def renew(self, ref: ThreadRef, token: str, ttl: float) -> bool:
         """Extend our lease and keep the thread hidden from the coordinator meanwhile."""
@@ -307,6 +357,21 @@ class Storage(Admin):
 
 
 _CONTRACT: type[QueueStorage] = Storage  # mypy checks that `Storage` keeps the protocol
+
+
+def _cycle_reply(reply: Any) -> tuple[str, list[bytes], int] | Held | Short | bool | None:
+    """What cycle.lua's reply means (see `Storage.cycle`)."""
+    if reply is None:
+        return False
+    if len(reply) == 1:  # only the thread's counts: it is empty, or nothing was asked
+        return None
+    if len(reply) == 5:  # held back by a control: '', kind, value, now, counts
+        _, kind, value, now, _ = reply
+        if kind == b"short":
+            return Short(int(value), float(now))
+        return Held(float(value), paused=kind == b"paused")
+    order, payloads, losses, _ = reply
+    return order.decode(), payloads, int(losses)
 
 
 def not_replicated(count: int, acked: int, replicas: int, timeout: float) -> StorageError:

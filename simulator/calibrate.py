@@ -44,7 +44,8 @@ How `calibrate` fits each part:
   - ``rtt``: the median ``PING`` round trip by the scripts' path (a probe every
     250 ms), each less the thread CPU the process spent meanwhile (the other
     loops' work its reply waited for, which the twin simulates itself) and the
-    time the thread waited for a core (``schedstat``: the cores the twin shares); the
+    time the thread waited for a core (``schedstat``: the cores the twin shares), over
+    the probes whose thread slept meanwhile (else the gaps below); the
     server's time for a script is ``storage_cpu``, queued at the server;
   - ``overhead`` at the run's speed: the speed probe (a fixed unit of CPU work,
     every second) against the speed it took when ``overhead`` was measured
@@ -265,8 +266,12 @@ def _machine(meter: list[dict[str, Any]], messages: int) -> dict[str, Any]:
         pings = np.concatenate([m["ping"] for m in meter if m.get("ping")])
         used = [m.get("ping_cpu") or [0.0] * len(m["ping"]) for m in meter if m.get("ping")]
         waited = [m.get("ping_wait") or [0.0] * len(m["ping"]) for m in meter if m.get("ping")]
-        found["rtt"] = max(float(np.median(pings - np.concatenate(used) - np.concatenate(waited))), 0.0)
-        found["rtt_samples"] = len(pings)
+        # A probe that ran or waited for a core all along (a busy event loop) hid the network
+        # behind them: only the probes whose thread slept meanwhile see it.
+        seen = pings - np.concatenate(used) - np.concatenate(waited)
+        seen = seen[seen > 0]
+        if seen.size:
+            found["rtt"], found["rtt_samples"] = float(np.median(seen)), int(seen.size)
     return found
 
 

@@ -1386,6 +1386,10 @@ def test_calibrate_takes_the_storage_and_the_round_trip_from_their_instruments()
     assert fitted.storage_cpu.registration(1, 1) == pytest.approx(slow.registration(1, 1), rel=1e-3)
     assert fitted.rtt == pytest.approx(0.0011)  # the median of 1.0, 1.1, 1.2 and 1.1 ms
     assert fitted.fit["rtt_samples"].iloc[0] == len(pings)
+    explained = [p - u for p, u in zip(pings, used, strict=True)]  # busy all along: the network unseen
+    trace.attrs["meter"] = [meter(storage=storage, effects=effects, ping=pings, ping_cpu=used, ping_wait=explained)]
+    gaps = calibrate(trace)
+    assert gaps.fit["rtt_samples"].iloc[0] != len(pings) and gaps.rtt == pytest.approx(0.001, rel=0.3)
     del commands["evalsha"]  # the server ran no script the meter saw: not known
     assert calibrate(trace).storage_cpu == 0.0
 

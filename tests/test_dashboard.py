@@ -142,7 +142,7 @@ async def test_actions_without_the_right_bearer_token_are_refused(queue: Queue, 
 async def test_actions_with_the_token_requeue_and_purge_by_handler_name(queue: Queue) -> None:
     bearer = {"Authorization": f"bearer {TOKEN}"}  # the scheme is case-insensitive
     async with client(create_app(queue, allow_actions=True, token=TOKEN)) as http:
-        assert (await http.get("/api/info")).json()["actions"] == ["requeue", "purge"]
+        assert (await http.get("/api/info")).json()["actions"] == ["requeue", "purge", "pause", "resume"]
         assert (await http.get("/api/dead-letters/dash:gated/requeue")).status_code == 405  # POST only
         requeued = await http.post("/api/dead-letters/dash:gated/requeue", headers=bearer)
         assert (requeued.status_code, requeued.json()) == (200, {"requeued": 1})
@@ -150,6 +150,23 @@ async def test_actions_with_the_token_requeue_and_purge_by_handler_name(queue: Q
         await drain(Worker(queue, handlers=[Gated]))  # fails again
         assert (await http.post("/api/dead-letters/dash:gated/purge", headers=bearer)).json() == {"purged": 1}
     assert await queue.dead_letter_count("dash:gated") == 0
+
+
+async def test_actions_pause_and_resume_a_thread_by_name(queue: Queue) -> None:
+    """A thread paused from the dashboard is paused (`Queue.paused`, stats' column); resumed, it is not."""
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    async with client(create_app(queue, token=TOKEN)) as http:
+        assert (await http.post("/api/threads/dash:gated/1/pause", headers=bearer)).status_code == 403
+    async with client(create_app(queue, allow_actions=True, token=TOKEN)) as http:
+        paused = await http.post("/api/threads/dash:gated/1/pause", headers=bearer)
+        assert (paused.status_code, paused.json()) == (200, {"paused": "1"})
+        assert await queue.paused("dash:gated") == ["1"]
+        stats = (await http.get("/api/stats")).json()
+        rows = [row for row in stats["rows"] if row["handler"] == "dash:gated" and row["thread"] is not None]
+        assert "paused" in stats["columns"] and rows
+        assert all(row["paused"] == (row["thread"] == "1") for row in rows)
+        assert (await http.post("/api/threads/dash:gated/1/resume", headers=bearer)).json() == {"resumed": "1"}
+        assert await queue.paused("dash:gated") == []
 
 
 def test_actions_without_a_token_cannot_be_enabled() -> None:

@@ -12,7 +12,7 @@ Endpoints (JSON unless said otherwise):
 - ``GET /api/dead-letters/{handler}?limit=100``: ``{"handler", "count", "rows"}``, the
   first ``limit`` records (`DeadLetterRecord.encode`: error, traceback, payload);
 - ``GET /api/schedules``: every handler's `Queue.schedules`, with a ``handler`` column;
-- ``POST`` the routes of `ACTIONS` (requeue, purge a handler's dead letters).
+- ``POST`` the routes of `ACTIONS` (requeue, purge a handler's dead letters; pause, resume a thread).
 
 Every value is JSON: NaN as null, times as seconds since the epoch. A storage
 failure answers 503 with ``{"error": ...}``. Actions answer 403 unless the app
@@ -87,11 +87,21 @@ async def _purge(queue: Queue, params: Mapping[str, str]) -> dict[str, Any]:
     return {"purged": await queue.purge_dead_letters(params["handler"])}
 
 
+async def _pause(queue: Queue, params: Mapping[str, str]) -> dict[str, Any]:
+    await queue.pause(params["handler"], params["thread"])
+    return {"paused": params["thread"]}
+
+
+async def _resume(queue: Queue, params: Mapping[str, str]) -> dict[str, Any]:
+    await queue.resume(params["handler"], params["thread"])
+    return {"resumed": params["thread"]}
+
+
 ACTIONS: tuple[Action, ...] = (
     Action("requeue", "/api/dead-letters/{handler}/requeue", _requeue),
     Action("purge", "/api/dead-letters/{handler}/purge", _purge),
-    # pause and resume of a thread join here, e.g.
-    # Action("pause", "/api/threads/{handler}/{thread:path}/pause", _pause), with a button in dashboard.js
+    Action("pause", "/api/threads/{handler}/{thread}/pause", _pause),
+    Action("resume", "/api/threads/{handler}/{thread}/resume", _resume),
 )
 
 

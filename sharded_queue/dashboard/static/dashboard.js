@@ -19,7 +19,8 @@ const BUTTONS = {
     path: (h) => `api/dead-letters/${enc(h)}/purge`,
     confirm: (h) => `Delete every dead letter of ${h} for good?`,
   },
-  // pause: { label: "Pause", on: "thread", path: (h, t) => `api/threads/${enc(h)}/${enc(t)}/pause` },
+  pause: { label: "Pause", on: "thread", path: (h, t) => `api/threads/${enc(h)}/${enc(t)}/pause` },
+  resume: { label: "Resume", on: "thread", path: (h, t) => `api/threads/${enc(h)}/${enc(t)}/resume` },
 };
 
 let info = { storage: "", prefix: "", actions: [] };

@@ -15,7 +15,7 @@ def main(argv: list[str] | None = None) -> int:
     from . import bench_queue
 
     status = bench_queue.main(argv)
-    from . import bench_controls, bench_failover, bench_faults, bench_otel, bench_peers, bench_scheduling
+    from . import bench_controls, bench_failover, bench_faults, bench_linger, bench_otel, bench_peers, bench_scheduling
 
     suites = (
         ("peers", bench_peers),
@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
         ("failover", bench_failover),
         ("telemetry", bench_otel),
         ("controls", bench_controls),
+        ("linger", bench_linger),
     )
     for title, suite in suites:
         print(f"\n=== {title} benchmarks ({suite.__name__}) ===", flush=True)

@@ -9,6 +9,8 @@ each, and holds them to what one run on this shared machine can tell: nothing gr
 
 from __future__ import annotations
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from simulator.cpu import SERVER, TRACED
@@ -24,6 +26,7 @@ from simulator.lab.accuracy import (
     run_all,
     where_the_time_goes,
 )
+from simulator.lab.fairness import fairness, jain, study
 from simulator.lab.measure import measure_overhead
 from simulator.lab.plancheck import Question, check, verdict
 
@@ -81,3 +84,26 @@ async def test_a_plans_answer_is_run_for_real(redis_url: str) -> None:
     assert (table["twin_p99_high"] >= table["twin_p99"]).all() and table["rate"].iloc[0] > 0
     assert table["chosen"].sum() == (answer.choice is not None)
     assert verdict(table).startswith("chose" if answer.choice else "no choice")
+
+
+def test_jains_index_and_what_fairness_reads_of_a_run() -> None:
+    assert jain(np.ones(8)) == pytest.approx(1.0) and jain(np.array([1.0, 0, 0, 0])) == pytest.approx(0.25)
+    trace = pd.DataFrame(
+        {
+            "thread": ["0", "0", "0", "1", "2"],
+            "enqueued_at": [0.0, 0.0, 1.0, 0.0, 1.0],
+            "started_at": [0.1, 0.2, 1.1, 0.5, 3.0],  # thread 2's one request starts after the last arrival
+        }
+    )
+    found = fairness(trace)
+    assert found["cold_p99"] == pytest.approx(np.quantile([0.5, 2.0], 0.99))
+    assert found["jain"] == pytest.approx(jain(np.array([2 / 3, 1.0, 0.0])))  # served by the last arrival
+    assert found["jain_raw"] == pytest.approx(jain(np.array([2.0, 1.0, 0.0])))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+async def test_the_fairness_study_runs_real_and_twin(redis_url: str) -> None:
+    table = await study(redis_url)
+    assert list(table["case"]) == ["cold", "cold", "hot", "hot"] and list(table["system"]) == ["real", "twin"] * 2
+    assert (table["cold_p99"] > 0).all() and table["jain"].between(0, 1).all()

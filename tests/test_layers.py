@@ -157,7 +157,16 @@ SIMULATOR_LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     (
         "the lab",
         frozenset(
-            {"lab", "lab.measure", "lab.realrun", "lab.handlers", "lab.accuracy", "lab.resources", "lab.plancheck"}
+            {
+                "lab",
+                "lab.measure",
+                "lab.realrun",
+                "lab.handlers",
+                "lab.accuracy",
+                "lab.resources",
+                "lab.plancheck",
+                "lab.fairness",
+            }
         ),
     ),
     ("the package", frozenset({""})),

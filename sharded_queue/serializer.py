@@ -15,6 +15,7 @@ declared type, never an arbitrary object.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import typing
@@ -55,6 +56,22 @@ def _non_finite(value: Any) -> bool:
     return False
 
 
+def _struct_mirror(kind: Any) -> Any:
+    """A msgspec ``Struct`` with a dataclass's fields and their annotations, or None (not a
+    dataclass, or annotations that do not resolve). Decoding into it checks every field as
+    decoding into the dataclass does, at half the cost: `Codec.encode`'s check of a batch."""
+    if not (isinstance(kind, type) and dataclasses.is_dataclass(kind)):
+        return None
+    try:
+        hints = typing.get_type_hints(kind)
+        fields = [(field.name, hints[field.name]) for field in dataclasses.fields(kind)]
+        mirror = msgspec.defstruct(f"{kind.__name__}Check", fields)
+        msgspec.json.Decoder(mirror)  # an annotation msgspec cannot decode: no mirror
+    except (NameError, KeyError, TypeError):
+        return None
+    return mirror
+
+
 class Codec:
     """Encodes requests of one type into envelopes and back.
 
@@ -84,6 +101,12 @@ class Codec:
         # value for a field; other annotations (int, list[int], ...) by the decode alone
         self._instance_of = request_type if user_class else None
         self._validate = request_type is not Any and not self._pydantic
+        mirror = _struct_mirror(request_type)
+        self._checks = (
+            (msgspec.json.Decoder(tuple[float, mirror]), msgspec.json.Decoder(tuple[float, mirror, str]))  # type: ignore[valid-type]
+            if mirror is not None
+            else (self._decoder, self._traced)
+        )
 
     def encode(self, requests: Sequence[Any], enqueued_at: float, traceparent: str | None = None) -> bytes:
         """Envelopes for ``requests``, joined by newlines (compact JSON has none), all or nothing;
@@ -113,7 +136,7 @@ class Codec:
         if b"null" in envelopes:  # JSON has no NaN or infinity: msgspec writes them as null
             self._refuse_non_finite(requests)
         if self._validate:
-            self._check_decodes(requests, envelopes, self._decoder if traceparent is None else self._traced)
+            self._check_decodes(requests, envelopes, self._checks[traceparent is not None])
         return envelopes
 
     def _check_decodes(self, requests: Sequence[Any], envelopes: bytes, decoder: msgspec.json.Decoder[Any]) -> None:

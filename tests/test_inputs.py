@@ -311,6 +311,26 @@ class PairHandler(Handler):
     async def perform(self, *requests: Pair) -> None: ...
 
 
+@dataclass
+class Inner:
+    n: int
+
+
+@dataclass
+class Outer:
+    """Nested, optional and typed fields: the register check (a Struct of the same fields) refuses
+    what decoding into the dataclass refuses."""
+
+    inner: Inner
+    maybe: int | None = None
+    when: datetime | None = None
+    tags: list[str] | None = None
+
+
+class OuterHandler(Handler):
+    async def perform(self, *requests: Outer) -> None: ...
+
+
 class RecordHandler(Handler):
     async def perform(self, *requests: Record) -> None: ...
 
@@ -322,6 +342,10 @@ class RecordHandler(Handler):
         (PairHandler, Pair(1, "b"), Pair("s", "b")),  # type: ignore[arg-type]
         (RecordHandler, Record(3, ["x"]), Record("not an id", ["x"])),  # type: ignore[arg-type]
         (RecordHandler, Record(3, ["x"]), Record(3, "not a list")),  # type: ignore[arg-type]
+        (OuterHandler, Outer(Inner(1), 2, datetime(2026, 1, 1, tzinfo=UTC), ["a"]), Outer(Inner("x"))),  # type: ignore[arg-type]
+        (OuterHandler, Outer(Inner(1)), Outer(Inner(1), maybe="s")),  # type: ignore[arg-type]
+        (OuterHandler, Outer(Inner(1)), Outer(Inner(1), tags=[1])),  # type: ignore[list-item]
+        (OuterHandler, Outer(Inner(1)), Outer(Inner(1), when="not a time")),  # type: ignore[arg-type]
     ],
 )
 async def test_a_request_whose_fields_a_worker_could_not_decode_is_refused(
@@ -354,3 +378,11 @@ async def test_envelope_carries_enqueue_time(queue: Queue) -> None:
     assert request == Model(name="x", when=when)
     assert enqueued_at > 1.7e9
     assert await queue.storage.lease_token(ThreadRef(queue.spec(Stamped).name, "0")) is None
+
+
+async def test_a_nested_dataclass_passes_the_register_check_and_comes_back_whole(queue: Queue) -> None:
+    good = Outer(Inner(1), 2, datetime(2026, 1, 1, tzinfo=UTC), ["a"])
+    assert await queue.register(OuterHandler, good, Outer(Inner(2))) == 2
+    spec = queue.spec(OuterHandler)
+    payloads = await queue.storage.tube_payloads(Tube(spec.name, "0", "0"))
+    assert [spec.codec.decode(p)[1] for p in payloads] == [good, Outer(Inner(2))]

@@ -156,6 +156,9 @@ class Cores:
         return start, core
 
 
+_NONE = np.zeros(0)
+
+
 class StorageServer:
     """The storage server: Redis runs one command at a time, first come, first served.
 
@@ -193,15 +196,18 @@ class StorageServer:
         return self._serve(arrival, cost) - arrival
 
     def _registrations(self, until: float) -> None:
-        """Serve the registrations enqueued up to ``until``, each at its arrival."""
+        """Serve the registrations enqueued up to ``until``, each at its arrival. Those enqueued at
+        or before the run's start (a backlog) were registered before it: the server is done with
+        them when the loops begin."""
         half, costs = self.half, self.costs
+        after = max(self.accounted, 0.0)
         if costs is None:
-            times = self.feed.registrations(self.accounted, until)
+            times = self.feed.registrations(after, until) if until > after else _NONE
             for time in times.tolist():
                 self._serve(time + half, self.cost * REGISTER_COMMANDS)
             self.calls += REGISTER_COMMANDS * len(times)
-        else:
-            times, messages, threads = self.feed.registration_calls(self.accounted, until)
+        elif until > after:
+            times, messages, threads = self.feed.registration_calls(after, until)
             seconds = costs.registration(messages, threads)
             for time, cost in zip(times.tolist(), seconds.tolist(), strict=True):
                 self._serve(time + half, cost)

@@ -67,7 +67,7 @@ def _struct_mirror(kind: Any) -> Any:
         fields = [(field.name, hints[field.name]) for field in dataclasses.fields(kind)]
         mirror = msgspec.defstruct(f"{kind.__name__}Check", fields)
         msgspec.json.Decoder(mirror)  # an annotation msgspec cannot decode: no mirror
-    except (NameError, KeyError, TypeError):
+    except (NameError, KeyError, TypeError, ValueError):  # the dataclass itself checks, more slowly
         return None
     return mirror
 

@@ -9,11 +9,14 @@ each, and holds them to what one run on this shared machine can tell: nothing gr
 
 from __future__ import annotations
 
+import dataclasses
+import statistics
+
 import numpy as np
 import pandas as pd
 import pytest
 
-from simulator.cpu import SERVER, TRACED
+from simulator.cpu import SERVER, TRACED, Overhead
 from simulator.lab.accuracy import (
     FAMILIES,
     METRICS,
@@ -57,7 +60,13 @@ def test_the_families_cover_what_the_issue_asks() -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 async def test_the_twin_predicts_held_out_real_runs(redis_url: str) -> None:
-    overhead = await measure_overhead(redis_url, messages=10_000)
+    """The library's costs are the median of three short measurements (as ``bench_overhead``
+    takes them): one of them alone has come out twice too high on a machine just busy."""
+    measured = [await measure_overhead(redis_url, messages=10_000) for _ in range(3)]
+    overhead = dataclasses.replace(
+        measured[0],
+        **{f.name: statistics.median(getattr(m, f.name) for m in measured) for f in dataclasses.fields(Overhead)},
+    )
     chosen = [Family(f.fit, f.scored[:1], f.test) for f in FAMILIES if f.name in ("cpu", "drain")]
     results = await run_all(redis_url, chosen, overhead)
     print(*map(markdown, (per_config(results), report(results), where_the_time_goes(results))), sep="\n\n")

@@ -15,6 +15,8 @@ import statistics
 import numpy as np
 import pandas as pd
 import pytest
+import redis
+import redis.asyncio
 
 from simulator.cpu import SERVER, TRACED, Overhead
 from simulator.lab.accuracy import (
@@ -32,6 +34,7 @@ from simulator.lab.accuracy import (
 from simulator.lab.fairness import fairness, jain, study
 from simulator.lab.measure import measure_overhead
 from simulator.lab.plancheck import Question, check, verdict
+from simulator.lab.realrun import on_a_server
 
 GROSS = {"throughput": 0.5, "sojourn_p50": 1.0}
 """On a shared 2-core machine the real side moves by tens of percent between runs, and one CI
@@ -116,3 +119,20 @@ async def test_the_fairness_study_runs_real_and_twin(redis_url: str) -> None:
     table = await study(redis_url)
     assert list(table["case"]) == ["cold", "cold", "hot", "hot"] and list(table["system"]) == ["real", "twin"] * 2
     assert (table["cold_p99"] > 0).all() and table["jain"].between(0, 1).all()
+
+
+def test_the_lab_runs_on_a_server_of_its_own_or_the_one_given(redis_url: str) -> None:
+    """``python -m simulator.lab.*`` without ``--url`` start a redis-server for the run and stop it."""
+    seen: list[str] = []
+
+    async def run(url: str) -> None:
+        client = redis.asyncio.Redis.from_url(url)
+        assert await client.ping()
+        await client.aclose()
+        seen.append(url)
+
+    on_a_server(None, run)
+    on_a_server(redis_url, run)
+    assert seen[1] == redis_url and seen[0] != redis_url
+    with pytest.raises(redis.ConnectionError):
+        redis.Redis.from_url(seen[0]).ping()  # stopped

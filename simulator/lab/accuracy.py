@@ -21,21 +21,17 @@ development: they run only with ``--test``, and were looked at once, at the end:
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import math
-import tempfile
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from sharded_queue import Settings
-from sharded_queue.testing import RedisServer
 
 from ..analysis import compare
 from ..arrivals import Replay
@@ -49,7 +45,7 @@ from ..simulation import simulate
 from ..workload import Workload
 from .handlers import TimedHandler, handler_from_spec
 from .measure import measure_overhead, measure_server
-from .realrun import run_workers
+from .realrun import on_a_server, run_workers
 from .resources import QUANTITIES, resources
 
 LATENCY = ("sojourn_p50", "sojourn_p99")
@@ -403,15 +399,7 @@ def main(argv: list[str] | None = None) -> None:
         tables = (per_config(results), report(results), where_the_time_goes(results))
         print(*map(markdown, tables), sep="\n\n", flush=True)
 
-    if arguments.url:
-        asyncio.run(study(arguments.url))
-        return
-    with tempfile.TemporaryDirectory(prefix="sq-accuracy-") as directory:
-        server = RedisServer(Path(directory))
-        try:
-            asyncio.run(study(server.url))
-        finally:
-            server.stop()
+    on_a_server(arguments.url, study)
 
 
 if __name__ == "__main__":

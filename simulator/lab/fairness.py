@@ -21,18 +21,14 @@ their p99 without it.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from sharded_queue.testing import RedisServer
-
 from ..predict import prediction_runs
 from ..simulation import simulate
 from .accuracy import Config, drain_rate, fit, markdown, real_trace, replay
+from .realrun import on_a_server
 
 FAIR = Config("fair", loops=8, batch=16, threads=64, load=0.6, per_batch=0.001, per_message=0.0001, hot=0.5)
 """The hot run's configuration."""
@@ -84,15 +80,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m simulator.lab.fairness", description=__doc__)
     parser.add_argument("--url", help="Redis URL; default: spawn a redis-server on a free port")
     arguments = parser.parse_args(argv)
-    if arguments.url:
-        print(markdown(asyncio.run(study(arguments.url))))
-        return
-    with tempfile.TemporaryDirectory(prefix="sq-fairness-") as directory:
-        server = RedisServer(Path(directory))
-        try:
-            print(markdown(asyncio.run(study(server.url))))
-        finally:
-            server.stop()
+
+    async def run(url: str) -> None:
+        print(markdown(await study(url)))
+
+    on_a_server(arguments.url, run)
 
 
 if __name__ == "__main__":

@@ -16,15 +16,10 @@ rate and a p99 bound, per question.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-from sharded_queue.testing import RedisServer
 
 from ..arrivals import Poisson, Registered
 from ..cpu import Overhead, ServerCosts
@@ -35,6 +30,7 @@ from ..sweep import Plan, plan
 from ..workload import Workload
 from .accuracy import Config, drain_rate, fit, handler_for, markdown, real_trace
 from .measure import measure_overhead, measure_server
+from .realrun import on_a_server
 
 
 @dataclass(frozen=True)
@@ -155,15 +151,7 @@ def main(argv: list[str] | None = None) -> None:
             for answer, table in await check(question, url):
                 print(f"{answer!r}\n\n{markdown(table)}\n\n{verdict(table)}\n", flush=True)
 
-    if arguments.url:
-        asyncio.run(run(arguments.url))
-        return
-    with tempfile.TemporaryDirectory(prefix="sq-plancheck-") as directory:
-        server = RedisServer(Path(directory))
-        try:
-            asyncio.run(run(server.url))
-        finally:
-            server.stop()
+    on_a_server(arguments.url, run)
 
 
 if __name__ == "__main__":

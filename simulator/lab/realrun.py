@@ -22,18 +22,31 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sharded_queue import Handler, Queue, Settings, Worker
-from sharded_queue.testing import register_at, wait_until
+from sharded_queue.testing import RedisServer, register_at, wait_until
 from sharded_queue.trace import load_trace
 
 from .handlers import handler_from_spec
 
 if TYPE_CHECKING:
     import pandas as pd
+
+
+def on_a_server(url: str | None, run: Callable[[str], Awaitable[None]]) -> None:
+    """``run(url)``; without a URL, on a redis-server started for it on a free loopback port."""
+    if url:
+        asyncio.run(run(url))
+        return
+    with tempfile.TemporaryDirectory(prefix="sq-lab-") as directory:
+        server = RedisServer(Path(directory))
+        try:
+            asyncio.run(run(server.url))
+        finally:
+            server.stop()
 
 
 def split(loops: int, processes: int) -> list[int]:

@@ -21,21 +21,12 @@ median of its runs with the spread (min-max).
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import json
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
 MODES = ("none", "rate")
-BEFORE = "before"
 
 
 @dataclass
@@ -86,26 +77,6 @@ async def _script_usec(client: Any) -> float:
     return float(stats.get("usec", 0))
 
 
-def run_once(mode: str, url: str, n: int, baseline: Path | None) -> dict[str, float]:
-    """One run in a fresh subprocess: this checkout, or ``baseline`` for ``before``."""
-    where = baseline if mode == BEFORE and baseline is not None else ROOT
-    script = Path(__file__).resolve()
-    command = [sys.executable, str(script), "--run", "none" if mode == BEFORE else mode, "--url", url, "--n", str(n)]
-    done = subprocess.run(
-        command, cwd=where, env={"PYTHONPATH": str(where)}, capture_output=True, text=True, timeout=900, check=False
-    )
-    if done.returncode:
-        raise RuntimeError(f"{mode} run failed:\n{done.stderr[-2000:]}")
-    result: dict[str, float] = json.loads(done.stdout.splitlines()[-1])
-    return result
-
-
-def _flush(url: str) -> None:
-    import redis
-
-    redis.Redis.from_url(url).flushall()
-
-
 def _cell(values: list[float], digits: int) -> str:
     return f"{statistics.median(values):,.{digits}f} ({min(values):,.{digits}f}-{max(values):,.{digits}f})"
 
@@ -131,34 +102,16 @@ def report(results: dict[str, list[dict[str, float]]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="a smoke run: 10,000 requests, 2 runs per mode")
-    parser.add_argument("--n", type=int, default=None, help="requests per run (default 100,000)")
-    parser.add_argument("--reps", type=int, default=None, help="runs per mode (default 5)")
-    parser.add_argument("--baseline", type=Path, help="also run the library found in this directory (mode 'before')")
-    parser.add_argument("--run", help=argparse.SUPPRESS)
-    parser.add_argument("--url", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    n = args.n or (10_000 if args.quick else 100_000)
-    if args.run:
-        print(json.dumps(asyncio.run(_run(args.run, args.url, n))))
-        return 0
-    reps = args.reps or (2 if args.quick else 5)
-    from sharded_queue.testing import RedisServer
+    from benchmarks.turns import BEFORE, arguments, run_once, take_turns  # not at the top: see turns
 
+    args = arguments(__doc__, argv)
     modes = (*MODES, BEFORE) if args.baseline else MODES
-    results: dict[str, list[dict[str, float]]] = {mode: [] for mode in modes}
-    with tempfile.TemporaryDirectory(prefix="sq-bench-controls-") as directory:
-        server = RedisServer(Path(directory))
-        try:
-            for rep in range(reps):
-                for mode in modes[rep % len(modes) :] + modes[: rep % len(modes)]:  # rotate who goes first
-                    _flush(server.url)
-                    results[mode].append(run_once(mode, server.url, n, args.baseline))
-        finally:
-            server.stop()
-    print(report(results))
-    print(f"\n{n:,} requests over 16 threads, calls of 1,000, 8 loops, batch 128; {reps} runs per mode.")
+
+    def run(mode: str, url: str) -> dict[str, float]:  # the baseline runs this benchmark's mode "none"
+        return dict(run_once(__file__, mode, url, args.n, args.baseline, "none" if mode == BEFORE else mode))
+
+    print(report(take_turns(modes, args.reps, run)))
+    print(f"\n{args.n:,} requests over 16 threads, calls of 1,000, 8 loops, batch 128; {args.reps} runs per mode.")
     return 0
 
 

@@ -26,24 +26,17 @@ byte for byte (the benchmark fails otherwise).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import os
 import platform
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 HERE = Path(__file__).resolve()
-ROOT = HERE.parent.parent
 MODES = ("off", "on, SDK", "on, no SDK")
-BEFORE = "before"
 
 
 @dataclass
@@ -57,7 +50,7 @@ class Job:
 
 def _telemetry(mode: str) -> Any:
     """The ``telemetry=`` of a mode (None: leave the argument out)."""
-    if mode in ("off", BEFORE):
+    if mode == "off":  # and the baseline's runs ("before"): run_once sends them as "off"
         return None
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
@@ -132,25 +125,6 @@ async def _run(mode: str, url: str, n: int) -> dict[str, Any]:
     }
 
 
-def run_once(mode: str, url: str, n: int, baseline: Path | None) -> dict[str, Any]:
-    """One run in a fresh subprocess; ``before`` imports the library from ``baseline``."""
-    source = baseline if mode == BEFORE and baseline is not None else ROOT
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("QUEUE_")}, "PYTHONPATH": str(source)}
-    command = [sys.executable, str(HERE), "--run", mode, "--url", url, "--n", str(n)]
-    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tempfile.gettempdir(), timeout=900)
-    if done.returncode != 0:
-        raise RuntimeError(f"{mode} run failed:\n{done.stderr[-3000:]}")
-    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
-
-
-def _flush(url: str) -> None:
-    import redis
-
-    client = redis.Redis.from_url(url)
-    client.flushall()  # our own server (started in `main`)
-    client.close()
-
-
 def summary(values: list[float]) -> str:
     return f"{statistics.median(values):>9,.0f} ({min(values):,.0f}-{max(values):,.0f})"
 
@@ -199,34 +173,16 @@ def report(results: dict[str, list[dict[str, Any]]], n: int, reps: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="a smoke run: 10,000 requests, 2 runs per mode")
-    parser.add_argument("--n", type=int, default=None, help="requests per run (default 100,000)")
-    parser.add_argument("--reps", type=int, default=None, help="runs per mode (default 5)")
-    parser.add_argument("--baseline", type=Path, help="also run the library found in this directory (mode 'before')")
-    parser.add_argument("--run", help=argparse.SUPPRESS)
-    parser.add_argument("--url", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    n = args.n or (10_000 if args.quick else 100_000)
-    if args.run:
-        print(json.dumps(asyncio.run(_run(args.run, args.url, n))))
-        return 0
-    reps = args.reps or (2 if args.quick else 5)
-    from sharded_queue.testing import RedisServer
+    from benchmarks.turns import BEFORE, arguments, run_once, take_turns  # not at the top: see turns
 
+    args = arguments(__doc__, argv)
     modes = (*MODES, BEFORE) if args.baseline else MODES
-    results: dict[str, list[dict[str, Any]]] = {mode: [] for mode in modes}
-    with tempfile.TemporaryDirectory(prefix="sq-bench-otel-") as directory:
-        server = RedisServer(Path(directory))
-        try:
-            for rep in range(reps):
-                for mode in modes[rep % len(modes) :] + modes[: rep % len(modes)]:  # rotate who goes first
-                    _flush(server.url)
-                    results[mode].append(run_once(mode, server.url, n, args.baseline))
-        finally:
-            server.stop()
-    text = report(results, n, reps)
-    print(text)
+    results = take_turns(
+        modes,
+        args.reps,
+        lambda mode, url: run_once(str(HERE), mode, url, args.n, args.baseline, "off" if mode == BEFORE else mode),
+    )
+    print(report(results, args.n, args.reps))
     if not all(run["plain"] for mode in ("off", BEFORE) for run in results.get(mode, [])):
         print("FAILED: with telemetry off the stored envelopes are not [enqueued_at, request]")
         return 1
